@@ -1,0 +1,52 @@
+# Two entry points for a fresh machine (see README.md):
+#   make run   - set up .venv and run the demo on embedded defaults
+#   make test  - set up .venv and the test services' binaries, then lint, type-check and test
+PYTHON ?= python3
+VENV   ?= .venv
+BIN     = $(VENV)/bin
+TOOLS   = .tools
+
+.PHONY: run test lint typecheck pytest deps test-deps bench-quick clean lock
+
+$(BIN)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	touch $@
+
+deps: $(BIN)/.installed
+
+# Binaries the tests start themselves: Mosquitto (Debian package) and dynalite (npm).
+test-deps:
+	@command -v mosquitto >/dev/null 2>&1 || { \
+	  echo "installing mosquitto (Debian package)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+	@test -x $(TOOLS)/node_modules/.bin/dynalite || { \
+	  echo "installing dynalite (npm)"; \
+	  npm install --silent --no-audit --no-fund --prefix $(TOOLS) dynalite@4.0.0 >/dev/null; }
+
+run: deps
+	$(BIN)/iot-ingest run
+
+lint: deps
+	$(BIN)/ruff check ingest simulator queries bench tests
+	$(BIN)/ruff format --check ingest simulator queries bench tests
+
+typecheck: deps
+	$(BIN)/mypy
+
+pytest: deps test-deps
+	$(BIN)/pytest
+
+test: deps test-deps lint typecheck pytest
+
+bench-quick: deps test-deps
+	$(BIN)/iot-ingest bench --quick --output bench/results/quick
+
+# Re-pin constraints.txt from the current venv (after changing dependencies).
+lock:
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^-e' > constraints.txt
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,302 @@
+"""The ``iot-ingest`` command: run, table, config, deadletters, and the other packages' commands."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from . import __version__
+from .config import Config, load_config, reference_markdown
+from .errors import ConfigError, IngestError
+
+__all__ = ["main"]
+
+log = logging.getLogger("ingest")
+
+_FLAG_HELP_SKIP = frozenset({"aws_secret_access_key", "mqtt_password"})
+
+
+def _add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config key (--mqtt-url …); flags override environment and file."""
+    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "") + f" [env IOT_INGEST_{name.upper()}]"
+        if field.annotation is bool:
+            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif name in _FLAG_HELP_SKIP:
+            p.add_argument(flag, dest=name, default=None, help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    flags = {name: getattr(args, name, None) for name in Config.model_fields}
+    return load_config(file=getattr(args, "config", None), flags=flags)
+
+
+class _JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        doc: dict[str, Any] = {
+            "time": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        return orjson.dumps(doc).decode()
+
+
+def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    if fmt == "json":
+        handler.setFormatter(_JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+    for noisy in ("aiobotocore", "botocore", "aiohttp.access", "urllib3", "werkzeug", "amqtt", "transitions"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
+
+
+def run_async(main: Callable[[], Awaitable[int]]) -> int:
+    """Run a coroutine on uvloop where available."""
+    try:
+        import uvloop
+
+        return int(uvloop.run(main()))
+    except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
+        return asyncio.run(main())  # type: ignore[arg-type]
+
+
+def install_stop_signals(stop: asyncio.Event) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+
+
+async def _has_aws_credentials() -> bool:
+    import botocore.session
+
+    def check() -> bool:
+        os.environ.setdefault("AWS_EC2_METADATA_DISABLED", "true")
+        return botocore.session.Session().get_credentials() is not None
+
+    return await asyncio.to_thread(check)
+
+
+# -- run ----------------------------------------------------------------------
+
+
+async def _run(cfg: Config) -> int:
+    from .embedded import EmbeddedBroker, EmbeddedDynamo
+    from .service import IngestService
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        mqtt_url = cfg.mqtt_url
+        if mqtt_url is None:
+            broker = await stack.enter_async_context(EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker"))
+            mqtt_url = broker.url
+            log.warning("trial mode: embedded MQTT broker at %s (set --mqtt-url for a real one)", mqtt_url)
+        endpoint = cfg.dynamodb_endpoint
+        create = cfg.create_table
+        if endpoint is None and not (cfg.aws_access_key_id or await _has_aws_credentials()):
+            dynamo = await stack.enter_async_context(EmbeddedDynamo())
+            endpoint, create = dynamo.endpoint_url, True
+            os.environ.setdefault("AWS_ACCESS_KEY_ID", "trial")
+            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "trial")
+            log.warning(
+                "trial mode: embedded DynamoDB-API server (moto) at %s, data kept in memory only "
+                "(set --dynamodb-endpoint or AWS credentials for a real table)",
+                endpoint,
+            )
+        service = IngestService(cfg, mqtt_url=mqtt_url, dynamodb_endpoint=endpoint, create_table=create)
+        ready = asyncio.Event()
+        await service.run(stop, ready)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level, cfg.log_format)
+    return run_async(lambda: _run(cfg))
+
+
+# -- table --------------------------------------------------------------------
+
+
+def cmd_table_create(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level, cfg.log_format)
+
+    async def go() -> int:
+        from .dynamo import DynamoClient
+        from .service import layout_from_config
+        from .table import create_table
+
+        async with DynamoClient(
+            table=cfg.table,
+            region=cfg.region,
+            endpoint_url=cfg.dynamodb_endpoint,
+            aws_access_key_id=cfg.aws_access_key_id,
+            aws_secret_access_key=cfg.aws_secret_access_key,
+        ) as client:
+            created = await create_table(client, layout_from_config(cfg))
+        print(f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'")
+        return 0
+
+    return run_async(go)
+
+
+# -- config -------------------------------------------------------------------
+
+
+def cmd_config_show(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)
+    print(orjson.dumps(cfg.masked(), option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    return 0
+
+
+def cmd_config_reference(_: argparse.Namespace) -> int:
+    print(reference_markdown(), end="")
+    return 0
+
+
+# -- dead letters -------------------------------------------------------------
+
+
+def cmd_deadletters_list(args: argparse.Namespace) -> int:
+    from .deadletters import iter_dead_letters
+
+    cfg = config_from_args(args)
+    n = 0
+    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters"):
+        if args.reason and args.reason not in dl.reason:
+            continue
+        n += 1
+        if args.json:
+            print(dl.to_json().decode())
+        else:
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(dl.time_ms / 1000))
+            print(f"{when}Z {path.name} [{dl.stage}] {dl.topic}: {dl.reason}")
+    if not args.json:
+        print(f"{n} dead letters", file=sys.stderr)
+    return 0
+
+
+def cmd_deadletters_replay(args: argparse.Namespace) -> int:
+    from .deadletters import replay
+
+    cfg = config_from_args(args)
+    setup_logging(cfg.log_level, cfg.log_format)
+    if cfg.mqtt_url is None:
+        raise ConfigError("deadletters replay needs --mqtt-url: the broker to re-publish to")
+
+    async def go() -> int:
+        from .service import mqtt_settings
+
+        settings = mqtt_settings(cfg, cfg.mqtt_url or "")
+        done = await replay(
+            Path(cfg.data_dir) / "deadletters",
+            settings,
+            reason_filter=args.reason,
+            topic_override=args.to_topic,
+            dry_run=args.dry_run,
+        )
+        print(f"{'would replay' if args.dry_run else 'replayed'} {done} dead letters")
+        return 0
+
+    return run_async(go)
+
+
+# -- entry --------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iot-ingest", description="IoT time-series ingestion: MQTT → DynamoDB.")
+    parser.add_argument("--version", action="version", version=f"iot-ingest {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("run", help="run the ingest service (embedded broker and DynamoDB if none given)")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_run)
+
+    table = sub.add_parser("table", help="manage the DynamoDB table").add_subparsers(dest="table_cmd", required=True)
+    p = table.add_parser("create", help="create the table (on-demand) and enable TTL; idempotent")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_table_create)
+
+    conf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_cmd", required=True)
+    p = conf.add_parser("show", help="print the effective configuration, secrets masked")
+    _add_config_flags(p)
+    p.set_defaults(func=cmd_config_show)
+    p = conf.add_parser("reference", help="print the configuration reference (markdown)")
+    p.set_defaults(func=cmd_config_reference)
+
+    dl = sub.add_parser("deadletters", help="inspect and replay dead letters").add_subparsers(
+        dest="dl_cmd", required=True
+    )
+    p = dl.add_parser("list", help="list dead letters with their reasons")
+    _add_config_flags(p)
+    p.add_argument("--reason", help="only those whose reason contains this text")
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_deadletters_list)
+    p = dl.add_parser("replay", help="re-publish dead letters to the broker (after a fix)")
+    _add_config_flags(p)
+    p.add_argument("--reason", help="only those whose reason contains this text")
+    p.add_argument("--to-topic", help="publish to this topic instead of each letter's own")
+    p.add_argument("--dry-run", action="store_true", help="count, publish nothing")
+    p.set_defaults(func=cmd_deadletters_replay)
+
+    for module in ("simulator.cli", "queries.cli", "bench.cli"):
+        try:
+            mod = __import__(module, fromlist=["add_commands"])
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        mod.add_commands(sub)
+    return parser
+
+
+def _leaves(exc: BaseException) -> list[BaseException]:
+    if isinstance(exc, BaseExceptionGroup):
+        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
+    return [exc]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (Exception, KeyboardInterrupt) as exc:
+        leaves = _leaves(exc)
+        if all(isinstance(e, KeyboardInterrupt) for e in leaves):
+            return 130
+        if not all(isinstance(e, IngestError) for e in leaves):
+            raise
+        for e in leaves:
+            print(f"iot-ingest: {e}", file=sys.stderr)
+        return 2 if any(isinstance(e, ConfigError) for e in leaves) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

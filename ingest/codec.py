@@ -1,0 +1,256 @@
+"""Payload decoding and validation: MQTT message bytes → readings, or reasons why not.
+
+The contract (docs/architecture.md, "Payload"): JSON, either one reading
+``{"ts": 1763780000123, "temperature": 22.5}`` or a batch
+``{"readings": [{...}, ...]}``. ``ts`` is epoch milliseconds (integer) or an
+RFC 3339 string with an offset; absent means the receive time. Numbers are
+metrics, strings are tags. A reading's ``sensor_id`` wins over a batch's,
+which wins over the topic's.
+
+Nothing here raises on bad input: every problem becomes a :class:`Rejection`
+with a reason a person can act on, and goes to the dead letters.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+
+from .layout import SENSOR_ID_PATTERN, Reading
+
+__all__ = ["Decoded", "Limits", "PayloadDecoder", "Rejection"]
+
+_RESERVED = frozenset(("ts", "sensor_id"))
+_DDB_MAX = 9.9999999999999999e125
+_DDB_MIN = 1e-130
+_INT_MAX = 10**38
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_MS = timedelta(milliseconds=1)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Limits:
+    """Validation limits; every one is a config key (docs/configuration.md)."""
+
+    max_message_bytes: int = 256 * 1024
+    max_readings_per_message: int = 1000
+    max_metrics_per_reading: int = 64
+    max_tags_per_reading: int = 16
+    max_name_length: int = 64
+    max_tag_length: int = 256
+    max_past_ms: int = 30 * 86_400_000
+    max_future_ms: int = 300_000
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """Why (part of) a message was refused.
+
+    ``reading`` is the offending reading (for a batch item) or None when the
+    whole message was refused; ``index`` is its position in the batch.
+    """
+
+    reason: str
+    reading: Any = None
+    index: int | None = None
+
+
+Decoded = tuple[list[Reading], list[Rejection]]
+
+
+class PayloadDecoder:
+    """Decodes payloads for one topic pattern and set of limits.
+
+    Args:
+        sensor_topic_level: Index of the topic level that carries the sensor id
+            (1 for ``sensors/+/telemetry``), or None if topics carry none.
+        limits: Validation limits.
+    """
+
+    __slots__ = ("_known_ids", "limits", "sensor_topic_level")
+
+    def __init__(self, *, sensor_topic_level: int | None, limits: Limits) -> None:
+        self.sensor_topic_level = sensor_topic_level
+        self.limits = limits
+        self._known_ids: set[str] = set()
+
+    def sensor_from_topic(self, topic: str) -> str | None:
+        level = self.sensor_topic_level
+        if level is None:
+            return None
+        parts = topic.split("/")
+        return parts[level] if level < len(parts) else None
+
+    def _valid_sensor_id(self, sid: object) -> bool:
+        if sid in self._known_ids:
+            return True
+        if isinstance(sid, str) and SENSOR_ID_PATTERN.fullmatch(sid):
+            if len(self._known_ids) > 100_000:
+                self._known_ids.clear()
+            self._known_ids.add(sid)
+            return True
+        return False
+
+    def decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
+        """Decode one message; never raises on bad input."""
+        lim = self.limits
+        if len(payload) > lim.max_message_bytes:
+            return [], [
+                Rejection(
+                    f"message of {len(payload)} bytes exceeds max_message_bytes={lim.max_message_bytes}"
+                )
+            ]
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError as exc:
+            return [], [Rejection(f"payload is not valid JSON: {exc}")]
+        if type(doc) is not dict:
+            return [], [Rejection(f"payload must be a JSON object, got {_kind(doc)}")]
+        topic_sid = self.sensor_from_topic(topic)
+        batch = doc.get("readings")
+        if batch is None:
+            return self._one(doc, topic_sid, received_ms, None)
+        if type(batch) is not list:
+            return [], [Rejection(f"'readings' must be a list, got {_kind(batch)}")]
+        if len(batch) > lim.max_readings_per_message:
+            return [], [
+                Rejection(
+                    f"batch of {len(batch)} readings exceeds "
+                    f"max_readings_per_message={lim.max_readings_per_message}"
+                )
+            ]
+        default_sid = doc.get("sensor_id", topic_sid)
+        readings: list[Reading] = []
+        rejected: list[Rejection] = []
+        for i, r in enumerate(batch):
+            if type(r) is not dict:
+                rejected.append(Rejection(f"readings[{i}] must be an object, got {_kind(r)}", r, i))
+                continue
+            ok, bad = self._one(r, default_sid, received_ms, i)
+            readings += ok
+            rejected += bad
+        return readings, rejected
+
+    def _one(
+        self, r: dict[str, Any], default_sid: Any, received_ms: int, index: int | None
+    ) -> Decoded:
+        where = "" if index is None else f"readings[{index}]: "
+        sid = r.get("sensor_id", default_sid)
+        if not self._valid_sensor_id(sid):
+            if sid is None:
+                reason = "no sensor id: neither the reading's 'sensor_id' nor the topic carries one"
+            else:
+                reason = (
+                    f"sensor_id {str(sid)[:200]!r} is invalid: allowed are 1-128 of [A-Za-z0-9_.:-]"
+                )
+            return [], [Rejection(where + reason, r, index)]
+        ts = r.get("ts")
+        lim = self.limits
+        if ts is None:
+            ts_ms = received_ms
+        elif type(ts) is int:
+            ts_ms = ts
+        else:
+            ts_ms, why = _parse_ts(ts)
+            if why:
+                return [], [Rejection(where + why, r, index)]
+        if ts_ms < received_ms - lim.max_past_ms or ts_ms > received_ms + lim.max_future_ms:
+            hint = (
+                " (it looks like seconds, not milliseconds)" if 0 < ts_ms < 100_000_000_000 else ""
+            )
+            return [], [
+                Rejection(
+                    f"{where}ts {ts_ms} is outside the accepted window "
+                    f"[now - {lim.max_past_ms} ms, now + {lim.max_future_ms} ms]{hint}",
+                    r,
+                    index,
+                )
+            ]
+        metrics: dict[str, float | int] = {}
+        tags: dict[str, str] = {}
+        for k, v in r.items():
+            tv = type(v)
+            if tv is float:
+                if v != 0.0 and not (_DDB_MIN <= abs(v) <= _DDB_MAX):
+                    return [], [
+                        Rejection(
+                            f"{where}metric {k!r}={v!r} is outside DynamoDB's number range",
+                            r,
+                            index,
+                        )
+                    ]
+                metrics[k] = v
+            elif tv is int:
+                if abs(v) >= _INT_MAX:
+                    return [], [Rejection(f"{where}metric {k!r} has more than 38 digits", r, index)]
+                if k != "ts":
+                    metrics[k] = v
+            elif tv is str:
+                if k in _RESERVED:
+                    continue
+                if len(v) > lim.max_tag_length:
+                    return [], [
+                        Rejection(
+                            f"{where}tag {k!r} is {len(v)} characters, over max_tag_length={lim.max_tag_length}",
+                            r,
+                            index,
+                        )
+                    ]
+                tags[k] = v
+            elif k == "ts" or (k == "sensor_id" and v is None):
+                continue
+            else:
+                return [], [
+                    Rejection(
+                        f"{where}field {k[:64]!r} must be a number (metric) or a string (tag), got {_kind(v)}",
+                        r,
+                        index,
+                    )
+                ]
+        if not metrics:
+            return [], [Rejection(f"{where}reading has no numeric metrics", r, index)]
+        if len(metrics) > lim.max_metrics_per_reading or len(tags) > lim.max_tags_per_reading:
+            return [], [
+                Rejection(
+                    f"{where}{len(metrics)} metrics / {len(tags)} tags exceed "
+                    f"max_metrics_per_reading={lim.max_metrics_per_reading} / "
+                    f"max_tags_per_reading={lim.max_tags_per_reading}",
+                    r,
+                    index,
+                )
+            ]
+        for name in (*metrics, *tags):
+            if not name or len(name) > lim.max_name_length:
+                return [], [
+                    Rejection(
+                        f"{where}field name {name[:80]!r} must be 1-{lim.max_name_length} characters",
+                        r,
+                        index,
+                    )
+                ]
+        return [Reading(sid, ts_ms, metrics, tags)], []
+
+
+def _parse_ts(ts: Any) -> tuple[int, str | None]:
+    if type(ts) is float:
+        if ts.is_integer():
+            return int(ts), None
+        return 0, f"ts {ts!r} must be integer epoch milliseconds or an RFC 3339 string"
+    if type(ts) is str:
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            return 0, f"ts {ts[:64]!r} is not an RFC 3339 timestamp"
+        if dt.tzinfo is None:
+            return 0, f"ts {ts[:64]!r} has no UTC offset (RFC 3339 requires one, e.g. 'Z')"
+        return (dt - _EPOCH) // _MS, None
+    return 0, f"ts must be integer epoch milliseconds or an RFC 3339 string, got {_kind(ts)}"
+
+
+def _kind(v: object) -> str:
+    return {dict: "object", list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(v), type(v).__name__
+    )

@@ -1,0 +1,307 @@
+"""Service configuration: one frozen object, validated once at start.
+
+Sources, later ones winning: built-in defaults < TOML file (``--config`` or
+``IOT_INGEST_CONFIG``) < environment (``IOT_INGEST_<KEY>``) < command-line
+flags. A bad value fails at start with the key, the value and where it came
+from. Library code receives the object; it never reads ``os.environ``.
+
+The reference in docs/configuration.md is generated from this module
+(``iot-ingest config reference``) and a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import unquote, urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "SECRET_KEYS", "Config", "load_config", "reference_markdown"]
+
+ENV_PREFIX = "IOT_INGEST_"
+SECRET_KEYS = frozenset({"mqtt_password", "aws_secret_access_key"})
+
+
+def _default_client_id() -> str:
+    return f"iot-ingest-{socket.gethostname()}"[:64]
+
+
+class Config(BaseModel):
+    """Effective configuration of the ingest service (see docs/configuration.md)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    # -- MQTT -----------------------------------------------------------------
+    mqtt_url: str | None = Field(
+        None,
+        description="Broker URL, mqtt://HOST:PORT or mqtts://HOST:PORT (user:password@ allowed). "
+        "Unset: start an embedded broker (trial mode).",
+    )
+    mqtt_username: str | None = Field(None, description="MQTT user name (overrides the URL's).")
+    mqtt_password: str | None = Field(
+        None, description="MQTT password (secret; prefer mqtt_password_file)."
+    )
+    mqtt_password_file: Path | None = Field(None, description="File holding the MQTT password.")
+    mqtt_ca_file: Path | None = Field(None, description="CA bundle to verify the broker (TLS).")
+    mqtt_cert_file: Path | None = Field(None, description="Client certificate (TLS client auth).")
+    mqtt_key_file: Path | None = Field(None, description="Client certificate's private key.")
+    mqtt_client_id: str = Field(
+        default_factory=_default_client_id,
+        description="Stable client id: the broker keeps this session's messages while the service is down.",
+    )
+    mqtt_protocol: Literal["5", "3.1.1"] = Field("5", description="MQTT protocol version.")
+    mqtt_keepalive_s: int = Field(30, ge=5, le=3600, description="Keepalive interval.")
+    mqtt_session_expiry_s: int = Field(
+        7 * 86_400,
+        ge=0,
+        description="MQTT 5 session expiry: how long the broker keeps our session offline.",
+    )
+    mqtt_receive_maximum: int = Field(
+        10_000,
+        ge=10,
+        le=65_535,
+        description="MQTT 5 Receive Maximum: unacknowledged QoS 1 messages the broker may send us.",
+    )
+    mqtt_reconnect_min_ms: int = Field(
+        200, ge=10, description="First reconnect backoff (full jitter)."
+    )
+    mqtt_reconnect_max_ms: int = Field(30_000, ge=100, description="Cap of the reconnect backoff.")
+    topic: str = Field("sensors/+/telemetry", description="Topic filter to subscribe to.")
+    sensor_topic_level: int | None = Field(
+        None,
+        ge=0,
+        description="Topic level holding the sensor id (default: the first '+' of `topic`).",
+    )
+    shared_group: str | None = Field(
+        None,
+        description="Shared subscription group ($share/GROUP/topic): workers split the stream.",
+    )
+
+    # -- DynamoDB -------------------------------------------------------------
+    table: str = Field("iot-readings", description="DynamoDB table name.")
+    dynamodb_endpoint: str | None = Field(
+        None,
+        description="DynamoDB endpoint URL. Unset and no AWS credentials: embedded server (trial mode).",
+    )
+    region: str = Field("us-east-1", description="AWS region.")
+    create_table: bool = Field(
+        False, description="Create the table (on-demand, TTL on) at start if missing."
+    )
+    shards: int = Field(4, ge=1, le=64, description="Write shards per sensor and bucket.")
+    bucket_minutes: int = Field(1440, ge=1, description="Time bucket width in the partition key.")
+    retention_days: int = Field(
+        30, ge=1, le=36_500, description="Days before an item may expire (TTL)."
+    )
+
+    # -- pipeline -------------------------------------------------------------
+    flush_interval_ms: int = Field(50, ge=1, le=10_000, description="Max age of a partial batch.")
+    write_concurrency: int = Field(16, ge=1, le=256, description="Concurrent BatchWriteItem calls.")
+    write_queue_batches: int = Field(
+        64, ge=1, description="Batches waiting for a writer (bounded)."
+    )
+    inbox_max_messages: int = Field(
+        20_000,
+        ge=100,
+        description="Received messages waiting to decode before the receiver pauses.",
+    )
+    write_retry_base_ms: int = Field(
+        25, ge=1, description="Base of the write backoff (full jitter)."
+    )
+    write_retry_max_ms: int = Field(5_000, ge=1, description="Cap of one write backoff sleep.")
+    write_retry_deadline_s: float = Field(
+        300.0,
+        gt=0,
+        description="Give up on a batch after this long; its readings go to dead letters.",
+    )
+    registry_interval_s: float = Field(5.0, gt=0, description="Sensor registry update period.")
+
+    # -- validation -----------------------------------------------------------
+    max_message_bytes: int = Field(256 * 1024, ge=64, description="Largest accepted payload.")
+    max_readings_per_message: int = Field(1000, ge=1, description="Largest accepted batch.")
+    max_metrics_per_reading: int = Field(64, ge=1, description="Metrics per reading.")
+    max_tag_length: int = Field(256, ge=1, description="Characters per tag value.")
+    max_future_ms: int = Field(
+        300_000, ge=0, description="How far ahead of now a timestamp may be."
+    )
+    max_past_ms: int | None = Field(
+        None, ge=0, description="How far back a timestamp may be (default: the retention period)."
+    )
+
+    # -- operations -----------------------------------------------------------
+    data_dir: Path = Field(Path("data"), description="Directory for the dead-letter spool.")
+    deadletter_topic: str | None = Field(
+        None, description="Also republish dead letters to this topic."
+    )
+    metrics_host: str = Field("127.0.0.1", description="Address of the metrics/health HTTP server.")
+    metrics_port: int = Field(9108, ge=0, le=65_535, description="Its port (0: pick a free one).")
+    shutdown_timeout_s: float = Field(
+        15.0, gt=0, description="Deadline to drain on SIGTERM/SIGINT."
+    )
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        "INFO", description="Log level."
+    )
+    log_format: Literal["text", "json"] = Field("text", description="Log line format.")
+    aws_access_key_id: str | None = Field(
+        None, description="Explicit AWS key (default: provider chain)."
+    )
+    aws_secret_access_key: str | None = Field(None, description="Explicit AWS secret (secret).")
+
+    @field_validator("mqtt_url")
+    @classmethod
+    def _check_url(cls, v: str | None) -> str | None:
+        if v is None:
+            return v
+        parts = urlsplit(v)
+        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl") or not parts.hostname:
+            raise ValueError("must look like mqtt://HOST:PORT or mqtts://HOST:PORT")
+        try:
+            parts.port  # noqa: B018 - raises on a bad port
+        except ValueError as exc:
+            raise ValueError(f"bad port: {exc}") from exc
+        return v
+
+    @field_validator("dynamodb_endpoint")
+    @classmethod
+    def _check_endpoint(cls, v: str | None) -> str | None:
+        if v is not None and urlsplit(v).scheme not in ("http", "https"):
+            raise ValueError("must be an http:// or https:// URL")
+        return v
+
+    @field_validator("table")
+    @classmethod
+    def _check_table(cls, v: str) -> str:
+        import re
+
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{3,255}", v):
+            raise ValueError("DynamoDB table names are 3-255 characters of [A-Za-z0-9_.-]")
+        return v
+
+    @field_validator("topic")
+    @classmethod
+    def _check_topic(cls, v: str) -> str:
+        levels = v.split("/")
+        if not v or any(("+" in lv and lv != "+") or ("#" in lv and lv != "#") for lv in levels):
+            raise ValueError("not a valid MQTT topic filter")
+        if "#" in levels[:-1]:
+            raise ValueError("'#' may only be the last level")
+        return v
+
+    @model_validator(mode="after")
+    def _check_bucket(self) -> Config:
+        m = self.bucket_minutes
+        if (m < 1440 and 1440 % m) or (m > 1440 and m % 1440):
+            raise ValueError(f"bucket_minutes={m}: must divide a day (e.g. 60) or be whole days")
+        if self.mqtt_reconnect_max_ms < self.mqtt_reconnect_min_ms:
+            raise ValueError("mqtt_reconnect_max_ms must be >= mqtt_reconnect_min_ms")
+        return self
+
+    # -- derived ----------------------------------------------------------------
+
+    @property
+    def topic_sensor_level(self) -> int | None:
+        if self.sensor_topic_level is not None:
+            return self.sensor_topic_level
+        levels = self.topic.split("/")
+        return levels.index("+") if "+" in levels else None
+
+    @property
+    def subscription(self) -> str:
+        return f"$share/{self.shared_group}/{self.topic}" if self.shared_group else self.topic
+
+    @property
+    def effective_max_past_ms(self) -> int:
+        return (
+            self.max_past_ms if self.max_past_ms is not None else self.retention_days * 86_400_000
+        )
+
+    def mqtt_credentials(self) -> tuple[str | None, str | None]:
+        """User name and password from the flags, the password file, or the URL."""
+        user, password = self.mqtt_username, self.mqtt_password
+        if self.mqtt_url:
+            parts = urlsplit(self.mqtt_url)
+            user = user or (unquote(parts.username) if parts.username else None)
+            password = password or (unquote(parts.password) if parts.password else None)
+        if self.mqtt_password_file is not None:
+            password = self.mqtt_password_file.read_text().strip()
+        return user, password
+
+    def masked(self) -> dict[str, Any]:
+        """The effective config as a dict, secrets replaced by '***'."""
+        out = self.model_dump(mode="json")
+        for k in SECRET_KEYS:
+            if out.get(k):
+                out[k] = "***"
+        if out.get("mqtt_url"):
+            p = urlsplit(out["mqtt_url"])
+            if p.password:
+                out["mqtt_url"] = out["mqtt_url"].replace(f":{p.password}@", ":***@", 1)
+        return out
+
+
+def load_config(
+    *,
+    file: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Config:
+    """Merge file < environment < flags and validate; raise ConfigError naming key and value."""
+    env = os.environ if env is None else env
+    sources: dict[str, str] = {}
+    values: dict[str, Any] = {}
+    fields = Config.model_fields
+    file = file or (Path(env[ENV_PREFIX + "CONFIG"]) if env.get(ENV_PREFIX + "CONFIG") else None)
+    if file is not None:
+        try:
+            data = tomllib.loads(file.read_text())
+        except (OSError, tomllib.TOMLDecodeError) as exc:
+            raise ConfigError(f"config file {file}: {exc}") from exc
+        for k, v in data.items():
+            values[k] = v
+            sources[k] = f"config file {file}"
+    for name in fields:
+        raw = env.get(ENV_PREFIX + name.upper())
+        if raw is not None and raw != "":
+            values[name] = raw
+            sources[name] = f"environment {ENV_PREFIX}{name.upper()}"
+    for k, v in (flags or {}).items():
+        if v is not None:
+            values[k] = v
+            sources[k] = f"flag --{k.replace('_', '-')}"
+    try:
+        return Config(**values)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            key = ".".join(str(p) for p in err["loc"]) or "config"
+            where = sources.get(key, "default")
+            value = values.get(key, err.get("input"))
+            if key in SECRET_KEYS:
+                value = "***"
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown key (see docs/configuration.md)"
+            lines.append(f"{key}={value!r} ({where}): {msg}")
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def reference_markdown() -> str:
+    """The configuration reference (docs/configuration.md's table), from the model."""
+    rows = [
+        "| key | environment | default | meaning |",
+        "| --- | --- | --- | --- |",
+    ]
+    for name, f in Config.model_fields.items():
+        if f.default_factory is not None:
+            default = "hostname-based" if name == "mqtt_client_id" else "(computed)"
+        else:
+            default = "unset" if f.default is None else f"`{f.default}`"
+        desc = (f.description or "").replace("|", "\\|")
+        rows.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {default} | {desc} |")
+    return "\n".join(rows) + "\n"

@@ -1,0 +1,146 @@
+"""The DynamoDB client: aiobotocore, wrapped so the rest speaks the project's errors.
+
+botocore's own retries are switched off: the writer owns one retry policy
+(exponential backoff, full jitter, a deadline) with metrics per cause.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any, Protocol
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import WriteError, WriteRejected, WriteRetriable
+from .layout import Item
+
+__all__ = ["BatchSink", "DynamoClient", "wrap_error"]
+
+log = logging.getLogger(__name__)
+
+THROTTLE_CODES = frozenset(
+    {
+        "ProvisionedThroughputExceededException",
+        "ThrottlingException",
+        "RequestLimitExceeded",
+        "LimitExceededException",
+        "TooManyRequestsException",
+    }
+)
+# Not the data's fault: an operator can fix these while we keep retrying.
+OPERATIONAL_CODES = frozenset(
+    {
+        "ResourceNotFoundException",
+        "AccessDeniedException",
+        "UnrecognizedClientException",
+        "ExpiredTokenException",
+        "InvalidSignatureException",
+        "MissingAuthenticationTokenException",
+        "ResourceInUseException",
+    }
+)
+
+
+class BatchSink(Protocol):
+    """Where batches go: the writer's one dependency (a fake in unit tests)."""
+
+    async def batch_write(self, items: list[Item]) -> list[Item]:
+        """Put items; return those DynamoDB left unprocessed. Raise WriteError."""
+        ...
+
+
+def wrap_error(exc: BaseException) -> WriteError:
+    """Map a botocore/aiohttp error to WriteRetriable or WriteRejected."""
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        message = f"{code}: {err.get('Message', '')}"
+        if code in THROTTLE_CODES:
+            return WriteRetriable(message, cause="throttled")
+        if status >= 500 or code in ("InternalServerError", "ServiceUnavailable"):
+            return WriteRetriable(message, cause="server_error")
+        if code in OPERATIONAL_CODES:
+            return WriteRetriable(message, cause=code)
+        return WriteRejected(message, cause="rejected")
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+        return WriteRetriable(f"{type(exc).__name__}: {exc}", cause="connection")
+    return WriteRejected(f"{type(exc).__name__}: {exc}", cause="unexpected")
+
+
+class DynamoClient:
+    """An aiobotocore DynamoDB client bound to one table.
+
+    Args:
+        table: Table name.
+        region: AWS region.
+        endpoint_url: Endpoint (None: AWS's, from the region).
+        max_connections: Connection pool size (size it to the write concurrency).
+        aws_access_key_id: Explicit credentials (None: the standard provider chain).
+        aws_secret_access_key: Explicit credentials.
+    """
+
+    def __init__(
+        self,
+        *,
+        table: str,
+        region: str,
+        endpoint_url: str | None = None,
+        max_connections: int = 16,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ) -> None:
+        self.table = table
+        self._kwargs: dict[str, Any] = {
+            "region_name": region,
+            "endpoint_url": endpoint_url,
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "config": AioConfig(
+                max_pool_connections=max_connections,
+                retries={"total_max_attempts": 1, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+                tcp_keepalive=True,
+            ),
+        }
+        self._cm: Any = None
+        self.client: Any = None
+        self._closed = False
+
+    async def __aenter__(self) -> DynamoClient:
+        if self._closed:
+            raise RuntimeError("DynamoClient is closed; create a new one")
+        self._cm = get_session().create_client("dynamodb", **self._kwargs)
+        self.client = await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client; safe to call twice."""
+        if self._cm is not None and not self._closed:
+            self._closed = True
+            await self._cm.__aexit__(None, None, None)
+
+    async def batch_write(self, items: list[Item]) -> list[Item]:
+        try:
+            resp = await self.client.batch_write_item(
+                RequestItems={self.table: [{"PutRequest": {"Item": it}} for it in items]}
+            )
+        except Exception as exc:
+            raise wrap_error(exc) from exc
+        left = resp.get("UnprocessedItems", {}).get(self.table, [])
+        return [r["PutRequest"]["Item"] for r in left]
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """Any other DynamoDB operation (snake_case name), with errors wrapped."""
+        try:
+            result: dict[str, Any] = await getattr(self.client, operation)(**kwargs)
+        except Exception as exc:
+            raise wrap_error(exc) from exc
+        return result

@@ -1,0 +1,238 @@
+"""Table layout: the one place that knows how a reading becomes a DynamoDB item.
+
+Both the write path (`ingest`) and the read path (`queries`, archival) import
+this module; nothing else builds or parses keys.
+
+Item shape (DynamoDB wire format, short attribute names so items stay < 1 KB)::
+
+    pk   S  "{sensor_id}#{bucket}#{shard}"   e.g. "dev-17#2026-11-22#3"
+    sk   N  reading timestamp, epoch milliseconds
+    ttl  N  epoch seconds when DynamoDB may expire the item (ts + retention)
+    m    M  metrics {name: N}
+    g    M  tags {name: S}                     (absent when there are none)
+
+The bucket is a UTC time window (a day by default) written as its start time,
+ISO-like, at the precision the width needs (``2026-11-22``, ``2026-11-22T13``,
+``2026-11-22T13:05``). The shard is derived from the timestamp alone, with a
+multiplicative hash, so a redelivered reading lands on the same key and
+overwrites itself; readers fan out over every shard of every bucket.
+
+Sensor registry items live in the same table under partitions that no sensor
+id can produce (sensor ids never contain ``#``)::
+
+    pk   S  "#sensors#{p}"        p = stable hash of the sensor id mod REGISTRY_PARTITIONS
+    sk   N  112-bit stable hash of the sensor id
+    sid  S  sensor id; ls N last seen (ms); n N readings counted; m M latest metrics
+
+The layout parameters (bucket width, shard count) are stored in the item
+``pk="#layout", sk=0`` so a reader or a restarted writer uses the same ones.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "LAYOUT_PK",
+    "REGISTRY_PARTITIONS",
+    "SENSOR_ID_PATTERN",
+    "Item",
+    "Reading",
+    "TableLayout",
+    "format_number",
+    "registry_key",
+    "registry_partition_keys",
+]
+
+Item = dict[str, Any]
+"""A DynamoDB item in wire format (``{"pk": {"S": ...}, ...}``)."""
+
+SENSOR_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
+"""Allowed sensor ids: never the key delimiter ``#``, at most 128 characters."""
+
+REGISTRY_PARTITIONS = 8
+LAYOUT_PK = "#layout"
+_REGISTRY_PREFIX = "#sensors#"
+_SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
+
+
+@dataclass(slots=True)
+class Reading:
+    """One sensor reading, as decoded from a payload or read back from the table."""
+
+    sensor_id: str
+    ts_ms: int
+    metrics: dict[str, float | int]
+    tags: dict[str, str] = field(default_factory=dict)
+
+
+def format_number(value: float | int) -> str:
+    """Format a metric value as a DynamoDB number string (shortest round-trip form)."""
+    if type(value) is int:
+        return str(value)
+    if value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def _parse_number(text: str) -> float | int:
+    if "." in text or "e" in text or "E" in text:
+        return float(text)
+    return int(text)
+
+
+def _stable_hash(sensor_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(sensor_id.encode(), digest_size=14).digest(), "big")
+
+
+def registry_key(sensor_id: str) -> tuple[str, int]:
+    """Return the (pk, sk) of a sensor's registry item."""
+    h = _stable_hash(sensor_id)
+    return f"{_REGISTRY_PREFIX}{h % REGISTRY_PARTITIONS}", h
+
+
+def registry_partition_keys() -> list[str]:
+    """Every registry partition key, for listing sensors with Query (never Scan)."""
+    return [f"{_REGISTRY_PREFIX}{p}" for p in range(REGISTRY_PARTITIONS)]
+
+
+def _bucket_label_format(bucket_ms: int) -> str:
+    if bucket_ms % 86_400_000 == 0:
+        return "%Y-%m-%d"
+    if bucket_ms % 3_600_000 == 0:
+        return "%Y-%m-%dT%H"
+    return "%Y-%m-%dT%H:%M"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TableLayout:
+    """Key scheme parameters; part of the table's identity (see module docstring).
+
+    Args:
+        bucket_ms: Width of a time bucket (one partition-key generation), ms.
+            Must be a whole number of minutes dividing a day, or whole days.
+        shards: Write shards per sensor and bucket (1 to 64).
+        retention_days: Days after a reading's timestamp before its item may expire.
+    """
+
+    bucket_ms: int = 86_400_000
+    shards: int = 4
+    retention_days: int = 30
+    _labels: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.bucket_ms < 60_000 or self.bucket_ms % 60_000:
+            raise ValueError(
+                f"bucket_ms must be a positive whole number of minutes, got {self.bucket_ms}"
+            )
+        if self.bucket_ms < 86_400_000 and 86_400_000 % self.bucket_ms:
+            raise ValueError(f"bucket_ms below a day must divide a day, got {self.bucket_ms}")
+        if self.bucket_ms > 86_400_000 and self.bucket_ms % 86_400_000:
+            raise ValueError(f"bucket_ms above a day must be whole days, got {self.bucket_ms}")
+        if not 1 <= self.shards <= 64:
+            raise ValueError(f"shards must be 1..64, got {self.shards}")
+        if self.retention_days < 1:
+            raise ValueError(f"retention_days must be >= 1, got {self.retention_days}")
+
+    @property
+    def retention_ms(self) -> int:
+        return self.retention_days * 86_400_000
+
+    # -- keys ---------------------------------------------------------------
+
+    def shard_of(self, ts_ms: int) -> int:
+        """The write shard of a reading: a hash of its timestamp, never random."""
+        return ((ts_ms * _SHARD_MULTIPLIER) & 0xFFFFFFFF) * self.shards >> 32
+
+    def bucket_start(self, ts_ms: int) -> int:
+        """Start (epoch ms) of the bucket holding ``ts_ms``."""
+        return ts_ms - ts_ms % self.bucket_ms
+
+    def bucket_label(self, bucket_start_ms: int) -> str:
+        """The bucket's text in the partition key (cached: few distinct buckets are live)."""
+        label = self._labels.get(bucket_start_ms)
+        if label is None:
+            label = time.strftime(
+                _bucket_label_format(self.bucket_ms), time.gmtime(bucket_start_ms // 1000)
+            )
+            if len(self._labels) > 4096:
+                self._labels.clear()
+            self._labels[bucket_start_ms] = label
+        return label
+
+    def partition_key(self, sensor_id: str, ts_ms: int) -> str:
+        bucket = self.bucket_label(ts_ms - ts_ms % self.bucket_ms)
+        return f"{sensor_id}#{bucket}#{self.shard_of(ts_ms)}"
+
+    def bucket_starts(self, start_ms: int, end_ms: int) -> list[int]:
+        """Starts of every bucket overlapping [start_ms, end_ms] (inclusive), ascending."""
+        if end_ms < start_ms:
+            return []
+        first = self.bucket_start(start_ms)
+        return list(range(first, end_ms + 1, self.bucket_ms))
+
+    def partition_keys(self, sensor_id: str, bucket_start_ms: int) -> list[str]:
+        """All shard partition keys of one sensor's bucket."""
+        bucket = self.bucket_label(bucket_start_ms)
+        return [f"{sensor_id}#{bucket}#{s}" for s in range(self.shards)]
+
+    def ttl_of(self, ts_ms: int) -> int:
+        """Epoch seconds at which the item may expire."""
+        return (ts_ms + self.retention_ms) // 1000
+
+    # -- items --------------------------------------------------------------
+
+    def to_item(self, reading: Reading) -> Item:
+        """Map a reading to its item, in DynamoDB wire format."""
+        ts = reading.ts_ms
+        item: Item = {
+            "pk": {"S": self.partition_key(reading.sensor_id, ts)},
+            "sk": {"N": str(ts)},
+            "ttl": {"N": str((ts + self.retention_ms) // 1000)},
+            "m": {"M": {k: {"N": format_number(v)} for k, v in reading.metrics.items()}},
+        }
+        if reading.tags:
+            item["g"] = {"M": {k: {"S": v} for k, v in reading.tags.items()}}
+        return item
+
+    @staticmethod
+    def from_item(item: Item) -> Reading:
+        """Map an item (wire format) back to its reading."""
+        pk: str = item["pk"]["S"]
+        sensor_id = pk.split("#", 1)[0]
+        metrics = {k: _parse_number(v["N"]) for k, v in item.get("m", {}).get("M", {}).items()}
+        tags = {k: v["S"] for k, v in item.get("g", {}).get("M", {}).items()}
+        return Reading(sensor_id=sensor_id, ts_ms=int(item["sk"]["N"]), metrics=metrics, tags=tags)
+
+    @staticmethod
+    def is_expired(item: Item, now_s: float | None = None) -> bool:
+        """True when the item's TTL has passed (DynamoDB deletes such items only eventually)."""
+        ttl = item.get("ttl")
+        if ttl is None:
+            return False
+        now = time.time() if now_s is None else now_s
+        return int(ttl["N"]) <= math.floor(now)
+
+    # -- the layout record --------------------------------------------------
+
+    def to_layout_item(self) -> Item:
+        return {
+            "pk": {"S": LAYOUT_PK},
+            "sk": {"N": "0"},
+            "bucket_ms": {"N": str(self.bucket_ms)},
+            "shards": {"N": str(self.shards)},
+            "retention_days": {"N": str(self.retention_days)},
+        }
+
+    @classmethod
+    def from_layout_item(cls, item: Item) -> TableLayout:
+        return cls(
+            bucket_ms=int(item["bucket_ms"]["N"]),
+            shards=int(item["shards"]["N"]),
+            retention_days=int(item["retention_days"]["N"]),
+        )

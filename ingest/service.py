@@ -1,0 +1,245 @@
+"""The ingest service: every stage under one task group, started and drained in order.
+
+Start: (embedded servers in trial mode) → DynamoDB client, table check →
+health server → task group {receiver, decoder, writers×N, dead-letter spool,
+registry}. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
+was received, flush the open batch, wait for the writers and the spool, send
+the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
+within ``shutdown_timeout_s``. Whatever is not durable by then stays
+unacknowledged, and the broker redelivers it on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from . import mqttproto
+from .acks import AckTracker
+from .batcher import Batch, Batcher
+from .codec import Limits, PayloadDecoder
+from .config import Config
+from .deadletters import DeadLetterSpool
+from .dynamo import DynamoClient
+from .layout import TableLayout
+from .metrics import HealthServer, Metrics
+from .mqttclient import MqttSettings
+from .pipeline import DecodeStage, Inbox
+from .receiver import Receiver
+from .registry import SensorRegistry
+from .table import create_table, ensure_layout
+from .writer import Backoff, Writer
+
+__all__ = ["IngestService", "layout_from_config", "mqtt_settings"]
+
+log = logging.getLogger(__name__)
+
+
+def layout_from_config(cfg: Config) -> TableLayout:
+    return TableLayout(
+        bucket_ms=cfg.bucket_minutes * 60_000, shards=cfg.shards, retention_days=cfg.retention_days
+    )
+
+
+def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
+    """Connection settings from the config and the (possibly embedded) broker URL."""
+    parts = urlsplit(url)
+    tls_wanted = parts.scheme in ("mqtts", "ssl") or cfg.mqtt_ca_file is not None
+    tls: ssl.SSLContext | None = None
+    if tls_wanted:
+        tls = ssl.create_default_context(cafile=str(cfg.mqtt_ca_file) if cfg.mqtt_ca_file else None)
+        if cfg.mqtt_cert_file:
+            tls.load_cert_chain(str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None)
+    user, password = cfg.mqtt_credentials()
+    return MqttSettings(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        client_id=cfg.mqtt_client_id,
+        version=mqttproto.V5 if cfg.mqtt_protocol == "5" else mqttproto.V311,
+        tls=tls,
+        username=user,
+        password=password,
+        keepalive_s=cfg.mqtt_keepalive_s,
+        clean_start=False,
+        session_expiry_s=cfg.mqtt_session_expiry_s,
+        receive_maximum=cfg.mqtt_receive_maximum,
+    )
+
+
+class IngestService:
+    """One ingest worker.
+
+    Args:
+        config: Validated configuration.
+        mqtt_url: Broker URL (defaults to ``config.mqtt_url``; the CLI passes the embedded one).
+        dynamodb_endpoint: DynamoDB endpoint (defaults to ``config.dynamodb_endpoint``).
+        create_table: Create the table if missing (defaults to ``config.create_table``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        mqtt_url: str | None = None,
+        dynamodb_endpoint: str | None = None,
+        create_table: bool | None = None,
+    ) -> None:
+        self.config = config
+        url = mqtt_url or config.mqtt_url
+        if url is None:
+            raise ValueError("IngestService needs a broker URL (the CLI starts an embedded one)")
+        self._mqtt_url = url
+        self._endpoint = dynamodb_endpoint or config.dynamodb_endpoint
+        self._create = config.create_table if create_table is None else create_table
+        self.metrics = Metrics()
+        self.layout = layout_from_config(config)
+        self.health_port: int | None = None
+        self._receiver: Receiver | None = None
+        self._writer: Writer | None = None
+        self._spool: DeadLetterSpool | None = None
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        reasons = []
+        if self._receiver is None or not self._receiver.connected.is_set():
+            last = self._receiver.last_error if self._receiver else None
+            reasons.append(f"not connected to the MQTT broker{': ' + last if last else ''}")
+        if self._writer is not None and not self._writer.healthy:
+            reasons.append("DynamoDB writes are failing (retrying)")
+        if self._spool is not None and not self._spool.healthy:
+            reasons.append(f"dead-letter spool cannot write: {self._spool.last_error}")
+        return not reasons, reasons
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set, then drain and return."""
+        cfg = self.config
+        async with DynamoClient(
+            table=cfg.table,
+            region=cfg.region,
+            endpoint_url=self._endpoint,
+            max_connections=cfg.write_concurrency + 4,
+            aws_access_key_id=cfg.aws_access_key_id,
+            aws_secret_access_key=cfg.aws_secret_access_key,
+        ) as client:
+            if self._create:
+                await create_table(client, self.layout)
+            self.layout = await ensure_layout(client, self.layout)
+            async with HealthServer(
+                self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
+            ) as health:
+                self.health_port = health.port
+                await self._run_stages(client, stop, ready)
+
+    async def _run_stages(self, client: DynamoClient, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+        cfg, m = self.config, self.metrics
+        receiver: Receiver | None = None
+
+        def send_acks(ids: list[int]) -> None:
+            if receiver is not None:
+                receiver.send_acks(ids)
+
+        acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
+        inbox = Inbox(cfg.inbox_max_messages)
+        write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
+        spool = self._spool = DeadLetterSpool(Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m)
+        registry = SensorRegistry(client, m)
+        receiver = self._receiver = Receiver(
+            settings=mqtt_settings(cfg, self._mqtt_url),
+            subscription=cfg.subscription,
+            inbox=inbox,
+            acks=acks,
+            metrics=m,
+            backoff=Backoff(base_ms=cfg.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt_reconnect_max_ms),
+        )
+        writer = self._writer = Writer(
+            sink=client,
+            acks=acks,
+            deadletters=spool,
+            metrics=m,
+            backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
+            deadline_s=cfg.write_retry_deadline_s,
+        )
+        decoder = DecodeStage(
+            inbox=inbox,
+            decoder=PayloadDecoder(
+                sensor_topic_level=cfg.topic_sensor_level,
+                limits=Limits(
+                    max_message_bytes=cfg.max_message_bytes,
+                    max_readings_per_message=cfg.max_readings_per_message,
+                    max_metrics_per_reading=cfg.max_metrics_per_reading,
+                    max_tag_length=cfg.max_tag_length,
+                    max_past_ms=cfg.effective_max_past_ms,
+                    max_future_ms=cfg.max_future_ms,
+                ),
+            ),
+            layout=self.layout,
+            batcher=Batcher(flush_interval_ms=cfg.flush_interval_ms),
+            write_queue=write_queue,
+            acks=acks,
+            deadletters=spool,
+            registry=registry,
+            metrics=m,
+            on_drained=receiver.maybe_resume,
+        )
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(receiver.run(), name="receiver"),
+                tg.create_task(decoder.run(), name="decoder"),
+                tg.create_task(spool.run(), name="deadletters"),
+                tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
+                tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
+            ]
+            tasks += [tg.create_task(writer.run(write_queue), name=f"writer-{i}") for i in range(cfg.write_concurrency)]
+            connected = tg.create_task(receiver.connected.wait(), name="wait-connected")
+            stopped = tg.create_task(stop.wait(), name="wait-stop")
+            await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if ready is not None and connected.done():
+                ready.set()
+                log.info("ingest ready: %s → table %s", cfg.subscription, cfg.table)
+            await stopped
+            connected.cancel()
+            await self._drain(receiver, decoder, write_queue, spool, registry, acks)
+            for t in tasks:
+                t.cancel()
+
+    async def _drain(
+        self,
+        receiver: Receiver,
+        decoder: DecodeStage,
+        write_queue: asyncio.Queue[Batch],
+        spool: DeadLetterSpool,
+        registry: SensorRegistry,
+        acks: AckTracker,
+    ) -> None:
+        log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
+        receiver.stop_intake()
+        decoder.stopping = True
+        decoder.inbox.put(0, 0, [])  # wake the decoder
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout_s):
+                await decoder.drained.wait()
+                await write_queue.join()
+                await spool.drain()
+                await acks.wait_idle()
+                with contextlib.suppress(Exception):
+                    await registry.flush()
+        except TimeoutError:
+            log.warning(
+                "shutdown deadline passed with %d messages not durable: they stay unacknowledged "
+                "and the broker will redeliver them",
+                len(acks),
+            )
+        await receiver.close()
+        log.info("stopped")
+
+    async def _gauges(self, inbox: Inbox, write_queue: asyncio.Queue[Batch], acks: AckTracker) -> None:
+        m = self.metrics
+        while True:
+            m.inbox_depth.set(inbox.messages)
+            m.write_queue_depth.set(write_queue.qsize())
+            m.unacked.set(len(acks))
+            await asyncio.sleep(1.0)

@@ -1,0 +1,93 @@
+"""Table management: create the table (on-demand, TTL on) and check its layout record."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from .dynamo import DynamoClient
+from .errors import TableError, WriteError
+from .layout import LAYOUT_PK, TableLayout
+
+__all__ = ["create_table", "ensure_layout"]
+
+log = logging.getLogger(__name__)
+
+
+async def _table_status(client: DynamoClient) -> str | None:
+    try:
+        resp = await client.call("describe_table", TableName=client.table)
+    except WriteError as exc:
+        if "ResourceNotFoundException" in str(exc):
+            return None
+        raise
+    return str(resp["Table"]["TableStatus"])
+
+
+async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: float = 60.0) -> bool:
+    """Create the table if missing, enable TTL and write the layout record; idempotent.
+
+    Returns True when the table was created by this call.
+    """
+    created = False
+    status = await _table_status(client)
+    if status is None:
+        try:
+            await client.call(
+                "create_table",
+                TableName=client.table,
+                AttributeDefinitions=[
+                    {"AttributeName": "pk", "AttributeType": "S"},
+                    {"AttributeName": "sk", "AttributeType": "N"},
+                ],
+                KeySchema=[
+                    {"AttributeName": "pk", "KeyType": "HASH"},
+                    {"AttributeName": "sk", "KeyType": "RANGE"},
+                ],
+                BillingMode="PAY_PER_REQUEST",
+            )
+            created = True
+            log.info("created table %s (on-demand)", client.table)
+        except WriteError as exc:
+            if "ResourceInUseException" not in str(exc):
+                raise TableError(f"cannot create table {client.table!r}: {exc}") from exc
+    async with asyncio.timeout(wait_s):
+        while (status := await _table_status(client)) != "ACTIVE":
+            await asyncio.sleep(0.5)
+    ttl = await client.call("describe_time_to_live", TableName=client.table)
+    if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        await client.call(
+            "update_time_to_live",
+            TableName=client.table,
+            TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+        )
+        log.info("enabled TTL on %s.ttl", client.table)
+    await ensure_layout(client, layout)
+    return created
+
+
+async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayout:
+    """Check the table's layout record (writing it if absent); raise TableError on mismatch."""
+    try:
+        resp = await client.call(
+            "get_item", TableName=client.table, Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}}, ConsistentRead=True
+        )
+    except WriteError as exc:
+        if "ResourceNotFoundException" in str(exc):
+            raise TableError(
+                f"table {client.table!r} does not exist: run `iot-ingest table create --table {client.table}` "
+                "or start with --create-table"
+            ) from exc
+        raise
+    item = resp.get("Item")
+    if item is None:
+        await client.call("put_item", TableName=client.table, Item=layout.to_layout_item())
+        return layout
+    stored = TableLayout.from_layout_item(item)
+    if (stored.bucket_ms, stored.shards) != (layout.bucket_ms, layout.shards):
+        raise TableError(
+            f"table {client.table!r} was created with bucket_minutes={stored.bucket_ms // 60000}, "
+            f"shards={stored.shards}; the config says bucket_minutes={layout.bucket_ms // 60000}, "
+            f"shards={layout.shards}. Keys would not match: use the table's values or a new table."
+        )
+    return stored
