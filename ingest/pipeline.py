@@ -72,7 +72,7 @@ class Inbox:
 
 
 def _rejection_letter(topic: str, payload: bytes, rej: Rejection, now_ms: int) -> DeadLetter:
-    if rej.reading is None:
+    if rej.index is None:  # the whole message (or its only reading): keep it as sent
         body = payload
     else:
         import orjson

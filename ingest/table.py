@@ -54,14 +54,20 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
     async with asyncio.timeout(wait_s):
         while (status := await _table_status(client)) != "ACTIVE":
             await asyncio.sleep(0.5)
-    ttl = await client.call("describe_time_to_live", TableName=client.table)
-    if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
-        await client.call(
-            "update_time_to_live",
-            TableName=client.table,
-            TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
-        )
-        log.info("enabled TTL on %s.ttl", client.table)
+    try:
+        ttl = await client.call("describe_time_to_live", TableName=client.table)
+        if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+            await client.call(
+                "update_time_to_live",
+                TableName=client.table,
+                TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
+            )
+            log.info("enabled TTL on %s.ttl", client.table)
+    except WriteError as exc:
+        if "UnknownOperation" not in str(exc):
+            raise
+        # dynalite and some other DynamoDB-API servers have no TTL API; AWS always does.
+        log.warning("this DynamoDB endpoint has no TTL API (%s): items will not expire", exc)
     await ensure_layout(client, layout)
     return created
 

@@ -1,0 +1,95 @@
+"""Helpers for the ingest integration tests: run the service, publish, read the table back."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from ingest.config import Config
+from ingest.dynamo import DynamoClient
+from ingest.layout import Reading
+from ingest.mqttclient import MqttConnection, MqttSettings
+from ingest.service import IngestService
+from queries.reader import read_range
+
+AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+
+
+def make_config(*, broker_url: str, endpoint: str, name: str, data_dir: Path, **overrides: Any) -> Config:
+    """A service config isolated by ``name`` (table, topic prefix, client id)."""
+    values: dict[str, Any] = {
+        "mqtt_url": broker_url,
+        "topic": f"{name}/+/telemetry",
+        "table": name,
+        "dynamodb_endpoint": endpoint,
+        "create_table": True,
+        "data_dir": data_dir,
+        "metrics_port": 0,
+        "mqtt_client_id": f"ingest-{name}"[:64],
+        "flush_interval_ms": 20,
+        "registry_interval_s": 0.5,
+        "shutdown_timeout_s": 20,
+        **AWS,
+    }
+    values.update(overrides)
+    return Config(**values)
+
+
+@contextlib.asynccontextmanager
+async def running(service: IngestService, ready_timeout_s: float = 30) -> AsyncIterator[IngestService]:
+    """Run a service in this event loop; stop and drain it on exit."""
+    stop, ready = asyncio.Event(), asyncio.Event()
+    task = asyncio.create_task(service.run(stop, ready), name="service-under-test")
+    waiter = asyncio.create_task(ready.wait())
+    try:
+        await asyncio.wait([task, waiter], timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()  # raises the startup error
+        assert ready.is_set(), "service did not become ready"
+        yield service
+    finally:
+        waiter.cancel()
+        stop.set()
+        await asyncio.wait_for(task, 60)
+
+
+async def publish(broker_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 1) -> int:
+    """Publish every (topic, payload), waiting for each PUBACK; return the count."""
+    host, port = broker_url.removeprefix("mqtt://").split(":")
+    conn = MqttConnection(
+        MqttSettings(host=host, port=int(port), client_id=f"pub-{time.monotonic_ns()}", clean_start=True)
+    )
+    n = 0
+    async with conn:
+        for topic, payload in messages:
+            await conn.publish(topic, payload, qos=qos)
+            n += 1
+    return n
+
+
+def counter(service: IngestService, name: str) -> float:
+    value = service.metrics.registry.get_sample_value(name)
+    return value or 0.0
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def read_table(
+    endpoint: str, table: str, service_layout: Any, sensors: Iterable[str], start_ms: int, end_ms: int
+) -> dict[str, list[Reading]]:
+    async with DynamoClient(table=table, region="us-east-1", endpoint_url=endpoint, **AWS) as client:
+        return {
+            s: await read_range(client, service_layout, s, start_ms, end_ms) for s in sorted(set(sensors))
+        }
+
+
