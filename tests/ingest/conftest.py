@@ -18,8 +18,7 @@ def ingest_config(mosquitto: Any, dynamodb_endpoint: str, unique_name: str, tmp_
     """Factory: a config for the test's broker, DynamoDB endpoint and unique names."""
 
     def factory(**overrides: Any) -> Config:
-        return make_config(
-            broker_url=mosquitto.url, endpoint=dynamodb_endpoint, name=unique_name, data_dir=tmp_path, **overrides
-        )
+        kwargs: dict[str, Any] = {"data_dir": tmp_path, **overrides}
+        return make_config(broker_url=mosquitto.url, endpoint=dynamodb_endpoint, name=unique_name, **kwargs)
 
     return factory

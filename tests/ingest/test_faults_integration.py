@@ -1,0 +1,204 @@
+"""Retry paths, crash recovery and worker groups, with real servers and injected faults.
+
+moto never throttles or returns UnprocessedItems, so a fault-injecting proxy
+(bench/faultproxy.py) sits between the service and the DynamoDB-API server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import orjson
+
+from bench.servers import free_port
+from ingest.config import Config
+from ingest.layout import TableLayout
+from ingest.service import IngestService
+
+from .harness import AWS, counter, publish, read_table, running, wait_until
+
+
+def _messages(prefix: str, n: int, start_ms: int, sensors: int = 6) -> tuple[list[tuple[str, bytes]], dict[str, set[int]]]:
+    expected: dict[str, set[int]] = {}
+    msgs = []
+    for i in range(n):
+        sid, ts = f"s{i % sensors}", start_ms + i
+        msgs.append((f"{prefix}/{sid}/telemetry", orjson.dumps({"ts": ts, "v": i})))
+        expected.setdefault(sid, set()).add(ts)
+    return msgs, expected
+
+
+async def _assert_table_holds(
+    endpoint: str, table: str, expected: dict[str, set[int]], start_ms: int, end_ms: int
+) -> None:
+    got = await read_table(endpoint, table, TableLayout(), expected, start_ms, end_ms)
+    for sid, stamps in expected.items():
+        ts = [r.ts_ms for r in got[sid]]
+        assert len(ts) == len(set(ts)), f"{sid}: duplicate items"
+        missing = stamps - set(ts)
+        assert not missing, f"{sid}: {len(missing)} readings missing"
+        assert set(ts) == stamps, f"{sid}: unexpected readings"
+
+
+async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_lands_once(
+    ingest_config: Callable[..., Config],
+    dynamodb_endpoint: str,
+    unique_name: str,
+    fault_proxy: Callable[..., Awaitable[Any]],
+) -> None:
+    proxy = await fault_proxy(
+        dynamodb_endpoint, seed=7, unprocessed=0.3, throttle=0.15, error500=0.1, slow=0.05, slow_ms=100
+    )
+    cfg = ingest_config(dynamodb_endpoint=proxy.url, write_retry_base_ms=5, write_retry_max_ms=200)
+    start = int(time.time() * 1000) - 30_000
+    msgs, expected = _messages(unique_name, 600, start)
+    service = IngestService(cfg)
+    async with running(service):
+        sent = await publish(cfg.mqtt_url or "", msgs)
+        await wait_until(lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable")
+    faults = proxy.counters
+    assert faults.get("unprocessed_responses", 0) > 0 and faults.get("throttle", 0) > 0 and faults.get("error500", 0) > 0
+    reg = service.metrics.registry
+    assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "unprocessed"}) or 0) > 0
+    assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "throttled"}) or 0) > 0
+    assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "server_error"}) or 0) > 0
+    assert counter(service, "iot_ingest_dead_letters_total") == 0
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+
+
+async def test_dynamodb_outage_holds_acks_and_recovers(
+    ingest_config: Callable[..., Config],
+    dynamodb_endpoint: str,
+    unique_name: str,
+    fault_proxy: Callable[..., Awaitable[Any]],
+) -> None:
+    proxy = await fault_proxy(dynamodb_endpoint, seed=3)
+    cfg = ingest_config(dynamodb_endpoint=proxy.url, write_retry_base_ms=10, write_retry_max_ms=300)
+    start = int(time.time() * 1000) - 30_000
+    msgs, expected = _messages(unique_name, 300, start)
+    service = IngestService(cfg)
+    async with running(service):
+        await proxy.set_down(True)
+        sent = await publish(cfg.mqtt_url or "", msgs)
+        await wait_until(lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received")
+        await asyncio.sleep(1.0)
+        # Nothing is durable, so nothing may be complete (acknowledged).
+        assert counter(service, "iot_ingest_messages_completed_total") == 0
+        ready, reasons = service.readiness()
+        assert not ready and any("DynamoDB" in r for r in reasons)
+        await proxy.set_down(False)
+        await wait_until(lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "durable")
+        assert service.readiness()[0]
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+
+
+async def test_shared_subscription_splits_work_and_loses_nothing(
+    ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    a = IngestService(ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-a", data_dir=tmp_path / "a"))
+    b = IngestService(ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-b", data_dir=tmp_path / "b"))
+    start = int(time.time() * 1000) - 30_000
+    msgs, expected = _messages(unique_name, 400, start)
+    async with running(a), running(b):
+        sent = await publish(a.config.mqtt_url or "", msgs)
+
+        def done() -> float:
+            return counter(a, "iot_ingest_messages_completed_total") + counter(b, "iot_ingest_messages_completed_total")
+
+        await wait_until(lambda: done() >= sent, 60, "durable")
+    assert counter(a, "iot_ingest_messages_received_total") > 0
+    assert counter(b, "iot_ingest_messages_received_total") > 0
+    assert done() == sent  # each message went to exactly one worker
+    await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
+
+
+async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess.Process:
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": AWS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": AWS["aws_secret_access_key"],
+    }
+    args = [
+        sys.executable, "-m", "ingest.cli", "run",
+        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
+        "--dynamodb-endpoint", cfg.dynamodb_endpoint or "", "--create-table",
+        "--mqtt-client-id", cfg.mqtt_client_id, "--data-dir", str(cfg.data_dir),
+        "--metrics-port", str(port), "--flush-interval-ms", "20",
+    ]  # fmt: skip
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}: {log.read_text()[-2000:]}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"worker not ready in 30 s: {log.read_text()[-2000:]}")
+
+
+async def _metric(port: int, name: str) -> float:
+    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def test_sigkill_mid_stream_then_restart_loses_nothing(
+    ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    """Kill -9 while readings are in flight, publish while down, restart: all arrive."""
+    cfg = ingest_config()
+    port = free_port()
+    log = tmp_path / "worker.log"
+    start = int(time.time() * 1000) - 30_000
+    msgs, expected = _messages(unique_name, 900, start)
+    worker = await _start_worker(cfg, port, log)
+    try:
+        await publish(cfg.mqtt_url or "", msgs[:300])
+        # Kill while the next part is arriving (some received, not all durable).
+        pub = asyncio.create_task(publish(cfg.mqtt_url or "", msgs[300:600]))
+        await asyncio.sleep(0.05)
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+        await pub
+        await publish(cfg.mqtt_url or "", msgs[600:])  # published while the service is down
+        worker = await _start_worker(cfg, port, log)
+        await wait_until_metric(port, "iot_ingest_messages_completed_total", 1)
+
+        async def all_there() -> bool:
+            got = await read_table(dynamodb_endpoint, cfg.table, TableLayout(), expected, start, start + 10_000)
+            return sum(len(v) for v in got.values()) >= len(msgs)
+
+        deadline = time.monotonic() + 60
+        while not await all_there():
+            assert time.monotonic() < deadline, "readings missing after restart"
+            await asyncio.sleep(0.5)
+    finally:
+        if worker.returncode is None:
+            worker.send_signal(signal.SIGTERM)
+            await asyncio.wait_for(worker.wait(), 30)
+    assert worker.returncode == 0, log.read_text()[-2000:]
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+
+
+async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await _metric(port, name) < at_least:
+        assert time.monotonic() < deadline, f"{name} < {at_least}"
+        await asyncio.sleep(0.1)
