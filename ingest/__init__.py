@@ -13,4 +13,13 @@ from .service import IngestService
 
 __version__ = "0.1.0"
 
-__all__ = ["Config", "ConfigError", "IngestError", "IngestService", "Reading", "TableLayout", "__version__", "load_config"]
+__all__ = [
+    "Config",
+    "ConfigError",
+    "IngestError",
+    "IngestService",
+    "Reading",
+    "TableLayout",
+    "__version__",
+    "load_config",
+]

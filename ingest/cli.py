@@ -10,7 +10,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +34,9 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
         flag = "--" + name.replace("_", "-")
         help_text = (field.description or "") + f" [env IOT_INGEST_{name.upper()}]"
         if field.annotation is bool:
-            p.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
         elif name in _FLAG_HELP_SKIP:
             p.add_argument(flag, dest=name, default=None, help=argparse.SUPPRESS)
         else:
@@ -69,18 +71,26 @@ def setup_logging(level: str = "INFO", fmt: str = "text") -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    for noisy in ("aiobotocore", "botocore", "aiohttp.access", "urllib3", "werkzeug", "amqtt", "transitions"):
+    for noisy in (
+        "aiobotocore",
+        "botocore",
+        "aiohttp.access",
+        "urllib3",
+        "werkzeug",
+        "amqtt",
+        "transitions",
+    ):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLevelName(level)))
 
 
-def run_async(main: Callable[[], Awaitable[int]]) -> int:
+def run_async(main: Callable[[], Coroutine[Any, Any, int]]) -> int:
     """Run a coroutine on uvloop where available."""
     try:
         import uvloop
 
         return int(uvloop.run(main()))
     except ImportError:  # pragma: no cover - uvloop is a dependency on POSIX
-        return asyncio.run(main())  # type: ignore[arg-type]
+        return asyncio.run(main())
 
 
 def install_stop_signals(stop: asyncio.Event) -> None:
@@ -112,9 +122,13 @@ async def _run(cfg: Config) -> int:
     async with contextlib.AsyncExitStack() as stack:
         mqtt_url = cfg.mqtt_url
         if mqtt_url is None:
-            broker = await stack.enter_async_context(EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker"))
+            broker = await stack.enter_async_context(
+                EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker")
+            )
             mqtt_url = broker.url
-            log.warning("trial mode: embedded MQTT broker at %s (set --mqtt-url for a real one)", mqtt_url)
+            log.warning(
+                "trial mode: embedded MQTT broker at %s (set --mqtt-url for a real one)", mqtt_url
+            )
         endpoint = cfg.dynamodb_endpoint
         create = cfg.create_table
         if endpoint is None and not (cfg.aws_access_key_id or await _has_aws_credentials()):
@@ -127,7 +141,9 @@ async def _run(cfg: Config) -> int:
                 "(set --dynamodb-endpoint or AWS credentials for a real table)",
                 endpoint,
             )
-        service = IngestService(cfg, mqtt_url=mqtt_url, dynamodb_endpoint=endpoint, create_table=create)
+        service = IngestService(
+            cfg, mqtt_url=mqtt_url, dynamodb_endpoint=endpoint, create_table=create
+        )
         ready = asyncio.Event()
         await service.run(stop, ready)
     return 0
@@ -159,7 +175,9 @@ def cmd_table_create(args: argparse.Namespace) -> int:
             aws_secret_access_key=cfg.aws_secret_access_key,
         ) as client:
             created = await create_table(client, layout_from_config(cfg))
-        print(f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'")
+        print(
+            f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"
+        )
         return 0
 
     return run_async(go)
@@ -230,20 +248,28 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iot-ingest", description="IoT time-series ingestion: MQTT → DynamoDB.")
+    parser = argparse.ArgumentParser(
+        prog="iot-ingest", description="IoT time-series ingestion: MQTT → DynamoDB."
+    )
     parser.add_argument("--version", action="version", version=f"iot-ingest {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("run", help="run the ingest service (embedded broker and DynamoDB if none given)")
+    p = sub.add_parser(
+        "run", help="run the ingest service (embedded broker and DynamoDB if none given)"
+    )
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
 
-    table = sub.add_parser("table", help="manage the DynamoDB table").add_subparsers(dest="table_cmd", required=True)
+    table = sub.add_parser("table", help="manage the DynamoDB table").add_subparsers(
+        dest="table_cmd", required=True
+    )
     p = table.add_parser("create", help="create the table (on-demand) and enable TTL; idempotent")
     _add_config_flags(p)
     p.set_defaults(func=cmd_table_create)
 
-    conf = sub.add_parser("config", help="configuration").add_subparsers(dest="config_cmd", required=True)
+    conf = sub.add_parser("config", help="configuration").add_subparsers(
+        dest="config_cmd", required=True
+    )
     p = conf.add_parser("show", help="print the effective configuration, secrets masked")
     _add_config_flags(p)
     p.set_defaults(func=cmd_config_show)

@@ -85,6 +85,10 @@ class PayloadDecoder:
         return parts[level] if level < len(parts) else None
 
     def _valid_sensor_id(self, sid: object) -> bool:
+        # Check the type first: an unhashable id (a JSON array or object) would
+        # make the set lookup raise TypeError.
+        if type(sid) is not str:
+            return False
         if sid in self._known_ids:
             return True
         if isinstance(sid, str) and SENSOR_ID_PATTERN.fullmatch(sid):
@@ -122,7 +126,9 @@ class PayloadDecoder:
                     f"max_readings_per_message={lim.max_readings_per_message}"
                 )
             ]
-        default_sid = doc.get("sensor_id", topic_sid)
+        default_sid = doc.get("sensor_id")
+        if default_sid is None:  # null means absent: fall back to the topic's
+            default_sid = topic_sid
         readings: list[Reading] = []
         rejected: list[Rejection] = []
         for i, r in enumerate(batch):
@@ -138,7 +144,9 @@ class PayloadDecoder:
         self, r: dict[str, Any], default_sid: Any, received_ms: int, index: int | None
     ) -> Decoded:
         where = "" if index is None else f"readings[{index}]: "
-        sid = r.get("sensor_id", default_sid)
+        sid = r.get("sensor_id")
+        if sid is None:  # null means absent: fall back to the batch's or topic's
+            sid = default_sid
         if not self._valid_sensor_id(sid):
             if sid is None:
                 reason = "no sensor id: neither the reading's 'sensor_id' nor the topic carries one"
@@ -174,6 +182,8 @@ class PayloadDecoder:
         for k, v in r.items():
             tv = type(v)
             if tv is float:
+                if k == "ts":  # an integral float ts, already parsed above
+                    continue
                 if v != 0.0 and not (_DDB_MIN <= abs(v) <= _DDB_MAX):
                     return [], [
                         Rejection(

@@ -193,11 +193,16 @@ class Config(BaseModel):
             raise ValueError("'#' may only be the last level")
         return v
 
-    @model_validator(mode="after")
-    def _check_bucket(self) -> Config:
-        m = self.bucket_minutes
+    @field_validator("bucket_minutes")
+    @classmethod
+    def _check_bucket(cls, m: int) -> int:
+        # A field (not model) validator, so the error names the value's source.
         if (m < 1440 and 1440 % m) or (m > 1440 and m % 1440):
-            raise ValueError(f"bucket_minutes={m}: must divide a day (e.g. 60) or be whole days")
+            raise ValueError("must divide a day (e.g. 60) or be whole days")
+        return m
+
+    @model_validator(mode="after")
+    def _check_reconnect(self) -> Config:
         if self.mqtt_reconnect_max_ms < self.mqtt_reconnect_min_ms:
             raise ValueError("mqtt_reconnect_max_ms must be >= mqtt_reconnect_min_ms")
         return self
@@ -239,10 +244,18 @@ class Config(BaseModel):
             if out.get(k):
                 out[k] = "***"
         if out.get("mqtt_url"):
-            p = urlsplit(out["mqtt_url"])
-            if p.password:
-                out["mqtt_url"] = out["mqtt_url"].replace(f":{p.password}@", ":***@", 1)
+            out["mqtt_url"] = _mask_url(out["mqtt_url"])
         return out
+
+
+def _mask_url(url: str) -> str:
+    """``url`` with the password inside it (if any) replaced by '***'."""
+    try:
+        password = urlsplit(url).password
+    except ValueError:  # unparseable (e.g. bad IPv6 brackets): hide all before the host
+        _, at, host = url.rpartition("@")
+        return f"***@{host}" if at else url
+    return url.replace(f":{password}@", ":***@", 1) if password else url
 
 
 def load_config(
@@ -279,12 +292,19 @@ def load_config(
     except ValidationError as exc:
         lines = []
         for err in exc.errors():
-            key = ".".join(str(p) for p in err["loc"]) or "config"
+            msg = err["msg"].removeprefix("Value error, ")
+            if not err["loc"]:
+                # A check across keys: its message names them; the input here is
+                # every value (secrets included), so it is not shown.
+                lines.append(msg)
+                continue
+            key = ".".join(str(p) for p in err["loc"])
             where = sources.get(key, "default")
             value = values.get(key, err.get("input"))
             if key in SECRET_KEYS:
                 value = "***"
-            msg = err["msg"].removeprefix("Value error, ")
+            elif key == "mqtt_url" and isinstance(value, str):
+                value = _mask_url(value)
             if err["type"] == "extra_forbidden":
                 msg = "unknown key (see docs/configuration.md)"
             lines.append(f"{key}={value!r} ({where}): {msg}")

@@ -204,7 +204,7 @@ async def replay(
     """
     from .mqttclient import MqttConnection
 
-    files = sorted(directory.glob("deadletters-*.jsonl"))
+    files = await asyncio.to_thread(lambda: sorted(directory.glob("deadletters-*.jsonl")))
     count = 0
     conn = None if dry_run else MqttConnection(settings)
     try:

@@ -73,7 +73,7 @@ class Reading:
 
 def format_number(value: float | int) -> str:
     """Format a metric value as a DynamoDB number string (shortest round-trip form)."""
-    if type(value) is int:
+    if isinstance(value, int):
         return str(value)
     if value.is_integer() and abs(value) < 1e15:
         return str(int(value))

@@ -7,8 +7,10 @@ path lean.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable
+from typing import cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -129,9 +131,9 @@ class HealthServer:
         await self._runner.setup()
         site = web.TCPSite(self._runner, self._host, self.port)
         await site.start()
-        server = site._server
+        server = cast(asyncio.Server | None, site._server)
         if server is not None and server.sockets:
-            self.port = server.sockets[0].getsockname()[1]
+            self.port = int(server.sockets[0].getsockname()[1])
         log.info("metrics and health on http://%s:%d/metrics", self._host, self.port)
         return self
 

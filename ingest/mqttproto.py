@@ -22,8 +22,8 @@ __all__ = [
     "PUBLISH",
     "SUBACK",
     "SUBSCRIBE",
-    "V311",
     "V5",
+    "V311",
     "Connack",
     "MqttProtocolError",
     "PacketReader",
@@ -387,7 +387,7 @@ class PacketReader:
                     if not byte & 0x80:
                         break
                     shift += 7
-                    if hdr > 5:
+                    if hdr >= 5:  # 4 length bytes read and the 4th continues
                         raise MqttProtocolError("remaining length longer than 4 bytes")
                 if length < 0:
                     break

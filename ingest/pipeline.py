@@ -170,7 +170,9 @@ class DecodeStage:
         n_readings = 0
         for topic, payload, qos, packet_id in chunk:
             readings, rejected = decode(topic, payload, received_ms)
-            pending = track(topic, packet_id, qos, epoch, received_ms, len(readings) + len(rejected))
+            pending = track(
+                topic, packet_id, qos, epoch, received_ms, len(readings) + len(rejected)
+            )
             for r in readings:
                 full = add_item(to_item(r), pending)
                 if full is not None:

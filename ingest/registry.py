@@ -71,7 +71,9 @@ class SensorRegistry:
         self._m.registry_updates.inc(len(pending))
         return len(pending)
 
-    async def _update(self, sid: str, ts_ms: int, count: int, metrics: dict[str, float | int]) -> None:
+    async def _update(
+        self, sid: str, ts_ms: int, count: int, metrics: dict[str, float | int]
+    ) -> None:
         pk, sk = registry_key(sid)
         key = {"pk": {"S": pk}, "sk": {"N": str(sk)}}
         names = {"#sid": "sid", "#ls": "ls", "#m": "m", "#n": "n"}

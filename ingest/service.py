@@ -53,7 +53,9 @@ def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
     if tls_wanted:
         tls = ssl.create_default_context(cafile=str(cfg.mqtt_ca_file) if cfg.mqtt_ca_file else None)
         if cfg.mqtt_cert_file:
-            tls.load_cert_chain(str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None)
+            tls.load_cert_chain(
+                str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None
+            )
     user, password = cfg.mqtt_credentials()
     return MqttSettings(
         host=parts.hostname or "127.0.0.1",
@@ -133,7 +135,9 @@ class IngestService:
                 self.health_port = health.port
                 await self._run_stages(client, stop, ready)
 
-    async def _run_stages(self, client: DynamoClient, stop: asyncio.Event, ready: asyncio.Event | None) -> None:
+    async def _run_stages(
+        self, client: DynamoClient, stop: asyncio.Event, ready: asyncio.Event | None
+    ) -> None:
         cfg, m = self.config, self.metrics
         receiver: Receiver | None = None
 
@@ -144,7 +148,9 @@ class IngestService:
         acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
         inbox = Inbox(cfg.inbox_max_messages)
         write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
-        spool = self._spool = DeadLetterSpool(Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m)
+        spool = self._spool = DeadLetterSpool(
+            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m
+        )
         registry = SensorRegistry(client, m)
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self._mqtt_url),
@@ -193,7 +199,10 @@ class IngestService:
                 tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
                 tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
             ]
-            tasks += [tg.create_task(writer.run(write_queue), name=f"writer-{i}") for i in range(cfg.write_concurrency)]
+            tasks += [
+                tg.create_task(writer.run(write_queue), name=f"writer-{i}")
+                for i in range(cfg.write_concurrency)
+            ]
             connected = tg.create_task(receiver.connected.wait(), name="wait-connected")
             stopped = tg.create_task(stop.wait(), name="wait-stop")
             await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -236,7 +245,9 @@ class IngestService:
         await receiver.close()
         log.info("stopped")
 
-    async def _gauges(self, inbox: Inbox, write_queue: asyncio.Queue[Batch], acks: AckTracker) -> None:
+    async def _gauges(
+        self, inbox: Inbox, write_queue: asyncio.Queue[Batch], acks: AckTracker
+    ) -> None:
         m = self.metrics
         while True:
             m.inbox_depth.set(inbox.messages)

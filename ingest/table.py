@@ -52,11 +52,15 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
             if "ResourceInUseException" not in str(exc):
                 raise TableError(f"cannot create table {client.table!r}: {exc}") from exc
     async with asyncio.timeout(wait_s):
-        while (status := await _table_status(client)) != "ACTIVE":
+        # Polling a remote state (no event to wait for), bounded by the timeout.
+        while (status := await _table_status(client)) != "ACTIVE":  # noqa: ASYNC110
             await asyncio.sleep(0.5)
     try:
         ttl = await client.call("describe_time_to_live", TableName=client.table)
-        if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in ("ENABLED", "ENABLING"):
+        if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in (
+            "ENABLED",
+            "ENABLING",
+        ):
             await client.call(
                 "update_time_to_live",
                 TableName=client.table,
@@ -76,7 +80,10 @@ async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayou
     """Check the table's layout record (writing it if absent); raise TableError on mismatch."""
     try:
         resp = await client.call(
-            "get_item", TableName=client.table, Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}}, ConsistentRead=True
+            "get_item",
+            TableName=client.table,
+            Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
+            ConsistentRead=True,
         )
     except WriteError as exc:
         if "ResourceNotFoundException" in str(exc):

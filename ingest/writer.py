@@ -21,7 +21,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from .acks import AckTracker, Pending
 from .batcher import Batch
@@ -84,7 +84,7 @@ class Writer:
         metrics: Metrics,
         backoff: Backoff,
         deadline_s: float,
-        sleep: Callable[[float], object] = asyncio.sleep,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self._sink = sink
         self._acks = acks

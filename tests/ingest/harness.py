@@ -19,7 +19,9 @@ from queries.reader import read_range
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
 
-def make_config(*, broker_url: str, endpoint: str, name: str, data_dir: Path, **overrides: Any) -> Config:
+def make_config(
+    *, broker_url: str, endpoint: str, name: str, data_dir: Path, **overrides: Any
+) -> Config:
     """A service config isolated by ``name`` (table, topic prefix, client id)."""
     values: dict[str, Any] = {
         "mqtt_url": broker_url,
@@ -40,13 +42,17 @@ def make_config(*, broker_url: str, endpoint: str, name: str, data_dir: Path, **
 
 
 @contextlib.asynccontextmanager
-async def running(service: IngestService, ready_timeout_s: float = 30) -> AsyncIterator[IngestService]:
+async def running(
+    service: IngestService, ready_timeout_s: float = 30
+) -> AsyncIterator[IngestService]:
     """Run a service in this event loop; stop and drain it on exit."""
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(service.run(stop, ready), name="service-under-test")
     waiter = asyncio.create_task(ready.wait())
     try:
-        await asyncio.wait([task, waiter], timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait(
+            [task, waiter], timeout=ready_timeout_s, return_when=asyncio.FIRST_COMPLETED
+        )
         if task.done():
             task.result()  # raises the startup error
         assert ready.is_set(), "service did not become ready"
@@ -61,7 +67,9 @@ async def publish(broker_url: str, messages: Iterable[tuple[str, bytes]], *, qos
     """Publish every (topic, payload), waiting for each PUBACK; return the count."""
     host, port = broker_url.removeprefix("mqtt://").split(":")
     conn = MqttConnection(
-        MqttSettings(host=host, port=int(port), client_id=f"pub-{time.monotonic_ns()}", clean_start=True)
+        MqttSettings(
+            host=host, port=int(port), client_id=f"pub-{time.monotonic_ns()}", clean_start=True
+        )
     )
     n = 0
     async with conn:
@@ -85,11 +93,17 @@ async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str)
 
 
 async def read_table(
-    endpoint: str, table: str, service_layout: Any, sensors: Iterable[str], start_ms: int, end_ms: int
+    endpoint: str,
+    table: str,
+    service_layout: Any,
+    sensors: Iterable[str],
+    start_ms: int,
+    end_ms: int,
 ) -> dict[str, list[Reading]]:
-    async with DynamoClient(table=table, region="us-east-1", endpoint_url=endpoint, **AWS) as client:
+    async with DynamoClient(
+        table=table, region="us-east-1", endpoint_url=endpoint, **AWS
+    ) as client:
         return {
-            s: await read_range(client, service_layout, s, start_ms, end_ms) for s in sorted(set(sensors))
+            s: await read_range(client, service_layout, s, start_ms, end_ms)
+            for s in sorted(set(sensors))
         }
-
-

@@ -26,7 +26,9 @@ from ingest.service import IngestService
 from .harness import AWS, counter, publish, read_table, running, wait_until
 
 
-def _messages(prefix: str, n: int, start_ms: int, sensors: int = 6) -> tuple[list[tuple[str, bytes]], dict[str, set[int]]]:
+def _messages(
+    prefix: str, n: int, start_ms: int, sensors: int = 6
+) -> tuple[list[tuple[str, bytes]], dict[str, set[int]]]:
     expected: dict[str, set[int]] = {}
     msgs = []
     for i in range(n):
@@ -55,7 +57,13 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
     fault_proxy: Callable[..., Awaitable[Any]],
 ) -> None:
     proxy = await fault_proxy(
-        dynamodb_endpoint, seed=7, unprocessed=0.3, throttle=0.15, error500=0.1, slow=0.05, slow_ms=100
+        dynamodb_endpoint,
+        seed=7,
+        unprocessed=0.3,
+        throttle=0.15,
+        error500=0.1,
+        slow=0.05,
+        slow_ms=100,
     )
     cfg = ingest_config(dynamodb_endpoint=proxy.url, write_retry_base_ms=5, write_retry_max_ms=200)
     start = int(time.time() * 1000) - 30_000
@@ -63,13 +71,23 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
     service = IngestService(cfg)
     async with running(service):
         sent = await publish(cfg.mqtt_url or "", msgs)
-        await wait_until(lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable")
+        await wait_until(
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
+        )
     faults = proxy.counters
-    assert faults.get("unprocessed_responses", 0) > 0 and faults.get("throttle", 0) > 0 and faults.get("error500", 0) > 0
+    assert (
+        faults.get("unprocessed_responses", 0) > 0
+        and faults.get("throttle", 0) > 0
+        and faults.get("error500", 0) > 0
+    )
     reg = service.metrics.registry
-    assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "unprocessed"}) or 0) > 0
+    assert (
+        reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "unprocessed"}) or 0
+    ) > 0
     assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "throttled"}) or 0) > 0
-    assert (reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "server_error"}) or 0) > 0
+    assert (
+        reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "server_error"}) or 0
+    ) > 0
     assert counter(service, "iot_ingest_dead_letters_total") == 0
     await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
 
@@ -88,14 +106,18 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
     async with running(service):
         await proxy.set_down(True)
         sent = await publish(cfg.mqtt_url or "", msgs)
-        await wait_until(lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received")
+        await wait_until(
+            lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received"
+        )
         await asyncio.sleep(1.0)
         # Nothing is durable, so nothing may be complete (acknowledged).
         assert counter(service, "iot_ingest_messages_completed_total") == 0
         ready, reasons = service.readiness()
         assert not ready and any("DynamoDB" in r for r in reasons)
         await proxy.set_down(False)
-        await wait_until(lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "durable")
+        await wait_until(
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "durable"
+        )
         assert service.readiness()[0]
     await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
 
@@ -103,21 +125,31 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
 async def test_shared_subscription_splits_work_and_loses_nothing(
     ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
 ) -> None:
-    a = IngestService(ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-a", data_dir=tmp_path / "a"))
-    b = IngestService(ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-b", data_dir=tmp_path / "b"))
+    a = IngestService(
+        ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-a", data_dir=tmp_path / "a")
+    )
+    b = IngestService(
+        ingest_config(shared_group="g1", mqtt_client_id=f"{unique_name}-b", data_dir=tmp_path / "b")
+    )
     start = int(time.time() * 1000) - 30_000
     msgs, expected = _messages(unique_name, 400, start)
     async with running(a), running(b):
         sent = await publish(a.config.mqtt_url or "", msgs)
 
         def done() -> float:
-            return counter(a, "iot_ingest_messages_completed_total") + counter(b, "iot_ingest_messages_completed_total")
+            return counter(a, "iot_ingest_messages_completed_total") + counter(
+                b, "iot_ingest_messages_completed_total"
+            )
 
         await wait_until(lambda: done() >= sent, 60, "durable")
     assert counter(a, "iot_ingest_messages_received_total") > 0
     assert counter(b, "iot_ingest_messages_received_total") > 0
     assert done() == sent  # each message went to exactly one worker
     await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
+
+
+def _tail(log: Path) -> str:
+    return log.read_text()[-2000:]
 
 
 async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess.Process:
@@ -134,12 +166,14 @@ async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess
         "--metrics-port", str(port), "--flush-interval-ms", "20",
     ]  # fmt: skip
     with log.open("ab") as out:  # the child keeps its own descriptor
-        proc = await asyncio.create_subprocess_exec(*args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT)
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
     deadline = time.monotonic() + 30
     async with aiohttp.ClientSession() as http:
         while time.monotonic() < deadline:
             if proc.returncode is not None:
-                raise AssertionError(f"worker exited with {proc.returncode}: {log.read_text()[-2000:]}")
+                raise AssertionError(f"worker exited with {proc.returncode}: {_tail(log)}")
             try:
                 async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
                     if resp.status == 200:
@@ -148,11 +182,14 @@ async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess
                 pass
             await asyncio.sleep(0.1)
     proc.kill()
-    raise AssertionError(f"worker not ready in 30 s: {log.read_text()[-2000:]}")
+    raise AssertionError(f"worker not ready in 30 s: {_tail(log)}")
 
 
 async def _metric(port: int, name: str) -> float:
-    async with aiohttp.ClientSession() as http, http.get(f"http://127.0.0.1:{port}/metrics") as resp:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
         for line in (await resp.text()).splitlines():
             if line.startswith(name + " "):
                 return float(line.split()[1])
@@ -182,7 +219,9 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
         await wait_until_metric(port, "iot_ingest_messages_completed_total", 1)
 
         async def all_there() -> bool:
-            got = await read_table(dynamodb_endpoint, cfg.table, TableLayout(), expected, start, start + 10_000)
+            got = await read_table(
+                dynamodb_endpoint, cfg.table, TableLayout(), expected, start, start + 10_000
+            )
             return sum(len(v) for v in got.values()) >= len(msgs)
 
         deadline = time.monotonic() + 60
@@ -193,7 +232,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
-    assert worker.returncode == 0, log.read_text()[-2000:]
+    assert worker.returncode == 0, _tail(log)
     await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
 
 

@@ -21,7 +21,9 @@ from .harness import counter, publish, read_table, running, wait_until
 
 
 def _single(prefix: str, sid: str, ts: int, value: float) -> tuple[str, bytes]:
-    return f"{prefix}/{sid}/telemetry", orjson.dumps({"ts": ts, "temperature": value, "site": "lab"})
+    return f"{prefix}/{sid}/telemetry", orjson.dumps(
+        {"ts": ts, "temperature": value, "site": "lab"}
+    )
 
 
 async def test_single_and_batched_readings_are_written_once(
@@ -48,9 +50,13 @@ async def test_single_and_batched_readings_are_written_once(
     async with running(service):
         sent = await publish(cfg.mqtt_url or "", messages)
         await wait_until(
-            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "all messages durable"
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent,
+            60,
+            "all messages durable",
         )
-    table = await read_table(dynamodb_endpoint, cfg.table, service.layout, expected, now - 1, now + 100_000)
+    table = await read_table(
+        dynamodb_endpoint, cfg.table, service.layout, expected, now - 1, now + 100_000
+    )
     for sid, by_ts in expected.items():
         got = table[sid]
         assert [r.ts_ms for r in got] == sorted(by_ts), f"{sid}: wrong or duplicate timestamps"
@@ -89,14 +95,19 @@ async def test_bad_input_goes_to_dead_letters_and_valid_traffic_flows(
         messages.append((topic, bad))
         messages.append(_single(unique_name, "dev-1", now + i, float(i)))
     messages.append(
-        (f"{unique_name}/gw/telemetry", orjson.dumps({"readings": [{"sensor_id": "x#y", "v": 1}, {"ts": now, "v": 2}]}))
+        (
+            f"{unique_name}/gw/telemetry",
+            orjson.dumps({"readings": [{"sensor_id": "x#y", "v": 1}, {"ts": now, "v": 2}]}),
+        )
     )
 
     service = IngestService(cfg)
     async with running(service):
         sent = await publish(cfg.mqtt_url or "", messages)
         await wait_until(
-            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "messages complete"
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent,
+            60,
+            "messages complete",
         )
     letters = [dl for _, dl in iter_dead_letters(tmp_path / "deadletters")]
     for bad, reason in corpus:
@@ -105,6 +116,10 @@ async def test_bad_input_goes_to_dead_letters_and_valid_traffic_flows(
         assert reason in matching[0].reason, (reason, matching[0].reason)
         assert matching[0].topic == topic
     assert any("'x#y' is invalid" in dl.reason and dl.index == 0 for dl in letters)
-    table = await read_table(dynamodb_endpoint, cfg.table, service.layout, ["dev-1", "gw"], now - 1, now + 1000)
-    assert [r.metrics["temperature"] for r in table["dev-1"]] == [float(i) for i in range(len(corpus))]
+    table = await read_table(
+        dynamodb_endpoint, cfg.table, service.layout, ["dev-1", "gw"], now - 1, now + 1000
+    )
+    assert [r.metrics["temperature"] for r in table["dev-1"]] == [
+        float(i) for i in range(len(corpus))
+    ]
     assert [r.metrics["v"] for r in table["gw"]] == [2]
