@@ -120,7 +120,14 @@ class Config(BaseModel):
         gt=0,
         description="Give up on a batch after this long; its readings go to dead letters.",
     )
-    registry_interval_s: float = Field(5.0, gt=0, description="Sensor registry update period.")
+    registry_interval_s: float = Field(
+        10.0, gt=0, description="Sensor registry update period (one UpdateItem per active sensor)."
+    )
+    writer: Literal["lean", "botocore"] = Field(
+        "lean",
+        description="DynamoDB client of the hot path: lean (pre-serialized JSON, cached SigV4) or "
+        "botocore (aiobotocore's full request pipeline, for comparison).",
+    )
 
     # -- validation -----------------------------------------------------------
     max_message_bytes: int = Field(256 * 1024, ge=64, description="Largest accepted payload.")

@@ -17,7 +17,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .errors import WriteError, WriteRejected, WriteRetriable
 from .layout import Item
 
-__all__ = ["BatchSink", "DynamoClient", "wrap_error"]
+__all__ = ["BatchSink", "DynamoClient", "classify", "wrap_error"]
 
 log = logging.getLogger(__name__)
 
@@ -52,20 +52,24 @@ class BatchSink(Protocol):
         ...
 
 
+def classify(code: str, status: int, message: str) -> WriteError:
+    """The project's error for a DynamoDB error code and HTTP status (one policy, both clients)."""
+    text = f"{code}: {message}"
+    if code in THROTTLE_CODES:
+        return WriteRetriable(text, cause="throttled")
+    if status >= 500 or code in ("InternalServerError", "ServiceUnavailable"):
+        return WriteRetriable(text, cause="server_error")
+    if code in OPERATIONAL_CODES:
+        return WriteRetriable(text, cause=code)
+    return WriteRejected(text, cause="rejected")
+
+
 def wrap_error(exc: BaseException) -> WriteError:
     """Map a botocore/aiohttp error to WriteRetriable or WriteRejected."""
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
-        code = str(err.get("Code", "Unknown"))
         status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
-        message = f"{code}: {err.get('Message', '')}"
-        if code in THROTTLE_CODES:
-            return WriteRetriable(message, cause="throttled")
-        if status >= 500 or code in ("InternalServerError", "ServiceUnavailable"):
-            return WriteRetriable(message, cause="server_error")
-        if code in OPERATIONAL_CODES:
-            return WriteRetriable(message, cause=code)
-        return WriteRejected(message, cause="rejected")
+        return classify(str(err.get("Code", "Unknown")), status, str(err.get("Message", "")))
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
         return WriteRetriable(f"{type(exc).__name__}: {exc}", cause="connection")
     return WriteRejected(f"{type(exc).__name__}: {exc}", cause="unexpected")

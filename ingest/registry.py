@@ -13,6 +13,7 @@ import asyncio
 import logging
 
 from .dynamo import DynamoClient
+from .dynamohttp import LeanDynamoClient
 from .errors import WriteError
 from .layout import Reading, format_number, registry_key
 from .metrics import Metrics
@@ -32,7 +33,9 @@ class SensorRegistry:
         max_sensors: Distinct sensors held between flushes (older ones are flushed early).
     """
 
-    def __init__(self, client: DynamoClient, metrics: Metrics, *, concurrency: int = 8) -> None:
+    def __init__(
+        self, client: DynamoClient | LeanDynamoClient, metrics: Metrics, *, concurrency: int = 8
+    ) -> None:
         self._client = client
         self._m = metrics
         self._concurrency = concurrency

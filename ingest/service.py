@@ -25,6 +25,7 @@ from .codec import Limits, PayloadDecoder
 from .config import Config
 from .deadletters import DeadLetterSpool
 from .dynamo import DynamoClient
+from .dynamohttp import LeanDynamoClient
 from .layout import TableLayout
 from .metrics import HealthServer, Metrics
 from .mqttclient import MqttSettings
@@ -129,14 +130,32 @@ class IngestService:
             if self._create:
                 await create_table(client, self.layout)
             self.layout = await ensure_layout(client, self.layout)
-            async with HealthServer(
-                self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
-            ) as health:
+            async with contextlib.AsyncExitStack() as stack:
+                hot: DynamoClient | LeanDynamoClient = client
+                if cfg.writer == "lean":
+                    hot = await stack.enter_async_context(
+                        LeanDynamoClient(
+                            table=cfg.table,
+                            region=cfg.region,
+                            endpoint_url=self._endpoint,
+                            max_connections=cfg.write_concurrency + 4,
+                            aws_access_key_id=cfg.aws_access_key_id,
+                            aws_secret_access_key=cfg.aws_secret_access_key,
+                        )
+                    )
+                health = await stack.enter_async_context(
+                    HealthServer(
+                        self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
+                    )
+                )
                 self.health_port = health.port
-                await self._run_stages(client, stop, ready)
+                await self._run_stages(hot, stop, ready)
 
     async def _run_stages(
-        self, client: DynamoClient, stop: asyncio.Event, ready: asyncio.Event | None
+        self,
+        client: DynamoClient | LeanDynamoClient,
+        stop: asyncio.Event,
+        ready: asyncio.Event | None,
     ) -> None:
         cfg, m = self.config, self.metrics
         receiver: Receiver | None = None
