@@ -127,7 +127,9 @@ async def _run(cfg: Config) -> int:
             )
             mqtt_url = broker.url
             log.warning(
-                "trial mode: embedded MQTT broker at %s (set --mqtt-url for a real one)", mqtt_url
+                "try it: mosquitto_pub -p %d -q 1 -t sensors/dev-1/telemetry -m %s",
+                broker.port,
+                "'{\"temperature\": 22.5}'",
             )
         endpoint = cfg.dynamodb_endpoint
         create = cfg.create_table
@@ -136,11 +138,6 @@ async def _run(cfg: Config) -> int:
             endpoint, create = dynamo.endpoint_url, True
             os.environ.setdefault("AWS_ACCESS_KEY_ID", "trial")
             os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "trial")
-            log.warning(
-                "trial mode: embedded DynamoDB-API server (moto) at %s, data kept in memory only "
-                "(set --dynamodb-endpoint or AWS credentials for a real table)",
-                endpoint,
-            )
         service = IngestService(
             cfg, mqtt_url=mqtt_url, dynamodb_endpoint=endpoint, create_table=create
         )

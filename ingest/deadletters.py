@@ -23,7 +23,7 @@ import base64
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,7 +99,13 @@ class DeadLetterSpool:
     """
 
     def __init__(
-        self, directory: Path, *, acks: AckTracker, metrics: Metrics, max_pending: int = 10_000
+        self,
+        directory: Path,
+        *,
+        acks: AckTracker,
+        metrics: Metrics,
+        max_pending: int = 10_000,
+        on_kept: Callable[[list[DeadLetter]], None] | None = None,
     ) -> None:
         self.directory = directory
         self._acks = acks
@@ -107,6 +113,7 @@ class DeadLetterSpool:
         self._queue: asyncio.Queue[tuple[DeadLetter, list[Pending]]] = asyncio.Queue(max_pending)
         self.healthy = True
         self.last_error: str | None = None
+        self._on_kept = on_kept
 
     async def put(self, entry: DeadLetter, pendings: list[Pending]) -> None:
         """Queue an entry; each of ``pendings`` is completed by one unit once it is on disk."""
@@ -173,6 +180,8 @@ class DeadLetterSpool:
                 self._queue.task_done()
             if done:
                 self._acks.done(done)
+            if self._on_kept is not None:
+                self._on_kept(entries)
 
     async def drain(self) -> None:
         """Wait until every queued entry is on disk."""

@@ -229,6 +229,10 @@ class MqttConnection(asyncio.Protocol):
         if code >= 0x80:
             raise MqttError(f"broker rejected PUBLISH to {topic!r} with reason 0x{code:02x}")
 
+    def publish_nowait(self, topic: str, payload: bytes) -> None:
+        """Publish at QoS 0 (fire and forget at the protocol level; raises if closed)."""
+        self._send(mp.encode_publish(topic, payload, version=self.settings.version))
+
     def ack(self, packet_ids: list[int]) -> None:
         """Send PUBACKs for these packet ids, in this order (nothing if disconnected)."""
         t = self._transport

@@ -77,11 +77,22 @@ class Receiver:
         if self._conn is not None:
             self._conn.ack(packet_ids)
 
+    def republish(self, topic: str, payloads: list[bytes]) -> None:
+        """Best-effort QoS 0 copies (dead letters) on the current connection, if any."""
+        conn = self._conn
+        if conn is not None and conn.is_open:
+            for p in payloads:
+                conn.publish_nowait(topic, p)
+
     async def run(self) -> None:
         """Connect, subscribe, wait for the connection to drop, reconnect; until stopped."""
         attempt = 0
         s = self._settings
+        first = True
         while not self._stopping:
+            if not first:
+                self._m.mqtt_reconnects.inc()
+            first = False
             conn = MqttConnection(s, self._on_messages)
             try:
                 await conn.open()
@@ -94,7 +105,6 @@ class Receiver:
                 delay = self._backoff.delay_s(attempt)
                 log.warning("MQTT connect failed (%s); retrying in %.2f s", exc, delay)
                 attempt += 1
-                self._m.mqtt_reconnects.inc()
                 await asyncio.sleep(delay)
                 continue
             attempt = 0

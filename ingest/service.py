@@ -23,7 +23,7 @@ from .acks import AckTracker
 from .batcher import Batch, Batcher
 from .codec import Limits, PayloadDecoder
 from .config import Config
-from .deadletters import DeadLetterSpool
+from .deadletters import DeadLetter, DeadLetterSpool
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
 from .layout import TableLayout
@@ -167,8 +167,13 @@ class IngestService:
         acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
         inbox = Inbox(cfg.inbox_max_messages)
         write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
+
+        def republish(entries: list[DeadLetter]) -> None:
+            if cfg.deadletter_topic and receiver is not None:
+                receiver.republish(cfg.deadletter_topic, [e.to_json() for e in entries])
+
         spool = self._spool = DeadLetterSpool(
-            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m
+            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
         )
         registry = SensorRegistry(client, m)
         receiver = self._receiver = Receiver(

@@ -80,8 +80,13 @@ async def publish(broker_url: str, messages: Iterable[tuple[str, bytes]], *, qos
 
 
 def counter(service: IngestService, name: str) -> float:
-    value = service.metrics.registry.get_sample_value(name)
-    return value or 0.0
+    """A metric's value, summed over its labels (0 when never set)."""
+    return sum(
+        sample.value
+        for metric in service.metrics.registry.collect()
+        for sample in metric.samples
+        if sample.name == name
+    )
 
 
 async def wait_until(predicate: Callable[[], bool], timeout_s: float, what: str) -> None:
