@@ -1,38 +1,226 @@
-"""The read path: every shard of every bucket in a range, queried concurrently, merged in order.
+"""The read path's access to the table: Query on key ranges, read-unit accounting, TTL filter.
 
 Uses ``Query`` on key ranges only (never Scan), follows ``LastEvaluatedKey``
 (a page may be empty and still continue) and drops items whose TTL has passed
-(DynamoDB deletes expired items only eventually).
+(DynamoDB deletes expired items only eventually): server-side with a filter
+expression (no bytes sent for them) and again client-side (a clock-skew guard;
+the filter saves transfer, not read units).
+
+:class:`TableReader` is what the HTTP API uses: it knows the table's layout (read
+from the layout record at start), bounds the DynamoDB calls in flight with one
+semaphore shared by every request, and adds each call's consumed read units to
+a per-request :class:`ReadStats`. :func:`read_range` and :func:`query_partition`
+are the simple whole-range reads used by tests and checks.
+
+Expressions use placeholders only: metric names and sensor ids never become part
+of an expression's text.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from ingest.dynamo import DynamoClient
-from ingest.layout import Item, Reading, TableLayout
+from ingest.errors import TableError, WriteError
+from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
 
-__all__ = ["query_partition", "read_range"]
+from .errors import wrap_read_error
+
+__all__ = [
+    "ReadStats",
+    "TableReader",
+    "is_live",
+    "partition_query",
+    "query_partition",
+    "read_range",
+    "reading_json",
+]
+
+
+@dataclass(slots=True)
+class ReadStats:
+    """What one API request cost in DynamoDB: reported in response headers.
+
+    Attributes:
+        read_units: Consumed read capacity units (``ReturnConsumedCapacity=TOTAL``, summed).
+        calls: DynamoDB calls made (Query and GetItem).
+        items_scanned: Items DynamoDB read before filters (what read units pay for).
+    """
+
+    read_units: float = 0.0
+    calls: int = 0
+    items_scanned: int = 0
+
+    def add(self, resp: dict[str, Any]) -> None:
+        """Account for one DynamoDB response."""
+        self.calls += 1
+        consumed = resp.get("ConsumedCapacity")
+        if isinstance(consumed, dict):
+            self.read_units += float(consumed.get("CapacityUnits", 0.0) or 0.0)
+        self.items_scanned += int(resp.get("ScannedCount", resp.get("Count", 0)) or 0)
+
+    def headers(self) -> dict[str, str]:
+        """Response headers: ``X-Read-Units`` and ``X-DynamoDB-Calls``."""
+        units = f"{self.read_units:.4f}".rstrip("0").rstrip(".")
+        return {"X-Read-Units": units, "X-DynamoDB-Calls": str(self.calls)}
+
+
+def is_live(item: Item, now_s: int) -> bool:
+    """True unless the item's TTL has passed (the same rule as ``TableLayout.is_expired``)."""
+    ttl = item.get("ttl")
+    return ttl is None or int(ttl["N"]) > now_s
+
+
+def _number(text: str) -> float | int:
+    if "." in text or "e" in text or "E" in text:
+        return float(text)
+    return int(text)
+
+
+def reading_json(item: Item) -> dict[str, Any]:
+    """An item as the API's reading object: ``ts`` and the metrics by the names sent."""
+    out: dict[str, Any] = {"ts": int(item["sk"]["N"])}
+    metrics = item.get("m")
+    if metrics is not None:
+        for name, value in metrics["M"].items():
+            if "N" in value:
+                out[name] = _number(value["N"])
+    return out
+
+
+def partition_query(
+    table: str,
+    pk: str,
+    start_ms: int,
+    end_ms: int,
+    *,
+    descending: bool = False,
+    fields: Sequence[str] | None = None,
+    now_s: int | None = None,
+    limit: int | None = None,
+) -> dict[str, Any]:
+    """Query arguments for one partition's items with start_ms <= sk <= end_ms.
+
+    Args:
+        table: Table name.
+        pk: The partition key.
+        start_ms: First timestamp (inclusive).
+        end_ms: Last timestamp (inclusive).
+        descending: Newest first.
+        fields: Metric names to fetch (a projection of ``m``); ``None``: every attribute.
+        now_s: Filter out items whose TTL is at or before this epoch second.
+        limit: Items DynamoDB evaluates per page (before the TTL filter).
+    """
+    names = {"#pk": "pk", "#sk": "sk"}
+    values: dict[str, Any] = {
+        ":pk": {"S": pk},
+        ":a": {"N": str(start_ms)},
+        ":b": {"N": str(end_ms)},
+    }
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "#pk = :pk AND #sk BETWEEN :a AND :b",
+        "ScanIndexForward": not descending,
+    }
+    if now_s is not None:
+        names["#ttl"] = "ttl"
+        values[":now"] = {"N": str(now_s)}
+        kwargs["FilterExpression"] = "attribute_not_exists(#ttl) OR #ttl > :now"
+    if fields is not None:
+        names["#ttl"] = "ttl"
+        names["#m"] = "m"
+        paths = ["#sk", "#ttl"]
+        for i, name in enumerate(fields):
+            names[f"#f{i}"] = name
+            paths.append(f"#m.#f{i}")
+        kwargs["ProjectionExpression"] = ", ".join(paths)
+    kwargs["ExpressionAttributeNames"] = names
+    kwargs["ExpressionAttributeValues"] = values
+    if limit is not None:
+        kwargs["Limit"] = limit
+    return kwargs
+
+
+class TableReader:
+    """Reads for the HTTP API: one table, its layout, a bound on calls in flight.
+
+    Args:
+        client: An open DynamoDB client of the table.
+        layout: The table's layout (use :meth:`load` to read it from the table).
+        concurrency: DynamoDB calls in flight at once, across every request.
+    """
+
+    def __init__(self, client: DynamoClient, layout: TableLayout, *, concurrency: int = 16) -> None:
+        self.client = client
+        self.layout = layout
+        self.concurrency = concurrency
+        self._sem = asyncio.Semaphore(concurrency)
+
+    @classmethod
+    async def load(cls, client: DynamoClient, *, concurrency: int = 16) -> TableReader:
+        """Read the table's layout record (``pk="#layout"``) and return a reader using it.
+
+        Raises:
+            TableError: the table does not exist or has no layout record.
+        """
+        try:
+            resp = await client.call(
+                "get_item",
+                TableName=client.table,
+                Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
+                ConsistentRead=True,
+            )
+        except WriteError as exc:
+            if "ResourceNotFoundException" in str(exc):
+                raise TableError(
+                    f"table {client.table!r} does not exist: check --table and --region, "
+                    f"or create it with `iot-ingest table create --table {client.table}`"
+                ) from exc
+            raise TableError(f"cannot read the layout of table {client.table!r}: {exc}") from exc
+        item = resp.get("Item")
+        if item is None:
+            raise TableError(
+                f"table {client.table!r} has no layout record (pk={LAYOUT_PK!r}): it was not "
+                "created by iot-ingest; run `iot-ingest table create` or the ingest service first"
+            )
+        return cls(client, TableLayout.from_layout_item(item), concurrency=concurrency)
+
+    @property
+    def table(self) -> str:
+        """The table's name."""
+        return self.client.table
+
+    async def call(self, operation: str, stats: ReadStats, **kwargs: Any) -> dict[str, Any]:
+        """One DynamoDB read, bounded by the shared semaphore, its cost added to ``stats``.
+
+        Raises:
+            ReadFailed: DynamoDB refused the read (``ReadUnavailable`` when retriable).
+        """
+        async with self._sem:
+            try:
+                resp = await self.client.call(operation, ReturnConsumedCapacity="TOTAL", **kwargs)
+            except WriteError as exc:
+                raise wrap_read_error(exc) from exc
+        stats.add(resp)
+        return resp
+
+    def now_s(self) -> int:
+        """The current epoch second, as the TTL filter compares it."""
+        return math.floor(time.time())
 
 
 async def query_partition(
     client: DynamoClient, pk: str, start_ms: int, end_ms: int, *, descending: bool = False
 ) -> list[Item]:
-    """All items of one partition with start_ms <= sk <= end_ms, in sk order."""
+    """All items of one partition with start_ms <= sk <= end_ms, in sk order (TTL not applied)."""
     items: list[Item] = []
-    kwargs: dict[str, Any] = {
-        "TableName": client.table,
-        "KeyConditionExpression": "#pk = :pk AND #sk BETWEEN :a AND :b",
-        "ExpressionAttributeNames": {"#pk": "pk", "#sk": "sk"},
-        "ExpressionAttributeValues": {
-            ":pk": {"S": pk},
-            ":a": {"N": str(start_ms)},
-            ":b": {"N": str(end_ms)},
-        },
-        "ScanIndexForward": not descending,
-    }
+    kwargs = partition_query(client.table, pk, start_ms, end_ms, descending=descending)
     while True:
         resp = await client.call("query", **kwargs)
         items += resp.get("Items", [])
@@ -51,7 +239,11 @@ async def read_range(
     *,
     now_s: float | None = None,
 ) -> list[Reading]:
-    """Every unexpired reading of a sensor in [start_ms, end_ms], ascending by timestamp."""
+    """Every unexpired reading of a sensor in [start_ms, end_ms], ascending by timestamp.
+
+    Reads the whole range into memory: for checks and tests. The HTTP API pages
+    (:mod:`queries.pages`) or aggregates as it reads (:mod:`queries.sampler`).
+    """
     pks = [
         pk
         for bucket in layout.bucket_starts(start_ms, end_ms)

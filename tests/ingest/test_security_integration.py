@@ -86,7 +86,7 @@ async def test_tls_and_password_ingest(
                 clean_start=True,
                 username="gateway-ingest",
                 password="s3cret-pass",
-            )  # fmt: skip
+            )
         )
         async with pub:
             for i in range(20):
