@@ -5,7 +5,7 @@ botocore's request-shape validation and serialization (most of its ≈ 4 ms of
 CPU per 25-item BatchWriteItem) is work we can skip. This client sends the
 JSON-protocol request directly: ``orjson`` body, :mod:`ingest.sigv4` headers,
 credentials from botocore's provider chain (refreshed as botocore decides),
-one pooled aiohttp session sized to the write concurrency.
+and :mod:`ingest.httpconn`'s keep-alive pool sized to the write concurrency.
 
 Errors are classified exactly as :func:`ingest.dynamo.wrap_error` does for
 botocore's, so the writer's retry policy is the same on both paths; the
@@ -14,16 +14,18 @@ botocore path stays available (``writer = "botocore"``) for comparison.
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import ssl
 from typing import Any
 from urllib.parse import urlsplit
 
-import aiohttp
 import orjson
 from aiobotocore.session import get_session
 
 from .dynamo import classify
 from .errors import WriteRetriable
+from .httpconn import HttpError, HttpPool
 from .layout import Item
 from .sigv4 import Credentials, SigV4Signer
 
@@ -63,10 +65,9 @@ class LeanDynamoClient:
         parts = urlsplit(self.url)
         default_port = 443 if parts.scheme == "https" else 80
         host = parts.hostname or ""
-        self._signer = SigV4Signer(
-            host=host if parts.port in (None, default_port) else f"{host}:{parts.port}",
-            region=region,
-        )
+        self._host_header = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
+        self._signer = SigV4Signer(host=self._host_header, region=region)
+        self._origin = (host, parts.port or default_port, parts.scheme == "https")
         self._static = (
             Credentials(aws_access_key_id, aws_secret_access_key, None)
             if aws_access_key_id and aws_secret_access_key
@@ -74,8 +75,8 @@ class LeanDynamoClient:
         )
         self._creds: Any = None
         self._max_connections = max_connections
-        self._timeout = aiohttp.ClientTimeout(total=timeout_s, sock_connect=5)
-        self._http: aiohttp.ClientSession | None = None
+        self._timeout_s = timeout_s
+        self._http: HttpPool | None = None
         self._prefix = b'{"RequestItems":{' + orjson.dumps(table) + b":["
         self._closed = False
 
@@ -89,10 +90,13 @@ class LeanDynamoClient:
                     "no AWS credentials found (environment, profile, or instance/task role)",
                     cause="credentials",
                 )
-        self._http = aiohttp.ClientSession(
-            connector=aiohttp.TCPConnector(limit=self._max_connections, ttl_dns_cache=300),
-            timeout=self._timeout,
-            skip_auto_headers=("User-Agent", "Content-Type"),
+        host, port, tls = self._origin
+        self._http = HttpPool(
+            host,
+            port,
+            tls=ssl.create_default_context() if tls else None,
+            max_connections=self._max_connections,
+            timeout_s=self._timeout_s,
         )
         return self
 
@@ -117,11 +121,23 @@ class LeanDynamoClient:
         if self._http is None:
             raise RuntimeError("LeanDynamoClient is not open")
         headers = self._signer.headers(await self._credentials(), _TARGET + operation, body)
+        head = "".join(
+            [
+                f"POST / HTTP/1.1\r\nHost: {self._host_header}\r\n",
+                *[f"{k}: {v}\r\n" for k, v in headers.items()],
+                f"Content-Length: {len(body)}\r\n\r\n",
+            ]
+        ).encode()
         try:
-            async with self._http.post(self.url, data=body, headers=headers) as resp:
-                status = resp.status
-                raw = await resp.read()
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            status, raw = await self._http.post(head, body)
+        except (
+            HttpError,
+            OSError,
+            TimeoutError,
+            EOFError,
+            asyncio.LimitOverrunError,
+            ValueError,
+        ) as exc:
             raise WriteRetriable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         if status == 200:
             result: dict[str, Any] = orjson.loads(raw) if raw else {}
