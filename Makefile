@@ -16,12 +16,17 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 deps: $(BIN)/.installed
 
-# Binaries the tests start themselves: Mosquitto (Debian package) and dynalite (npm).
+# Binaries the tests start themselves: Mosquitto and Chromium (Debian packages), dynalite (npm).
 test-deps:
+	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 	@command -v mosquitto >/dev/null 2>&1 || { \
 	  echo "installing mosquitto (Debian package)"; \
 	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
 	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq mosquitto >/dev/null; }
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium (Debian package, for the dashboard's browser test)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq chromium >/dev/null; }
 	@test -x $(TOOLS)/node_modules/.bin/dynalite || { \
 	  echo "installing dynalite (npm)"; \
 	  npm install --silent --no-audit --no-fund --prefix $(TOOLS) dynalite@4.0.0 >/dev/null; }

@@ -1,0 +1,102 @@
+"""The read path's errors, each with the HTTP status it maps to.
+
+::
+
+    QueryError                    base; ``status`` and ``code`` on the class
+    ├── BadParameter      400     a request parameter is malformed or out of bounds:
+    │                             names the parameter, the value and the allowed form
+    ├── NotFound          404     no such sensor (or no unexpired reading of it)
+    └── ReadFailed        502     DynamoDB refused the read (a bug or a misconfiguration)
+        └── ReadUnavailable 503   DynamoDB throttled, failed (5xx) or was unreachable:
+                                  the same request may succeed later (``retriable``)
+
+:func:`wrap_read_error` turns the DynamoDB client's errors into ``ReadFailed``
+where they enter the read path, so handlers speak this tree only.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ingest.errors import WriteError
+
+__all__ = [
+    "BadParameter",
+    "NotFound",
+    "QueryError",
+    "ReadFailed",
+    "ReadUnavailable",
+    "wrap_read_error",
+]
+
+
+class QueryError(Exception):
+    """Base of every error the queries package raises; carries its HTTP status."""
+
+    status = 500
+    code = "internal_error"
+    retriable = False
+
+    def to_json(self) -> dict[str, Any]:
+        """The error as the API's JSON error body (``{"error": {...}}``)."""
+        return {"error": {"code": self.code, "message": str(self)}}
+
+
+class BadParameter(QueryError):
+    """A request parameter is malformed or out of bounds.
+
+    Args:
+        parameter: The parameter's name as the client sent it (``start``, ``step``…).
+        value: The offending value (``None`` when the parameter is missing).
+        allowed: The allowed form, e.g. ``"epoch milliseconds or RFC 3339"``.
+        reason: What is wrong, when more than "invalid" (e.g. "range too long").
+    """
+
+    status = 400
+    code = "bad_parameter"
+
+    def __init__(
+        self, parameter: str, value: object, allowed: str, *, reason: str | None = None
+    ) -> None:
+        self.parameter = parameter
+        self.value = value
+        self.allowed = allowed
+        shown = "missing" if value is None else repr(value)
+        what = reason or "invalid"
+        super().__init__(f"parameter {parameter!r}: {what} ({shown}); allowed: {allowed}")
+
+    def to_json(self) -> dict[str, Any]:
+        """The error body, with ``parameter`` and ``allowed`` as separate fields."""
+        body = super().to_json()
+        body["error"]["parameter"] = self.parameter
+        body["error"]["allowed"] = self.allowed
+        return body
+
+
+class NotFound(QueryError):
+    """The sensor is unknown (not in the registry), or has no unexpired reading."""
+
+    status = 404
+    code = "not_found"
+
+
+class ReadFailed(QueryError):
+    """DynamoDB refused a read: retrying the same request cannot help."""
+
+    status = 502
+    code = "dynamodb_error"
+
+
+class ReadUnavailable(ReadFailed):
+    """DynamoDB throttled, failed or was unreachable: retry later."""
+
+    status = 503
+    code = "dynamodb_unavailable"
+    retriable = True
+
+
+def wrap_read_error(exc: WriteError) -> ReadFailed:
+    """Map the DynamoDB client's error (``ingest.errors.WriteError``) to the read-side tree."""
+    if exc.retriable:
+        return ReadUnavailable(f"DynamoDB read failed, try again later ({exc.cause}): {exc}")
+    return ReadFailed(f"DynamoDB rejected the read ({exc.cause}): {exc}")

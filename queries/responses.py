@@ -1,0 +1,50 @@
+"""JSON responses (orjson: numpy arrays directly, NaN as null) and the request context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .reader import ReadStats, TableReader
+from .settings import ServeSettings
+
+__all__ = ["Context", "JSONResponse", "context", "json_response"]
+
+
+class JSONResponse(Response):
+    """A JSON response rendered with orjson (numpy arrays included; NaN as ``null``)."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        """Serialize ``content``."""
+        return orjson.dumps(content, option=orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS)
+
+
+@dataclass(slots=True)
+class Context:
+    """What a handler needs: the reader, the settings, this request's read accounting."""
+
+    reader: TableReader
+    settings: ServeSettings
+    stats: ReadStats
+
+
+def context(request: Request) -> Context:
+    """The handler context; the request's :class:`ReadStats` is kept on ``request.state``
+    so error responses report what was spent too."""
+    stats = ReadStats()
+    request.state.stats = stats
+    state = request.app.state
+    return Context(reader=state.reader, settings=state.settings, stats=stats)
+
+
+def json_response(content: Any, ctx: Context, status: int = 200) -> JSONResponse:
+    """A JSON response carrying the request's read-unit headers, not cached."""
+    headers = ctx.stats.headers()
+    headers["Cache-Control"] = "no-store"
+    return JSONResponse(content, status_code=status, headers=headers)

@@ -1,0 +1,106 @@
+"""Helpers of the queries tests: a test table to fill, the API over real HTTP."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+
+from ingest.dynamo import DynamoClient
+from ingest.layout import Item, Reading, TableLayout
+from ingest.metrics import Metrics
+from ingest.registry import SensorRegistry
+from queries.reader import TableReader
+
+
+def dynamo_client(
+    table: str, endpoint: str, client_cls: type[DynamoClient] = DynamoClient
+) -> DynamoClient:
+    """A client of ``table`` at a local DynamoDB-API endpoint, with dummy credentials."""
+    return client_cls(
+        table=table,
+        region="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+
+
+HOUR_MS = 3_600_000
+
+
+@dataclass
+class TestTable:
+    """A table under test: its client and layout, and ways to fill it."""
+
+    __test__ = False  # not a test class for pytest
+
+    client: DynamoClient
+    layout: TableLayout
+    endpoint: str
+
+    @property
+    def name(self) -> str:
+        return self.client.table
+
+    async def put_items(self, items: list[Item]) -> None:
+        """Write items, 25 per BatchWriteItem, resending what comes back unprocessed."""
+        for i in range(0, len(items), 25):
+            pending = items[i : i + 25]
+            while pending:
+                pending = await self.client.batch_write(pending)
+
+    async def put(self, readings: list[Reading]) -> None:
+        """Write readings through the table layout (one item each)."""
+        await self.put_items([self.layout.to_item(r) for r in readings])
+
+    async def register(self, readings: list[Reading]) -> None:
+        """Record readings in the sensor registry, as the ingest service does."""
+        registry = SensorRegistry(self.client, Metrics())
+        registry.observe(readings)
+        await registry.flush()
+
+
+@dataclass
+class Api:
+    """The app on a loopback port, and an HTTP client for it."""
+
+    url: str
+    session: aiohttp.ClientSession
+    reader: TableReader
+
+    async def get(self, path: str, **params: Any) -> tuple[int, Any, Any]:
+        """GET ``path`` with query ``params``; return (status, headers, decoded JSON)."""
+        query = {k: str(v) for k, v in params.items() if v is not None}
+        async with self.session.get(self.url + path, params=query) as resp:
+            return resp.status, resp.headers, await resp.json()
+
+    async def post(self, path: str, body: Any) -> tuple[int, Any, Any]:
+        """POST JSON ``body`` to ``path``; return (status, headers, decoded JSON)."""
+        async with self.session.post(self.url + path, json=body) as resp:
+            return resp.status, resp.headers, await resp.json()
+
+
+class RecordingClient(DynamoClient):
+    """A DynamoDB client that keeps every response (to see the pages DynamoDB returned)."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.responses: list[tuple[str, dict[str, Any]]] = []
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        resp = await super().call(operation, **kwargs)
+        self.responses.append((operation, resp))
+        return resp
+
+
+def expired(item: Item, now_s: float) -> Item:
+    """The item with a TTL in the past (DynamoDB has not deleted it yet)."""
+    return {**item, "ttl": {"N": str(int(now_s) - 3600)}}
+
+
+def ms_now() -> int:
+    """Now, epoch milliseconds."""
+    return time.time_ns() // 1_000_000
