@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine (see README.md):
-#   make run   - set up .venv and run the demo on embedded defaults
+#   make run   - set up .venv and run the demo on embedded defaults (broker, DynamoDB, ingest,
+#                a simulated fleet, the dashboard at http://127.0.0.1:8080/)
 #   make test  - set up .venv and the test services' binaries, then lint, type-check and test
 PYTHON ?= python3
 VENV   ?= .venv
@@ -32,7 +33,7 @@ test-deps:
 	  npm install --silent --no-audit --no-fund --prefix $(TOOLS) dynalite@4.0.0 >/dev/null; }
 
 run: deps
-	$(BIN)/iot-ingest run
+	$(BIN)/iot-ingest demo
 
 lint: deps
 	$(BIN)/ruff check ingest simulator queries bench tests

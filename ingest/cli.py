@@ -152,6 +152,30 @@ def cmd_run(args: argparse.Namespace) -> int:
     return run_async(lambda: _run(cfg))
 
 
+# -- demo ---------------------------------------------------------------------
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import DemoOptions, run_demo
+
+    setup_logging(args.log_level)
+    opts = DemoOptions(
+        devices=args.devices,
+        rate_per_s=args.rate,
+        duration_s=args.duration,
+        host=args.host,
+        port=args.port,
+        data_dir=args.data_dir,
+    )
+
+    async def go() -> int:
+        stop = asyncio.Event()
+        install_stop_signals(stop)
+        return await run_demo(opts, stop)
+
+    return run_async(go)
+
+
 # -- table --------------------------------------------------------------------
 
 
@@ -256,6 +280,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_config_flags(p)
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "demo",
+        help="everything on embedded defaults: broker, DynamoDB, ingest, a fleet, the dashboard",
+    )
+    p.add_argument("--devices", type=int, default=300, help="simulated devices (default 300)")
+    p.add_argument("--rate", type=float, default=300.0, help="total readings/s (default 300)")
+    p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
+    p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080; 0: any)")
+    p.add_argument(
+        "--data-dir", type=Path, default=Path("data/demo"), help="dead letters, broker data"
+    )
+    p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.set_defaults(func=cmd_demo)
 
     table = sub.add_parser("table", help="manage the DynamoDB table").add_subparsers(
         dest="table_cmd", required=True
