@@ -13,6 +13,8 @@ with a reason a person can act on, and goes to the dead letters.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -43,6 +45,9 @@ class Limits:
     max_tag_length: int = 256
     max_past_ms: int = 30 * 86_400_000
     max_future_ms: int = 300_000
+    max_new_sensors_per_minute: int = 0
+    """0: unlimited. Otherwise a token bucket of sensor ids not seen before."""
+    max_known_sensors: int = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,12 +75,16 @@ class PayloadDecoder:
         limits: Validation limits.
     """
 
-    __slots__ = ("_known_ids", "limits", "sensor_topic_level")
+    __slots__ = ("_known_ids", "_last_refill", "_tokens", "limits", "sensor_topic_level")
 
-    def __init__(self, *, sensor_topic_level: int | None, limits: Limits) -> None:
+    def __init__(
+        self, *, sensor_topic_level: int | None, limits: Limits, known_sensors: Iterable[str] = ()
+    ) -> None:
         self.sensor_topic_level = sensor_topic_level
         self.limits = limits
-        self._known_ids: set[str] = set()
+        self._known_ids: set[str] = set(known_sensors)
+        self._tokens = float(limits.max_new_sensors_per_minute)
+        self._last_refill = time.monotonic()
 
     def sensor_from_topic(self, topic: str) -> str | None:
         level = self.sensor_topic_level
@@ -89,14 +98,36 @@ class PayloadDecoder:
         # make the set lookup raise TypeError.
         if type(sid) is not str:
             return False
-        if sid in self._known_ids:
-            return True
-        if isinstance(sid, str) and SENSOR_ID_PATTERN.fullmatch(sid):
-            if len(self._known_ids) > 100_000:
-                self._known_ids.clear()
-            self._known_ids.add(sid)
-            return True
-        return False
+        return sid in self._known_ids or SENSOR_ID_PATTERN.fullmatch(sid) is not None
+
+    def _admit(self, sid: str) -> str | None:
+        """Admit a sensor id not seen before; return why not, if refused.
+
+        A flood of random ids must not grow the registry (and this set) without
+        bound: new ids are admitted from a token bucket refilled at
+        ``max_new_sensors_per_minute``, and at most ``max_known_sensors`` are held.
+        Ids already in the registry are known from the start (the service preloads them).
+        """
+        lim = self.limits
+        known = self._known_ids
+        if len(known) >= lim.max_known_sensors:
+            return (
+                f"sensor_id {sid!r} is new and this worker already tracks "
+                f"max_known_sensors={lim.max_known_sensors} sensors"
+            )
+        rate = lim.max_new_sensors_per_minute
+        if rate:
+            now = time.monotonic()
+            self._tokens = min(float(rate), self._tokens + (now - self._last_refill) * rate / 60)
+            self._last_refill = now
+            if self._tokens < 1:
+                return (
+                    f"sensor_id {sid!r} is new and the limit of max_new_sensors_per_minute={rate} "
+                    "is reached (a flood of new ids?)"
+                )
+            self._tokens -= 1
+        known.add(sid)
+        return None
 
     def decode(self, topic: str, payload: bytes, received_ms: int) -> Decoded:
         """Decode one message; never raises on bad input."""
@@ -155,6 +186,10 @@ class PayloadDecoder:
                     f"sensor_id {str(sid)[:200]!r} is invalid: allowed are 1-128 of [A-Za-z0-9_.:-]"
                 )
             return [], [Rejection(where + reason, r, index)]
+        if sid not in self._known_ids:
+            refused = self._admit(sid)
+            if refused:
+                return [], [Rejection(where + refused, r, index)]
         ts = r.get("ts")
         lim = self.limits
         if ts is None:

@@ -137,6 +137,15 @@ class Config(BaseModel):
     max_future_ms: int = Field(
         300_000, ge=0, description="How far ahead of now a timestamp may be."
     )
+    max_new_sensors_per_minute: int = Field(
+        10_000,
+        ge=0,
+        description="Sensor ids not seen before admitted per minute (0: unlimited); the rest are "
+        "dead-lettered. Ids already in the registry are known at start.",
+    )
+    max_known_sensors: int = Field(
+        1_000_000, ge=1, description="Distinct sensors one worker tracks."
+    )
     max_past_ms: int | None = Field(
         None, ge=0, description="How far back a timestamp may be (default: the retention period)."
     )

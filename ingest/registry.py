@@ -15,10 +15,10 @@ import logging
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
 from .errors import WriteError
-from .layout import Reading, format_number, registry_key
+from .layout import Reading, format_number, registry_key, registry_partition_keys
 from .metrics import Metrics
 
-__all__ = ["SensorRegistry"]
+__all__ = ["SensorRegistry", "known_sensor_ids"]
 
 log = logging.getLogger(__name__)
 
@@ -120,3 +120,28 @@ class SensorRegistry:
                 await self.flush()
             except Exception:
                 log.exception("sensor registry flush failed")
+
+
+async def known_sensor_ids(client: DynamoClient | LeanDynamoClient) -> set[str]:
+    """Every sensor id in the registry (8 paged Queries, never a Scan).
+
+    The decoder admits these without counting them against
+    ``max_new_sensors_per_minute``, so a restart does not look like a flood.
+    """
+    ids: set[str] = set()
+    for pk in registry_partition_keys():
+        kwargs: dict[str, object] = {
+            "TableName": client.table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ProjectionExpression": "#sid",
+            "ExpressionAttributeNames": {"#pk": "pk", "#sid": "sid"},
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        while True:
+            resp = await client.call("query", **kwargs)
+            ids.update(it["sid"]["S"] for it in resp.get("Items", []) if "sid" in it)
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+    return ids

@@ -31,7 +31,7 @@ from .metrics import HealthServer, Metrics
 from .mqttclient import MqttSettings
 from .pipeline import DecodeStage, Inbox
 from .receiver import Receiver
-from .registry import SensorRegistry
+from .registry import SensorRegistry, known_sensor_ids
 from .table import create_table, ensure_layout
 from .writer import Backoff, Writer
 
@@ -203,7 +203,10 @@ class IngestService:
                     max_tag_length=cfg.max_tag_length,
                     max_past_ms=cfg.effective_max_past_ms,
                     max_future_ms=cfg.max_future_ms,
+                    max_new_sensors_per_minute=cfg.max_new_sensors_per_minute,
+                    max_known_sensors=cfg.max_known_sensors,
                 ),
+                known_sensors=await known_sensor_ids(client),
             ),
             layout=self.layout,
             batcher=Batcher(flush_interval_ms=cfg.flush_interval_ms),
