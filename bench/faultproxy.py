@@ -49,11 +49,12 @@ import uuid
 import zlib
 from collections import Counter
 from collections.abc import Collection, Iterable
-from types import TracebackType
-from typing import Any, Literal, Self, get_args
+from typing import Any, Literal, get_args
 
 import aiohttp
 from aiohttp import web
+
+from ingest.lifecycle import StartClose
 
 __all__ = ["FaultKind", "FaultProxy", "main"]
 
@@ -94,7 +95,7 @@ def _aws_json(status: int, payload: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=body, headers=headers)
 
 
-class FaultProxy:
+class FaultProxy(StartClose):
     """A fault-injecting proxy for the DynamoDB JSON protocol; an async context manager.
 
     Args:
@@ -292,22 +293,6 @@ class FaultProxy:
             await self._runner.cleanup()
         if self._client is not None:
             await self._client.close()
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
 
     # --- control endpoints ---------------------------------------------------------
 

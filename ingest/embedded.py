@@ -26,12 +26,12 @@ import sys
 import tempfile
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Literal, Self
+from typing import Any, Literal
 
 import aiohttp
 
 from ingest.errors import IngestError
+from ingest.lifecycle import StartClose
 
 logger = logging.getLogger(__name__)
 
@@ -222,7 +222,7 @@ def render_mosquitto_conf(
     return "\n".join(out) + "\n"
 
 
-class ServerProcess:
+class ServerProcess(StartClose):
     """A server subprocess on a loopback port: started, probed until ready, stopped in time.
 
     Subclasses give the command line and the readiness probe. The port is chosen on the
@@ -425,22 +425,6 @@ class ServerProcess:
             if self._scratch is not None:
                 await asyncio.to_thread(shutil.rmtree, self._scratch, True)
 
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
-
 
 class MosquittoProcess(ServerProcess):
     """Mosquitto with a config derived from the recommended one (see :func:`render_mosquitto_conf`).
@@ -559,7 +543,7 @@ class EmbeddedDynamo(MotoProcess):
         )
 
 
-class EmbeddedBroker:
+class EmbeddedBroker(StartClose):
     """The trial mode's MQTT broker: Mosquitto if installed, else amqtt in-process.
 
     Use as ``async with EmbeddedBroker(data_dir=...) as broker: broker.url``.
@@ -688,19 +672,3 @@ class EmbeddedBroker:
         if self._amqtt is not None:
             broker, self._amqtt = self._amqtt, None
             await broker.shutdown()
-
-    async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.close()
-            raise
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.close()
