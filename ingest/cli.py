@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="count, publish nothing")
     p.set_defaults(func=cmd_deadletters_replay)
 
-    for module in ("simulator.cli", "queries.cli", "bench.cli"):
+    for module in ("simulator.cli", "queries.cli", "bench.cli", "ingest.archive.cli"):
         try:
             mod = __import__(module, fromlist=["add_commands"])
         except ModuleNotFoundError as exc:

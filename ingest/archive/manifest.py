@@ -1,0 +1,191 @@
+"""Manifests of archived buckets: a JSON object in S3 and a marker item in DynamoDB.
+
+The marker item says "this sensor's bucket is archived and verified". It lives in
+the readings table under a partition key no sensor id can produce (sensor ids
+never contain ``#``), one partition per sensor, so the planner and the query API
+find a sensor's archived buckets with one Query::
+
+    pk   S  "#archive#{sensor_id}"
+    sk   N  bucket start, epoch ms
+    n    N  readings archived (0: the bucket was empty; no object)
+    key  S  data object key                        (absent when n = 0)
+    cs   S  content checksum (SHA-256 hex, see ingest.archive.parquet)
+    os   S  SHA-256 hex of the object's bytes      (absent when n = 0)
+    at   N  when it was archived, epoch ms
+    del  N  when its items were deleted early, epoch ms (absent: not deleted)
+
+Markers have no ``ttl``: they describe the archive, which outlives the table's
+retention. The marker is written only after the object was read back and
+verified; a crash before that leaves no marker, and the next run archives the
+bucket again (same key, same content).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import orjson
+
+from ingest.dynamo import DynamoClient
+from ingest.errors import WriteError
+from ingest.layout import Item
+
+from .errors import SourceError
+
+__all__ = [
+    "MARKER_PREFIX",
+    "Manifest",
+    "mark_deleted",
+    "marker_pk",
+    "put_marker",
+    "query_markers",
+]
+
+MARKER_PREFIX = "#archive#"
+FORMAT_VERSION = 1
+
+
+def marker_pk(sensor_id: str) -> str:
+    """The partition key of a sensor's archive markers."""
+    return f"{MARKER_PREFIX}{sensor_id}"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Manifest:
+    """What was archived for one sensor's bucket.
+
+    Attributes:
+        sensor_id: The sensor.
+        bucket_start_ms: The bucket's start (epoch ms).
+        bucket_ms: The bucket's width.
+        rows: Readings archived.
+        key: Data object key (``""`` when ``rows == 0``).
+        content_sha256: Checksum of the readings (independent of the encoding).
+        object_sha256: SHA-256 of the object's bytes (``""`` when ``rows == 0``).
+        object_bytes: The object's size.
+        min_ts_ms: First reading's timestamp (0 when empty).
+        max_ts_ms: Last reading's timestamp (0 when empty).
+        shard_rows: Readings per shard partition key.
+        archived_at_ms: When it was archived.
+        deleted_at_ms: When the items were deleted early (None: not deleted).
+    """
+
+    sensor_id: str
+    bucket_start_ms: int
+    bucket_ms: int
+    rows: int
+    key: str
+    content_sha256: str
+    object_sha256: str = ""
+    object_bytes: int = 0
+    min_ts_ms: int = 0
+    max_ts_ms: int = 0
+    shard_rows: dict[str, int] = field(default_factory=dict)
+    archived_at_ms: int = 0
+    deleted_at_ms: int | None = None
+
+    def to_json(self) -> bytes:
+        """The S3 manifest document."""
+        return orjson.dumps({"format": FORMAT_VERSION, **asdict(self)}, option=orjson.OPT_INDENT_2)
+
+    @classmethod
+    def from_json(cls, data: bytes) -> Manifest:
+        doc = orjson.loads(data)
+        doc.pop("format", None)
+        return cls(**doc)
+
+    def to_marker(self) -> Item:
+        """The DynamoDB marker item (see module docstring)."""
+        item: Item = {
+            "pk": {"S": marker_pk(self.sensor_id)},
+            "sk": {"N": str(self.bucket_start_ms)},
+            "n": {"N": str(self.rows)},
+            "cs": {"S": self.content_sha256},
+            "at": {"N": str(self.archived_at_ms)},
+            "bw": {"N": str(self.bucket_ms)},
+        }
+        if self.rows:
+            item["key"] = {"S": self.key}
+            item["os"] = {"S": self.object_sha256}
+            item["sz"] = {"N": str(self.object_bytes)}
+        if self.deleted_at_ms is not None:
+            item["del"] = {"N": str(self.deleted_at_ms)}
+        return item
+
+    @classmethod
+    def from_marker(cls, item: Item) -> Manifest:
+        """The manifest summary a marker item holds (no per-shard counts)."""
+        return cls(
+            sensor_id=item["pk"]["S"].removeprefix(MARKER_PREFIX),
+            bucket_start_ms=int(item["sk"]["N"]),
+            bucket_ms=int(item.get("bw", {"N": "0"})["N"]),
+            rows=int(item["n"]["N"]),
+            key=item.get("key", {"S": ""})["S"],
+            content_sha256=item["cs"]["S"],
+            object_sha256=item.get("os", {"S": ""})["S"],
+            object_bytes=int(item.get("sz", {"N": "0"})["N"]),
+            archived_at_ms=int(item["at"]["N"]),
+            deleted_at_ms=int(item["del"]["N"]) if "del" in item else None,
+        )
+
+
+def _source_error(exc: WriteError, action: str) -> SourceError:
+    return SourceError(f"DynamoDB {action} failed: {exc}", retriable=exc.retriable)
+
+
+async def put_marker(client: DynamoClient, manifest: Manifest) -> None:
+    """Write (or overwrite) the marker: the bucket is archived and verified."""
+    try:
+        await client.call("put_item", TableName=client.table, Item=manifest.to_marker())
+    except WriteError as exc:
+        raise _source_error(exc, f"marker write for {manifest.sensor_id}") from exc
+
+
+async def mark_deleted(client: DynamoClient, manifest: Manifest, deleted_at_ms: int) -> None:
+    """Record on the marker that the bucket's items were deleted early."""
+    try:
+        await client.call(
+            "update_item",
+            TableName=client.table,
+            Key={
+                "pk": {"S": marker_pk(manifest.sensor_id)},
+                "sk": {"N": str(manifest.bucket_start_ms)},
+            },
+            UpdateExpression="SET #d = :d",
+            ConditionExpression="attribute_exists(#pk)",
+            ExpressionAttributeNames={"#d": "del", "#pk": "pk"},
+            ExpressionAttributeValues={":d": {"N": str(deleted_at_ms)}},
+        )
+    except WriteError as exc:
+        raise _source_error(exc, f"marker update for {manifest.sensor_id}") from exc
+
+
+async def query_markers(
+    client: DynamoClient, sensor_id: str, first_bucket_ms: int, last_bucket_ms: int
+) -> dict[int, Manifest]:
+    """A sensor's markers with first_bucket_ms <= bucket start <= last_bucket_ms, by bucket start."""
+    kwargs: dict[str, Any] = {
+        "TableName": client.table,
+        "KeyConditionExpression": "#pk = :pk AND #sk BETWEEN :a AND :b",
+        "ExpressionAttributeNames": {"#pk": "pk", "#sk": "sk"},
+        "ExpressionAttributeValues": {
+            ":pk": {"S": marker_pk(sensor_id)},
+            ":a": {"N": str(first_bucket_ms)},
+            ":b": {"N": str(last_bucket_ms)},
+        },
+        "ConsistentRead": True,
+    }
+    out: dict[int, Manifest] = {}
+    while True:
+        try:
+            resp = await client.call("query", **kwargs)
+        except WriteError as exc:
+            raise _source_error(exc, f"marker query for {sensor_id}") from exc
+        for item in resp.get("Items", []):
+            m = Manifest.from_marker(item)
+            out[m.bucket_start_ms] = m
+        last = resp.get("LastEvaluatedKey")
+        if not last:
+            return out
+        kwargs["ExclusiveStartKey"] = last

@@ -1,0 +1,186 @@
+"""The S3 client of the archive: aiobotocore, wrapped so the rest speaks the archive's errors."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+from aiobotocore.config import AioConfig
+from aiobotocore.session import get_session
+from botocore.exceptions import BotoCoreError, ClientError
+
+from .errors import StorageError
+
+__all__ = ["S3Store"]
+
+log = logging.getLogger(__name__)
+
+_MISSING_BUCKET = frozenset({"NoSuchBucket", "404", "NotFound"})
+_DENIED = frozenset(
+    {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
+)
+
+
+class S3Store:
+    """One S3 bucket and key prefix holding the archive.
+
+    Args:
+        bucket: S3 bucket name.
+        prefix: Key prefix of the archive, without a trailing slash (default ``archive``).
+        region: AWS region.
+        endpoint_url: Endpoint (None: AWS's); path-style addressing when given.
+        max_connections: Connection pool size.
+        aws_access_key_id: Explicit credentials (None: the standard provider chain).
+        aws_secret_access_key: Explicit credentials.
+    """
+
+    def __init__(
+        self,
+        *,
+        bucket: str,
+        prefix: str = "archive",
+        region: str = "us-east-1",
+        endpoint_url: str | None = None,
+        max_connections: int = 16,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ) -> None:
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.endpoint_url = endpoint_url
+        config: dict[str, Any] = {
+            "max_pool_connections": max_connections,
+            "retries": {"total_max_attempts": 3, "mode": "standard"},
+            "connect_timeout": 5,
+            "read_timeout": 60,
+        }
+        if endpoint_url is not None:
+            config["s3"] = {"addressing_style": "path"}
+        self._kwargs: dict[str, Any] = {
+            "region_name": region,
+            "endpoint_url": endpoint_url,
+            "aws_access_key_id": aws_access_key_id,
+            "aws_secret_access_key": aws_secret_access_key,
+            "config": AioConfig(**config),
+        }
+        self._cm: Any = None
+        self.client: Any = None
+        self._closed = False
+
+    async def __aenter__(self) -> S3Store:
+        if self._closed:
+            raise RuntimeError("S3Store is closed; create a new one")
+        self._cm = get_session().create_client("s3", **self._kwargs)
+        self.client = await self._cm.__aenter__()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the client; safe to call twice."""
+        if self._cm is not None and not self._closed:
+            self._closed = True
+            await self._cm.__aexit__(None, None, None)
+
+    def _where(self) -> str:
+        return f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
+
+    def wrap(self, exc: BaseException, action: str) -> StorageError:
+        """The archive's error for a botocore/aiohttp error during ``action``."""
+        if isinstance(exc, ClientError):
+            err = exc.response.get("Error", {})
+            code = str(err.get("Code", "Unknown"))
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+            if code in _MISSING_BUCKET and "NoSuchKey" not in code:
+                return StorageError(
+                    f"S3 bucket {self.bucket!r} does not exist ({self._where()}): create it, "
+                    "or fix --s3-bucket / --s3-endpoint / --region"
+                )
+            if code in _DENIED:
+                return StorageError(
+                    f"access to {self._where()} denied while trying to {action} ({code}): the "
+                    "archive needs s3:ListBucket, s3:GetObject, s3:PutObject "
+                    "(and s3:PutLifecycleConfiguration for `archive lifecycle`)"
+                )
+            return StorageError(
+                f"S3 {action} failed on {self._where()}: {code}: {err.get('Message', '')}",
+                retriable=status >= 500 or code in ("SlowDown", "RequestTimeout"),
+            )
+        if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+            return StorageError(
+                f"S3 {action} failed on {self._where()}: {type(exc).__name__}: {exc}",
+                retriable=True,
+            )
+        return StorageError(f"S3 {action} failed: {type(exc).__name__}: {exc}")
+
+    async def check(self) -> None:
+        """Fail early with a clear message when the bucket is missing or not ours to use.
+
+        Raises:
+            StorageError: missing bucket, access denied, endpoint unreachable.
+        """
+        try:
+            await self.client.head_bucket(Bucket=self.bucket)
+        except Exception as exc:
+            raise self.wrap(exc, "check the bucket") from exc
+
+    async def put(
+        self, key: str, body: bytes, *, content_type: str, metadata: dict[str, str] | None = None
+    ) -> None:
+        """Put an object; S3 checks the body against its MD5 (a torn upload is refused)."""
+        md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        try:
+            await self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=body,
+                ContentMD5=md5,
+                ContentType=content_type,
+                Metadata=metadata or {},
+            )
+        except Exception as exc:
+            raise self.wrap(exc, f"put {key}") from exc
+
+    async def get(self, key: str) -> bytes | None:
+        """An object's bytes, or ``None`` when there is no such key."""
+        try:
+            resp = await self.client.get_object(Bucket=self.bucket, Key=key)
+            async with resp["Body"] as stream:
+                data: bytes = await stream.read()
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
+                return None
+            raise self.wrap(exc, f"get {key}") from exc
+        except Exception as exc:
+            raise self.wrap(exc, f"get {key}") from exc
+        return data
+
+    async def delete(self, key: str) -> None:
+        """Delete an object (absent is fine)."""
+        try:
+            await self.client.delete_object(Bucket=self.bucket, Key=key)
+        except Exception as exc:
+            raise self.wrap(exc, f"delete {key}") from exc
+
+    async def keys(self, prefix: str, *, start_after: str = "") -> AsyncIterator[str]:
+        """Keys under ``prefix`` in lexicographic order, after ``start_after``."""
+        kwargs: dict[str, Any] = {"Bucket": self.bucket, "Prefix": prefix}
+        if start_after:
+            kwargs["StartAfter"] = start_after
+        while True:
+            try:
+                resp = await self.client.list_objects_v2(**kwargs)
+            except Exception as exc:
+                raise self.wrap(exc, f"list {prefix}") from exc
+            for obj in resp.get("Contents", []):
+                yield str(obj["Key"])
+            token = resp.get("NextContinuationToken")
+            if not resp.get("IsTruncated") or not token:
+                return
+            kwargs.pop("StartAfter", None)
+            kwargs["ContinuationToken"] = token

@@ -1,0 +1,98 @@
+"""Fixtures of the archive tests: a table on moto DynamoDB and a bucket on moto S3.
+
+* ``archive_env``: a fresh table (3-hour buckets, 4 shards, 2 days' retention) with
+  its layout record, an S3 bucket, and open clients; see :class:`ArchiveEnv`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest_asyncio
+
+from bench.servers import MotoServer
+from ingest.archive import Archiver, ArchiveSettings, S3Store
+from ingest.dynamo import DynamoClient
+from ingest.layout import Reading, TableLayout
+from ingest.metrics import Metrics
+from ingest.registry import SensorRegistry
+from ingest.table import create_table
+
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+BUCKET_MS = 3 * HOUR_MS
+# A fixed "now" on a bucket boundary: 2026-11-22T12:00Z.
+NOW_MS = 1_795_348_800_000
+LAYOUT = TableLayout(bucket_ms=BUCKET_MS, shards=4, retention_days=2)
+HORIZON_MS = DAY_MS
+
+
+def bucket_name(table: str) -> str:
+    """An S3 bucket name (3-63 lowercase chars) derived from a table name."""
+    return "arch-" + hashlib.sha1(table.encode()).hexdigest()[:20]
+
+
+@dataclass
+class ArchiveEnv:
+    """A table and an archive bucket under test."""
+
+    __test__ = False
+
+    dynamo: DynamoClient
+    store: S3Store
+    layout: TableLayout
+    endpoint: str
+
+    async def put(self, readings: list[Reading]) -> None:
+        """Write readings (25 per call) and record the sensors in the registry."""
+        items = [self.layout.to_item(r) for r in readings]
+        for i in range(0, len(items), 25):
+            pending = items[i : i + 25]
+            while pending:
+                pending = await self.dynamo.batch_write(pending)
+        registry = SensorRegistry(self.dynamo, Metrics())
+        registry.observe(readings)
+        await registry.flush()
+
+    def archiver(self, *, now_ms: int = NOW_MS, **settings: object) -> Archiver:
+        """An archiver of this table at a fixed clock (horizon: one day)."""
+        settings.setdefault("horizon_ms", HORIZON_MS)
+        return Archiver(
+            self.dynamo,
+            self.store,
+            self.layout,
+            ArchiveSettings(**settings),  # type: ignore[arg-type]
+            clock=lambda: now_ms / 1000,
+        )
+
+    async def count_items(self, sensor_id: str, bucket_start_ms: int) -> int:
+        from queries.reader import query_partition
+
+        total = 0
+        for pk in self.layout.partition_keys(sensor_id, bucket_start_ms):
+            total += len(
+                await query_partition(
+                    self.dynamo, pk, bucket_start_ms, bucket_start_ms + self.layout.bucket_ms - 1
+                )
+            )
+        return total
+
+
+@pytest_asyncio.fixture
+async def archive_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
+    endpoint = moto_server.endpoint_url
+    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    async with contextlib.AsyncExitStack() as stack:
+        dynamo = await stack.enter_async_context(
+            DynamoClient(table=unique_name, region="us-east-1", endpoint_url=endpoint, **creds)
+        )
+        await create_table(dynamo, LAYOUT)
+        stack.push_async_callback(dynamo.call, "delete_table", TableName=unique_name)
+        store = await stack.enter_async_context(
+            S3Store(bucket=bucket_name(unique_name), endpoint_url=endpoint, **creds)
+        )
+        await store.client.create_bucket(Bucket=store.bucket)
+        yield ArchiveEnv(dynamo, store, LAYOUT, endpoint)
