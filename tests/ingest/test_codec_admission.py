@@ -17,9 +17,7 @@ NOW = int(time.time() * 1000)
 
 
 def _one(dec: PayloadDecoder, sid: str) -> str | None:
-    _, rejected = dec.decode(
-        "s/x/t", orjson.dumps({"sensor_id": sid, "ts": NOW, "v": 1}), NOW
-    )
+    _, rejected = dec.decode("s/x/t", orjson.dumps({"sensor_id": sid, "ts": NOW, "v": 1}), NOW)
     return rejected[0].reason if rejected else None
 
 
