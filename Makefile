@@ -7,7 +7,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TOOLS   = .tools
 
-.PHONY: run test lint typecheck pytest deps test-deps bench-quick clean lock
+.PHONY: run test lint typecheck pytest deps test-deps bench-quick audit fuzz-api clean lock
 
 $(BIN)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +49,14 @@ test: deps test-deps lint typecheck pytest
 
 bench-quick: deps test-deps
 	$(BIN)/iot-ingest bench --quick --output bench/results/quick
+
+# Known vulnerabilities in the pinned dependencies (needs the PyPI JSON API).
+audit: deps
+	$(BIN)/pip-audit -r constraints.txt --strict
+
+# Longer fuzzing of the query API than the test suite's bounded run.
+fuzz-api: deps test-deps
+	SCHEMATHESIS_MAX_EXAMPLES=200 $(BIN)/pytest tests/queries/test_schemathesis.py --timeout=1800
 
 # Re-pin constraints.txt from the current venv (after changing dependencies).
 lock:

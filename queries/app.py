@@ -6,6 +6,11 @@ record in the app's lifespan; tests and the demo may hand in a ready
 (``{"error": {"code", "message", "parameter", "allowed"}}``) with their status;
 every response carries security headers, and the page's Content-Security-Policy
 allows only the app's own scripts, styles and API (no CDN, no inline code).
+
+Middleware, outermost first: security headers; CORS (only when origins are
+configured: closed by default, no CORS header at all); access control (API keys,
+scopes, rate limits: :mod:`queries.auth`). CORS sits outside the access control so
+preflight requests need no key and a 401 or 429 still reaches the calling page.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Mount, Route
@@ -29,8 +35,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ingest.dynamo import DynamoClient
 
 from . import grafana, routes
+from .auth import AccessControl
 from .errors import QueryError, ReadUnavailable
 from .openapi import openapi_document
+from .ratelimit import RateLimiter
 from .reader import ReadStats, TableReader
 from .responses import JSONResponse
 from .settings import ServeSettings
@@ -135,6 +143,25 @@ async def _on_internal_error(request: Request, exc: Exception) -> Response:
     )
 
 
+def _middleware(settings: ServeSettings) -> list[Middleware]:
+    stack = [Middleware(SecurityHeaders)]
+    if settings.cors_origins:
+        stack.append(
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
+                expose_headers=["X-Read-Units", "X-DynamoDB-Calls", "Retry-After"],
+                allow_credentials=False,  # keys travel in headers, never cookies
+                max_age=600,
+            )
+        )
+    limiter = RateLimiter(settings.rate_limit) if settings.rate_limit is not None else None
+    stack.append(Middleware(AccessControl, auth=settings.auth, limiter=limiter))
+    return stack
+
+
 def create_app(settings: ServeSettings, *, reader: TableReader | None = None) -> Starlette:
     """Build the app.
 
@@ -143,6 +170,11 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         reader: A ready reader (its client stays the caller's); ``None``: the app opens
             a DynamoDB client and reads the layout record during its lifespan startup.
     """
+    if settings.auth is None:
+        log.warning(
+            "query API authentication is OFF: anyone who can reach this server reads every "
+            "sensor (configure API keys for anything but a local demo)"
+        )
     index_html = (STATIC_DIR / "index.html").read_bytes()
     openapi_json = orjson.dumps(openapi_document(settings))
 
@@ -196,7 +228,7 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
             *grafana.routes,
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),
         ],
-        middleware=[Middleware(SecurityHeaders)],
+        middleware=_middleware(settings),
         exception_handlers={
             QueryError: _on_query_error,
             ExceptionGroup: _on_exception_group,

@@ -1,17 +1,33 @@
-"""``iot-ingest serve``: the query API and the dashboard.
+"""``iot-ingest serve``: the query API and the dashboard; ``iot-ingest apikey hash``: a new key.
 
 The table, region, endpoint and credentials come from the same configuration as
 ``iot-ingest run`` (config file < ``IOT_INGEST_*`` environment < flags), so one
 config file serves both; the HTTP address and the limits are this command's flags.
+
+API keys live in their own file (``--api-keys`` or ``IOT_INGEST_API_KEYS_FILE``,
+hashes only; see ``docs/security.md``). ``serve`` refuses to start without one
+unless ``--no-auth`` is given, and then says so loudly.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
+import os
+import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ingest.config import Config
+
+    from .settings import ServeSettings
 
 __all__ = ["add_commands"]
+
+log = logging.getLogger(__name__)
+
+KEYS_FILE_ENV = "IOT_INGEST_API_KEYS_FILE"
 
 _DAY_MS = 86_400_000
 
@@ -61,8 +77,146 @@ def add_commands(subparsers: Any) -> None:
         default=16,
         help="DynamoDB calls in flight across all requests (default 16)",
     )
+    p.add_argument(
+        "--api-keys",
+        type=Path,
+        help=f"API keys file (TOML, hashes only; see docs/security.md) [env {KEYS_FILE_ENV}]",
+    )
+    p.add_argument(
+        "--no-auth",
+        action="store_true",
+        help="serve WITHOUT authentication: anyone who reaches the port reads every sensor",
+    )
+    p.add_argument(
+        "--cors-origin",
+        action="append",
+        default=[],
+        metavar="ORIGIN",
+        help="allow browser pages of this origin (https://host[:port]) to call the API; "
+        "repeatable (default: none, no CORS headers)",
+    )
+    p.add_argument(
+        "--rate-limit-per-s",
+        type=float,
+        default=50.0,
+        help="requests per second per API key (per client address without auth); "
+        "0: unlimited (default 50)",
+    )
+    p.add_argument(
+        "--rate-limit-burst",
+        type=_positive_int,
+        default=100,
+        help="requests a key may make at once after being idle (default 100)",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
     p.set_defaults(func=cmd_serve)
+
+    p = subparsers.add_parser(
+        "apikey",
+        help="manage query API keys",
+        description="Create API keys for `iot-ingest serve`.",
+    )
+    sub = p.add_subparsers(dest="apikey_command", required=True)
+    h = sub.add_parser(
+        "hash",
+        help="create a new random API key: the token once, and its entry for the keys file",
+        description="Print a new random token ONCE (on stderr: give it to the client; it is "
+        "stored nowhere) and its [[keys]] entry with the token's SHA-256 hash (on stdout: "
+        "append it to the API keys file, e.g. `>> keys.toml`).",
+    )
+    h.add_argument("--name", required=True, help="the key's name (logs, rate-limit bucket)")
+    h.add_argument(
+        "--sensors",
+        action="append",
+        required=True,
+        metavar="PREFIX",
+        help="sensor-id prefix this key may read; repeatable; '*' for every sensor",
+    )
+    h.add_argument("--rate-per-s", type=float, help="this key's own rate limit")
+    h.add_argument("--burst", type=_positive_int, help="this key's own burst")
+    h.add_argument(
+        "--stdin",
+        action="store_true",
+        help="hash a token read from stdin (>= 32 characters) instead of generating one",
+    )
+    h.set_defaults(func=cmd_apikey_hash)
+
+
+def _toml_str(text: str) -> str:
+    # Names and prefixes are validated to plain characters; this quotes them for TOML.
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def cmd_apikey_hash(args: argparse.Namespace) -> int:
+    """Print a new token (stderr) and its keys-file entry (stdout)."""
+    from ingest.errors import ConfigError
+
+    from .apikeys import ApiKey, generate_token, hash_token
+
+    token = sys.stdin.readline().strip() if args.stdin else generate_token()
+    try:
+        key = ApiKey(
+            name=args.name,
+            hash=hash_token(token),
+            sensors=tuple(args.sensors),
+            rate_per_s=args.rate_per_s,
+            burst=args.burst,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"apikey hash: {exc}") from None
+    if not args.stdin:
+        print(f"API key {key.name!r} token (shown once, stored nowhere):", file=sys.stderr)
+        print(token, file=sys.stderr)
+    lines = [
+        "[[keys]]",
+        f"name = {_toml_str(key.name)}",
+        f'hash = "{key.hash}"',
+        "sensors = [" + ", ".join(_toml_str(x) for x in key.sensors) + "]",
+    ]
+    if key.rate_per_s is not None:
+        lines.append(f"rate_per_s = {key.rate_per_s}")
+    if key.burst is not None:
+        lines.append(f"burst = {key.burst}")
+    print("\n".join(lines))
+    return 0
+
+
+def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
+    """``auth``, ``rate_limit`` and ``cors_origins`` of the settings, from the flags.
+
+    Raises:
+        ConfigError: no keys and no ``--no-auth``; both; a bad keys file or origin.
+    """
+    from ingest.errors import ConfigError
+
+    from .apikeys import KeysFileError, load_keys_file
+    from .ratelimit import RateLimitSettings
+
+    keys_file = args.api_keys
+    if keys_file is None and os.environ.get(KEYS_FILE_ENV):
+        keys_file = Path(os.environ[KEYS_FILE_ENV])
+    if keys_file is not None and args.no_auth:
+        raise ConfigError("serve: --no-auth and an API keys file exclude each other; pick one")
+    if keys_file is None and not args.no_auth:
+        raise ConfigError(
+            "serve: no API keys configured. Create one with `iot-ingest apikey hash --name NAME "
+            f"--sensors '*' >> keys.toml` and pass --api-keys keys.toml (or {KEYS_FILE_ENV}); "
+            "or pass --no-auth to serve every sensor to anyone who reaches the port"
+        )
+    auth = None
+    if keys_file is not None:
+        try:
+            auth = load_keys_file(keys_file)
+        except KeysFileError as exc:
+            raise ConfigError(str(exc)) from None
+    if args.rate_limit_per_s < 0:
+        raise ConfigError(f"--rate-limit-per-s must be >= 0, got {args.rate_limit_per_s}")
+    rate_limit = None
+    if args.rate_limit_per_s > 0:
+        rate_limit = RateLimitSettings(
+            rate_per_s=args.rate_limit_per_s, burst=args.rate_limit_burst
+        )
+    return {"auth": auth, "rate_limit": rate_limit, "cors_origins": tuple(args.cors_origin)}
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -71,7 +225,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from ingest.config import load_config
 
     from .server import run
-    from .settings import ServeSettings
 
     cfg = load_config(
         file=args.config,
@@ -85,7 +238,29 @@ def cmd_serve(args: argparse.Namespace) -> int:
         },
     )
     setup_logging(cfg.log_level, cfg.log_format)
-    settings = ServeSettings(
+    access = _access_settings(args)
+    if access["auth"] is None:
+        log.warning(
+            "serve --no-auth: authentication is OFF; anyone who can reach %s:%d reads every sensor",
+            args.host,
+            args.port,
+        )
+    else:
+        log.info("API keys: %s", ", ".join(k.name for k in access["auth"].keys))
+    try:
+        settings = _settings(cfg, args, access)
+    except ValueError as exc:
+        from ingest.errors import ConfigError
+
+        raise ConfigError(f"serve: {exc}") from None
+    run(settings, host=args.host, port=args.port, log_level=cfg.log_level)
+    return 0
+
+
+def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> ServeSettings:
+    from .settings import ServeSettings
+
+    return ServeSettings(
         table=cfg.table,
         region=cfg.region,
         endpoint_url=cfg.dynamodb_endpoint,
@@ -95,6 +270,5 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_points=args.max_points,
         default_points=min(500, args.max_points),
         query_concurrency=args.query_concurrency,
+        **access,
     )
-    run(settings, host=args.host, port=args.port, log_level=cfg.log_level)
-    return 0

@@ -73,12 +73,17 @@ async def _body(request: Request) -> dict[str, Any]:
 
 
 async def _metric_names(ctx: Context) -> list[str]:
-    """``sensor/metric`` for every sensor in the registry and its latest metrics (capped)."""
+    """``sensor/metric`` for every sensor in the registry (in the key's scope) and its
+    latest metrics (capped)."""
     names: list[str] = []
     after: tuple[int, int] | None = None
     while len(names) < MAX_METRIC_NAMES:
         page = await list_sensors(
-            ctx.reader, limit=ctx.settings.max_sensor_page, after=after, stats=ctx.stats
+            ctx.reader,
+            limit=ctx.settings.max_sensor_page,
+            after=after,
+            keep=None if ctx.principal.reads_all else ctx.principal.may_read,
+            stats=ctx.stats,
         )
         for item in page.items:
             sid = item["sid"]["S"]
@@ -182,6 +187,8 @@ async def query(request: Request) -> JSONResponse:
     grid = WindowGrid.covering(start, end, choose_step(start, end, max_points))
     targets = [t for t in doc.get("targets") or [] if isinstance(t, dict) and not t.get("hide")]
     parsed = [_parse_target(t) for t in targets]
+    for sensor_id, *_ in parsed:
+        ctx.check_sensor(sensor_id, "targets[].target")
     by_sensor: dict[str, tuple[set[str], set[Agg]]] = defaultdict(lambda: (set(), set()))
     for sensor_id, metric, agg, _ in parsed:
         by_sensor[sensor_id][0].add(metric)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .auth import PUBLIC_PATHS
 from .params import AGGREGATIONS, FIELDS_FORM, SENSOR_FORM, STEP_FORM, TIME_FORM
 from .settings import ServeSettings
 
@@ -34,7 +35,9 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
 def _errors(*statuses: int) -> dict[str, Any]:
     text = {
         400: "A parameter is invalid: the body names it and the allowed form.",
-        404: "Unknown sensor.",
+        401: "No API key, or an invalid one (see the security schemes).",
+        404: "Unknown sensor, or one out of the API key's scope.",
+        429: "Too many requests for this key: retry after `Retry-After` seconds.",
         502: "DynamoDB rejected the read.",
         503: "DynamoDB throttled, failed or was unreachable: retry later.",
     }
@@ -104,6 +107,10 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                                 "dynamodb_error",
                                 "dynamodb_unavailable",
                                 "internal_error",
+                                "unauthorized",
+                                "rate_limited",
+                                "method_not_allowed",
+                                "http_error",
                             ],
                         },
                         "message": string,
@@ -462,7 +469,8 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
             }
         },
     }
-    return {
+    _secure(paths, s)
+    doc: dict[str, Any] = {
         "openapi": "3.1.0",
         "info": {
             "title": "iot-ingest query API",
@@ -484,6 +492,50 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                     "description": "DynamoDB calls this request made.",
                     "schema": {"type": "integer"},
                 },
+                "Retry-After": {
+                    "description": "Seconds to wait before retrying.",
+                    "schema": {"type": "integer"},
+                },
+            },
+            "securitySchemes": {
+                "bearer": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "An API key as a bearer token: `Authorization: Bearer "
+                    "iot_...`. Keys are created with `iot-ingest apikey hash`; each reads "
+                    "the sensors whose ids start with one of its prefixes.",
+                },
+                "apiKey": {
+                    "type": "apiKey",
+                    "in": "header",
+                    "name": "X-API-Key",
+                    "description": "The same API key in the `X-API-Key` header.",
+                },
             },
         },
     }
+    if s.auth is not None:
+        doc["security"] = [{"bearer": []}, {"apiKey": []}]
+    return doc
+
+
+def _secure(paths: dict[str, Any], s: ServeSettings) -> None:
+    """Mark public operations, and add the access-control errors of the others."""
+    for path, ops in paths.items():
+        for op in ops.values():
+            if path in PUBLIC_PATHS:
+                op["security"] = []
+                continue
+            extra: list[int] = []
+            if s.auth is not None:
+                extra.append(401)
+                if "{sensor_id}" in path or path in ("/v1/series", "/grafana/query"):
+                    extra.append(404)
+            if s.rate_limit is not None:
+                extra.append(429)
+            added = _errors(*extra)
+            if 429 in extra:
+                added["429"]["headers"] = {
+                    "Retry-After": {"$ref": "#/components/headers/Retry-After"}
+                }
+            op["responses"] = {**added, **op["responses"]}

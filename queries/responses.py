@@ -9,6 +9,8 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
+from .apikeys import ANONYMOUS, Principal
+from .errors import NotFound
 from .reader import ReadStats, TableReader
 from .settings import ServeSettings
 
@@ -27,11 +29,27 @@ class JSONResponse(Response):
 
 @dataclass(slots=True)
 class Context:
-    """What a handler needs: the reader, the settings, this request's read accounting."""
+    """What a handler needs: the reader, the settings, this request's read accounting,
+    and who is asking (the scope of sensors they may read)."""
 
     reader: TableReader
     settings: ServeSettings
     stats: ReadStats
+    principal: Principal = ANONYMOUS
+
+    def check_sensor(self, sensor_id: str, parameter: str = "sensor_id") -> str:
+        """``sensor_id`` if the caller may read it.
+
+        Raises:
+            NotFound: out of the key's scope: answered like an unknown sensor, so a
+                key cannot tell which ids exist beyond its scope.
+        """
+        if not self.principal.may_read(sensor_id):
+            raise NotFound(
+                f"{parameter}: sensor {sensor_id!r} is not in the registry, or not "
+                "readable with this API key"
+            )
+        return sensor_id
 
 
 def context(request: Request) -> Context:
@@ -40,7 +58,13 @@ def context(request: Request) -> Context:
     stats = ReadStats()
     request.state.stats = stats
     state = request.app.state
-    return Context(reader=state.reader, settings=state.settings, stats=stats)
+    who: Any = request.scope.get("state", {}).get("principal")
+    return Context(
+        reader=state.reader,
+        settings=state.settings,
+        stats=stats,
+        principal=who if isinstance(who, Principal) else ANONYMOUS,
+    )
 
 
 def json_response(content: Any, ctx: Context, status: int = 200) -> JSONResponse:

@@ -50,7 +50,12 @@ def _now_ms() -> int:
 
 
 async def sensors_list(request: Request) -> JSONResponse:
-    """``GET /v1/sensors?limit=&cursor=``: the sensor registry, a page at a time."""
+    """``GET /v1/sensors?limit=&cursor=``: the sensor registry, a page at a time.
+
+    With a scoped API key, only sensors in its scope are listed; a page may then hold
+    fewer than ``limit`` sensors (even none) while ``next_cursor`` is set: each request
+    examines a bounded number of registry entries.
+    """
     ctx = context(request)
     q = request.query_params
     limit = parse_int(
@@ -68,7 +73,8 @@ async def sensors_list(request: Request) -> JSONResponse:
             after = (int(doc["p"]), int(doc["s"]))
         except (KeyError, TypeError, ValueError):
             raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint") from None
-    page = await list_sensors(ctx.reader, limit=limit, after=after, stats=ctx.stats)
+    keep = None if ctx.principal.reads_all else ctx.principal.may_read
+    page = await list_sensors(ctx.reader, limit=limit, after=after, keep=keep, stats=ctx.stats)
     next_cursor = None
     if page.next_position is not None:
         p, sk = page.next_position
@@ -80,7 +86,7 @@ async def sensors_list(request: Request) -> JSONResponse:
 async def sensor_detail(request: Request) -> JSONResponse:
     """``GET /v1/sensors/{sensor_id}``: one sensor's registry entry (404 when unknown)."""
     ctx = context(request)
-    sensor_id = parse_sensor_id(request.path_params["sensor_id"])
+    sensor_id = ctx.check_sensor(parse_sensor_id(request.path_params["sensor_id"]))
     item = await get_sensor(ctx.reader, sensor_id, stats=ctx.stats)
     if item is None or "sid" not in item:
         raise NotFound(f"sensor {sensor_id!r} is not in the registry (it has sent no reading)")
@@ -98,7 +104,7 @@ async def sensor_detail(request: Request) -> JSONResponse:
 async def sensor_latest(request: Request) -> JSONResponse:
     """``GET /v1/sensors/{sensor_id}/latest?fields=``: the newest unexpired reading."""
     ctx = context(request)
-    sensor_id = parse_sensor_id(request.path_params["sensor_id"])
+    sensor_id = ctx.check_sensor(parse_sensor_id(request.path_params["sensor_id"]))
     fields = parse_fields(request.query_params.get("fields"))
     item = await get_sensor(ctx.reader, sensor_id, stats=ctx.stats)
     if item is None or "sid" not in item:
@@ -126,7 +132,7 @@ async def sensor_readings(request: Request) -> JSONResponse:
     ctx = context(request)
     s = ctx.settings
     q = request.query_params
-    sensor_id = parse_sensor_id(request.path_params["sensor_id"])
+    sensor_id = ctx.check_sensor(parse_sensor_id(request.path_params["sensor_id"]))
     start, end = parse_range(
         q, now_ms=_now_ms(), default_span_ms=DEFAULT_SPAN_MS, max_range_ms=s.max_range_ms
     )
@@ -254,7 +260,7 @@ def _series_head(start: int, end: int, grid: WindowGrid, aggs: tuple[Agg, ...]) 
 async def sensor_series(request: Request) -> JSONResponse:
     """``GET /v1/sensors/{id}/series?start=&end=&step=&agg=&max_points=&fields=``."""
     ctx = context(request)
-    sensor_id = parse_sensor_id(request.path_params["sensor_id"])
+    sensor_id = ctx.check_sensor(parse_sensor_id(request.path_params["sensor_id"]))
     start, end, grid, aggs, fields = _series_request(request, ctx)
     series = await read_series(ctx.reader, sensor_id, grid, aggs, fields=fields, stats=ctx.stats)
     body = {"sensor_id": sensor_id, **_series_head(start, end, grid, aggs)}
@@ -268,6 +274,8 @@ async def multi_series(request: Request) -> JSONResponse:
     """``GET /v1/series?sensors=a,b&start=&end=&step=&agg=&max_points=&fields=``: one chart."""
     ctx = context(request)
     sensors = parse_sensors(request.query_params.get("sensors"), maximum=ctx.settings.max_sensors)
+    for sid in sensors:
+        ctx.check_sensor(sid, "sensors")
     start, end, grid, aggs, fields = _series_request(request, ctx)
     async with asyncio.TaskGroup() as tg:
         tasks = [

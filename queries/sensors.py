@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,7 +26,19 @@ from ingest.layout import Item, registry_key, registry_partition_keys
 from .pages import PartitionStream, read_page
 from .reader import ReadStats, TableReader, reading_json
 
-__all__ = ["SensorPage", "get_sensor", "latest_reading", "list_sensors", "sensor_json"]
+__all__ = [
+    "MAX_SCANNED_PER_PAGE",
+    "SensorPage",
+    "get_sensor",
+    "latest_reading",
+    "list_sensors",
+    "sensor_json",
+]
+
+
+MAX_SCANNED_PER_PAGE = 10_000
+"""Most registry entries one filtered list page examines (a narrow key scope over a
+large registry returns a short page and a cursor rather than reading it all)."""
 
 
 def _number(value: dict[str, Any] | None) -> float | int | None:
@@ -65,6 +78,7 @@ async def list_sensors(
     limit: int,
     after: tuple[int, int] | None,
     stats: ReadStats,
+    keep: Callable[[str], bool] | None = None,
 ) -> SensorPage:
     """One page of the sensor registry.
 
@@ -73,6 +87,9 @@ async def list_sensors(
         limit: Most sensors returned.
         after: Resume after this ``(partition index, sort key)`` (from a previous page).
         stats: Accumulates read units.
+        keep: Only sensors whose id passes (an API key's scope); ``None``: all. With a
+            filter, at most :data:`MAX_SCANNED_PER_PAGE` entries are examined: the page
+            may be short, with a position to resume from.
     """
     partitions = registry_partition_keys()
     first = after[0] if after is not None else 0
@@ -94,15 +111,20 @@ async def list_sensors(
         for _, stream in streams:
             tg.create_task(stream.fill(stats), name="registry-fill")
     out: list[tuple[int, Item]] = []
+    scanned = 0
     for p, stream in streams:
         while len(out) < want:
             if not stream.buf:
-                await stream.fill(stats)
+                await stream.fill(stats, None if keep is None else size * 4)
                 if not stream.buf:
                     break
             item = stream.buf.popleft()
-            if "sid" in item:
+            scanned += 1
+            if "sid" in item and (keep is None or keep(item["sid"]["S"])):
                 out.append((p, item))
+            elif keep is not None and scanned >= MAX_SCANNED_PER_PAGE and len(out) <= limit:
+                # Resume after this (skipped) entry next time.
+                return SensorPage([it for _, it in out], (p, int(item["sk"]["N"])))
         if len(out) >= want:
             break
     if len(out) > limit:

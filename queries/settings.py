@@ -1,10 +1,19 @@
-"""The query API's settings: where the table is, and the limits that keep every request bounded."""
+"""The query API's settings: where the table is, the limits that keep every request bounded,
+and who may read (API keys, rate limits, CORS origins)."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
+from .apikeys import AuthSettings
+from .ratelimit import RateLimitSettings
+
 __all__ = ["ServeSettings"]
+
+_ORIGIN_RE = re.compile(
+    r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
+)
 
 _DAY_MS = 86_400_000
 
@@ -28,6 +37,11 @@ class ServeSettings:
         max_sensor_page: Largest ``limit`` of a sensor-list page.
         query_concurrency: DynamoDB calls in flight, across all requests (the fan-out bound).
         latest_future_ms: How far past "now" ``/latest`` looks (clock skew of devices).
+        auth: API keys and their scopes (``None``: no authentication, every caller
+            reads every sensor; the embedded demo's default, logged as a warning).
+        rate_limit: Per-key request rate limit (``None``: unlimited).
+        cors_origins: Origins allowed to call the API from a browser page of another
+            origin (``scheme://host[:port]``); empty: no CORS headers at all.
     """
 
     table: str
@@ -44,6 +58,9 @@ class ServeSettings:
     max_sensor_page: int = 1_000
     query_concurrency: int = 16
     latest_future_ms: int = 300_000
+    auth: AuthSettings | None = None
+    rate_limit: RateLimitSettings | None = None
+    cors_origins: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         for name in (
@@ -72,3 +89,11 @@ class ServeSettings:
             )
         if self.latest_future_ms < 0:
             raise ValueError(f"latest_future_ms must be >= 0, got {self.latest_future_ms}")
+        if isinstance(self.cors_origins, str):
+            raise ValueError("cors_origins must be a tuple of origins, not one string")
+        for origin in self.cors_origins:
+            if not _ORIGIN_RE.fullmatch(origin):
+                raise ValueError(
+                    f"CORS origin {origin!r}: must be scheme://host[:port] with no path "
+                    "or trailing slash, e.g. https://grafana.example.com ('*' is not allowed)"
+                )

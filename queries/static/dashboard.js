@@ -9,8 +9,11 @@
     status: $("status"), sensors: $("sensors"), filter: $("sensor-filter"),
     sensorCount: $("sensor-count"), range: $("range"), metric: $("metric"), band: $("band"),
     live: $("live"), interval: $("interval"), controls: $("controls"), charts: $("charts"),
-    cost: $("cost"), tz: $("tz"),
+    cost: $("cost"), tz: $("tz"), keyBox: $("key-box"), apiKey: $("api-key"),
   };
+  // The API key (when the server requires one) lives in sessionStorage: this tab only,
+  // gone when it closes; it is sent as a header, never in a URL.
+  const KEY_STORAGE = "iot-ingest.api-key";
   const MAX_SENSORS = 10;
   const MAX_SENSOR_PAGES = 50;
   let allSensors = [];
@@ -22,14 +25,38 @@
     ui.status.classList.toggle("error", Boolean(isError));
   }
 
+  function storedKey() {
+    try { return window.sessionStorage.getItem(KEY_STORAGE) || ""; } catch (e) { return ""; }
+  }
+
+  function askForKey() {
+    ui.keyBox.hidden = false;
+    ui.apiKey.focus();
+  }
+
+  function setupKeyBox() {
+    if (storedKey()) ui.keyBox.hidden = false;
+    ui.apiKey.addEventListener("change", () => {
+      try { window.sessionStorage.setItem(KEY_STORAGE, ui.apiKey.value.trim()); } catch (e) { /* private mode */ }
+      window.location.reload();
+    });
+  }
+
   async function getJSON(path, params, signal) {
     const url = new URL(path, window.location.origin);
     for (const [k, v] of Object.entries(params || {})) url.searchParams.set(k, v);
-    const resp = await fetch(url, { signal, headers: { Accept: "application/json" } });
+    const headers = { Accept: "application/json" };
+    const key = storedKey();
+    if (key) headers["X-API-Key"] = key;
+    const resp = await fetch(url, { signal, headers });
     let body = null;
     try { body = await resp.json(); } catch (e) { body = null; }
     if (!resp.ok) {
       const msg = body && body.error ? body.error.message : resp.status + " " + resp.statusText;
+      if (resp.status === 401) {
+        askForKey();
+        throw new Error(msg + " (enter an API key above)");
+      }
       throw new Error(msg);
     }
     return { body, readUnits: Number(resp.headers.get("X-Read-Units") || 0) };
@@ -225,6 +252,7 @@
   }
 
   async function start() {
+    setupKeyBox();
     ui.tz.textContent = Intl.DateTimeFormat().resolvedOptions().timeZone || "local time";
     const state = readState();
     setSelectValue(ui.range, state.range);

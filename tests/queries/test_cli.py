@@ -40,6 +40,7 @@ def _serve_cmd(table: str, endpoint: str, port: int) -> list[str]:
         "test",
         "--aws-secret-access-key",
         "test",
+        "--no-auth",  # authentication is tested in test_security_cli.py
     ]
 
 
