@@ -1,0 +1,167 @@
+"""Query benchmark: latency and read units of dashboard queries over 1 h and 24 h of 1 Hz data.
+
+Fills one sensor with ``hours`` of 1 Hz readings (5 metrics, one tag) in a
+table on a real DynamoDB-API server (dynalite by default: it counts read
+capacity like DynamoDB; moto reports one unit per call), then asks the HTTP
+API, over real HTTP, for:
+
+- the raw readings of the last hour and of the whole day (following cursors);
+- the series of the last hour and of the day downsampled to 500 points.
+
+Each request is repeated; the report gives the median latency and the read
+units from the ``X-Read-Units`` header. Latency here measures the local
+server (dynalite is far slower than DynamoDB), so the read units are the
+figure that carries over to AWS.
+
+Run: ``python -m bench.querybench [--target dynalite|moto] [--hours 24] [--repeat 3]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ingest.dynamo import DynamoClient
+from ingest.layout import Reading, TableLayout
+from ingest.table import create_table
+from queries.app import create_app
+from queries.server import ApiServer
+from queries.settings import ServeSettings
+
+from .servers import DynaliteServer, MotoServer
+
+__all__ = ["main", "run_query_bench"]
+
+KEY_ID, SECRET = "bench", "bench"
+SENSOR = "bench-sensor-1"
+
+
+def _reading(start_ms: int, i: int) -> Reading:
+    metrics: dict[str, float | int] = {
+        "temperature": 20 + (i % 600) / 60,
+        "humidity": 45.5,
+        "pressure": 1013.2,
+        "voltage": 230.1,
+        "current": 1.25 + (i % 10) / 100,
+    }
+    return Reading(SENSOR, start_ms + i * 1000, metrics, {"site": "bench"})
+
+
+async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int) -> None:
+    sem = asyncio.Semaphore(8)
+
+    async def batch(first: int) -> None:
+        items = [layout.to_item(_reading(start_ms, i)) for i in range(first, min(first + 25, n))]
+        async with sem:
+            while items:
+                items = await client.batch_write(items)
+
+    async with asyncio.TaskGroup() as tg:
+        for first in range(0, n, 25):
+            tg.create_task(batch(first))
+
+
+async def _timed(
+    http: aiohttp.ClientSession, url: str, *, follow: bool
+) -> tuple[float, float, int]:
+    """(seconds, read units, items) for one request, following cursors when asked."""
+    units = 0.0
+    items = 0
+    t0 = time.perf_counter()
+    next_url: str | None = url
+    while next_url:
+        async with http.get(next_url) as r:
+            body: dict[str, Any] = orjson.loads(await r.read())
+            if r.status != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status}: {body}")
+            units += float(r.headers.get("X-Read-Units", "0"))
+        items += len(body.get("readings", body.get("ts", [])))  # readings, or series windows
+        cursor = body.get("next_cursor")
+        next_url = f"{url}&cursor={cursor}" if follow and cursor else None
+    return time.perf_counter() - t0, units, items
+
+
+async def run_query_bench(target: str, hours: int, repeat: int) -> list[dict[str, Any]]:
+    """Fill a table, run the queries, return one result row per query."""
+    server_cls = DynaliteServer if target == "dynalite" else MotoServer
+    async with server_cls() as server, contextlib.AsyncExitStack() as stack:
+        layout = TableLayout()
+        table = f"querybench-{int(time.time())}"
+        client = await stack.enter_async_context(
+            DynamoClient(
+                table=table,
+                region="us-east-1",
+                endpoint_url=server.endpoint_url,
+                aws_access_key_id=KEY_ID,
+                aws_secret_access_key=SECRET,
+            )
+        )
+        await create_table(client, layout)
+        end_ms = (int(time.time()) // 3600) * 3_600_000
+        start_ms = end_ms - hours * 3_600_000
+        t0 = time.perf_counter()
+        await _fill(client, layout, start_ms, hours * 3600)
+        print(
+            f"filled {hours * 3600} readings in {time.perf_counter() - t0:.1f} s", file=sys.stderr
+        )
+        settings = ServeSettings(
+            table=table,
+            endpoint_url=server.endpoint_url,
+            aws_access_key_id=KEY_ID,
+            aws_secret_access_key=SECRET,
+        )
+        api = await stack.enter_async_context(ApiServer(create_app(settings), port=0))
+        base = f"{api.url}/v1/sensors/{SENSOR}"
+        hour = f"start={end_ms - 3_600_000}&end={end_ms - 1}"
+        day = f"start={start_ms}&end={end_ms - 1}"
+        queries = [
+            ("raw 1 h", f"{base}/readings?{hour}&limit=10000", True),
+            ("series 1 h, 500 points", f"{base}/series?{hour}&max_points=500", False),
+            (f"raw {hours} h (pages of 10,000)", f"{base}/readings?{day}&limit=10000", True),
+            (f"series {hours} h, 500 points", f"{base}/series?{day}&max_points=500", False),
+        ]
+        rows = []
+        async with aiohttp.ClientSession() as http:
+            for name, url, follow in queries:
+                runs = [await _timed(http, url, follow=follow) for _ in range(repeat)]
+                rows.append(
+                    {
+                        "query": name,
+                        "latency_s": statistics.median(r[0] for r in runs),
+                        "read_units": runs[-1][1],
+                        "items": runs[-1][2],
+                        "target": target,
+                    }
+                )
+        return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--target", choices=["dynalite", "moto"], default="dynalite")
+    parser.add_argument("--hours", type=int, default=24)
+    parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--json", action="store_true", help="one JSON object per query")
+    args = parser.parse_args(argv)
+    rows = asyncio.run(run_query_bench(args.target, args.hours, args.repeat))
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row).decode())
+    else:
+        print(f"| query ({args.target}) | items | median latency | read units |")
+        print("| --- | ---: | ---: | ---: |")
+        for r in rows:
+            print(f"| {r['query']} | {r['items']} | {r['latency_s']:.2f} s | {r['read_units']:g} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
