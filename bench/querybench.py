@@ -30,8 +30,10 @@ import aiohttp
 import orjson
 
 from ingest.dynamo import DynamoClient
+from ingest.errors import WriteRetriable
 from ingest.layout import Reading, TableLayout
 from ingest.table import create_table
+from ingest.writer import Backoff
 from queries.app import create_app
 from queries.server import ApiServer
 from queries.settings import ServeSettings
@@ -60,9 +62,15 @@ async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int
 
     async def batch(first: int) -> None:
         items = [layout.to_item(_reading(start_ms, i)) for i in range(first, min(first + 25, n))]
+        backoff = Backoff(base_ms=50, cap_ms=2000)
+        attempt = 0
         async with sem:
             while items:
-                items = await client.batch_write(items)
+                try:
+                    items = await client.batch_write(items)
+                except WriteRetriable:  # a loaded local server: back off and resend
+                    await asyncio.sleep(backoff.delay_s(attempt))
+                    attempt += 1
 
     async with asyncio.TaskGroup() as tg:
         for first in range(0, n, 25):
