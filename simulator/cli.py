@@ -204,6 +204,13 @@ def _add_verify(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         action="store_true",
         help="do not report registry sensors absent from the manifest",
     )
+    p.add_argument(
+        "--dead-letters",
+        type=Path,
+        metavar="DIR",
+        help="also check that this dead-letter spool ({data_dir}/deadletters of the run) "
+        "holds exactly the run's invalid messages",
+    )
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=verify_command)
 
@@ -387,6 +394,8 @@ def verify_command(args: argparse.Namespace) -> int:
         )
     except SimulatorError as exc:
         return _error(str(exc))
+    if args.dead_letters is not None:
+        report.check_dead_letters(manifest, args.dead_letters)
     if args.json:
         sys.stdout.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n")
     else:

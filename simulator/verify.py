@@ -17,6 +17,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 from aiobotocore.config import AioConfig
@@ -83,10 +84,29 @@ class VerifyReport:
     diffs: list[SensorDiff] = field(default_factory=list)
     unknown_sensors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    dead_letters_expected: int | None = None
+    dead_letters_found: int | None = None
 
     @property
     def ok(self) -> bool:
-        return not self.diffs and not self.unknown_sensors
+        return (
+            not self.diffs
+            and not self.unknown_sensors
+            and self.dead_letters_expected == self.dead_letters_found
+        )
+
+    def check_dead_letters(self, manifest: Manifest, directory: Path) -> None:
+        """Compare the run's invalid messages with the decode-stage dead letters in ``directory``.
+
+        Point it at the spool of the run (``{data_dir}/deadletters``): letters from
+        other runs there would count too.
+        """
+        from ingest.deadletters import iter_dead_letters
+
+        self.dead_letters_expected = int(manifest["invalid"].get("messages", 0))
+        self.dead_letters_found = sum(
+            1 for _, dl in iter_dead_letters(directory) if dl.stage == "decode"
+        )
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -328,6 +348,12 @@ def format_report(report: VerifyReport) -> list[str]:
                     lines.append(f"    {label} ts: {shown}{more}")
         if len(r.diffs) > _MAX_LISTED:
             lines.append(f"  … and {len(r.diffs) - _MAX_LISTED} more")
+    if r.dead_letters_expected is not None:
+        same = r.dead_letters_expected == r.dead_letters_found
+        lines.append(
+            f"dead letters: {r.dead_letters_found} found, {r.dead_letters_expected} invalid "
+            f"messages sent{'' if same else ' — MISMATCH'}"
+        )
     if r.unknown_sensors:
         shown = ", ".join(r.unknown_sensors[:_MAX_LISTED])
         lines.append(

@@ -77,3 +77,6 @@ async def test_simulated_traffic_lands_exactly_in_the_table(
     assert report.readings_found == manifest["totals"]["valid_readings"] > 300
     letters = [dl for _, dl in iter_dead_letters(tmp_path / "deadletters")]
     assert len(letters) == manifest["invalid"]["messages"] > 0
+    report.check_dead_letters(manifest, tmp_path / "deadletters")
+    assert report.ok and report.dead_letters_found == report.dead_letters_expected
+    assert any(line.startswith("dead letters:") for line in format_report(report))
