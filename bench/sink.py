@@ -33,6 +33,13 @@ Accounting, per item acknowledged by a BatchWriteItem (``GET /_stats``):
 * ``first_write_s``/``last_write_s``: wall-clock times of the first and last
   accepted BatchWriteItem.
 
+``GET /_stats?light=1`` returns only the counters (cheap enough to poll every
+second); the full document adds the latency histogram, rewritten keys and the
+hottest partitions. Besides BatchWriteItem the sink answers what the service
+and the harness call at start: CreateTable, DescribeTable, the TTL calls,
+PutItem/GetItem (small items, kept), UpdateItem (counted, not kept) and Query
+(the kept small items of a partition).
+
 Run: ``python -m bench.sink --port P [--upstream URL]`` (prints ``READY <port>``).
 """
 
@@ -43,6 +50,7 @@ import asyncio
 import logging
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -79,9 +87,16 @@ class Sink:
     Args:
         track_keys: Count every (pk, sk) written (needed for loss and rewrite checks).
         upstream: Forward every request to this DynamoDB-API endpoint (tap mode).
+        clock: Wall clock, epoch seconds (injected by tests).
     """
 
-    def __init__(self, *, track_keys: bool = True, upstream: str | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        track_keys: bool = True,
+        upstream: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.tables: dict[str, dict[str, Any]] = {}
         self.small_items: dict[tuple[str, str, str], dict[str, Any]] = {}
         self.counts: Counter[str] = Counter()
@@ -94,12 +109,13 @@ class Sink:
         self.first_write_s: float | None = None
         self.last_write_s: float | None = None
         self.max_item_bytes = 0
-        self._clock: tuple[float, float, float] | None = None
+        self._ts_map: tuple[float, float, float] | None = None  # ts0, wall0, speed
         self._second = 0
         self._second_writes: Counter[str] = Counter()
         self.peak_partition_writes_per_s = 0
         self.peak_partition = ""
         self._client: aiohttp.ClientSession | None = None
+        self._clock_s = clock
 
     # -- HTTP entry -------------------------------------------------------------
 
@@ -237,16 +253,14 @@ class Sink:
         self, items_by_table: dict[str, list[dict[str, Any]]], sizes: dict[int, int] | None = None
     ) -> None:
         """Account items that are now durable: keys, partitions, sizes, latency."""
-        now = time.time()
+        now = self._clock_s()
         now_ms = now * 1000
         if self.first_write_s is None:
             self.first_write_s = now
         self.last_write_s = now
-        second = int(now)
-        if second != self._second:
-            self._roll_second(second)
+        self._roll_second(int(now))
         keys, parts, sec = self.keys, self.partition_writes, self._second_writes
-        clock = self._clock
+        ts_map = self._ts_map
         scheduled: list[float] = []
         n = wu = nbytes = 0
         for items in items_by_table.values():
@@ -255,16 +269,13 @@ class Sink:
                 size = sizes[id(item)] if sizes is not None else item_size_bytes(item)
                 nbytes += size
                 wu += write_units(size)
-                if size > self.max_item_bytes:
-                    self.max_item_bytes = size
+                self.max_item_bytes = max(self.max_item_bytes, size)
                 parts[pk] += 1
                 sec[pk] += 1
                 if self.track_keys:
                     keys[(pk, sk)] += 1
                 ts = float(sk)
-                scheduled.append(
-                    ts if clock is None else clock[1] + (ts - clock[0]) / clock[2]
-                )
+                scheduled.append(ts if ts_map is None else ts_map[1] + (ts - ts_map[0]) / ts_map[2])
                 n += 1
         self.latency.record_many(now_ms, scheduled)
         c = self.counts
@@ -274,6 +285,9 @@ class Sink:
         c["batches"] += 1
 
     def _roll_second(self, second: int) -> None:
+        """Close the one-second window of per-partition counts when ``second`` is a new one."""
+        if second == self._second:
+            return
         if self._second_writes:
             pk, n = self._second_writes.most_common(1)[0]
             if n > self.peak_partition_writes_per_s:
@@ -343,6 +357,19 @@ class Sink:
         self._account_put(body["Item"])
         return _ok({})
 
+    def op_Query(self, body: dict[str, Any]) -> web.Response:
+        """The kept small items of the partitions named in the expression values.
+
+        Enough for what the service reads at start (its registry: empty here, since
+        registry updates are counted, not kept); readings are never kept.
+        """
+        name = self._table(body)
+        if isinstance(name, web.Response):
+            return name
+        pks = {v["S"] for v in body.get("ExpressionAttributeValues", {}).values() if "S" in v}
+        items = [it for (t, pk, _), it in self.small_items.items() if t == name and pk in pks]
+        return _ok({"Items": items, "Count": len(items), "ScannedCount": len(items)})
+
     def op_UpdateItem(self, body: dict[str, Any]) -> web.Response:
         name = self._table(body)
         if isinstance(name, web.Response):
@@ -357,20 +384,21 @@ class Sink:
         speed = float(doc.get("speed", 1.0))
         if speed <= 0:
             return web.json_response({"error": "speed must be > 0"}, status=400)
-        self._clock = (float(doc["ts0_ms"]), float(doc["wall0_ms"]), speed)
+        self._ts_map = (float(doc["ts0_ms"]), float(doc["wall0_ms"]), speed)
         return web.json_response({"ok": True})
 
-    def stats_doc(self, *, per_sensor: bool = False, latency: bool = True) -> dict[str, Any]:
-        """The accounting so far (see the module docstring)."""
-        self._roll_second(int(time.time()))
-        dupes = sum(1 for n in self.keys.values() if n > 1)
+    def stats_doc(self, *, per_sensor: bool = False, light: bool = False) -> dict[str, Any]:
+        """The accounting so far (see the module docstring).
+
+        Args:
+            per_sensor: Add ``sensor_keys`` (distinct keys per sensor id).
+            light: Only counters (cheap enough to poll every second).
+        """
+        self._roll_second(int(self._clock_s()))
         doc: dict[str, Any] = {
             "counts": dict(self.counts),
             "distinct_keys": len(self.keys),
-            "rewritten_keys": dupes,
             "elapsed_s": time.monotonic() - self.started,
-            "hottest_partitions": self.partition_writes.most_common(8),
-            "partitions": len(self.partition_writes),
             "peak_partition_writes_per_s": self.peak_partition_writes_per_s,
             "peak_partition": self.peak_partition,
             "first_write_s": self.first_write_s,
@@ -378,8 +406,12 @@ class Sink:
             "max_item_bytes": self.max_item_bytes,
             "upstream": self.upstream,
         }
-        if latency:
-            doc["latency_ms"] = self.latency.sparse()
+        if light:
+            return doc
+        doc["rewritten_keys"] = sum(1 for n in self.keys.values() if n > 1)
+        doc["hottest_partitions"] = self.partition_writes.most_common(8)
+        doc["partitions"] = len(self.partition_writes)
+        doc["latency_ms"] = self.latency.sparse()
         if per_sensor:
             sensors: Counter[str] = Counter()
             for pk, _ in self.keys:
@@ -389,7 +421,7 @@ class Sink:
 
     async def stats(self, request: web.Request) -> web.Response:
         q = request.query
-        doc = self.stats_doc(per_sensor=q.get("sensors") == "1", latency=q.get("latency") != "0")
+        doc = self.stats_doc(per_sensor=q.get("sensors") == "1", light=q.get("light") == "1")
         return _ok(doc)
 
 

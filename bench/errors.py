@@ -1,0 +1,21 @@
+"""Errors of the ``bench`` package.
+
+::
+
+    BenchError            a load run cannot go on (a process failed to start or died,
+                          a deadline passed, a publisher printed no summary)
+
+Server start-up failures keep their own types (:class:`ingest.embedded.ServerStartError`,
+:class:`~ingest.embedded.ServerNotInstalledError`, whose message says to run
+``make test-deps``).
+"""
+
+from __future__ import annotations
+
+__all__ = ["BenchError"]
+
+
+class BenchError(Exception):
+    """A load run cannot go on; the message says what failed and where its log is."""
+
+    retriable = False
