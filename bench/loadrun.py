@@ -42,6 +42,7 @@ import aiohttp
 import orjson
 
 from ingest.layout import TableLayout
+from ingest.table import create_table_request
 
 from . import procstat
 from .capacity import US_EAST_1_USD_PER_MILLION_WRU, cost_per_million_readings_usd
@@ -168,18 +169,7 @@ async def _prepare_table(endpoint: str) -> None:
         aws_access_key_id="bench",
         aws_secret_access_key="bench",
     ) as client:
-        await client.create_table(
-            TableName=TABLE,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "N"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        await client.create_table(**create_table_request(TABLE))
         async with asyncio.timeout(30):
             while True:
                 desc = await client.describe_table(TableName=TABLE)

@@ -4,14 +4,51 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from .dynamo import DynamoClient
 from .errors import TableError, WriteError
 from .layout import LAYOUT_PK, TableLayout
 
-__all__ = ["create_table", "ensure_layout"]
+__all__ = ["create_table", "create_table_request", "ensure_layout", "read_layout"]
 
 log = logging.getLogger(__name__)
+
+
+def create_table_request(table: str) -> dict[str, Any]:
+    """CreateTable's arguments for a table of this layout (on-demand; keys pk S, sk N)."""
+    return {
+        "TableName": table,
+        "AttributeDefinitions": [
+            {"AttributeName": "pk", "AttributeType": "S"},
+            {"AttributeName": "sk", "AttributeType": "N"},
+        ],
+        "KeySchema": [
+            {"AttributeName": "pk", "KeyType": "HASH"},
+            {"AttributeName": "sk", "KeyType": "RANGE"},
+        ],
+        "BillingMode": "PAY_PER_REQUEST",
+    }
+
+
+async def read_layout(client: DynamoClient) -> TableLayout | None:
+    """The table's layout record, or None when it has none; TableError if the table is missing."""
+    try:
+        resp = await client.call(
+            "get_item",
+            TableName=client.table,
+            Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
+            ConsistentRead=True,
+        )
+    except WriteError as exc:
+        if "ResourceNotFoundException" in str(exc):
+            raise TableError(
+                f"table {client.table!r} does not exist: check --table and --region, or create "
+                f"it with `iot-ingest table create --table {client.table}` (or --create-table)"
+            ) from exc
+        raise TableError(f"cannot read the layout of table {client.table!r}: {exc}") from exc
+    item = resp.get("Item")
+    return None if item is None else TableLayout.from_layout_item(item)
 
 
 async def _table_status(client: DynamoClient) -> str | None:
@@ -33,19 +70,7 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
     status = await _table_status(client)
     if status is None:
         try:
-            await client.call(
-                "create_table",
-                TableName=client.table,
-                AttributeDefinitions=[
-                    {"AttributeName": "pk", "AttributeType": "S"},
-                    {"AttributeName": "sk", "AttributeType": "N"},
-                ],
-                KeySchema=[
-                    {"AttributeName": "pk", "KeyType": "HASH"},
-                    {"AttributeName": "sk", "KeyType": "RANGE"},
-                ],
-                BillingMode="PAY_PER_REQUEST",
-            )
+            await client.call("create_table", **create_table_request(client.table))
             created = True
             log.info("created table %s (on-demand)", client.table)
         except WriteError as exc:
@@ -78,25 +103,10 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
 
 async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayout:
     """Check the table's layout record (writing it if absent); raise TableError on mismatch."""
-    try:
-        resp = await client.call(
-            "get_item",
-            TableName=client.table,
-            Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
-            ConsistentRead=True,
-        )
-    except WriteError as exc:
-        if "ResourceNotFoundException" in str(exc):
-            raise TableError(
-                f"table {client.table!r} does not exist: run `iot-ingest table create --table {client.table}` "
-                "or start with --create-table"
-            ) from exc
-        raise
-    item = resp.get("Item")
-    if item is None:
+    stored = await read_layout(client)
+    if stored is None:
         await client.call("put_item", TableName=client.table, Item=layout.to_layout_item())
         return layout
-    stored = TableLayout.from_layout_item(item)
     if (stored.bucket_ms, stored.shards) != (layout.bucket_ms, layout.shards):
         raise TableError(
             f"table {client.table!r} was created with bucket_minutes={stored.bucket_ms // 60000}, "

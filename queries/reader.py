@@ -29,6 +29,7 @@ from typing import Any
 from ingest.dynamo import DynamoClient
 from ingest.errors import TableError, WriteError
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
+from ingest.table import read_layout
 
 from .errors import wrap_read_error
 
@@ -169,27 +170,13 @@ class TableReader:
         Raises:
             TableError: the table does not exist or has no layout record.
         """
-        try:
-            resp = await client.call(
-                "get_item",
-                TableName=client.table,
-                Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
-                ConsistentRead=True,
-            )
-        except WriteError as exc:
-            if "ResourceNotFoundException" in str(exc):
-                raise TableError(
-                    f"table {client.table!r} does not exist: check --table and --region, "
-                    f"or create it with `iot-ingest table create --table {client.table}`"
-                ) from exc
-            raise TableError(f"cannot read the layout of table {client.table!r}: {exc}") from exc
-        item = resp.get("Item")
-        if item is None:
+        layout = await read_layout(client)
+        if layout is None:
             raise TableError(
                 f"table {client.table!r} has no layout record (pk={LAYOUT_PK!r}): it was not "
                 "created by iot-ingest; run `iot-ingest table create` or the ingest service first"
             )
-        return cls(client, TableLayout.from_layout_item(item), concurrency=concurrency)
+        return cls(client, layout, concurrency=concurrency)
 
     @property
     def table(self) -> str:

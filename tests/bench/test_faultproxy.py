@@ -14,24 +14,14 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 
 from bench.faultproxy import FaultProxy
 from bench.servers import MotoServer
+from ingest.table import create_table_request
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]
 
 
 async def _create_table(client: Any, name: str) -> None:
-    await client.create_table(
-        TableName=name,
-        KeySchema=[
-            {"AttributeName": "pk", "KeyType": "HASH"},
-            {"AttributeName": "sk", "KeyType": "RANGE"},
-        ],
-        AttributeDefinitions=[
-            {"AttributeName": "pk", "AttributeType": "S"},
-            {"AttributeName": "sk", "AttributeType": "N"},
-        ],
-        BillingMode="PAY_PER_REQUEST",
-    )
+    await client.create_table(**create_table_request(name))
 
 
 def _puts(n: int, start: int = 0) -> list[dict[str, Any]]:

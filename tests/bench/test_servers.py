@@ -14,6 +14,7 @@ import pytest
 
 from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
 from ingest.embedded import ServerNotInstalledError, ServerStartError, probe_mqtt
+from ingest.table import create_table_request
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
 
@@ -22,18 +23,7 @@ async def test_dynamodb_endpoint_creates_writes_and_reads_a_table(
     dynamodb_endpoint: str, dynamodb_client: ClientFactory, unique_name: str
 ) -> None:
     async with dynamodb_client(dynamodb_endpoint) as client:
-        await client.create_table(
-            TableName=unique_name,
-            KeySchema=[
-                {"AttributeName": "pk", "KeyType": "HASH"},
-                {"AttributeName": "sk", "KeyType": "RANGE"},
-            ],
-            AttributeDefinitions=[
-                {"AttributeName": "pk", "AttributeType": "S"},
-                {"AttributeName": "sk", "AttributeType": "N"},
-            ],
-            BillingMode="PAY_PER_REQUEST",
-        )
+        await client.create_table(**create_table_request(unique_name))
         await client.get_waiter("table_exists").wait(
             TableName=unique_name, WaiterConfig={"Delay": 0.1, "MaxAttempts": 100}
         )
