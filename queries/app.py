@@ -2,7 +2,9 @@
 
 ``create_app(settings)`` opens the DynamoDB client and reads the table's layout
 record in the app's lifespan; tests and the demo may hand in a ready
-:class:`~queries.reader.TableReader` instead. Errors become JSON bodies
+:class:`~queries.reader.TableReader` instead. With ``settings.s3_bucket`` the
+lifespan also opens the archive's S3 store (checking the bucket) and gives it to
+the reader as its cold tier (:mod:`queries.tiers`). Errors become JSON bodies
 (``{"error": {"code", "message", "parameter", "allowed"}}``) with their status;
 every response carries security headers, and the page's Content-Security-Policy
 allows only the app's own scripts, styles and API (no CDN, no inline code).
@@ -32,6 +34,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.archive.store import S3Store
 from ingest.dynamo import DynamoClient
 
 from . import grafana, routes
@@ -152,7 +155,12 @@ def _middleware(settings: ServeSettings) -> list[Middleware]:
                 allow_origins=list(settings.cors_origins),
                 allow_methods=["GET", "POST"],
                 allow_headers=["Authorization", "X-API-Key", "Content-Type", "Accept"],
-                expose_headers=["X-Read-Units", "X-DynamoDB-Calls", "Retry-After"],
+                expose_headers=[
+                    "X-Read-Units",
+                    "X-DynamoDB-Calls",
+                    "X-Cold-Objects",
+                    "Retry-After",
+                ],
                 allow_credentials=False,  # keys travel in headers, never cookies
                 max_age=600,
             )
@@ -169,6 +177,9 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         settings: Table, limits.
         reader: A ready reader (its client stays the caller's); ``None``: the app opens
             a DynamoDB client and reads the layout record during its lifespan startup.
+            With ``settings.s3_bucket`` and a reader without a cold store, the lifespan
+            opens the archive's store and sets it as the reader's ``cold`` (closing it
+            at shutdown).
     """
     if settings.auth is None:
         log.warning(
@@ -202,6 +213,23 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
                     layout.bucket_ms,
                     layout.shards,
                 )
+            table_reader: TableReader = app.state.reader
+            if settings.s3_bucket is not None and table_reader.cold is None:
+                store = await stack.enter_async_context(
+                    S3Store(
+                        bucket=settings.s3_bucket,
+                        prefix=settings.s3_prefix or "archive",
+                        region=settings.region,
+                        endpoint_url=settings.s3_endpoint,
+                        max_connections=settings.query_concurrency,
+                        aws_access_key_id=settings.aws_access_key_id,
+                        aws_secret_access_key=settings.aws_secret_access_key,
+                    )
+                )
+                await store.check()
+                table_reader.cold = store
+                stack.callback(setattr, table_reader, "cold", None)
+                log.info("cold tier: s3://%s/%s/", store.bucket, store.prefix)
             yield
 
     async def index(_: Request) -> Response:

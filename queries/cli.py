@@ -108,6 +108,13 @@ def add_commands(subparsers: Any) -> None:
         default=100,
         help="requests a key may make at once after being idle (default 100)",
     )
+    p.add_argument(
+        "--s3-bucket",
+        help="S3 bucket of the table's archive (`iot-ingest archive`): raw ranges and "
+        "series then read archived buckets from it too (default: DynamoDB only)",
+    )
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS's)")
+    p.add_argument("--s3-prefix", help="key prefix of the archive (default: archive)")
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
     p.set_defaults(func=cmd_serve)
 
@@ -270,5 +277,8 @@ def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> 
         max_points=args.max_points,
         default_points=min(500, args.max_points),
         query_concurrency=args.query_concurrency,
+        s3_bucket=args.s3_bucket,
+        s3_endpoint=args.s3_endpoint,
+        s3_prefix=args.s3_prefix,
         **access,
     )

@@ -7,8 +7,11 @@
     │                             names the parameter, the value and the allowed form
     ├── NotFound          404     no such sensor (or no unexpired reading of it)
     └── ReadFailed        502     DynamoDB refused the read (a bug or a misconfiguration)
+        ├── ArchiveReadFailed 502 the S3 archive (cold tier) refused a read or holds
+        │                         an unreadable object
         └── ReadUnavailable 503   DynamoDB throttled, failed (5xx) or was unreachable:
-                                  the same request may succeed later (``retriable``)
+            │                     the same request may succeed later (``retriable``)
+            └── ArchiveUnavailable 503  the same for the S3 archive
 
 :func:`wrap_read_error` turns the DynamoDB client's errors into ``ReadFailed``
 where they enter the read path, so handlers speak this tree only.
@@ -21,6 +24,8 @@ from typing import Any
 from ingest.errors import WriteError
 
 __all__ = [
+    "ArchiveReadFailed",
+    "ArchiveUnavailable",
     "BadParameter",
     "NotFound",
     "QueryError",
@@ -100,3 +105,17 @@ def wrap_read_error(exc: WriteError) -> ReadFailed:
     if exc.retriable:
         return ReadUnavailable(f"DynamoDB read failed, try again later ({exc.cause}): {exc}")
     return ReadFailed(f"DynamoDB rejected the read ({exc.cause}): {exc}")
+
+
+class ArchiveReadFailed(ReadFailed):
+    """The S3 archive (cold tier) refused a read, or an archived object is unreadable."""
+
+    status = 502
+    code = "archive_error"
+
+
+class ArchiveUnavailable(ReadUnavailable):
+    """The S3 archive failed or was unreachable: retry later."""
+
+    status = 503
+    code = "archive_unavailable"

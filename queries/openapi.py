@@ -27,6 +27,7 @@ def _ok(description: str, schema: dict[str, Any]) -> dict[str, Any]:
         "headers": {
             "X-Read-Units": {"$ref": "#/components/headers/X-Read-Units"},
             "X-DynamoDB-Calls": {"$ref": "#/components/headers/X-DynamoDB-Calls"},
+            "X-Cold-Objects": {"$ref": "#/components/headers/X-Cold-Objects"},
         },
         "content": {_JSON: {"schema": schema}},
     }
@@ -178,10 +179,26 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                 "order": {"type": "string", "enum": ["asc", "desc"]},
                 "count": {"type": "integer"},
                 "readings": {"type": "array", "items": _ref("Reading")},
+                "tiers": _ref("Tiers"),
                 "next_cursor": {
                     "type": ["string", "null"],
                     "description": "Pass as `cursor` (with the same other parameters) for the "
                     "next page; null on the last page.",
+                },
+            },
+        },
+        "Tiers": {
+            "type": "array",
+            "description": "Only when the server reads an S3 archive (`serve --s3-bucket`): "
+            "each time bucket the response covers and the tier that served it: `hot` "
+            "(DynamoDB), `cold` (the S3 archive) or `hot+cold` (both, merged by timestamp; "
+            "DynamoDB wins where both hold a reading).",
+            "items": {
+                "type": "object",
+                "required": ["bucket_start", "tier"],
+                "properties": {
+                    "bucket_start": {"type": "integer", "description": "Epoch ms."},
+                    "tier": {"type": "string", "enum": ["hot", "cold", "hot+cold"]},
                 },
             },
         },
@@ -228,6 +245,7 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         "sensor_id": string,
                         "metrics": _ref("Metrics"),
                         "omitted_metrics": {"type": "array", "items": string},
+                        "tiers": _ref("Tiers"),
                     },
                 },
             ]
@@ -243,7 +261,11 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                             "type": "array",
                             "items": {
                                 "type": "object",
-                                "properties": {"sensor_id": string, "metrics": _ref("Metrics")},
+                                "properties": {
+                                    "sensor_id": string,
+                                    "metrics": _ref("Metrics"),
+                                    "tiers": _ref("Tiers"),
+                                },
                             },
                         }
                     },
@@ -490,6 +512,11 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                 },
                 "X-DynamoDB-Calls": {
                     "description": "DynamoDB calls this request made.",
+                    "schema": {"type": "integer"},
+                },
+                "X-Cold-Objects": {
+                    "description": "S3 archive objects this request read (only when the "
+                    "server reads an archive: `serve --s3-bucket`).",
                     "schema": {"type": "integer"},
                 },
                 "Retry-After": {

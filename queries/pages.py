@@ -15,6 +15,11 @@ concurrently; the DynamoDB calls in flight are bounded by the reader's semaphore
 A page asks for ``limit + 1`` readings: the extra one tells whether a next page
 exists and where it starts (see :mod:`queries.cursor` for why a timestamp is an
 exact position).
+
+With a cold tier (``TableReader.cold``), a bucket the archive holds is read whole
+by :func:`queries.tiers.read_bucket` instead (hot and cold merged, one bucket at a
+time) and spliced into the same ordered stream; ``Page.tiers`` says which tier
+served each bucket the page covered.
 """
 
 from __future__ import annotations
@@ -24,12 +29,13 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.layout import Item
 
 from .reader import ReadStats, TableReader, is_live, partition_query
+from .tiers import HOT, Tier, markers, read_bucket
 
 __all__ = ["MAX_PAGE_ITEMS", "Page", "PartitionStream", "read_page"]
 
@@ -79,10 +85,12 @@ class Page:
     Attributes:
         items: At most ``limit`` items, merged in timestamp order.
         next_ts: The timestamp the next page starts at (inclusive), ``None`` at the end.
+        tiers: Each bucket the page read, in reading order, and the tier that served it.
     """
 
     items: list[Item]
     next_ts: int | None
+    tiers: list[tuple[int, Tier]] = field(default_factory=list)
 
 
 MAX_PAGE_ITEMS = 2_500
@@ -155,11 +163,33 @@ async def read_page(
     sign = -1 if descending else 1
     out: list[Item] = []
     max_wave = max(1, max_wave_partitions // layout.shards)
+    archived = await markers(reader, sensor_id, start_ms, end_ms, stats)
+    tiers: list[tuple[int, Tier]] = []
     wave = 1
     pos = 0
     while pos < len(buckets) and len(out) < want:
-        chunk = buckets[pos : pos + wave]
-        pos += len(chunk)
+        marker = archived.get(buckets[pos])
+        if marker is not None:
+            items, tier = await read_bucket(
+                reader,
+                sensor_id,
+                buckets[pos],
+                marker,
+                start_ms,
+                end_ms,
+                fields=fields,
+                now_s=now,
+                stats=stats,
+                descending=descending,
+            )
+            tiers.append((buckets[pos], tier))
+            out += items[: want - len(out)]
+            pos += 1
+            continue
+        chunk: list[int] = []
+        while pos < len(buckets) and len(chunk) < wave and buckets[pos] not in archived:
+            chunk.append(buckets[pos])
+            pos += 1
         size = _page_size(want - len(out), layout.shards * len(chunk))
         waves: list[list[PartitionStream]] = []
         for bucket in chunk:
@@ -188,11 +218,18 @@ async def read_page(
             for streams in waves:
                 for stream in streams:
                     tg.create_task(stream.fill(stats), name="page-fill")
-        for streams in waves:
+        for bucket, streams in zip(chunk, waves, strict=True):
+            tiers.append((bucket, HOT))
             await _merge_bucket(streams, out, want, stats, sign)
             if len(out) >= want:
                 break
         wave = min(wave * 2, max_wave)
     if len(out) > limit:
-        return Page(out[:limit], int(out[limit]["sk"]["N"]))
-    return Page(out, None)
+        nxt = int(out[limit]["sk"]["N"])
+        # The page covers the range up to (not including) the next page's first reading.
+        if descending:
+            tiers = [(b, t) for b, t in tiers if b + layout.bucket_ms - 1 > nxt]
+        else:
+            tiers = [(b, t) for b, t in tiers if b < nxt]
+        return Page(out[:limit], nxt, tiers)
+    return Page(out, None, tiers)

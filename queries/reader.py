@@ -24,7 +24,7 @@ import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingest.dynamo import DynamoClient
 from ingest.errors import TableError, WriteError
@@ -32,6 +32,9 @@ from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
 from ingest.table import read_layout
 
 from .errors import wrap_read_error
+
+if TYPE_CHECKING:
+    from ingest.archive.store import S3Store
 
 __all__ = [
     "ReadStats",
@@ -52,11 +55,14 @@ class ReadStats:
         read_units: Consumed read capacity units (``ReturnConsumedCapacity=TOTAL``, summed).
         calls: DynamoDB calls made (Query and GetItem).
         items_scanned: Items DynamoDB read before filters (what read units pay for).
+        cold_objects: S3 archive objects read (``None``: no cold tier configured, and
+            no ``X-Cold-Objects`` header).
     """
 
     read_units: float = 0.0
     calls: int = 0
     items_scanned: int = 0
+    cold_objects: int | None = None
 
     def add(self, resp: dict[str, Any]) -> None:
         """Account for one DynamoDB response."""
@@ -67,9 +73,13 @@ class ReadStats:
         self.items_scanned += int(resp.get("ScannedCount", resp.get("Count", 0)) or 0)
 
     def headers(self) -> dict[str, str]:
-        """Response headers: ``X-Read-Units`` and ``X-DynamoDB-Calls``."""
+        """Response headers: ``X-Read-Units``, ``X-DynamoDB-Calls`` (and ``X-Cold-Objects``
+        with a cold tier)."""
         units = f"{self.read_units:.4f}".rstrip("0").rstrip(".")
-        return {"X-Read-Units": units, "X-DynamoDB-Calls": str(self.calls)}
+        headers = {"X-Read-Units": units, "X-DynamoDB-Calls": str(self.calls)}
+        if self.cold_objects is not None:
+            headers["X-Cold-Objects"] = str(self.cold_objects)
+        return headers
 
 
 def is_live(item: Item, now_s: int) -> bool:
@@ -155,16 +165,32 @@ class TableReader:
         client: An open DynamoDB client of the table.
         layout: The table's layout (use :meth:`load` to read it from the table).
         concurrency: DynamoDB calls in flight at once, across every request.
+        cold: The S3 archive of the table (the cold tier, see :mod:`queries.tiers`);
+            ``None``: hot reads only.
     """
 
-    def __init__(self, client: DynamoClient, layout: TableLayout, *, concurrency: int = 16) -> None:
+    def __init__(
+        self,
+        client: DynamoClient,
+        layout: TableLayout,
+        *,
+        concurrency: int = 16,
+        cold: S3Store | None = None,
+    ) -> None:
         self.client = client
         self.layout = layout
         self.concurrency = concurrency
+        self.cold = cold
         self._sem = asyncio.Semaphore(concurrency)
 
+    def new_stats(self) -> ReadStats:
+        """A request's accounting (counting cold objects when there is a cold tier)."""
+        return ReadStats(cold_objects=None if self.cold is None else 0)
+
     @classmethod
-    async def load(cls, client: DynamoClient, *, concurrency: int = 16) -> TableReader:
+    async def load(
+        cls, client: DynamoClient, *, concurrency: int = 16, cold: S3Store | None = None
+    ) -> TableReader:
         """Read the table's layout record (``pk="#layout"``) and return a reader using it.
 
         Raises:
@@ -176,7 +202,7 @@ class TableReader:
                 f"table {client.table!r} has no layout record (pk={LAYOUT_PK!r}): it was not "
                 "created by iot-ingest; run `iot-ingest table create` or the ingest service first"
             )
-        return cls(client, layout, concurrency=concurrency)
+        return cls(client, layout, concurrency=concurrency, cold=cold)
 
     @property
     def table(self) -> str:

@@ -55,12 +55,13 @@ class Context:
 def context(request: Request) -> Context:
     """The handler context; the request's :class:`ReadStats` is kept on ``request.state``
     so error responses report what was spent too."""
-    stats = ReadStats()
-    request.state.stats = stats
     state = request.app.state
+    reader: TableReader = state.reader
+    stats = reader.new_stats()
+    request.state.stats = stats
     who: Any = request.scope.get("state", {}).get("principal")
     return Context(
-        reader=state.reader,
+        reader=reader,
         settings=state.settings,
         stats=stats,
         principal=who if isinstance(who, Principal) else ANONYMOUS,

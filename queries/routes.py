@@ -34,6 +34,7 @@ from .responses import Context, JSONResponse, context, json_response
 from .sampler import SensorSeries, read_series
 from .sensors import get_sensor, latest_reading, list_sensors, sensor_json
 from .series import WindowGrid, choose_step
+from .tiers import tiers_json
 
 __all__ = ["DEFAULT_SPAN_MS", "MIN_MAX_POINTS", "routes", "series_grid"]
 
@@ -176,6 +177,8 @@ async def sensor_readings(request: Request) -> JSONResponse:
         "readings": [reading_json(it) for it in page.items],
         "next_cursor": next_cursor,
     }
+    if ctx.reader.cold is not None:
+        body["tiers"] = tiers_json(page.tiers)
     return json_response(body, ctx)
 
 
@@ -267,6 +270,8 @@ async def sensor_series(request: Request) -> JSONResponse:
     body["metrics"] = _metrics_json(series, aggs)
     if series.omitted:
         body["omitted_metrics"] = sorted(series.omitted)
+    if ctx.reader.cold is not None:
+        body["tiers"] = tiers_json(series.tiers)
     return json_response(body, ctx)
 
 
@@ -286,8 +291,10 @@ async def multi_series(request: Request) -> JSONResponse:
             for sid in sensors
         ]
     body = _series_head(start, end, grid, aggs)
+    cold = ctx.reader.cold is not None
     body["sensors"] = [
         {"sensor_id": sid, "metrics": _metrics_json(t.result(), aggs)}
+        | ({"tiers": tiers_json(t.result().tiers)} if cold else {})
         for sid, t in zip(sensors, tasks, strict=True)
     ]
     return json_response(body, ctx)

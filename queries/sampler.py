@@ -6,6 +6,11 @@ requests) queries them, and each DynamoDB page is folded into the per-metric
 :class:`~queries.series.SeriesAccumulator` as it arrives. Order does not matter
 to the accumulators, so no merge is needed: memory is the windows plus the pages
 in flight (at most ``MAX_PAGE_ITEMS`` items each).
+
+With a cold tier, buckets the archive holds are left out of the pool and read
+afterwards one at a time by :func:`queries.tiers.read_bucket` (hot and cold
+merged: one bucket of one sensor in memory); ``SensorSeries.tiers`` says which
+tier served each bucket of the windows' span.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from .pages import MAX_PAGE_ITEMS
 from .params import Agg
 from .reader import ReadStats, TableReader, is_live, partition_query
 from .series import SeriesAccumulator, WindowGrid
+from .tiers import HOT, Tier, markers, read_bucket
 
 __all__ = ["MAX_METRICS", "SensorSeries", "read_series"]
 
@@ -37,10 +43,12 @@ class SensorSeries:
     Attributes:
         metrics: Accumulator per metric name.
         omitted: Metric names seen beyond :data:`MAX_METRICS` (not aggregated).
+        tiers: Each bucket of the windows' span, ascending, and the tier that served it.
     """
 
     metrics: dict[str, SeriesAccumulator] = field(default_factory=dict)
     omitted: set[str] = field(default_factory=set)
+    tiers: list[tuple[int, Tier]] = field(default_factory=list)
 
     def fold(self, items: list[Item], grid: WindowGrid, aggs: tuple[Agg, ...], now_s: int) -> None:
         """Fold one DynamoDB page of items into the accumulators (expired items dropped)."""
@@ -93,9 +101,12 @@ async def read_series(
     layout = reader.layout
     now = reader.now_s() if now_s is None else now_s
     first_ms, last_ms = grid.origin_ms, grid.end_ms - 1
+    buckets = layout.bucket_starts(first_ms, last_ms)
+    archived = await markers(reader, sensor_id, first_ms, last_ms, stats)
     jobs: deque[tuple[str, int, int]] = deque(
         (pk, max(first_ms, bucket), min(last_ms, bucket + layout.bucket_ms - 1))
-        for bucket in layout.bucket_starts(first_ms, last_ms)
+        for bucket in buckets
+        if bucket not in archived
         for pk in layout.partition_keys(sensor_id, bucket)
     )
     series = SensorSeries()
@@ -120,4 +131,19 @@ async def read_series(
     async with asyncio.TaskGroup() as tg:
         for i in range(min(len(jobs), reader.concurrency)):
             tg.create_task(worker(), name=f"series-{sensor_id}-{i}")
+    served: dict[int, Tier] = {}
+    for bucket, marker in sorted(archived.items()):
+        items, served[bucket] = await read_bucket(
+            reader,
+            sensor_id,
+            bucket,
+            marker,
+            first_ms,
+            last_ms,
+            fields=fields,
+            now_s=now,
+            stats=stats,
+        )
+        series.fold(items, grid, aggs, now)
+    series.tiers = [(b, served.get(b, HOT)) for b in buckets]
     return series

@@ -42,6 +42,11 @@ class ServeSettings:
         rate_limit: Per-key request rate limit (``None``: unlimited).
         cors_origins: Origins allowed to call the API from a browser page of another
             origin (``scheme://host[:port]``); empty: no CORS headers at all.
+        s3_bucket: The S3 bucket of the table's archive (``iot-ingest archive``): raw
+            ranges and series then read archived buckets from it (the cold tier).
+            ``None``: DynamoDB only.
+        s3_endpoint: S3 endpoint (``None``: AWS's).
+        s3_prefix: Key prefix of the archive (``None``: ``archive``, the archiver's default).
     """
 
     table: str
@@ -61,6 +66,9 @@ class ServeSettings:
     auth: AuthSettings | None = None
     rate_limit: RateLimitSettings | None = None
     cors_origins: tuple[str, ...] = ()
+    s3_bucket: str | None = None
+    s3_endpoint: str | None = None
+    s3_prefix: str | None = None
 
     def __post_init__(self) -> None:
         for name in (
@@ -89,6 +97,10 @@ class ServeSettings:
             )
         if self.latest_future_ms < 0:
             raise ValueError(f"latest_future_ms must be >= 0, got {self.latest_future_ms}")
+        if self.s3_bucket is None and (self.s3_endpoint or self.s3_prefix):
+            raise ValueError("s3_endpoint and s3_prefix need s3_bucket (the archive's bucket)")
+        if self.s3_bucket is not None and not self.s3_bucket.strip():
+            raise ValueError("s3_bucket must not be empty")
         if isinstance(self.cors_origins, str):
             raise ValueError("cors_origins must be a tuple of origins, not one string")
         for origin in self.cors_origins:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 from ingest.dynamo import DynamoClient
 from ingest.layout import Reading, TableLayout
@@ -56,6 +56,7 @@ async def read_cold(
     *,
     buckets: Iterable[int] | None = None,
     concurrency: int = 8,
+    on_get: Callable[[str], None] | None = None,
 ) -> list[Reading]:
     """A sensor's archived readings with start_ms <= ts <= end_ms, ascending, each ts once.
 
@@ -71,6 +72,7 @@ async def read_cold(
         end_ms: Last timestamp (inclusive).
         buckets: Only these bucket starts (e.g. where the hot tier is incomplete).
         concurrency: Objects fetched at once.
+        on_get: Called with each object key fetched (e.g. to count S3 GETs).
 
     Raises:
         VerifyError: an object is unreadable (corrupt): re-run the archive.
@@ -99,6 +101,8 @@ async def read_cold(
 
     async def one(key: str) -> list[Reading]:
         async with sem:
+            if on_get is not None:
+                on_get(key)
             data = await store.get(key)
         if data is None:  # deleted between LIST and GET (a re-archive): nothing to add
             return []

@@ -1,0 +1,355 @@
+"""Tiered reads on moto DynamoDB + moto S3: archived buckets come back from S3, merged with hot.
+
+A sensor's buckets are archived with the archiver (a fixed clock: real now, rounded
+to a bucket), then some archived items are deleted from DynamoDB (a TTL-expiry
+simulation: moto never expires items), some are rewritten with a past TTL
+(expired, not yet deleted) and one is changed after archival (the hot value must
+win). The API serving the table with ``s3_bucket`` must answer exactly like the
+API serving a reference table that never lost anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import pytest
+import pytest_asyncio
+
+from bench.servers import MotoServer
+from ingest.archive import S3Store
+from ingest.dynamo import DynamoClient
+from ingest.layout import Item, Reading
+from ingest.table import create_table
+from queries.app import create_app
+from queries.server import ApiServer
+from queries.settings import ServeSettings
+from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, bucket_name
+
+CREDS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+NOW_MS = (time.time_ns() // 1_000_000) // BUCKET_MS * BUCKET_MS
+FIRST = NOW_MS - 39 * HOUR_MS  # 13 buckets back; horizon 1 day: 5 buckets archivable
+A0, A1, A2, A3, A4 = (FIRST + i * BUCKET_MS for i in range(5))
+START = NOW_MS - 40 * HOUR_MS
+END = NOW_MS - 1
+SENSORS = ("tier-a", "tier-b")
+AGGS = "count,sum,avg,min,max,first,last"
+
+
+def make_readings(seed: int = 7) -> list[Reading]:
+    rng = random.Random(seed)
+    out: list[Reading] = []
+    for sid in SENSORS:
+        for bucket in range(FIRST, NOW_MS, BUCKET_MS):
+            for ts in sorted(rng.sample(range(bucket, bucket + BUCKET_MS), 12)):
+                metrics: dict[str, float | int] = {"temp": round(rng.uniform(-20, 40), 3)}
+                if rng.random() < 0.5:
+                    metrics["hum"] = rng.randrange(0, 100)
+                out.append(Reading(sensor_id=sid, ts_ms=ts, metrics=metrics))
+    return out
+
+
+def in_bucket(r: Reading, sid: str, bucket: int) -> bool:
+    return r.sensor_id == sid and bucket <= r.ts_ms < bucket + BUCKET_MS
+
+
+@dataclass
+class Server:
+    url: str
+    session: aiohttp.ClientSession
+
+    async def get(self, path: str, **params: Any) -> tuple[Any, Any]:
+        query = {k: str(v) for k, v in params.items()}
+        async with self.session.get(self.url + path, params=query) as resp:
+            body = await resp.json()
+            assert resp.status == 200, body
+            return resp.headers, body
+
+
+@dataclass
+class Tiered:
+    env: ArchiveEnv
+    archived: Server  # the table that lost archived items, served with the archive
+    reference: Server  # a table that never expired anything, served without S3
+    readings: list[Reading]  # what the reference holds
+
+
+async def _delete(env: ArchiveEnv, readings: list[Reading]) -> None:
+    for r in readings:
+        item = env.layout.to_item(r)
+        await env.dynamo.call(
+            "delete_item", TableName=env.dynamo.table, Key={"pk": item["pk"], "sk": item["sk"]}
+        )
+
+
+def _expired(env: ArchiveEnv, r: Reading) -> Item:
+    return {**env.layout.to_item(r), "ttl": {"N": str(int(time.time()) - 3600)}}
+
+
+@pytest_asyncio.fixture
+async def archive_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
+    """A table (3-hour buckets, 4 shards, 2 days' retention) and its archive bucket."""
+    endpoint = moto_server.endpoint_url
+    async with contextlib.AsyncExitStack() as stack:
+        dynamo = await stack.enter_async_context(
+            DynamoClient(table=unique_name, region="us-east-1", endpoint_url=endpoint, **CREDS)
+        )
+        await create_table(dynamo, LAYOUT)
+        stack.push_async_callback(dynamo.call, "delete_table", TableName=unique_name)
+        store = await stack.enter_async_context(
+            S3Store(bucket=bucket_name(unique_name), endpoint_url=endpoint, **CREDS)
+        )
+        await store.client.create_bucket(Bucket=store.bucket)
+        yield ArchiveEnv(dynamo, store, LAYOUT, endpoint)
+
+
+@pytest_asyncio.fixture
+async def tiered(
+    archive_env: ArchiveEnv, moto_server: MotoServer, unique_name: str
+) -> AsyncIterator[Tiered]:
+    env = archive_env
+    readings = make_readings()
+    await env.put(readings)
+    report = await env.archiver(now_ms=NOW_MS).run_once()
+    assert not report.failed
+    # TTL simulation on the archived buckets of tier-a: A0 and A3 gone, A1 half gone and
+    # one reading changed after archival, A2 untouched, A4 expired but not yet deleted.
+    a = [r for r in readings if r.sensor_id == "tier-a"]
+    await _delete(env, [r for r in a if in_bucket(r, "tier-a", A0) or in_bucket(r, "tier-a", A3)])
+    a1 = [r for r in a if in_bucket(r, "tier-a", A1)]
+    await _delete(env, a1[::2])
+    changed = Reading("tier-a", a1[1].ts_ms, {"temp": 99.5, "hum": 1})
+    readings[readings.index(a1[1])] = changed
+    await env.put([changed])
+    await env.dynamo.batch_write([_expired(env, r) for r in a if in_bucket(r, "tier-a", A4)])
+    # tier-b: every archived item gone.
+    await _delete(
+        env, [r for r in readings if r.sensor_id == "tier-b" and r.ts_ms < A4 + BUCKET_MS]
+    )
+
+    endpoint = moto_server.endpoint_url
+    async with contextlib.AsyncExitStack() as stack:
+        ref = await stack.enter_async_context(
+            DynamoClient(
+                table=f"{unique_name}-ref", region="us-east-1", endpoint_url=endpoint, **CREDS
+            )
+        )
+        await create_table(ref, LAYOUT)
+        stack.push_async_callback(ref.call, "delete_table", TableName=ref.table)
+        items = [LAYOUT.to_item(r) for r in readings]
+        for i in range(0, len(items), 25):
+            pending = items[i : i + 25]
+            while pending:
+                pending = await ref.batch_write(pending)
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        servers = []
+        for settings in (
+            ServeSettings(
+                table=env.dynamo.table,
+                endpoint_url=endpoint,
+                s3_bucket=env.store.bucket,
+                s3_endpoint=endpoint,
+                s3_prefix=env.store.prefix,
+                **CREDS,
+            ),
+            ServeSettings(table=ref.table, endpoint_url=endpoint, **CREDS),
+        ):
+            server = await stack.enter_async_context(ApiServer(create_app(settings)))
+            servers.append(Server(server.url, session))
+        yield Tiered(env, servers[0], servers[1], readings)
+
+
+def _expected(readings: list[Reading], sid: str, lo: int, hi: int) -> list[dict[str, Any]]:
+    return [
+        {"ts": r.ts_ms, **r.metrics}
+        for r in sorted(readings, key=lambda r: r.ts_ms)
+        if r.sensor_id == sid and lo <= r.ts_ms <= hi
+    ]
+
+
+def _tiers(lo: int, hi: int) -> list[dict[str, Any]]:
+    special = {A0: "cold", A1: "hot+cold", A2: "hot", A3: "cold", A4: "cold"}
+    first = lo - lo % BUCKET_MS
+    return [
+        {"bucket_start": b, "tier": special.get(b, "hot")} for b in range(first, hi + 1, BUCKET_MS)
+    ]
+
+
+async def test_raw_range_across_the_boundary_equals_a_table_that_never_expired(
+    tiered: Tiered,
+) -> None:
+    headers, body = await tiered.archived.get(
+        "/v1/sensors/tier-a/readings", start=START, end=END, limit=10_000
+    )
+    ref_headers, ref = await tiered.reference.get(
+        "/v1/sensors/tier-a/readings", start=START, end=END, limit=10_000
+    )
+    expected = _expected(tiered.readings, "tier-a", START, END)
+    assert ref["readings"] == expected
+    assert body["readings"] == expected  # no duplicates, nothing lost, the hot value won
+    assert {r["ts"]: r for r in body["readings"]}[tiered.readings[0].ts_ms] == expected[0]
+    assert any(r == {"ts": r["ts"], "temp": 99.5, "hum": 1} for r in body["readings"])
+    assert body["count"] == len(expected) and body["next_cursor"] is None
+    assert body["tiers"] == _tiers(START, END)
+    assert headers["X-Cold-Objects"] == "4"  # A0, A1, A3, A4; A2 is complete in DynamoDB
+    # Without an archive, the response and headers are as before.
+    assert "tiers" not in ref and "X-Cold-Objects" not in ref_headers
+    assert set(body) - set(ref) == {"tiers"}
+
+    # Descending and projected too.
+    _, desc = await tiered.archived.get(
+        "/v1/sensors/tier-a/readings",
+        start=START,
+        end=END,
+        limit=10_000,
+        order="desc",
+        fields="hum",
+    )
+    _, ref_desc = await tiered.reference.get(
+        "/v1/sensors/tier-a/readings",
+        start=START,
+        end=END,
+        limit=10_000,
+        order="desc",
+        fields="hum",
+    )
+    assert desc["readings"] == ref_desc["readings"]
+    assert [t["bucket_start"] for t in desc["tiers"]] == [
+        t["bucket_start"] for t in reversed(_tiers(START, END))
+    ]
+
+
+@pytest.mark.parametrize(("order", "limit"), [("asc", 7), ("desc", 13), ("asc", 12)])
+async def test_pages_across_the_boundary_give_every_reading_exactly_once(
+    tiered: Tiered, order: str, limit: int
+) -> None:
+    expected = _expected(tiered.readings, "tier-a", START, END)
+    if order == "desc":
+        expected.reverse()
+    seen: list[dict[str, Any]] = []
+    covered: set[int] = set()
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, Any] = {"start": START, "end": END, "order": order, "limit": limit}
+        if cursor:
+            params["cursor"] = cursor
+        _, body = await tiered.archived.get("/v1/sensors/tier-a/readings", **params)
+        pages += 1
+        assert len(body["readings"]) <= limit
+        seen += body["readings"]
+        tiers = {t["bucket_start"]: t["tier"] for t in body["tiers"]}
+        for r in body["readings"]:  # every reading's bucket is in the page's tiers
+            assert r["ts"] - r["ts"] % BUCKET_MS in tiers
+        covered |= set(tiers)
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == expected
+    assert pages >= len(expected) // limit
+    assert {A0, A1, A2, A3, A4} <= covered
+
+
+async def test_partial_buckets_and_a_range_inside_the_archive(tiered: Tiered) -> None:
+    lo, hi = A1 + HOUR_MS + 17, A3 + 2 * HOUR_MS  # starts inside the half-deleted bucket
+    _, body = await tiered.archived.get("/v1/sensors/tier-a/readings", start=lo, end=hi)
+    assert body["readings"] == _expected(tiered.readings, "tier-a", lo, hi)
+    assert body["tiers"] == _tiers(lo, hi)
+    # Inside A2, which DynamoDB still holds completely: no S3 read.
+    headers, body = await tiered.archived.get(
+        "/v1/sensors/tier-a/readings", start=A2 + 1, end=A2 + HOUR_MS
+    )
+    assert body["readings"] == _expected(tiered.readings, "tier-a", A2 + 1, A2 + HOUR_MS)
+    assert body["tiers"] == [{"bucket_start": A2, "tier": "hot"}]
+    assert headers["X-Cold-Objects"] == "0"
+
+
+def _same_metrics(got: dict[str, Any], want: dict[str, Any]) -> None:
+    assert got.keys() == want.keys()
+    for name, aggs in want.items():
+        assert got[name].keys() == aggs.keys()
+        for agg, values in aggs.items():
+            for g, w in zip(got[name][agg], values, strict=True):
+                if w is None:
+                    assert g is None, (name, agg)
+                else:
+                    assert g == pytest.approx(w, rel=1e-12), (name, agg)
+
+
+@pytest.mark.parametrize(("step", "start"), [("1h", START), ("3h", START), ("1h", A1 + HOUR_MS)])
+async def test_series_across_the_boundary_equals_a_table_that_never_expired(
+    tiered: Tiered, step: str, start: int
+) -> None:
+    params = {"start": start, "end": END, "step": step, "agg": AGGS}
+    headers, body = await tiered.archived.get("/v1/sensors/tier-a/series", **params)
+    _, ref = await tiered.reference.get("/v1/sensors/tier-a/series", **params)
+    assert body["ts"] == ref["ts"]
+    _same_metrics(body["metrics"], ref["metrics"])
+    counts = body["metrics"]["temp"]["count"]
+    assert sum(counts) == len(_expected(tiered.readings, "tier-a", body["ts"][0], END))
+    assert body["tiers"] == _tiers(body["ts"][0], END)
+    assert "tiers" not in ref
+    cold = [t for t in body["tiers"] if t["tier"] != "hot"]
+    assert int(headers["X-Cold-Objects"]) == len(cold) == (4 if start == START else 3)
+
+    multi = {**params, "sensors": "tier-a,tier-b"}
+    _, body = await tiered.archived.get("/v1/series", **multi)
+    _, ref = await tiered.reference.get("/v1/series", **multi)
+    for got, want in zip(body["sensors"], ref["sensors"], strict=True):
+        assert got["sensor_id"] == want["sensor_id"]
+        _same_metrics(got["metrics"], want["metrics"])
+        assert "tiers" not in want
+    b_tiers = {t["bucket_start"]: t["tier"] for t in body["sensors"][1]["tiers"]}
+    assert {b_tiers[b] for b in (A1, A2, A3, A4)} == {"cold"}
+    assert math.isfinite(body["sensors"][1]["metrics"]["temp"]["avg"][-1] or 0.0)
+
+
+def test_serve_takes_the_archive_options_of_iot_ingest_archive() -> None:
+    from types import SimpleNamespace
+
+    from ingest.cli import build_parser
+    from queries.cli import _settings
+
+    cfg: Any = SimpleNamespace(
+        table="t",
+        region="us-east-1",
+        dynamodb_endpoint=None,
+        aws_access_key_id=None,
+        aws_secret_access_key=None,
+    )
+    argv = ["serve", "--table", "t", "--no-auth"]
+    args = build_parser().parse_args(argv)
+    plain = _settings(cfg, args, {})
+    assert (plain.s3_bucket, plain.s3_endpoint, plain.s3_prefix) == (None, None, None)
+    s3 = ["--s3-bucket", "arch", "--s3-endpoint", "http://127.0.0.1:9", "--s3-prefix", "p"]
+    settings = _settings(cfg, build_parser().parse_args(argv + s3), {})
+    assert (settings.s3_bucket, settings.s3_endpoint, settings.s3_prefix) == (
+        "arch",
+        "http://127.0.0.1:9",
+        "p",
+    )
+    with pytest.raises(ValueError, match="need s3_bucket"):
+        ServeSettings(table="t", s3_endpoint="http://127.0.0.1:9")
+
+
+async def test_an_unreadable_archive_object_is_a_clear_502(tiered: Tiered) -> None:
+    env = tiered.env
+    prefix = f"{env.store.prefix}/sensor_id=tier-a/"
+    keys = [k async for k in env.store.keys(prefix)]
+    key = next(k for k in keys if k.endswith(".parquet"))  # A0's object: the first bucket
+    await env.store.put(key, b"not parquet", content_type="application/octet-stream")
+    async with tiered.archived.session.get(
+        tiered.archived.url + "/v1/sensors/tier-a/readings",
+        params={"start": str(A0), "end": str(A0 + BUCKET_MS - 1)},
+    ) as resp:
+        body = await resp.json()
+        assert resp.status == 502, body
+        assert body["error"]["code"] == "archive_error"
+        assert "re-run `iot-ingest archive`" in body["error"]["message"]
+        assert resp.headers["X-Cold-Objects"] == "1"
