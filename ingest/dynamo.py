@@ -11,9 +11,9 @@ from typing import Any, Protocol
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
+from .awsclient import BotocoreClient
 from .errors import WriteError, WriteRejected, WriteRetriable
 from .layout import Item
 
@@ -75,7 +75,7 @@ def wrap_error(exc: BaseException) -> WriteError:
     return WriteRejected(f"{type(exc).__name__}: {exc}", cause="unexpected")
 
 
-class DynamoClient:
+class DynamoClient(BotocoreClient):
     """An aiobotocore DynamoDB client bound to one table.
 
     Args:
@@ -97,39 +97,21 @@ class DynamoClient:
         aws_access_key_id: str | None = None,
         aws_secret_access_key: str | None = None,
     ) -> None:
-        self.table = table
-        self._kwargs: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint_url,
-            "aws_access_key_id": aws_access_key_id,
-            "aws_secret_access_key": aws_secret_access_key,
-            "config": AioConfig(
+        super().__init__(
+            "dynamodb",
+            config=AioConfig(
                 max_pool_connections=max_connections,
                 retries={"total_max_attempts": 1, "mode": "standard"},
                 connect_timeout=5,
                 read_timeout=30,
                 tcp_keepalive=True,
             ),
-        }
-        self._cm: Any = None
-        self.client: Any = None
-        self._closed = False
-
-    async def __aenter__(self) -> DynamoClient:
-        if self._closed:
-            raise RuntimeError("DynamoClient is closed; create a new one")
-        self._cm = get_session().create_client("dynamodb", **self._kwargs)
-        self.client = await self._cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the client; safe to call twice."""
-        if self._cm is not None and not self._closed:
-            self._closed = True
-            await self._cm.__aexit__(None, None, None)
+            region=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+        )
+        self.table = table
 
     async def batch_write(self, items: list[Item]) -> list[Item]:
         try:

@@ -10,8 +10,9 @@ from typing import Any
 
 import aiohttp
 from aiobotocore.config import AioConfig
-from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
+
+from ingest.awsclient import BotocoreClient
 
 from .errors import StorageError
 
@@ -25,7 +26,7 @@ _DENIED = frozenset(
 )
 
 
-class S3Store:
+class S3Store(BotocoreClient):
     """One S3 bucket and key prefix holding the archive.
 
     Args:
@@ -60,32 +61,14 @@ class S3Store:
         }
         if endpoint_url is not None:
             config["s3"] = {"addressing_style": "path"}
-        self._kwargs: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint_url,
-            "aws_access_key_id": aws_access_key_id,
-            "aws_secret_access_key": aws_secret_access_key,
-            "config": AioConfig(**config),
-        }
-        self._cm: Any = None
-        self.client: Any = None
-        self._closed = False
-
-    async def __aenter__(self) -> S3Store:
-        if self._closed:
-            raise RuntimeError("S3Store is closed; create a new one")
-        self._cm = get_session().create_client("s3", **self._kwargs)
-        self.client = await self._cm.__aenter__()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.close()
-
-    async def close(self) -> None:
-        """Close the client; safe to call twice."""
-        if self._cm is not None and not self._closed:
-            self._closed = True
-            await self._cm.__aexit__(None, None, None)
+        super().__init__(
+            "s3",
+            config=AioConfig(**config),
+            region=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+        )
 
     def _where(self) -> str:
         return f"s3://{self.bucket}" + (f" at {self.endpoint_url}" if self.endpoint_url else "")
