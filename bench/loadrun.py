@@ -648,10 +648,11 @@ def phase_figures(phase: _Phase, spec: LoadSpec) -> dict[str, Any]:
     return fig
 
 
-def _commit() -> str | None:
+def _git(*args: str) -> str | None:
+    """A git command's output in the repo, or None when git cannot answer."""
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+            ["git", *args],
             cwd=Path(__file__).resolve().parent.parent,
             capture_output=True,
             text=True,
@@ -660,22 +661,16 @@ def _commit() -> str | None:
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
-    return out.stdout.strip() or None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _commit() -> str | None:
+    return _git("rev-parse", "--short", "HEAD") or None
 
 
 def _dirty() -> bool | None:
-    try:
-        out = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=Path(__file__).resolve().parent.parent,
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return bool(out.stdout.strip())
+    status = _git("status", "--porcelain", "--untracked-files=no")
+    return None if status is None else bool(status)
 
 
 def environment() -> dict[str, Any]:

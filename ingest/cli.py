@@ -43,6 +43,38 @@ def _add_config_flags(p: argparse.ArgumentParser) -> None:
             p.add_argument(flag, dest=name, default=None, help=help_text)
 
 
+def add_table_flags(p: argparse.ArgumentParser, *, table: bool = True) -> None:
+    """The config flags of commands that only read or manage a table (serve, archive)."""
+    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
+    if table:
+        p.add_argument("--table", help="DynamoDB table name [env IOT_INGEST_TABLE]")
+        p.add_argument(
+            "--dynamodb-endpoint", help="DynamoDB endpoint URL [env IOT_INGEST_DYNAMODB_ENDPOINT]"
+        )
+    p.add_argument("--region", help="AWS region [env IOT_INGEST_REGION]")
+    p.add_argument(
+        "--aws-access-key-id", help="explicit AWS key id [env IOT_INGEST_AWS_ACCESS_KEY_ID]"
+    )
+    p.add_argument("--aws-secret-access-key", help=argparse.SUPPRESS)
+
+
+def table_config(args: argparse.Namespace) -> Config:
+    """The config of a command built with :func:`add_table_flags` (logging set up from it)."""
+    cfg = load_config(
+        file=args.config,
+        flags={
+            "table": getattr(args, "table", None),
+            "dynamodb_endpoint": getattr(args, "dynamodb_endpoint", None),
+            "region": args.region,
+            "aws_access_key_id": args.aws_access_key_id,
+            "aws_secret_access_key": args.aws_secret_access_key,
+            "log_level": args.log_level,
+        },
+    )
+    setup_logging(cfg.log_level, cfg.log_format)
+    return cfg
+
+
 def config_from_args(args: argparse.Namespace) -> Config:
     flags = {name: getattr(args, name, None) for name in Config.model_fields}
     return load_config(file=getattr(args, "config", None), flags=flags)

@@ -93,12 +93,19 @@ class PayloadDecoder:
         parts = topic.split("/")
         return parts[level] if level < len(parts) else None
 
-    def _valid_sensor_id(self, sid: object) -> bool:
+    def _sensor_problem(self, sid: object) -> str | None:
+        """Why ``sid`` cannot be stored, or None; known ids cost one set lookup."""
         # Check the type first: an unhashable id (a JSON array or object) would
         # make the set lookup raise TypeError.
         if type(sid) is not str:
-            return False
-        return sid in self._known_ids or SENSOR_ID_PATTERN.fullmatch(sid) is not None
+            if sid is None:
+                return "no sensor id: neither the reading's 'sensor_id' nor the topic carries one"
+            return f"sensor_id {str(sid)[:200]!r} is invalid: allowed are 1-128 of [A-Za-z0-9_.:-]"
+        if sid in self._known_ids:
+            return None
+        if SENSOR_ID_PATTERN.fullmatch(sid) is None:
+            return f"sensor_id {sid[:200]!r} is invalid: allowed are 1-128 of [A-Za-z0-9_.:-]"
+        return self._admit(sid)
 
     def _admit(self, sid: str) -> str | None:
         """Admit a sensor id not seen before; return why not, if refused.
@@ -174,22 +181,12 @@ class PayloadDecoder:
     def _one(
         self, r: dict[str, Any], default_sid: Any, received_ms: int, index: int | None
     ) -> Decoded:
-        where = "" if index is None else f"readings[{index}]: "
         sid = r.get("sensor_id")
         if sid is None:  # null means absent: fall back to the batch's or topic's
             sid = default_sid
-        if not self._valid_sensor_id(sid):
-            if sid is None:
-                reason = "no sensor id: neither the reading's 'sensor_id' nor the topic carries one"
-            else:
-                reason = (
-                    f"sensor_id {str(sid)[:200]!r} is invalid: allowed are 1-128 of [A-Za-z0-9_.:-]"
-                )
-            return [], [Rejection(where + reason, r, index)]
-        if sid not in self._known_ids:
-            refused = self._admit(sid)
-            if refused:
-                return [], [Rejection(where + refused, r, index)]
+        problem = self._sensor_problem(sid)
+        if problem is not None:
+            return [], [Rejection(_at(index) + problem, r, index)]
         ts = r.get("ts")
         lim = self.limits
         if ts is None:
@@ -199,14 +196,14 @@ class PayloadDecoder:
         else:
             ts_ms, why = _parse_ts(ts)
             if why:
-                return [], [Rejection(where + why, r, index)]
+                return [], [Rejection(_at(index) + why, r, index)]
         if ts_ms < received_ms - lim.max_past_ms or ts_ms > received_ms + lim.max_future_ms:
             hint = (
                 " (it looks like seconds, not milliseconds)" if 0 < ts_ms < 100_000_000_000 else ""
             )
             return [], [
                 Rejection(
-                    f"{where}ts {ts_ms} is outside the accepted window "
+                    f"{_at(index)}ts {ts_ms} is outside the accepted window "
                     f"[now - {lim.max_past_ms} ms, now + {lim.max_future_ms} ms]{hint}",
                     r,
                     index,
@@ -222,7 +219,7 @@ class PayloadDecoder:
                 if v != 0.0 and not (_DDB_MIN <= abs(v) <= _DDB_MAX):
                     return [], [
                         Rejection(
-                            f"{where}metric {k!r}={v!r} is outside DynamoDB's number range",
+                            f"{_at(index)}metric {k!r}={v!r} is outside DynamoDB's number range",
                             r,
                             index,
                         )
@@ -230,7 +227,9 @@ class PayloadDecoder:
                 metrics[k] = v
             elif tv is int:
                 if abs(v) >= _INT_MAX:
-                    return [], [Rejection(f"{where}metric {k!r} has more than 38 digits", r, index)]
+                    return [], [
+                        Rejection(f"{_at(index)}metric {k!r} has more than 38 digits", r, index)
+                    ]
                 if k != "ts":
                     metrics[k] = v
             elif tv is str:
@@ -239,7 +238,7 @@ class PayloadDecoder:
                 if len(v) > lim.max_tag_length:
                     return [], [
                         Rejection(
-                            f"{where}tag {k!r} is {len(v)} characters, over max_tag_length={lim.max_tag_length}",
+                            f"{_at(index)}tag {k!r} is {len(v)} characters, over max_tag_length={lim.max_tag_length}",
                             r,
                             index,
                         )
@@ -250,17 +249,17 @@ class PayloadDecoder:
             else:
                 return [], [
                     Rejection(
-                        f"{where}field {k[:64]!r} must be a number (metric) or a string (tag), got {_kind(v)}",
+                        f"{_at(index)}field {k[:64]!r} must be a number (metric) or a string (tag), got {_kind(v)}",
                         r,
                         index,
                     )
                 ]
         if not metrics:
-            return [], [Rejection(f"{where}reading has no numeric metrics", r, index)]
+            return [], [Rejection(f"{_at(index)}reading has no numeric metrics", r, index)]
         if len(metrics) > lim.max_metrics_per_reading or len(tags) > lim.max_tags_per_reading:
             return [], [
                 Rejection(
-                    f"{where}{len(metrics)} metrics / {len(tags)} tags exceed "
+                    f"{_at(index)}{len(metrics)} metrics / {len(tags)} tags exceed "
                     f"max_metrics_per_reading={lim.max_metrics_per_reading} / "
                     f"max_tags_per_reading={lim.max_tags_per_reading}",
                     r,
@@ -271,12 +270,17 @@ class PayloadDecoder:
             if not name or len(name) > lim.max_name_length:
                 return [], [
                     Rejection(
-                        f"{where}field name {name[:80]!r} must be 1-{lim.max_name_length} characters",
+                        f"{_at(index)}field name {name[:80]!r} must be 1-{lim.max_name_length} characters",
                         r,
                         index,
                     )
                 ]
         return [Reading(sid, ts_ms, metrics, tags)], []
+
+
+def _at(index: int | None) -> str:
+    """The reason's prefix locating a reading in a batch (built only when refusing)."""
+    return "" if index is None else f"readings[{index}]: "
 
 
 def _parse_ts(ts: Any) -> tuple[int, str | None]:

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ingest.cli import add_table_flags, table_config
+
 if TYPE_CHECKING:
     from ingest.config import Config
 
@@ -47,16 +49,7 @@ def add_commands(subparsers: Any) -> None:
         description="Serve the range-query HTTP API, the Grafana endpoint and the dashboard "
         "page for one table. The API is described at /openapi.json.",
     )
-    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
-    p.add_argument("--table", help="DynamoDB table name [env IOT_INGEST_TABLE]")
-    p.add_argument(
-        "--dynamodb-endpoint", help="DynamoDB endpoint URL [env IOT_INGEST_DYNAMODB_ENDPOINT]"
-    )
-    p.add_argument("--region", help="AWS region [env IOT_INGEST_REGION]")
-    p.add_argument(
-        "--aws-access-key-id", help="explicit AWS key id [env IOT_INGEST_AWS_ACCESS_KEY_ID]"
-    )
-    p.add_argument("--aws-secret-access-key", help=argparse.SUPPRESS)
+    add_table_flags(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
@@ -228,23 +221,9 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; return the exit status."""
-    from ingest.cli import setup_logging
-    from ingest.config import load_config
-
     from .server import run
 
-    cfg = load_config(
-        file=args.config,
-        flags={
-            "table": args.table,
-            "dynamodb_endpoint": args.dynamodb_endpoint,
-            "region": args.region,
-            "aws_access_key_id": args.aws_access_key_id,
-            "aws_secret_access_key": args.aws_secret_access_key,
-            "log_level": args.log_level,
-        },
-    )
-    setup_logging(cfg.log_level, cfg.log_format)
+    cfg = table_config(args)
     access = _access_settings(args)
     if access["auth"] is None:
         log.warning(

@@ -12,8 +12,9 @@ import argparse
 import asyncio
 import logging
 import sys
-from pathlib import Path
 from typing import Any
+
+from ingest.cli import add_table_flags
 
 __all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "default_horizon_ms"]
 
@@ -37,17 +38,7 @@ def _positive_int(text: str) -> int:
 
 
 def _add_common(p: argparse.ArgumentParser, *, table: bool) -> None:
-    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
-    if table:
-        p.add_argument("--table", help="DynamoDB table name [env IOT_INGEST_TABLE]")
-        p.add_argument(
-            "--dynamodb-endpoint", help="DynamoDB endpoint URL [env IOT_INGEST_DYNAMODB_ENDPOINT]"
-        )
-    p.add_argument("--region", help="AWS region [env IOT_INGEST_REGION]")
-    p.add_argument(
-        "--aws-access-key-id", help="explicit AWS key id [env IOT_INGEST_AWS_ACCESS_KEY_ID]"
-    )
-    p.add_argument("--aws-secret-access-key", help=argparse.SUPPRESS)
+    add_table_flags(p, table=table)
     # Not required=True on ``archive`` itself: argparse would demand it before ``lifecycle``.
     p.add_argument("--s3-bucket", required=not table, help="S3 bucket of the archive")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS's)")
