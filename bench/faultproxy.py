@@ -197,8 +197,8 @@ class FaultProxy(StartClose):
 
     @property
     def counters(self) -> dict[str, int]:
-        """A snapshot of the counters: ``requests``, ``forwarded_requests``,
-        ``forwarded_items``, ``unprocessed_responses``, ``unprocessed_items``,
+        """A snapshot of the counters: ``requests`` (and per operation:
+        ``requests.BatchWriteItem``…), ``forwarded_requests``, ``forwarded_items``, ``unprocessed_responses``, ``unprocessed_items``,
         ``throttle`` (and per exception name), ``error500``, ``slow``,
         ``down_periods``, ``down_dropped``, ``upstream_errors``."""
         return dict(self._counters)
@@ -358,6 +358,7 @@ class FaultProxy(StartClose):
             return self._drop(request)
         body = await request.read()
         operation = request.headers.get("X-Amz-Target", "").rpartition(".")[2]
+        self._counters["requests." + operation] += 1
         delay, kind = self._draw(operation)
         if delay:
             self._counters["slow"] += 1
