@@ -317,8 +317,8 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="everything on embedded defaults: broker, DynamoDB, ingest, a fleet, the dashboard",
     )
-    p.add_argument("--devices", type=int, default=300, help="simulated devices (default 300)")
-    p.add_argument("--rate", type=float, default=300.0, help="total readings/s (default 300)")
+    p.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
+    p.add_argument("--rate", type=float, default=100.0, help="total readings/s (default 100)")
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080; 0: any)")

@@ -1,10 +1,27 @@
 """``iot-ingest demo``: everything on embedded defaults, in one process tree.
 
-Embedded broker and DynamoDB-API server, the ingest service, a simulated
-fleet (a few hundred devices), and the query API with the dashboard. Prints
-the dashboard URL; Ctrl-C (or SIGTERM) stops the fleet, drains the service
-and stops the servers. This module sits at the top of the dependency graph
-(it imports the simulator and the query API), so nothing imports it but the CLI.
+Embedded broker and DynamoDB-API server (moto, which serves S3 on the same
+endpoint), the ingest service, a simulated fleet (a few hundred devices), the
+archiver, and the query API with the dashboard. Prints the dashboard URL;
+Ctrl-C (or SIGTERM) stops the fleet and the archiver, drains the service and
+stops the servers. This module sits at the top of the dependency graph (it
+imports the simulator, the archive and the query API), so nothing imports it
+but the CLI.
+
+Archival is on with short periods, so it shows within a minute: the demo
+table has five-minute buckets; first the fleet's last ``history_minutes`` are
+replayed (fast, through the broker like any traffic) so there are closed
+buckets right away; then, beside the live fleet, the archiver runs a pass every
+``archive_every_s``: each sensor's minute bucket goes to S3 as Parquet
+``archive_horizon_s`` after it closed, is verified, marked, and deleted from
+DynamoDB. The query API is given the archive bucket, so the dashboard reads the
+older minutes from S3 (responses say so in ``tiers``) and the last ones from
+DynamoDB.
+
+moto's Query reads its whole table, so the defaults are modest (100 devices,
+two shards): with hundreds of devices at a reading a second the archiver (one
+Query at a time, to leave the server to the ingest and the dashboard) trails
+behind, a few seconds per bucket, sensor by sensor in id order. Against DynamoDB a Query costs what it reads, not what the table holds.
 """
 
 from __future__ import annotations
@@ -15,46 +32,114 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .config import Config
 from .embedded import EmbeddedBroker, EmbeddedDynamo
 from .service import IngestService
 
-__all__ = ["DemoOptions", "run_demo"]
+if TYPE_CHECKING:
+    from simulator.run import SimulationConfig
+
+    from .archive import Archiver
+    from .archive.metrics import ArchiveMetrics
+    from .layout import TableLayout
+
+__all__ = ["DemoInfo", "DemoOptions", "run_demo"]
 
 log = logging.getLogger(__name__)
+
+_KINDS = ("env", "power", "vibration")
+_KEY = "demo"  # moto takes any credentials
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class DemoOptions:
-    """What the demo runs."""
+    """What the demo runs.
 
-    devices: int = 300
-    rate_per_s: float = 300.0
+    Args:
+        devices: Simulated devices.
+        rate_per_s: Readings per second of the live fleet.
+        duration_s: Stop after this long (``None``: until stopped).
+        host: Address of the dashboard/API.
+        port: Its port (0: any).
+        data_dir: Dead letters and the broker's data.
+        seed: Seed of the simulated traffic.
+        bucket_minutes: Bucket width of the demo table (short, so buckets close soon).
+        shards: Write shards of the demo table (few: every shard is a Query per bucket on a
+            server whose Query reads the whole table).
+        retention_days: Retention of the demo table.
+        history_minutes: Minutes of past traffic replayed at the start (0: none).
+        history_rate_per_s: Readings per second of that history (``None``: the live
+            rate, at most 20/s, so the replay stays light on the in-memory server).
+        archive: Run the archiver (and give the query API the archive bucket).
+        archive_every_s: Seconds between archive passes.
+        archive_horizon_s: Archive a bucket this long after it closed.
+        s3_bucket: The archive's bucket on the embedded S3.
+    """
+
+    devices: int = 100
+    rate_per_s: float = 100.0
     duration_s: float | None = None
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("data/demo")
     seed: int = 1
+    bucket_minutes: int = 5
+    shards: int = 2
+    retention_days: int = 1
+    history_minutes: float = 10.0
+    history_rate_per_s: float | None = None
+    archive: bool = True
+    archive_every_s: float = 30.0
+    archive_horizon_s: float = 60.0
+    s3_bucket: str = "iot-demo-archive"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DemoInfo:
+    """Where the running demo's parts are (given to ``on_ready``)."""
+
+    api_url: str
+    metrics_url: str
+    mqtt_url: str
+    endpoint_url: str
+    table: str
+    s3_bucket: str | None
+    s3_prefix: str
+    archive_metrics_url: str | None
 
 
 async def run_demo(
-    opts: DemoOptions, stop: asyncio.Event, ready: asyncio.Event | None = None
+    opts: DemoOptions,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None = None,
+    *,
+    on_ready: Callable[[DemoInfo], None] | None = None,
 ) -> int:
-    """Run the demo until ``stop`` is set (or ``duration_s`` has passed)."""
+    """Run the demo until ``stop`` is set (or ``duration_s`` has passed).
+
+    Args:
+        opts: What to run.
+        stop: Set it to stop everything (fleet, archiver, service, servers).
+        ready: Set once the dashboard serves and the fleet runs.
+        on_ready: Called then with where everything is.
+    """
     from queries.app import create_app
     from queries.server import ApiServer
     from queries.settings import ServeSettings
-    from simulator.fleet import Fleet
-    from simulator.generator import TrafficOptions
-    from simulator.run import SimulationConfig, run_simulation
+    from simulator.run import run_simulation
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", "demo")
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "demo")
+    from .archive.metrics import ArchiveMetrics
+    from .archive.planner import validate_horizon
+    from .service import layout_from_config
+
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", _KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", _KEY)
+    history_ms = round(opts.history_minutes * 60_000)
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(EmbeddedBroker(data_dir=opts.data_dir / "broker"))
         dynamo = await stack.enter_async_context(EmbeddedDynamo())
@@ -63,58 +148,202 @@ async def run_demo(
             dynamodb_endpoint=dynamo.endpoint_url,
             table="iot-demo",
             create_table=True,
+            bucket_minutes=opts.bucket_minutes,
+            shards=opts.shards,
+            retention_days=opts.retention_days,
+            # The replayed history must be accepted; it is all in before the archiver starts.
+            max_past_ms=max(history_ms + 60_000, 300_000),
             data_dir=opts.data_dir,
             metrics_port=0,
             mqtt_client_id="iot-ingest-demo",
             registry_interval_s=2.0,
-            aws_access_key_id="demo",
-            aws_secret_access_key="demo",
+            aws_access_key_id=_KEY,
+            aws_secret_access_key=_KEY,
         )
+        layout = layout_from_config(cfg)
+        if opts.archive:  # a bad option fails before anything else starts
+            validate_horizon(layout, round(opts.archive_horizon_s * 1000))
         service = IngestService(cfg)
         service_stop, service_ready = asyncio.Event(), asyncio.Event()
+        archive_metrics = ArchiveMetrics()
         async with asyncio.TaskGroup() as tg:
             service_task = tg.create_task(service.run(service_stop, service_ready), name="ingest")
             await _first(service_ready.wait(), service_task)
+            archiver, archive_metrics_url = (
+                await _open_archive(stack, opts, cfg, layout, archive_metrics)
+                if opts.archive
+                else (None, None)
+            )
             settings = ServeSettings(
                 table=cfg.table,
                 endpoint_url=dynamo.endpoint_url,
-                aws_access_key_id="demo",
-                aws_secret_access_key="demo",
+                s3_bucket=opts.s3_bucket if opts.archive else None,
+                s3_endpoint=dynamo.endpoint_url if opts.archive else None,
+                aws_access_key_id=_KEY,
+                aws_secret_access_key=_KEY,
             )
             api = await stack.enter_async_context(
                 ApiServer(create_app(settings), host=opts.host, port=opts.port)
             )
-            sim_stop = asyncio.Event()
-            sim = SimulationConfig(
-                fleet=Fleet.uniform(
-                    devices=opts.devices,
-                    rate_per_s=opts.rate_per_s,
-                    kinds=("env", "power", "vibration"),
-                ),
-                traffic=TrafficOptions(
-                    seed=opts.seed, start_ts_ms=int(time.time() * 1000), duration_s=opts.duration_s
-                ),
-                mqtt_url=broker.url,
-                protocol_version="5",
+            now_ms = int(time.time() * 1000)
+            sim_stop, archive_stop = asyncio.Event(), asyncio.Event()
+            sim_task = tg.create_task(
+                run_simulation(_live_run(opts, broker.url, now_ms), stop=sim_stop),
+                name="simulator",
             )
-            sim_task = tg.create_task(run_simulation(sim, stop=sim_stop), name="simulator")
+            history = _history_run(opts, broker.url, now_ms)
+
+            async def history_then_archive() -> None:
+                if history is not None:
+                    await run_simulation(history, stop=sim_stop)
+                    log.info("demo: %g minutes of history replayed", opts.history_minutes)
+                if archiver is not None and not archive_stop.is_set():
+                    await archiver.run_every(opts.archive_every_s, archive_stop)
+
+            background = tg.create_task(history_then_archive(), name="history-and-archive")
             print(
-                f"\niot-ingest demo: dashboard at {api.url}/  (API {api.url}/v1/sensors, "
-                f"metrics http://127.0.0.1:{service.health_port}/metrics)\n"
-                f"  {opts.devices} simulated devices, {opts.rate_per_s:g} readings/s → "
-                f"{broker.url} → ingest → DynamoDB (moto, in memory). Ctrl-C stops.\n",
+                _banner(opts, api.url, service.health_port, broker.url, archive_metrics_url),
                 file=sys.stderr,
                 flush=True,
             )
+            if on_ready is not None:
+                on_ready(
+                    DemoInfo(
+                        api_url=api.url,
+                        metrics_url=f"http://127.0.0.1:{service.health_port}/metrics",
+                        mqtt_url=broker.url,
+                        endpoint_url=dynamo.endpoint_url,
+                        table=cfg.table,
+                        s3_bucket=opts.s3_bucket if opts.archive else None,
+                        s3_prefix="archive",
+                        archive_metrics_url=archive_metrics_url,
+                    )
+                )
             if ready is not None:
                 ready.set()
             await _first(stop.wait(), sim_task)
             sim_stop.set()
+            archive_stop.set()  # a pass under way finishes first (a few buckets per sensor)
             await sim_task
+            await background
             service_stop.set()
             await service_task
     log.info("demo stopped")
     return 0
+
+
+async def _open_archive(
+    stack: contextlib.AsyncExitStack,
+    opts: DemoOptions,
+    cfg: Config,
+    layout: TableLayout,
+    metrics: ArchiveMetrics,
+) -> tuple[Archiver, str]:
+    """The archive bucket (created on the embedded S3), the archiver, its metrics URL."""
+    from .archive import Archiver, ArchiveSettings, S3Store
+    from .archive.metrics import serve_metrics
+    from .dynamo import DynamoClient
+
+    endpoint = cfg.dynamodb_endpoint  # moto serves S3 on the same port
+    client = await stack.enter_async_context(
+        DynamoClient(
+            table=cfg.table,
+            region=cfg.region,
+            endpoint_url=endpoint,
+            aws_access_key_id=_KEY,
+            aws_secret_access_key=_KEY,
+        )
+    )
+    store = await stack.enter_async_context(
+        S3Store(
+            bucket=opts.s3_bucket,
+            endpoint_url=endpoint,
+            aws_access_key_id=_KEY,
+            aws_secret_access_key=_KEY,
+        )
+    )
+    await store.client.create_bucket(Bucket=store.bucket)
+    archiver = Archiver(
+        client,
+        store,
+        layout,
+        # One Query at a time: the in-memory server, whose Query reads the whole table,
+        # is shared with the ingest and the dashboard, which come first.
+        ArchiveSettings(
+            horizon_ms=round(opts.archive_horizon_s * 1000),
+            delete_archived=True,
+            concurrency=1,
+            query_concurrency=1,
+        ),
+        metrics=metrics,
+    )
+    server = await stack.enter_async_context(serve_metrics(metrics, host="127.0.0.1", port=0))
+    return archiver, f"http://127.0.0.1:{server.port}/metrics"
+
+
+def _live_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig:
+    """The live fleet, from ``now_ms`` on, following the wall clock."""
+    from simulator.fleet import Fleet
+    from simulator.generator import TrafficOptions
+    from simulator.run import SimulationConfig
+
+    return SimulationConfig(
+        fleet=Fleet.uniform(devices=opts.devices, rate_per_s=opts.rate_per_s, kinds=_KINDS),
+        traffic=TrafficOptions(seed=opts.seed, start_ts_ms=now_ms, duration_s=opts.duration_s),
+        mqtt_url=mqtt_url,
+        protocol_version="5",
+    )
+
+
+def _history_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig | None:
+    """The fleet's last ``history_minutes`` before ``now_ms``, sent as fast as it goes."""
+    from simulator.fleet import Fleet
+    from simulator.generator import TrafficOptions
+    from simulator.run import SimulationConfig
+
+    history_ms = round(opts.history_minutes * 60_000)
+    if history_ms <= 0:
+        return None
+    rate = opts.history_rate_per_s or min(opts.rate_per_s, 20.0)
+    return SimulationConfig(
+        fleet=Fleet.uniform(devices=opts.devices, rate_per_s=rate, kinds=_KINDS),
+        traffic=TrafficOptions(
+            seed=opts.seed + 1,
+            start_ts_ms=now_ms - history_ms,
+            duration_s=history_ms / 1000,
+            mode="gateway",  # a few connections carrying batches: a quick replay
+        ),
+        mqtt_url=mqtt_url,
+        protocol_version="5",
+        client_id_prefix="history-",
+        realtime=False,
+    )
+
+
+def _banner(
+    opts: DemoOptions,
+    api_url: str,
+    health_port: int | None,
+    mqtt_url: str,
+    archive_metrics: str | None,
+) -> str:
+    lines = [
+        f"\niot-ingest demo: dashboard at {api_url}/  (API {api_url}/v1/sensors, "
+        f"metrics http://127.0.0.1:{health_port}/metrics)",
+        f"  {opts.devices} simulated devices, {opts.rate_per_s:g} readings/s → "
+        f"{mqtt_url} → ingest → DynamoDB (moto, in memory). Ctrl-C stops.",
+    ]
+    if opts.history_minutes > 0:
+        lines.append(f"  replaying the last {opts.history_minutes:g} minutes first (history).")
+    if opts.archive:
+        lines.append(
+            f"  archival on: {opts.bucket_minutes}-minute buckets go to "
+            f"s3://{opts.s3_bucket}/archive/ (moto S3, same endpoint) as Parquet "
+            f"{opts.archive_horizon_s:g} s after they close (a pass every "
+            f"{opts.archive_every_s:g} s), then leave DynamoDB; the dashboard reads them "
+            f"back from S3 (archive metrics {archive_metrics})."
+        )
+    return "\n".join(lines) + "\n"
 
 
 async def _first(waiter: Coroutine[Any, Any, object], task: asyncio.Task[Any]) -> None:

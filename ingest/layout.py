@@ -22,7 +22,8 @@ id can produce (sensor ids never contain ``#``)::
 
     pk   S  "#sensors#{p}"        p = stable hash of the sensor id mod REGISTRY_PARTITIONS
     sk   N  112-bit stable hash of the sensor id
-    sid  S  sensor id; ls N last seen (ms); n N readings counted; m M latest metrics
+    sid  S  sensor id; ls N last seen (ms); n N readings counted; m M latest metrics;
+    fs   N  first seen: the lowest reading timestamp ever observed (0: unknown)
 
 The layout parameters (bucket width, shard count) are stored in the item
 ``pk="#layout", sk=0`` so a reader or a restarted writer uses the same ones.

@@ -1,9 +1,33 @@
 """The sensor registry: one small item per sensor, so dashboards list sensors without a Scan.
 
 Observations are coalesced in memory and written at most once per sensor per
-``registry_interval_s``: last seen, latest metric values, readings counted.
-The latest values only move forward in time (a condition on ``ls``), so a
-late backfill never replaces a newer reading; its count still adds up.
+``registry_interval_s``: last seen (``ls``), latest metric values (``m``),
+readings counted (``n``) and first seen (``fs``, the lowest reading timestamp
+ever observed). The latest values only move forward in time (a condition on
+``ls``), so a late backfill never replaces a newer reading; its count still
+adds up. ``fs`` only moves backward; the archive planner
+(:mod:`ingest.archive.planner`) reads ``[fs, ls]`` to look only at the buckets
+that can hold the sensor's readings.
+
+How ``fs`` is kept without an extra write per flush:
+
+* Every update carries ``fs = if_not_exists(fs, :batch_min)``, so a new
+  sensor's item is created with its first-seen time in the same UpdateItem.
+* Each process remembers a per-sensor *floor* (the stored ``fs`` as last seen
+  by it). While a flush's lowest timestamp is at or above the floor — steady
+  traffic — nothing more happens. Otherwise (first flush of the sensor in this
+  process, or a backfill) the update returns the item (``ALL_NEW``) and, when
+  the batch goes below the stored value, one conditional update lowers it
+  (``SET fs = :min`` if ``fs > :min``: concurrent workers only ever lower it).
+* Items written before ``fs`` existed get ``fs = 0`` ("unknown, look at
+  everything"): the main update's condition refuses to set ``fs`` on an item
+  that has ``ls`` but no ``fs``, and the fallback marks it 0. A first-seen
+  time made up from today's traffic would make the archiver skip older buckets.
+* An update that failed with a retriable error (throttling, 5xx, connection)
+  is put back for the next flush, so a backfill's ``fs`` is not lost to a blip
+  (the count may then be added twice; it is an estimate). A refused one is
+  logged and dropped.
+
 Expressions use placeholders only; no input text is ever spliced into one.
 """
 
@@ -11,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
@@ -22,6 +47,36 @@ __all__ = ["SensorRegistry", "known_sensor_ids"]
 
 log = logging.getLogger(__name__)
 
+_UPDATE = "SET #sid = :sid, #ls = :ls, #m = :m, #fs = if_not_exists(#fs, :fs) ADD #n :n"
+# A new item, or a newer reading on an item that already has ``fs`` (an item
+# from before ``fs`` existed must not get one made up from this flush).
+_CONDITION = "attribute_not_exists(#ls) OR (#ls <= :ls AND attribute_exists(#fs))"
+_UNKNOWN_FS = 0
+"""``fs`` of items older than the attribute: the planner then looks at the whole window."""
+
+
+class _Pending:
+    """One sensor's observations since the last flush."""
+
+    __slots__ = ("count", "last_ts", "metrics", "min_ts")
+
+    def __init__(self, ts_ms: int, count: int, metrics: dict[str, float | int]) -> None:
+        self.last_ts = ts_ms
+        self.min_ts = ts_ms
+        self.count = count
+        self.metrics = metrics
+
+    def merge(self, other: _Pending) -> None:
+        """Fold an older pending entry (one that failed to flush) into this one."""
+        self.count += other.count
+        self.min_ts = min(self.min_ts, other.min_ts)
+        if other.last_ts > self.last_ts:
+            self.last_ts, self.metrics = other.last_ts, other.metrics
+
+
+def _is_condition_failure(exc: WriteError) -> bool:
+    return "ConditionalCheckFailed" in str(exc)
+
 
 class SensorRegistry:
     """Coalesces per-sensor observations and flushes them as UpdateItem calls.
@@ -30,7 +85,6 @@ class SensorRegistry:
         client: DynamoDB client of the table.
         metrics: Metrics.
         concurrency: Parallel UpdateItem calls during a flush.
-        max_sensors: Distinct sensors held between flushes (older ones are flushed early).
     """
 
     def __init__(
@@ -39,78 +93,168 @@ class SensorRegistry:
         self._client = client
         self._m = metrics
         self._concurrency = concurrency
-        # sensor id -> [last ts, count since flush, latest metrics]
-        self._seen: dict[str, list[object]] = {}
+        self._seen: dict[str, _Pending] = {}
+        # sensor id -> the stored ``fs`` as this process last learned it (it only goes down)
+        self._floors: dict[str, int] = {}
 
     def observe(self, readings: list[Reading]) -> None:
         seen = self._seen
         for r in readings:
+            ts = r.ts_ms
             entry = seen.get(r.sensor_id)
             if entry is None:
-                seen[r.sensor_id] = [r.ts_ms, 1, r.metrics]
-            else:
-                entry[1] = entry[1] + 1  # type: ignore[operator]
-                if r.ts_ms >= entry[0]:  # type: ignore[operator]
-                    entry[0] = r.ts_ms
-                    entry[2] = r.metrics
+                seen[r.sensor_id] = _Pending(ts, 1, r.metrics)
+                continue
+            entry.count += 1
+            if ts >= entry.last_ts:
+                entry.last_ts = ts
+                entry.metrics = r.metrics
+            elif ts < entry.min_ts:
+                entry.min_ts = ts
 
     def __len__(self) -> int:
         return len(self._seen)
 
+    def first_seen_floor(self, sensor_id: str) -> int | None:
+        """The sensor's stored first-seen time as this process knows it (``None``: not yet)."""
+        return self._floors.get(sensor_id)
+
     async def flush(self) -> int:
-        """Write every pending observation; return the number of sensors updated."""
+        """Write every pending observation; return the number of sensors fully updated.
+
+        Updates that failed with a retriable error (throttling, 5xx, connection)
+        are kept for the next flush.
+        """
         pending, self._seen = self._seen, {}
         if not pending:
             return 0
         sem = asyncio.Semaphore(self._concurrency)
+        retry: dict[str, _Pending] = {}
 
-        async def one(sid: str, entry: list[object]) -> None:
+        async def one(sid: str, entry: _Pending) -> None:
             async with sem:
-                await self._update(sid, int(entry[0]), int(entry[1]), entry[2])  # type: ignore[call-overload, arg-type]
+                again = await self._update(sid, entry)
+                if again is not None:
+                    retry[sid] = again
 
         async with asyncio.TaskGroup() as tg:
             for sid, entry in pending.items():
                 tg.create_task(one(sid, entry), name=f"registry-{sid}")
-        self._m.registry_updates.inc(len(pending))
-        return len(pending)
+        for sid, entry in retry.items():  # with the next flush
+            newer = self._seen.get(sid)
+            if newer is None:
+                self._seen[sid] = entry
+            else:
+                newer.merge(entry)
+        done = len(pending) - len(retry)
+        self._m.registry_updates.inc(done)
+        return done
 
-    async def _update(
-        self, sid: str, ts_ms: int, count: int, metrics: dict[str, float | int]
-    ) -> None:
+    async def _call(self, **kwargs: Any) -> dict[str, Any]:
+        return await self._client.call("update_item", TableName=self._client.table, **kwargs)
+
+    async def _update(self, sid: str, entry: _Pending) -> _Pending | None:
+        """Write one sensor's observations; return what to retry with the next flush."""
         pk, sk = registry_key(sid)
         key = {"pk": {"S": pk}, "sk": {"N": str(sk)}}
-        names = {"#sid": "sid", "#ls": "ls", "#m": "m", "#n": "n"}
+        floor = self._floors.get(sid)
+        learn = floor is None or entry.min_ts < floor
         values = {
             ":sid": {"S": sid},
-            ":ls": {"N": str(ts_ms)},
-            ":m": {"M": {k: {"N": format_number(v)} for k, v in metrics.items()}},
-            ":n": {"N": str(count)},
+            ":ls": {"N": str(entry.last_ts)},
+            ":m": {"M": {k: {"N": format_number(v)} for k, v in entry.metrics.items()}},
+            ":n": {"N": str(entry.count)},
+            ":fs": {"N": str(entry.min_ts)},
         }
+        names = {"#sid": "sid", "#ls": "ls", "#m": "m", "#n": "n", "#fs": "fs"}
+        stored: dict[str, Any] | None = None
         try:
-            await self._client.call(
-                "update_item",
-                TableName=self._client.table,
+            resp = await self._call(
                 Key=key,
-                UpdateExpression="SET #sid = :sid, #ls = :ls, #m = :m ADD #n :n",
-                ConditionExpression="attribute_not_exists(#ls) OR #ls <= :ls",
+                UpdateExpression=_UPDATE,
+                ConditionExpression=_CONDITION,
                 ExpressionAttributeNames=names,
                 ExpressionAttributeValues=values,
+                ReturnValues="ALL_NEW" if learn else "NONE",
             )
+            stored = resp.get("Attributes")
         except WriteError as exc:
-            if "ConditionalCheckFailed" not in str(exc):
-                log.warning("registry update for %s failed: %s", sid, exc)
-                return
+            if not _is_condition_failure(exc):
+                return self._failed(sid, entry, "update", exc)
+            # ``ls`` is newer (a backfill), or the item predates ``fs``: count, and make
+            # sure ``fs`` exists (0, "unknown", on an old item).
             try:
-                await self._client.call(
-                    "update_item",
-                    TableName=self._client.table,
+                resp = await self._call(
                     Key=key,
-                    UpdateExpression="ADD #n :n",
-                    ExpressionAttributeNames={"#n": "n"},
-                    ExpressionAttributeValues={":n": values[":n"]},
+                    UpdateExpression="SET #fs = if_not_exists(#fs, :z) ADD #n :n",
+                    ExpressionAttributeNames={"#fs": "fs", "#n": "n"},
+                    ExpressionAttributeValues={":z": {"N": str(_UNKNOWN_FS)}, ":n": values[":n"]},
+                    ReturnValues="ALL_NEW" if learn else "NONE",
                 )
             except WriteError as exc2:
-                log.warning("registry count update for %s failed: %s", sid, exc2)
+                return self._failed(sid, entry, "count update", exc2)
+            stored = resp.get("Attributes")
+            if stored is not None and int(stored.get("ls", {"N": "0"})["N"]) <= entry.last_ts:
+                await self._set_latest(sid, key, values)  # it failed only for the missing fs
+        if stored is None or "fs" not in stored:
+            return None  # nothing to learn: the floor is at or below this flush
+        stored_fs = int(stored["fs"]["N"])
+        if entry.min_ts >= stored_fs:
+            self._floors[sid] = stored_fs
+            return None
+        lowered = await self._lower_fs(sid, key, entry.min_ts)
+        if lowered is None:  # refused (logged): the floor stays as it was
+            return None
+        if not lowered:  # only the lowering is outstanding: retry it (and nothing else)
+            again = _Pending(entry.last_ts, 0, entry.metrics)
+            again.min_ts = entry.min_ts
+            return again
+        self._floors[sid] = entry.min_ts
+        return None
+
+    async def _set_latest(self, sid: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+        try:
+            await self._call(
+                Key=key,
+                UpdateExpression="SET #sid = :sid, #ls = :ls, #m = :m",
+                ConditionExpression="#ls <= :ls",
+                ExpressionAttributeNames={"#sid": "sid", "#ls": "ls", "#m": "m"},
+                ExpressionAttributeValues={k: values[k] for k in (":sid", ":ls", ":m")},
+            )
+        except WriteError as exc:
+            if _is_condition_failure(exc):
+                return  # a newer reading's flush got there first
+            log.warning("registry latest-values update for %s failed: %s", sid, exc)
+
+    async def _lower_fs(self, sid: str, key: dict[str, Any], min_ts: int) -> bool | None:
+        """Lower the stored first-seen time to ``min_ts``.
+
+        Returns:
+            True when the stored value is now at or below ``min_ts``, False after a
+            retriable failure, None when DynamoDB refused the update (logged).
+        """
+        try:
+            await self._call(
+                Key=key,
+                UpdateExpression="SET #fs = :fs",
+                ConditionExpression="#fs > :fs",
+                ExpressionAttributeNames={"#fs": "fs"},
+                ExpressionAttributeValues={":fs": {"N": str(min_ts)}},
+            )
+        except WriteError as exc:
+            if _is_condition_failure(exc):
+                return True  # another worker lowered it at least as far
+            log.warning("registry first-seen update for %s failed: %s", sid, exc)
+            return False if exc.retriable else None
+        return True
+
+    @staticmethod
+    def _failed(sid: str, entry: _Pending, what: str, exc: WriteError) -> _Pending | None:
+        if exc.retriable:
+            log.warning("registry %s for %s failed (retrying next flush): %s", what, sid, exc)
+            return entry
+        log.warning("registry %s for %s refused, dropped: %s", what, sid, exc)
+        return None
 
     async def run(self, interval_s: float) -> None:
         """Flush every ``interval_s`` until cancelled."""

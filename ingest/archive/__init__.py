@@ -6,13 +6,15 @@ Modules by role: ``planner`` (which buckets), ``exporter`` (Query every shard),
 (read back, compare), ``deleter`` (early delete with backoff), ``archiver``
 (the step and its loop), ``reader`` (cold-tier reads for the query API),
 ``streams`` (DynamoDB Streams consumer of TTL deletions), ``lifecycle`` (S3
-storage-class rule), ``cli``. See docs/archival.md.
+storage-class rule), ``metrics`` (Prometheus ``iot_archive_*``), ``cli``. See
+docs/archival.md.
 """
 
 from .archiver import Archiver, ArchiveReport, ArchiveSettings
 from .errors import ArchiveConfigError, ArchiveError, SourceError, StorageError, VerifyError
 from .lifecycle import apply_lifecycle
 from .manifest import MARKER_PREFIX, Manifest
+from .metrics import ArchiveMetrics
 from .reader import archive_markers, archived_buckets, merge_tiers, read_cold
 from .store import S3Store
 
@@ -20,6 +22,7 @@ __all__ = [
     "MARKER_PREFIX",
     "ArchiveConfigError",
     "ArchiveError",
+    "ArchiveMetrics",
     "ArchiveReport",
     "ArchiveSettings",
     "Archiver",

@@ -35,13 +35,15 @@ from ingest.layout import Reading, TableLayout
 from .deleter import delete_keys
 from .errors import ArchiveConfigError, ArchiveError, VerifyError, single_archive_error
 from .exporter import export_bucket
-from .manifest import Manifest, mark_deleted, put_marker
+from .manifest import Manifest, get_marker, mark_deleted, put_marker
+from .metrics import ArchiveMetrics
 from .parquet import content_checksum, encode
 from .paths import data_key, manifest_key
 from .planner import (
     DAY_MS,
     DEFAULT_GRACE_MS,
     BucketTask,
+    SensorSpan,
     Window,
     archive_window,
     list_sensors,
@@ -93,9 +95,12 @@ class ArchiveReport:
         empty: Buckets found empty (marked, no object).
         skipped: Buckets already archived.
         rows: Readings archived in this pass.
+        bytes: Parquet bytes written in this pass (verified objects).
         deleted: Items deleted early in this pass.
         corrupt: Verification failures found (each was archived again).
         failed: Buckets that could not be archived, with the reason (left unmarked).
+        stopped: The pass was stopped before it looked at every bucket (the rest is
+            done by the next one).
     """
 
     sensors: int = 0
@@ -103,9 +108,11 @@ class ArchiveReport:
     empty: int = 0
     skipped: int = 0
     rows: int = 0
+    bytes: int = 0
     deleted: int = 0
     corrupt: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    stopped: bool = False
 
     @property
     def ok(self) -> bool:
@@ -118,6 +125,7 @@ class ArchiveReport:
             f"{self.sensors} sensors: {self.archived} buckets archived ({self.rows} readings), "
             f"{self.empty} empty, {self.skipped} already archived, {self.deleted} items deleted, "
             f"{len(self.corrupt)} corrupt objects re-archived, {len(self.failed)} failed"
+            + (" (stopped early)" if self.stopped else "")
         )
 
 
@@ -129,6 +137,7 @@ class Archiver:
         store: An open S3 store.
         layout: The table's layout (read it from the table's layout record).
         settings: Horizon, early delete, concurrency.
+        metrics: Where each pass is recorded (``None``: nowhere).
         clock: Epoch seconds (injected in tests).
 
     Raises:
@@ -142,6 +151,7 @@ class Archiver:
         layout: TableLayout,
         settings: ArchiveSettings,
         *,
+        metrics: ArchiveMetrics | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         validate_horizon(layout, settings.horizon_ms)
@@ -149,18 +159,38 @@ class Archiver:
         self.store = store
         self.layout = layout
         self.settings = settings
+        self.metrics = metrics
         self._clock = clock
+        # sensor id -> its clipped window of the last pass that finished every bucket
+        # of it: the next pass reads markers only outside it (see plan_sensor).
+        self._done: dict[str, Window] = {}
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def run_once(self) -> ArchiveReport:
+    async def run_once(self, *, stop: asyncio.Event | None = None) -> ArchiveReport:
         """One pass over every sensor; per-bucket failures are in the report, not raised.
+
+        Args:
+            stop: When set, the pass ends after the buckets under way (``report.stopped``);
+                what it did not reach is done by the next pass.
 
         Raises:
             StorageError: the S3 bucket is missing or not accessible.
             SourceError: the sensor registry cannot be read.
         """
+        t0 = time.perf_counter()
+        try:
+            report = await self._pass(stop)
+        except ArchiveError as exc:
+            if self.metrics is not None:
+                self.metrics.observe_error(exc, time.perf_counter() - t0)
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_pass(report, time.perf_counter() - t0)
+        return report
+
+    async def _pass(self, stop: asyncio.Event | None) -> ArchiveReport:
         await self.store.check()
         now_ms = self._now_ms()
         window = archive_window(
@@ -175,9 +205,17 @@ class Archiver:
         pending = iter(sensors)
 
         async def worker() -> None:
-            for sensor_id in pending:  # shared iterator: each sensor goes to one worker
+            for sensor in pending:  # shared iterator: each sensor goes to one worker
+                if stop is not None and stop.is_set():
+                    report.stopped = True
+                    return
                 await self._sensor(
-                    sensor_id, window_now=now_ms, report=report, queries=queries, window=window
+                    sensor,
+                    window_now=now_ms,
+                    report=report,
+                    queries=queries,
+                    window=window,
+                    stop=stop,
                 )
 
         try:
@@ -196,12 +234,13 @@ class Archiver:
         """Run a pass every ``every_s`` seconds until ``stop`` is set.
 
         A pass's failure is logged and retried at the next pass; a missing S3 bucket
-        at the start, or a configuration error, ends the loop with its error.
+        at the start, or a configuration error, ends the loop with its error. Setting
+        ``stop`` during a pass ends it after the buckets under way.
         """
         await self.store.check()
         while not stop.is_set():
             try:
-                report = await self.run_once()
+                report = await self.run_once(stop=stop)
                 for line in report.failed:
                     log.error("archive: %s", line)
             except ArchiveConfigError:
@@ -213,32 +252,42 @@ class Archiver:
 
     async def _sensor(
         self,
-        sensor_id: str,
+        sensor: SensorSpan,
         *,
         window_now: int,
         report: ArchiveReport,
         queries: asyncio.Semaphore,
         window: Window,
+        stop: asyncio.Event | None,
     ) -> None:
+        sensor_id = sensor.sensor_id
         try:
-            tasks, done = await plan_sensor(
+            plan = await plan_sensor(
                 self.dynamo,
                 self.layout,
-                sensor_id,
+                sensor,
                 window,
                 delete_archived=self.settings.delete_archived,
+                known_done=self._done.get(sensor_id),
             )
         except ArchiveError as exc:
             report.failed.append(f"{sensor_id}: planning failed: {exc}")
             return
-        report.skipped += done
-        for task in tasks:
+        report.skipped += plan.skipped
+        complete = True
+        for task in plan.tasks:
+            if stop is not None and stop.is_set():
+                report.stopped = True
+                return
             try:
                 await self.archive_bucket(task, now_ms=window_now, report=report, queries=queries)
             except ArchiveError as exc:
+                complete = False
                 label = self.layout.bucket_label(task.bucket_start_ms)
                 log.error("archive of %s bucket %s failed: %s", sensor_id, label, exc)
                 report.failed.append(f"{sensor_id} bucket {label}: {exc}")
+        if complete and plan.window.first_ms <= plan.window.last_ms:
+            self._done[sensor_id] = plan.window
 
     async def archive_bucket(
         self,
@@ -278,6 +327,19 @@ class Archiver:
     ) -> Manifest:
         sid, start = task.sensor_id, task.bucket_start_ms
         by_pk = await export_bucket(self.dynamo, self.layout, sid, start, limit=queries)
+        # Another run (an overlapping cron job, a second archiver) may have archived the
+        # bucket since this one was planned, and be deleting its items: what this export
+        # saw can be a part. Such a run marks before it deletes, so a marker that appeared
+        # (or changed) meanwhile means "leave it": never overwrite its object with a part.
+        existing = await get_marker(self.dynamo, sid, start)
+        if existing is not None and existing != task.marker:
+            log.info(
+                "%s bucket %s was archived by another run meanwhile: left as it is",
+                sid,
+                self.layout.bucket_label(start),
+            )
+            report.skipped += 1
+            return existing
         readings = sorted(
             (TableLayout.from_item(it) for items in by_pk.values() for it in items),
             key=lambda r: r.ts_ms,
@@ -352,6 +414,7 @@ class Archiver:
         await put_marker(self.dynamo, manifest)
         report.archived += 1
         report.rows += manifest.rows
+        report.bytes += manifest.object_bytes
         if self.settings.delete_archived:
             await self._delete(manifest, verified, now_ms, report)
         return manifest

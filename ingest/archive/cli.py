@@ -1,22 +1,28 @@
 """``iot-ingest archive``: archive closed buckets to S3 (one pass, or every N seconds).
 
-Also ``iot-ingest archive lifecycle``: put the S3 lifecycle rule that moves old
-archive objects to a colder storage class. The table, region, DynamoDB endpoint
-and credentials come from the same configuration as ``iot-ingest run`` (config
-file < ``IOT_INGEST_*`` environment < flags); S3 options are this command's flags.
+Also ``iot-ingest archive streams``: archive what TTL deletes, from the table's
+DynamoDB stream (one poll, or every N seconds), and ``iot-ingest archive
+lifecycle``: put the S3 lifecycle rule that moves old archive objects to a
+colder storage class. The table, region, DynamoDB endpoint and credentials come
+from the same configuration as ``iot-ingest run`` (config file <
+``IOT_INGEST_*`` environment < flags); S3 options are this command's flags.
+With ``--every``, ``--metrics-port`` serves ``/metrics`` (``iot_archive_*``),
+``/healthz`` and ``/readyz``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import sys
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.cli import add_table_flags
 
-__all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "default_horizon_ms"]
+__all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "cmd_streams", "default_horizon_ms"]
 
 log = logging.getLogger("ingest.archive")
 
@@ -37,10 +43,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_common(p: argparse.ArgumentParser, *, table: bool) -> None:
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, *, table: bool, require_bucket: bool = True) -> None:
     add_table_flags(p, table=table)
-    # Not required=True on ``archive`` itself: argparse would demand it before ``lifecycle``.
-    p.add_argument("--s3-bucket", required=not table, help="S3 bucket of the archive")
+    # Not required=True on ``archive`` itself: argparse would demand it before a subcommand.
+    p.add_argument("--s3-bucket", required=require_bucket, help="S3 bucket of the archive")
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS's)")
     p.add_argument(
         "--s3-prefix", default="archive", help="key prefix of the archive (default: archive)"
@@ -48,8 +61,21 @@ def _add_common(p: argparse.ArgumentParser, *, table: bool) -> None:
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
 
 
+def _add_loop(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--every", type=_positive_float, metavar="SECONDS", help=f"{what} every SECONDS")
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="with --every: serve /metrics (iot_archive_*), /healthz, /readyz on PORT (0: any)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (127.0.0.1)"
+    )
+
+
 def add_commands(subparsers: Any) -> None:
-    """Add ``archive`` (and ``archive lifecycle``) to the ``iot-ingest`` command's subparsers."""
+    """Add ``archive`` (and ``archive streams``, ``archive lifecycle``) to ``iot-ingest``."""
     p = subparsers.add_parser(
         "archive",
         help="archive closed buckets to S3 as Parquet (before their TTL)",
@@ -57,7 +83,7 @@ def add_commands(subparsers: Any) -> None:
         "verify it, mark it archived; optionally delete the archived items early. "
         "Idempotent: re-run it, or run it with --every.",
     )
-    _add_common(p, table=True)
+    _add_common(p, table=True, require_bucket=False)
     p.add_argument(
         "--horizon-days",
         type=_positive_float,
@@ -69,14 +95,28 @@ def add_commands(subparsers: Any) -> None:
         action="store_true",
         help="delete the verified items from DynamoDB instead of waiting for their TTL",
     )
-    p.add_argument(
-        "--every", type=_positive_float, metavar="SECONDS", help="run a pass every SECONDS"
-    )
+    _add_loop(p, "run a pass")
     p.add_argument(
         "--concurrency", type=_positive_int, default=4, help="sensors at once (default 4)"
     )
     p.set_defaults(func=cmd_archive)
     sub = p.add_subparsers(dest="archive_cmd", metavar="SUBCOMMAND")
+    st = sub.add_parser(
+        "streams",
+        help="archive readings as TTL deletes them, from the table's DynamoDB stream",
+        description="Read the table's stream (view type OLD_IMAGE or NEW_AND_OLD_IMAGES) from "
+        "the last checkpoint and write the readings TTL deleted to the archive's layout; "
+        "run it at least every 24 hours (stream retention), e.g. with --every.",
+    )
+    _add_common(st, table=True)
+    _add_loop(st, "poll the stream")
+    st.add_argument(
+        "--include-user-deletes",
+        action="store_true",
+        help="archive every REMOVE, not only TTL's (emulators whose stream records carry no "
+        "userIdentity; also archives DeleteItem calls and --delete-archived's deletes)",
+    )
+    st.set_defaults(func=cmd_streams)
     lc = sub.add_parser(
         "lifecycle",
         help="put the S3 lifecycle rule moving old archive objects to a colder class",
@@ -99,22 +139,58 @@ def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from ingest.cli import setup_logging
-    from ingest.config import load_config
+    from ingest.cli import table_config
 
-    cfg = load_config(
-        file=args.config,
-        flags={
-            "table": getattr(args, "table", None),
-            "dynamodb_endpoint": getattr(args, "dynamodb_endpoint", None),
-            "region": args.region,
-            "aws_access_key_id": args.aws_access_key_id,
-            "aws_secret_access_key": args.aws_secret_access_key,
-            "log_level": args.log_level,
-        },
+    return table_config(args)
+
+
+def _dynamo(cfg: Any) -> Any:
+    from ingest.dynamo import DynamoClient
+
+    return DynamoClient(
+        table=cfg.table,
+        region=cfg.region,
+        endpoint_url=cfg.dynamodb_endpoint,
+        aws_access_key_id=cfg.aws_access_key_id,
+        aws_secret_access_key=cfg.aws_secret_access_key,
     )
-    setup_logging(cfg.log_level, cfg.log_format)
-    return cfg
+
+
+def _check_loop_flags(args: argparse.Namespace) -> None:
+    from .errors import ArchiveConfigError
+
+    if not args.s3_bucket:
+        raise ArchiveConfigError("--s3-bucket is required: the S3 bucket of the archive")
+    if args.metrics_port is not None and args.every is None:
+        raise ArchiveConfigError(
+            f"--metrics-port {args.metrics_port} needs --every: a single pass exits before "
+            "anything could scrape it (its summary is printed instead)"
+        )
+
+
+async def _run_loop(
+    args: argparse.Namespace,
+    metrics: Any,
+    loop: Callable[[asyncio.Event], Awaitable[None]],
+) -> None:
+    """Run ``loop(stop)`` until SIGINT/SIGTERM, with the metrics server when asked."""
+    from ingest.cli import install_stop_signals
+
+    from .metrics import serve_metrics
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.metrics_port is not None:
+            server = await stack.enter_async_context(
+                serve_metrics(metrics, host=args.metrics_host, port=args.metrics_port)
+            )
+            print(
+                f"archive metrics on http://{args.metrics_host}:{server.port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
+        await loop(stop)
 
 
 def _store(args: argparse.Namespace, cfg: Any) -> Any:
@@ -132,28 +208,17 @@ def _store(args: argparse.Namespace, cfg: Any) -> Any:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     """One archive pass (exit 1 if a bucket failed), or the loop with ``--every``."""
-    from ingest.cli import install_stop_signals, run_async
-    from ingest.dynamo import DynamoClient
+    from ingest.cli import run_async
     from queries.reader import TableReader
 
     from .archiver import Archiver, ArchiveSettings
-    from .errors import ArchiveConfigError
+    from .metrics import ArchiveMetrics
 
-    if not args.s3_bucket:
-        raise ArchiveConfigError("--s3-bucket is required: the S3 bucket of the archive")
+    _check_loop_flags(args)
     cfg = _config(args)
 
     async def go() -> int:
-        async with (
-            DynamoClient(
-                table=cfg.table,
-                region=cfg.region,
-                endpoint_url=cfg.dynamodb_endpoint,
-                aws_access_key_id=cfg.aws_access_key_id,
-                aws_secret_access_key=cfg.aws_secret_access_key,
-            ) as dynamo,
-            _store(args, cfg) as store,
-        ):
+        async with _dynamo(cfg) as dynamo, _store(args, cfg) as store:
             layout = (await TableReader.load(dynamo)).layout
             horizon_ms = (
                 round(args.horizon_days * _DAY_MS)
@@ -161,14 +226,19 @@ def cmd_archive(args: argparse.Namespace) -> int:
                 else default_horizon_ms(layout.bucket_ms, layout.retention_days)
             )
             late_ms = cfg.max_past_ms if cfg.max_past_ms is not None else layout.retention_ms
-            if late_ms >= horizon_ms:
+            lag_ms = late_ms + round(cfg.registry_interval_s * 1000)
+            if lag_ms >= horizon_ms:
                 log.warning(
-                    "the ingest service accepts readings up to %.3g days old (max_past_ms) but "
+                    "the ingest service accepts readings up to %.3g days old (max_past_ms) and "
+                    "records them in the sensor registry within %g s (registry_interval_s), but "
                     "buckets are archived %.3g days after they close: a reading arriving later "
-                    "than the horizon stays hot only; set max_past_ms below the horizon",
+                    "than that stays hot only; set max_past_ms below the horizon minus the "
+                    "registry interval",
                     late_ms / _DAY_MS,
+                    cfg.registry_interval_s,
                     horizon_ms / _DAY_MS,
                 )
+            metrics = ArchiveMetrics()
             archiver = Archiver(
                 dynamo,
                 store,
@@ -178,11 +248,11 @@ def cmd_archive(args: argparse.Namespace) -> int:
                     delete_archived=args.delete_archived,
                     concurrency=args.concurrency,
                 ),
+                metrics=metrics,
             )
             if args.every is not None:
-                stop = asyncio.Event()
-                install_stop_signals(stop)
-                await archiver.run_every(args.every, stop)
+                every_s: float = args.every
+                await _run_loop(args, metrics, lambda stop: archiver.run_every(every_s, stop))
                 return 0
             report = await archiver.run_once()
             print(report.summary())
@@ -191,6 +261,51 @@ def cmd_archive(args: argparse.Namespace) -> int:
             for line in report.failed:
                 print(f"failed: {line}", file=sys.stderr)
             return 0 if report.ok else 1
+
+    return run_async(go)
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    """One poll of the table's stream (prints the readings archived), or the loop with --every."""
+    from ingest.cli import run_async
+    from queries.reader import TableReader
+
+    from .metrics import ArchiveMetrics
+    from .streams import StreamArchiver, StreamsClient, find_stream_arn
+
+    _check_loop_flags(args)
+    cfg = _config(args)
+
+    async def go() -> int:
+        async with (
+            _dynamo(cfg) as dynamo,
+            _store(args, cfg) as store,
+            StreamsClient(
+                region=cfg.region,
+                endpoint_url=cfg.dynamodb_endpoint,
+                aws_access_key_id=cfg.aws_access_key_id,
+                aws_secret_access_key=cfg.aws_secret_access_key,
+            ) as streams,
+        ):
+            layout = (await TableReader.load(dynamo)).layout
+            arn = await find_stream_arn(dynamo)
+            metrics = ArchiveMetrics()
+            consumer = StreamArchiver(
+                streams.client,
+                arn,
+                store,
+                layout,
+                include_user_deletes=args.include_user_deletes,
+                metrics=metrics,
+            )
+            if args.every is not None:
+                every_s: float = args.every
+                await _run_loop(args, metrics, lambda stop: consumer.run_every(every_s, stop))
+                return 0
+            await store.check()
+            n = await consumer.poll_once()
+            print(f"{n} readings archived from the stream of {cfg.table}")
+            return 0
 
     return run_async(go)
 

@@ -36,6 +36,7 @@ from .errors import SourceError
 __all__ = [
     "MARKER_PREFIX",
     "Manifest",
+    "get_marker",
     "mark_deleted",
     "marker_pk",
     "put_marker",
@@ -159,6 +160,21 @@ async def mark_deleted(client: DynamoClient, manifest: Manifest, deleted_at_ms: 
         )
     except WriteError as exc:
         raise _source_error(exc, f"marker update for {manifest.sensor_id}") from exc
+
+
+async def get_marker(client: DynamoClient, sensor_id: str, bucket_start_ms: int) -> Manifest | None:
+    """One bucket's marker (strongly consistent read), or ``None``."""
+    try:
+        resp = await client.call(
+            "get_item",
+            TableName=client.table,
+            Key={"pk": {"S": marker_pk(sensor_id)}, "sk": {"N": str(bucket_start_ms)}},
+            ConsistentRead=True,
+        )
+    except WriteError as exc:
+        raise _source_error(exc, f"marker read for {sensor_id}") from exc
+    item = resp.get("Item")
+    return Manifest.from_marker(item) if item else None
 
 
 async def query_markers(

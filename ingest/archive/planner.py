@@ -1,12 +1,23 @@
 """Which buckets to archive: closed, past the horizon, not yet archived (no Scan anywhere).
 
-Sensors come from the registry partitions (Query); a sensor's archived buckets
-from its marker partition (one Query). A bucket ``[start, start + bucket_ms)`` is
-archivable when ``start + bucket_ms <= now - horizon``: it is closed and the
-ingest service no longer accepts readings for it (keep the horizon longer than
-the ingest's ``max_past_ms``). Buckets older than the retention plus
-``grace_ms`` (DynamoDB deletes expired items within about 48 hours) are not
-looked at: their items are gone.
+Sensors come from the registry partitions (Query), each with its first-seen and
+last-seen reading times (``fs``, ``ls``; see :mod:`ingest.registry`); a sensor's
+archived buckets from its marker partition (one Query). A bucket ``[start,
+start + bucket_ms)`` is archivable when ``start + bucket_ms <= now - horizon``:
+it is closed and the ingest service no longer accepts readings for it (keep the
+horizon longer than the ingest's ``max_past_ms`` plus its
+``registry_interval_s``). Buckets older than the retention plus ``grace_ms``
+(DynamoDB deletes expired items within about 48 hours) are not looked at: their
+items are gone.
+
+A sensor's window is clipped to ``[bucket_start(fs), bucket_start(ls)]``: no
+bucket outside it can hold one of its readings, so the work per pass grows with
+the sensor's data span, not with the retention (with one-minute buckets and a
+30-day retention the whole window is about 46,000 buckets per sensor). A clipped-out
+bucket is never marked, only not looked at; a reading below ``fs`` (a backfill
+not yet in the registry) is found by the first pass after the registry's next
+flush lowers ``fs``. Registry items without ``fs`` (written before it existed)
+or with ``fs = 0`` keep the whole window.
 """
 
 from __future__ import annotations
@@ -24,8 +35,11 @@ from .manifest import Manifest, query_markers
 __all__ = [
     "DAY_MS",
     "BucketTask",
+    "SensorPlan",
+    "SensorSpan",
     "Window",
     "archive_window",
+    "clip_window",
     "list_sensors",
     "plan_sensor",
     "validate_horizon",
@@ -56,6 +70,36 @@ class Window:
 
     first_ms: int
     last_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SensorSpan:
+    """A sensor as the registry knows it.
+
+    Attributes:
+        sensor_id: The sensor.
+        first_seen_ms: Its lowest reading timestamp ever seen (``None``: unknown, an
+            item from before the registry recorded it; 0 means unknown too).
+        last_seen_ms: Its highest reading timestamp seen (``None``: unknown).
+    """
+
+    sensor_id: str
+    first_seen_ms: int | None = None
+    last_seen_ms: int | None = None
+
+
+def clip_window(layout: TableLayout, window: Window, span: SensorSpan) -> Window:
+    """The part of ``window`` whose buckets can hold the sensor's readings.
+
+    ``[bucket_start(fs), bucket_start(ls)]`` intersected with the window; an unknown
+    (or zero) ``fs`` or an unknown ``ls`` leaves that side of the window as it is.
+    """
+    first, last = window.first_ms, window.last_ms
+    if span.first_seen_ms:  # None or 0: unknown, look at everything
+        first = max(first, layout.bucket_start(span.first_seen_ms))
+    if span.last_seen_ms is not None:
+        last = min(last, layout.bucket_start(span.last_seen_ms))
+    return Window(first, last)
 
 
 def validate_horizon(layout: TableLayout, horizon_ms: int) -> None:
@@ -89,16 +133,26 @@ def archive_window(
     return Window(first, last)
 
 
-async def list_sensors(client: DynamoClient) -> list[str]:
-    """Every sensor id in the registry (Query on its partitions, sorted)."""
-    sensors: set[str] = set()
+def _number(item: dict[str, Any], name: str) -> int | None:
+    value = item.get(name)
+    return int(value["N"]) if value is not None else None
+
+
+async def list_sensors(client: DynamoClient) -> list[SensorSpan]:
+    """Every sensor in the registry with its first/last seen times (Query per partition).
+
+    Sorted by sensor id. Strongly consistent reads, so a registry update that
+    finished before the pass started is seen.
+    """
+    sensors: dict[str, SensorSpan] = {}
     for pk in registry_partition_keys():
         kwargs: dict[str, Any] = {
             "TableName": client.table,
             "KeyConditionExpression": "#pk = :pk",
-            "ExpressionAttributeNames": {"#pk": "pk", "#sid": "sid"},
+            "ExpressionAttributeNames": {"#pk": "pk", "#sid": "sid", "#fs": "fs", "#ls": "ls"},
             "ExpressionAttributeValues": {":pk": {"S": pk}},
-            "ProjectionExpression": "#sid",
+            "ProjectionExpression": "#sid, #fs, #ls",
+            "ConsistentRead": True,
         }
         while True:
             try:
@@ -107,39 +161,91 @@ async def list_sensors(client: DynamoClient) -> list[str]:
                 raise SourceError(
                     f"cannot list sensors in table {client.table!r}: {exc}", retriable=exc.retriable
                 ) from exc
-            sensors.update(it["sid"]["S"] for it in resp.get("Items", []) if "sid" in it)
+            for it in resp.get("Items", []):
+                if "sid" in it:
+                    sid = it["sid"]["S"]
+                    sensors[sid] = SensorSpan(sid, _number(it, "fs"), _number(it, "ls"))
             last = resp.get("LastEvaluatedKey")
             if not last:
                 break
             kwargs["ExclusiveStartKey"] = last
-    return sorted(sensors)
+    return [sensors[sid] for sid in sorted(sensors)]
+
+
+@dataclass(frozen=True, slots=True)
+class SensorPlan:
+    """A sensor's work in one pass.
+
+    Attributes:
+        tasks: Unarchived buckets; with ``delete_archived`` also archived, non-empty
+            buckets whose items were not deleted yet.
+        skipped: Buckets already done.
+        window: The sensor's clipped window (empty if ``last_ms < first_ms``).
+    """
+
+    tasks: list[BucketTask]
+    skipped: int
+    window: Window
+
+
+def _count(window: Window, bucket_ms: int) -> int:
+    return max(0, (window.last_ms - window.first_ms) // bucket_ms + 1)
 
 
 async def plan_sensor(
     client: DynamoClient,
     layout: TableLayout,
-    sensor_id: str,
+    sensor: SensorSpan,
     window: Window,
     *,
     delete_archived: bool,
-) -> tuple[list[BucketTask], int]:
-    """A sensor's work in the window, and how many buckets are already done.
+    known_done: Window | None = None,
+) -> SensorPlan:
+    """A sensor's work in the window (clipped to its data span).
 
-    Returns:
-        The tasks (unarchived buckets; with ``delete_archived`` also archived, non-empty
-        buckets whose items were not deleted yet), and the count of buckets skipped.
+    Args:
+        client: The table's client.
+        layout: The table's layout.
+        sensor: The sensor, with its first/last seen times.
+        window: The pass's archivable window.
+        delete_archived: Also hand out archived buckets whose items are not deleted.
+        known_done: Buckets this process already saw done (a previous pass's clipped
+            window, every bucket of it marked, and deleted with ``delete_archived``):
+            counted as skipped without reading their markers, so a pass reads only
+            the markers of buckets that closed (or came into the span) since.
+
+    Raises:
+        SourceError: the marker Query failed.
     """
+    sensor_id, bw = sensor.sensor_id, layout.bucket_ms
+    window = clip_window(layout, window, sensor)
     if window.last_ms < window.first_ms:
-        return [], 0
-    markers = await query_markers(client, sensor_id, window.first_ms, window.last_ms)
+        return SensorPlan([], 0, window)
+    ranges = [window]
+    skipped = 0
+    if known_done is not None and known_done.first_ms <= known_done.last_ms:
+        covered = Window(
+            max(window.first_ms, known_done.first_ms), min(window.last_ms, known_done.last_ms)
+        )
+        if covered.first_ms <= covered.last_ms:
+            skipped = _count(covered, bw)
+            ranges = [
+                r
+                for r in (
+                    Window(window.first_ms, covered.first_ms - bw),
+                    Window(covered.last_ms + bw, window.last_ms),
+                )
+                if r.first_ms <= r.last_ms
+            ]
     tasks: list[BucketTask] = []
-    done = 0
-    for start in range(window.first_ms, window.last_ms + 1, layout.bucket_ms):
-        marker = markers.get(start)
-        if marker is None:
-            tasks.append(BucketTask(sensor_id, start))
-        elif delete_archived and marker.rows and marker.deleted_at_ms is None:
-            tasks.append(BucketTask(sensor_id, start, marker))
-        else:
-            done += 1
-    return tasks, done
+    for part in ranges:
+        markers = await query_markers(client, sensor_id, part.first_ms, part.last_ms)
+        for start in range(part.first_ms, part.last_ms + 1, bw):
+            marker = markers.get(start)
+            if marker is None:
+                tasks.append(BucketTask(sensor_id, start))
+            elif delete_archived and marker.rows and marker.deleted_at_ms is None:
+                tasks.append(BucketTask(sensor_id, start, marker))
+            else:
+                skipped += 1
+    return SensorPlan(tasks, skipped, window)

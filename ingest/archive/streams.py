@@ -4,38 +4,57 @@ For deployments that enable a stream (``NEW_AND_OLD_IMAGES`` or ``OLD_IMAGE``) o
 the table instead of (or beside) the batch archiver. TTL deletions appear as
 ``REMOVE`` records whose ``userIdentity`` is ``{"type": "Service",
 "principalId": "dynamodb.amazonaws.com"}``; their ``OldImage`` is the expired
-item. Each poll groups them by sensor and bucket and writes one object per
-group, ``part-{bucket}.s-{shard}-{first sequence number}.parquet`` beside the
-batch archiver's ``part-{bucket}.parquet`` (:mod:`.paths`), reads it back and
-compares count and content checksum, and only then moves the shard's checkpoint
-(an S3 object under ``{prefix}/_streams/``). A crash before the checkpoint
-re-reads the same records and rewrites the same keys: at-least-once, no
-duplicates at read time (:func:`.reader.read_cold` returns each timestamp once).
+item. A poll reads every shard from its checkpoint to its current end, in
+batches of at most ``batch_records`` records; each batch's readings are grouped
+by sensor and bucket and written as one object per group, ``part-{bucket}.s-{shard}-{first
+sequence number}.parquet`` beside the batch archiver's ``part-{bucket}.parquet``
+(:mod:`.paths`), read back and compared (count and content checksum), and only
+then does the shard's checkpoint (an S3 object under ``{prefix}/_streams/``)
+move. A crash before the checkpoint re-reads the same records and rewrites
+them: at-least-once, no duplicates at read time (:func:`.reader.read_cold`
+returns each timestamp once).
 
-Stream records are kept 24 hours: the consumer must run at least that often.
+Stream records are kept 24 hours: the consumer must run at least that often. A
+checkpoint older than that (``TrimmedDataAccessException``) is logged as an
+error (the deletions in the gap were not seen) and the shard is read again
+from its oldest record.
+
+``iot-ingest archive streams`` runs it (:mod:`.cli`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections import defaultdict
 from typing import Any
 
+import aiohttp
 import orjson
+from aiobotocore.config import AioConfig
+from botocore.exceptions import BotoCoreError, ClientError
 
+from ingest.awsclient import BotocoreClient
+from ingest.dynamo import DynamoClient
+from ingest.errors import WriteError
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
 
-from .errors import StorageError, VerifyError
+from .errors import ArchiveConfigError, ArchiveError, SourceError, StorageError, VerifyError
+from .metrics import ArchiveMetrics
 from .parquet import content_checksum, decode, encode
 from .paths import data_key
 from .store import S3Store
 
-__all__ = ["StreamArchiver", "is_ttl_delete"]
+__all__ = ["StreamArchiver", "StreamsClient", "find_stream_arn", "is_ttl_delete"]
 
 log = logging.getLogger(__name__)
 
 _SERVICE = {"type": "Service", "principalId": "dynamodb.amazonaws.com"}
+_OLD_IMAGE_VIEWS = frozenset({"OLD_IMAGE", "NEW_AND_OLD_IMAGES"})
+_RETRIABLE_CODES = frozenset(
+    {"LimitExceededException", "ThrottlingException", "InternalServerError", "RequestLimitExceeded"}
+)
 
 
 def is_ttl_delete(record: dict[str, Any], *, include_user_deletes: bool = False) -> bool:
@@ -49,17 +68,105 @@ def is_ttl_delete(record: dict[str, Any], *, include_user_deletes: bool = False)
     return include_user_deletes or all(identity.get(k) == v for k, v in _SERVICE.items())
 
 
+class StreamsClient(BotocoreClient):
+    """An aiobotocore ``dynamodbstreams`` client (``.client``), as an async context manager.
+
+    Args:
+        region: AWS region.
+        endpoint_url: Endpoint (None: AWS's). DynamoDB emulators serve streams on
+            their DynamoDB endpoint.
+        aws_access_key_id: Explicit credentials (None: the standard provider chain).
+        aws_secret_access_key: Explicit credentials.
+    """
+
+    def __init__(
+        self,
+        *,
+        region: str,
+        endpoint_url: str | None = None,
+        aws_access_key_id: str | None = None,
+        aws_secret_access_key: str | None = None,
+    ) -> None:
+        super().__init__(
+            "dynamodbstreams",
+            config=AioConfig(
+                retries={"total_max_attempts": 3, "mode": "standard"},
+                connect_timeout=5,
+                read_timeout=30,
+            ),
+            region=region,
+            endpoint_url=endpoint_url,
+            aws_access_key_id=aws_access_key_id,
+            aws_secret_access_key=aws_secret_access_key,
+        )
+
+
+async def find_stream_arn(dynamo: DynamoClient) -> str:
+    """The table's current stream ARN, checked to carry old images.
+
+    Raises:
+        ArchiveConfigError: the table has no enabled stream, or one without old images.
+        SourceError: DescribeTable failed.
+    """
+    try:
+        desc = (await dynamo.call("describe_table", TableName=dynamo.table))["Table"]
+    except WriteError as exc:
+        raise SourceError(
+            f"cannot describe table {dynamo.table!r}: {exc}", retriable=exc.retriable
+        ) from exc
+    spec = desc.get("StreamSpecification") or {}
+    arn = desc.get("LatestStreamArn")
+    fix = (
+        f"enable one: aws dynamodb update-table --table-name {dynamo.table} "
+        "--stream-specification StreamEnabled=true,StreamViewType=OLD_IMAGE"
+    )
+    if not spec.get("StreamEnabled") or not arn:
+        raise ArchiveConfigError(f"table {dynamo.table!r} has no enabled stream; {fix}")
+    view = spec.get("StreamViewType")
+    if view not in _OLD_IMAGE_VIEWS:
+        raise ArchiveConfigError(
+            f"the stream of table {dynamo.table!r} has view type {view}, which carries no old "
+            f"image of a deleted item; it needs OLD_IMAGE or NEW_AND_OLD_IMAGES ({fix})"
+        )
+    return str(arn)
+
+
+def _wrap(exc: BaseException, action: str) -> SourceError:
+    if isinstance(exc, ClientError):
+        err = exc.response.get("Error", {})
+        code = str(err.get("Code", "Unknown"))
+        status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        return SourceError(
+            f"DynamoDB Streams {action} failed: {code}: {err.get('Message', '')}",
+            retriable=status >= 500 or code in _RETRIABLE_CODES,
+        )
+    if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
+        return SourceError(
+            f"DynamoDB Streams {action} failed: {type(exc).__name__}: {exc}", retriable=True
+        )
+    return SourceError(f"DynamoDB Streams {action} failed: {type(exc).__name__}: {exc}")
+
+
+def _error_code(exc: BaseException) -> str:
+    if isinstance(exc, ClientError):
+        return str(exc.response.get("Error", {}).get("Code", ""))
+    return ""
+
+
 class StreamArchiver:
     """Polls a table's stream and archives TTL-deleted readings.
 
     Args:
-        streams: An open aiobotocore ``dynamodbstreams`` client.
-        stream_arn: The table's ``LatestStreamArn``.
+        streams: An open aiobotocore ``dynamodbstreams`` client (``StreamsClient.client``).
+        stream_arn: The table's ``LatestStreamArn`` (:func:`find_stream_arn`).
         store: The archive's S3 store.
         layout: The table's layout.
-        include_user_deletes: Archive every REMOVE, not only TTL's (tests; moto's
-            records have no ``userIdentity``).
-        max_records: Records per GetRecords call.
+        include_user_deletes: Archive every REMOVE, not only TTL's (emulators whose
+            records carry no ``userIdentity``; also archives user and early deletes).
+        max_records: Records per GetRecords call (at most 1000).
+        batch_records: Records held before their objects are written and the
+            checkpoint moves (bounds memory on a large backlog).
+        metrics: Where each poll is recorded (``None``: nowhere).
     """
 
     def __init__(
@@ -71,6 +178,8 @@ class StreamArchiver:
         *,
         include_user_deletes: bool = False,
         max_records: int = 1000,
+        batch_records: int = 10_000,
+        metrics: ArchiveMetrics | None = None,
     ) -> None:
         self.streams = streams
         self.stream_arn = stream_arn
@@ -78,37 +187,120 @@ class StreamArchiver:
         self.layout = layout
         self.include_user_deletes = include_user_deletes
         self.max_records = max_records
+        self.batch_records = max(batch_records, max_records)
+        self.metrics = metrics
 
     def _checkpoint_key(self, shard_id: str) -> str:
         return f"{self.store.prefix}/_streams/{shard_id}.json"
 
-    async def poll_once(self) -> int:
-        """Read every shard from its checkpoint to its current end; return readings archived."""
-        desc = await self.streams.describe_stream(StreamArn=self.stream_arn)
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        try:
+            result: dict[str, Any] = await getattr(self.streams, operation)(**kwargs)
+        except Exception as exc:
+            raise _wrap(exc, operation) from exc
+        return result
+
+    async def shard_ids(self) -> list[str]:
+        """Every shard of the stream (DescribeStream, paged)."""
+        ids: list[str] = []
+        kwargs: dict[str, Any] = {"StreamArn": self.stream_arn}
+        while True:
+            desc = (await self._call("describe_stream", **kwargs))["StreamDescription"]
+            ids += [shard["ShardId"] for shard in desc.get("Shards", [])]
+            last = desc.get("LastEvaluatedShardId")
+            if not last:
+                return ids
+            kwargs["ExclusiveStartShardId"] = last
+
+    async def poll_once(self, *, stop: asyncio.Event | None = None) -> int:
+        """Read every shard from its checkpoint to its current end; return readings archived.
+
+        Args:
+            stop: When set, the poll ends after the batch under way (its checkpoint moved).
+
+        Raises:
+            SourceError: the stream could not be read.
+            StorageError: S3 failed.
+            VerifyError: an object read back differs; the checkpoint did not move.
+        """
         total = 0
-        for shard in desc["StreamDescription"].get("Shards", []):
-            total += await self._shard(shard["ShardId"])
+        try:
+            for shard_id in await self.shard_ids():
+                if stop is not None and stop.is_set():
+                    break
+                total += await self._shard(shard_id, stop)
+        except ArchiveError as exc:
+            if self.metrics is not None:
+                self.metrics.observe_poll(None, exc)
+            raise
+        if self.metrics is not None:
+            self.metrics.observe_poll(total)
         return total
 
-    async def _shard(self, shard_id: str) -> int:
-        raw = await self.store.get(self._checkpoint_key(shard_id))
-        after = orjson.loads(raw)["sequence_number"] if raw else None
+    async def run_every(self, every_s: float, stop: asyncio.Event) -> None:
+        """Poll every ``every_s`` seconds until ``stop`` is set.
+
+        A failed poll is logged and retried at the next one (the checkpoints did not
+        move past what was not archived); a missing S3 bucket at the start ends the
+        loop with its error. Setting ``stop`` during a poll ends it after the batch
+        under way.
+        """
+        await self.store.check()
+        while not stop.is_set():
+            try:
+                n = await self.poll_once(stop=stop)
+                if n:
+                    log.info("streams: archived %d TTL-deleted readings", n)
+            except ArchiveError as exc:
+                log.error("streams poll failed (retrying in %g s): %s", every_s, exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=every_s)
+
+    async def _iterator(self, shard_id: str, after: str | None) -> str | None:
         kwargs: dict[str, Any] = {"StreamArn": self.stream_arn, "ShardId": shard_id}
         if after:
-            kwargs |= {"ShardIteratorType": "AFTER_SEQUENCE_NUMBER", "SequenceNumber": after}
-        else:
-            kwargs["ShardIteratorType"] = "TRIM_HORIZON"
-        iterator = (await self.streams.get_shard_iterator(**kwargs))["ShardIterator"]
-        records: list[dict[str, Any]] = []
+            try:
+                resp = await self.streams.get_shard_iterator(
+                    **kwargs, ShardIteratorType="AFTER_SEQUENCE_NUMBER", SequenceNumber=after
+                )
+                found: str | None = resp.get("ShardIterator")
+                return found
+            except Exception as exc:
+                if _error_code(exc) != "TrimmedDataAccessException":
+                    raise _wrap(exc, "get_shard_iterator") from exc
+            log.error(
+                "stream shard %s: the checkpoint (sequence %s) is older than the stream's 24 "
+                "hours: TTL deletions in between were not seen by this consumer (the batch "
+                "archiver's markers show what was archived); reading from the oldest record",
+                shard_id,
+                after,
+            )
+        resp = await self._call("get_shard_iterator", **kwargs, ShardIteratorType="TRIM_HORIZON")
+        iterator: str | None = resp.get("ShardIterator")
+        return iterator
+
+    async def _shard(self, shard_id: str, stop: asyncio.Event | None) -> int:
+        raw = await self.store.get(self._checkpoint_key(shard_id))
+        after = orjson.loads(raw)["sequence_number"] if raw else None
+        iterator = await self._iterator(shard_id, after)
+        archived = 0
+        batch: list[dict[str, Any]] = []
         while iterator:
-            resp = await self.streams.get_records(ShardIterator=iterator, Limit=self.max_records)
+            resp = await self._call("get_records", ShardIterator=iterator, Limit=self.max_records)
             page = resp.get("Records", [])
-            records += page
+            batch += page
             iterator = resp.get("NextShardIterator")
-            if not page:  # caught up with the shard's open end
+            caught_up = not page or not iterator  # the open end, or a closed shard's end
+            if batch and (caught_up or len(batch) >= self.batch_records):
+                archived += await self._archive_batch(shard_id, batch)
+                batch = []
+                if stop is not None and stop.is_set():
+                    break
+            if caught_up:
                 break
-        if not records:
-            return 0
+        return archived
+
+    async def _archive_batch(self, shard_id: str, records: list[dict[str, Any]]) -> int:
         groups: dict[tuple[str, int], list[Reading]] = defaultdict(list)
         first_seq: dict[tuple[str, int], str] = {}
         for rec in records:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import random
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 
 from ingest.archive import (
     ArchiveConfigError,
+    ArchiveMetrics,
     Manifest,
     S3Store,
     StorageError,
@@ -30,7 +32,6 @@ from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
 SENSORS = ["dev-a", "dev-b", "dev-c"]
 FIRST_MS = NOW_MS - 45 * HOUR_MS
 LAST_MS = NOW_MS - 18 * HOUR_MS
-WINDOW_FIRST = NOW_MS - 2 * DAY_MS  # retention 2 days, grace 0
 ARCHIVABLE_END = NOW_MS - HORIZON_MS  # buckets ending at or before this are archivable
 
 
@@ -91,12 +92,11 @@ async def test_every_archivable_reading_in_parquet_once_typed_with_manifests(
 
     expected = [r for r in readings if archivable(r)]
     buckets_with_data = {(r.sensor_id, r.ts_ms - r.ts_ms % BUCKET_MS) for r in expected}
-    window_buckets = (ARCHIVABLE_END - WINDOW_FIRST) // BUCKET_MS
     assert report.ok, report.failed
     assert report.sensors == 3
     assert report.archived == len(buckets_with_data)
     assert report.rows == len(expected)
-    assert report.empty == 3 * window_buckets - len(buckets_with_data)
+    assert report.empty == 0  # clipped to each sensor's [first seen, last seen]: all hold data
 
     objects = await all_objects(env)
     rows = decode_all(objects)
@@ -327,3 +327,58 @@ async def test_manifest_json_roundtrip() -> None:
     )
     assert Manifest.from_json(m.to_json()) == m
     assert orjson.loads(m.to_json())["format"] == 1
+
+
+async def test_overlapping_run_never_overwrites_an_archived_bucket_with_what_is_left(
+    archive_env: ArchiveEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = archive_env
+    readings = [r for r in make_readings(per_bucket=3) if r.sensor_id == "dev-a"]
+    await env.put(readings)
+    real_export = archiver_mod.export_bucket
+    raced = False
+
+    async def export_after_another_run(*args: Any, **kwargs: Any) -> Any:
+        nonlocal raced
+        if not raced:  # the slow run planned the bucket; a second run now does it all
+            raced = True
+            other = await env.archiver(grace_ms=0, delete_archived=True).run_once()
+            assert other.ok and other.deleted == sum(1 for r in readings if archivable(r))
+        return await real_export(*args, **kwargs)  # ...and this export finds items gone
+
+    monkeypatch.setattr(archiver_mod, "export_bucket", export_after_another_run)
+    slow = await env.archiver(grace_ms=0, delete_archived=True, concurrency=1).run_once()
+    assert slow.ok and slow.archived == slow.empty == 0  # every bucket: left as it was
+    markers = await query_markers(env.dynamo, "dev-a", 0, NOW_MS)
+    assert markers and all(m.rows == 3 and m.deleted_at_ms is not None for m in markers.values())
+    cold = await read_cold(env.store, env.layout, "dev-a", 0, NOW_MS)
+    assert cold == [r for r in readings if archivable(r)]
+
+
+async def test_stop_ends_a_pass_between_buckets_and_the_next_pass_finishes(
+    archive_env: ArchiveEnv, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    env = archive_env
+    readings = make_readings(per_bucket=2)
+    await env.put(readings)
+    stop = asyncio.Event()
+    real = archiver_mod.put_marker
+
+    async def stop_after_first(client: Any, manifest: Manifest) -> None:
+        await real(client, manifest)
+        stop.set()  # SIGTERM arrives while the first bucket is being marked
+
+    monkeypatch.setattr(archiver_mod, "put_marker", stop_after_first)
+    archiver = env.archiver(grace_ms=0, concurrency=1)
+    archiver.metrics = metrics = ArchiveMetrics()
+    first = await archiver.run_once(stop=stop)
+    assert first.stopped and first.archived + first.empty == 1
+    assert "stopped early" in first.summary()
+    sample = metrics.registry.get_sample_value
+    assert sample("iot_archive_passes_total", {"result": "stopped"}) == 1
+    assert sample("iot_archive_last_success_timestamp_seconds") == 0  # stopped: no success
+
+    monkeypatch.setattr(archiver_mod, "put_marker", real)
+    second = await archiver.run_once()
+    assert second.ok and not second.stopped
+    assert first.rows + second.rows == sum(1 for r in readings if archivable(r))

@@ -1,0 +1,222 @@
+"""The sensor registry's first-seen time (``fs``): set once, lowered by backfills, cheap in steady state.
+
+Against moto and dynalite, with the lean client the service uses. A counting
+wrapper around the client records every UpdateItem, so the tests can assert
+what steady traffic costs (one call per sensor per flush).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+import pytest_asyncio
+
+from ingest.dynamo import DynamoClient
+from ingest.dynamohttp import LeanDynamoClient
+from ingest.errors import WriteRetriable
+from ingest.layout import Reading, TableLayout, registry_key
+from ingest.metrics import Metrics
+from ingest.registry import SensorRegistry
+from ingest.table import create_table
+
+AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+T0 = 1_795_348_800_000
+
+
+class CountingClient:
+    """The lean client, recording each call (and failing the next ``fail`` UpdateItems)."""
+
+    def __init__(self, inner: LeanDynamoClient) -> None:
+        self.inner = inner
+        self.table = inner.table
+        self.calls: list[dict[str, Any]] = []
+        self.fail = 0
+        self.fail_lowering = 0
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if operation == "update_item":
+            self.calls.append(kwargs)
+            lowering = kwargs.get("ConditionExpression") == "#fs > :fs"
+            if self.fail or (lowering and self.fail_lowering):
+                if lowering and self.fail_lowering:
+                    self.fail_lowering -= 1
+                else:
+                    self.fail -= 1
+                raise WriteRetriable("ProvisionedThroughputExceededException: slow down")
+        return await self.inner.call(operation, **kwargs)
+
+
+@pytest_asyncio.fixture
+async def client(dynamodb_endpoint: str, unique_name: str) -> AsyncIterator[CountingClient]:
+    async with contextlib.AsyncExitStack() as stack:
+        admin = await stack.enter_async_context(
+            DynamoClient(
+                table=unique_name, region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS
+            )
+        )
+        await create_table(admin, TableLayout())
+        stack.push_async_callback(admin.call, "delete_table", TableName=unique_name)
+        lean = await stack.enter_async_context(
+            LeanDynamoClient(
+                table=unique_name, region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS
+            )
+        )
+        yield CountingClient(lean)
+
+
+def reading(ts: int, sid: str = "dev-1", v: float = 1.0) -> Reading:
+    return Reading(sensor_id=sid, ts_ms=ts, metrics={"v": v})
+
+
+async def item(client: CountingClient, sid: str = "dev-1") -> dict[str, Any]:
+    pk, sk = registry_key(sid)
+    resp = await client.inner.call(
+        "GetItem",
+        TableName=client.table,
+        Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+        ConsistentRead=True,
+    )
+    got: dict[str, Any] = resp["Item"]
+    return got
+
+
+def num(it: dict[str, Any], name: str) -> int:
+    return int(it[name]["N"])
+
+
+async def test_first_seen_is_the_lowest_timestamp_and_steady_traffic_costs_one_call(
+    client: CountingClient,
+) -> None:
+    reg = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    reg.observe([reading(T0 + 500), reading(T0 + 100), reading(T0 + 900, v=9.0)])
+    assert await reg.flush() == 1
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 + 100, T0 + 900, 3)
+    assert it["m"]["M"]["v"]["N"] == "9"
+    assert len(client.calls) == 1  # created with fs in the same UpdateItem
+    assert reg.first_seen_floor("dev-1") == T0 + 100
+
+    for k in range(3):  # steady traffic: newer readings only
+        client.calls.clear()
+        reg.observe([reading(T0 + 1000 * (k + 1)), reading(T0 + 1000 * (k + 1) + 1)])
+        await reg.flush()
+        assert len(client.calls) == 1
+        assert client.calls[0]["ReturnValues"] == "NONE"  # nothing to learn
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 + 100, T0 + 3001, 9)
+
+
+async def test_backfill_lowers_first_seen_and_keeps_latest_values(client: CountingClient) -> None:
+    reg = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    reg.observe([reading(T0, v=1.0)])
+    await reg.flush()
+    client.calls.clear()
+    reg.observe([reading(T0 - 60_000, v=-1.0), reading(T0 - 30_000, v=-2.0)])  # all older
+    await reg.flush()
+    it = await item(client)
+    assert num(it, "fs") == T0 - 60_000
+    assert num(it, "ls") == T0 and it["m"]["M"]["v"]["N"] == "1"  # latest did not move back
+    assert num(it, "n") == 3
+    # refused main update, count + fs fallback, the conditional lowering
+    assert len(client.calls) == 3
+    assert client.calls[-1]["ConditionExpression"] == "#fs > :fs"
+    assert reg.first_seen_floor("dev-1") == T0 - 60_000
+
+    client.calls.clear()  # a batch reaching below fs and above ls at once
+    reg.observe([reading(T0 - 120_000), reading(T0 + 5_000, v=5.0)])
+    await reg.flush()
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 120_000, T0 + 5_000, 5)
+    assert len(client.calls) == 2  # main (returning the item), then the lowering
+
+    client.calls.clear()  # a late reading above fs: no fs work at all
+    reg.observe([reading(T0 - 90_000)])
+    await reg.flush()
+    assert num(await item(client), "fs") == T0 - 120_000
+    assert len(client.calls) == 2  # refused main update, count-only fallback
+    assert client.calls[-1]["ReturnValues"] == "NONE"
+
+
+async def test_a_second_worker_never_raises_first_seen(client: CountingClient) -> None:
+    a = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    b = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    a.observe([reading(T0 - 10_000), reading(T0)])
+    await a.flush()
+    b.observe([reading(T0 + 50_000)])  # b has never seen the sensor: it learns fs, keeps it
+    await b.flush()
+    assert b.first_seen_floor("dev-1") == T0 - 10_000
+    b.observe([reading(T0 - 20_000)])
+    a.observe([reading(T0 - 15_000)])
+    await b.flush()
+    await a.flush()  # a's floor is stale (T0 - 10_000): it asks, and does not raise fs
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 20_000, T0 + 50_000, 5)
+
+
+async def test_item_from_before_first_seen_gets_unknown_not_a_made_up_value(
+    client: CountingClient,
+) -> None:
+    pk, sk = registry_key("old-1")
+    await client.inner.call(
+        "PutItem",
+        TableName=client.table,
+        Item={
+            "pk": {"S": pk},
+            "sk": {"N": str(sk)},
+            "sid": {"S": "old-1"},
+            "ls": {"N": str(T0)},
+            "n": {"N": "40"},
+            "m": {"M": {"v": {"N": "3"}}},
+        },
+    )
+    reg = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    reg.observe([reading(T0 + 1_000, sid="old-1", v=7.0)])
+    await reg.flush()
+    it = await item(client, "old-1")
+    # fs 0: "unknown" (the archive planner then looks at its whole window); the flush's
+    # latest values still land.
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (0, T0 + 1_000, 41)
+    assert it["m"]["M"]["v"]["N"] == "7"
+    assert reg.first_seen_floor("old-1") == 0
+    client.calls.clear()
+    reg.observe([reading(T0 - 1_000, sid="old-1")])  # nothing can go below "unknown"
+    await reg.flush()
+    assert num(await item(client, "old-1"), "fs") == 0
+    assert len(client.calls) == 2  # refused main update, count-only fallback
+
+
+@pytest.mark.parametrize("dynamodb_endpoint", ["moto"], indirect=True)
+async def test_retriable_failure_is_kept_for_the_next_flush(client: CountingClient) -> None:
+    reg = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    reg.observe([reading(T0)])
+    await reg.flush()
+    client.fail = 1  # the backfill's update is throttled
+    reg.observe([reading(T0 - 3_600_000)])
+    assert await reg.flush() == 0
+    assert num(await item(client), "fs") == T0
+    assert len(reg) == 1  # kept
+    reg.observe([reading(T0 + 1)])
+    assert await reg.flush() == 1
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 3_600_000, T0 + 1, 3)
+
+
+@pytest.mark.parametrize("dynamodb_endpoint", ["moto"], indirect=True)
+async def test_failed_lowering_alone_is_retried(client: CountingClient) -> None:
+    reg = SensorRegistry(client, Metrics())  # type: ignore[arg-type]
+    reg.observe([reading(T0)])
+    await reg.flush()
+    client.fail_lowering = 1
+    reg.observe([reading(T0 - 60_000), reading(T0 + 10)])  # main update lands, lowering fails
+    await reg.flush()
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0, T0 + 10, 3)
+    assert reg.first_seen_floor("dev-1") == T0
+    assert len(reg) == 1  # the lowering waits for the next flush
+    await reg.flush()
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 60_000, T0 + 10, 3)
+    assert reg.first_seen_floor("dev-1") == T0 - 60_000
