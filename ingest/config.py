@@ -121,7 +121,14 @@ class Config(BaseModel):
         description="Give up on a batch after this long; its readings go to dead letters.",
     )
     registry_interval_s: float = Field(
-        10.0, gt=0, description="Sensor registry update period (one UpdateItem per active sensor)."
+        10.0, gt=0, description="Sensor registry flush period: new sensors appear within it."
+    )
+    registry_refresh_s: float = Field(
+        300.0,
+        ge=0,
+        description="Least time between two registry writes of one sensor (at most one "
+        "UpdateItem per active sensor per period; 'last seen' may lag by this much). 0: every "
+        "flush.",
     )
     writer: Literal["lean", "botocore"] = Field(
         "lean",

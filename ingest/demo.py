@@ -157,6 +157,7 @@ async def run_demo(
             metrics_port=0,
             mqtt_client_id="iot-ingest-demo",
             registry_interval_s=2.0,
+            registry_refresh_s=30.0,
             aws_access_key_id=_KEY,
             aws_secret_access_key=_KEY,
         )

@@ -175,7 +175,7 @@ class IngestService:
         spool = self._spool = DeadLetterSpool(
             Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
         )
-        registry = SensorRegistry(client, m)
+        registry = SensorRegistry(client, m, refresh_s=cfg.registry_refresh_s)
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self._mqtt_url),
             subscription=cfg.subscription,
@@ -262,7 +262,7 @@ class IngestService:
                 await spool.drain()
                 await acks.wait_idle()
                 with contextlib.suppress(Exception):
-                    await registry.flush()
+                    await registry.flush(everything=True)
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "

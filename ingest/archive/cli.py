@@ -226,16 +226,17 @@ def cmd_archive(args: argparse.Namespace) -> int:
                 else default_horizon_ms(layout.bucket_ms, layout.retention_days)
             )
             late_ms = cfg.max_past_ms if cfg.max_past_ms is not None else layout.retention_ms
-            lag_ms = late_ms + round(cfg.registry_interval_s * 1000)
+            lag_ms = late_ms + round((cfg.registry_interval_s + cfg.registry_refresh_s) * 1000)
             if lag_ms >= horizon_ms:
                 log.warning(
                     "the ingest service accepts readings up to %.3g days old (max_past_ms) and "
-                    "records them in the sensor registry within %g s (registry_interval_s), but "
+                    "records them in the sensor registry within %g s (registry_interval_s + "
+                    "registry_refresh_s), but "
                     "buckets are archived %.3g days after they close: a reading arriving later "
                     "than that stays hot only; set max_past_ms below the horizon minus the "
                     "registry interval",
                     late_ms / _DAY_MS,
-                    cfg.registry_interval_s,
+                    cfg.registry_interval_s + cfg.registry_refresh_s,
                     horizon_ms / _DAY_MS,
                 )
             metrics = ArchiveMetrics()

@@ -34,6 +34,7 @@ def make_config(
         "mqtt_client_id": f"ingest-{name}"[:64],
         "flush_interval_ms": 20,
         "registry_interval_s": 0.5,
+        "registry_refresh_s": 0,
         "shutdown_timeout_s": 20,
         **AWS,
     }

@@ -220,3 +220,41 @@ async def test_failed_lowering_alone_is_retried(client: CountingClient) -> None:
     it = await item(client)
     assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 60_000, T0 + 10, 3)
     assert reg.first_seen_floor("dev-1") == T0 - 60_000
+
+
+@pytest.mark.parametrize("dynamodb_endpoint", ["moto"], indirect=True)
+async def test_refresh_period_bounds_writes_per_sensor_and_nothing_is_lost(
+    client: CountingClient,
+) -> None:
+    now = [1000.0]
+    reg = SensorRegistry(client, Metrics(), refresh_s=300, clock=lambda: now[0])  # type: ignore[arg-type]
+    reg.observe([reading(T0), reading(T0, sid="dev-2")])
+    assert await reg.flush() == 2  # new to this process: written at once
+    client.calls.clear()
+
+    for k in range(1, 6):  # a minute of flushes every 10 s: nothing written, all counted
+        now[0] += 10
+        reg.observe([reading(T0 + 1000 * k, v=float(k))])
+        assert await reg.flush() == 0
+    assert client.calls == []
+    assert len(reg) == 1  # dev-1's observations wait in memory; dev-2 sent nothing
+
+    reg.observe([reading(T0 - 60_000)])  # a backfill below first seen is written at once
+    assert await reg.flush() == 1
+    it = await item(client)
+    assert (num(it, "fs"), num(it, "ls"), num(it, "n")) == (T0 - 60_000, T0 + 5000, 7)
+    assert it["m"]["M"]["v"]["N"] == "5"
+
+    client.calls.clear()
+    reg.observe([reading(T0 + 9000, v=9.0)])
+    now[0] += 299
+    assert await reg.flush() == 0
+    now[0] += 2  # the refresh period has passed since the backfill's write
+    assert await reg.flush() == 1
+    assert (num(await item(client), "ls"), len(client.calls)) == (T0 + 9000, 1)
+
+    reg.observe([reading(T0 + 10_000, v=10.0)])  # shutdown: everything, whatever its age
+    assert await reg.flush(everything=True) == 1
+    it = await item(client)
+    assert (num(it, "ls"), num(it, "n")) == (T0 + 10_000, 9)
+    assert num(await item(client, "dev-2"), "n") == 1
