@@ -189,7 +189,10 @@ class SensorRegistry:
         for sid, entry in pending.items():
             last = written_at.get(sid)
             floor = floors.get(sid)
-            if last is None or last <= since or floor is None or entry.min_ts < floor:
+            # Due: never written by this process, written long enough ago, or below the
+            # first-seen floor. (A floor stays unknown only where the server returns no
+            # attributes, e.g. the bench sink: then the refresh write learns it.)
+            if last is None or last <= since or (floor is not None and entry.min_ts < floor):
                 due[sid] = entry
             else:
                 seen[sid] = entry  # nothing was observed since the swap: no merge needed
