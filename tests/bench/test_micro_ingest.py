@@ -10,17 +10,25 @@ comparison across commits::
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
 import orjson
 import pytest
+import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from ingest.acks import Pending
-from ingest.batcher import Batcher
+from ingest.acks import AckTracker, Pending
+from ingest.batcher import Batch, Batcher
 from ingest.codec import Limits, PayloadDecoder
+from ingest.dynamohttp import LeanDynamoClient
 from ingest.layout import Reading, TableLayout
+from ingest.metrics import Metrics
+from ingest.mqttclient import Message
+from ingest.pipeline import DecodeStage, Inbox
+from ingest.registry import SensorRegistry
+from ingest.writer import Backoff, Writer
 
 NOW_MS = int(time.time() * 1000)
 
@@ -105,3 +113,88 @@ def test_batch_assembly_1000_items(benchmark: BenchmarkFixture) -> None:
 
     sizes = benchmark(run)
     assert sizes == [25] * 40
+
+
+class _NoDeadLetters:
+    """Every payload here is valid: a dead letter would be a bug."""
+
+    async def put(self, *args: object) -> None:
+        raise AssertionError(f"unexpected dead letter: {args}")
+
+    async def put_item(self, *args: object) -> None:
+        raise AssertionError(f"unexpected dead letter: {args}")
+
+
+async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
+    """Decode → item → batch → BatchWriteItem body + SigV4 → acks, with the HTTP send stubbed."""
+    client = LeanDynamoClient(
+        table="bench",
+        region="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        aws_access_key_id="a",
+        aws_secret_access_key="b",
+    )
+    bodies = [0]
+
+    async def request(operation: str, body: bytes) -> dict[str, Any]:
+        client._signer.headers(await client._credentials(), "DynamoDB_20120810." + operation, body)
+        bodies[0] += 1
+        return {}
+
+    client.request = request  # type: ignore[method-assign]
+    metrics = Metrics()
+    acked: list[int] = []
+    acks = AckTracker(acked.extend)
+    epoch = acks.new_epoch()
+    queue: asyncio.Queue[Batch] = asyncio.Queue(16)
+    stage = DecodeStage(
+        inbox=Inbox(100_000),
+        decoder=PayloadDecoder(sensor_topic_level=None, limits=Limits()),
+        layout=TableLayout(),
+        batcher=Batcher(flush_interval_ms=50),
+        write_queue=queue,
+        acks=acks,
+        deadletters=_NoDeadLetters(),  # type: ignore[arg-type]
+        registry=SensorRegistry(client, metrics),  # type: ignore[arg-type]
+        metrics=metrics,
+    )
+    writer = Writer(
+        sink=client,
+        acks=acks,
+        deadletters=_NoDeadLetters(),  # type: ignore[arg-type]
+        metrics=metrics,
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        deadline_s=1,
+    )
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(writer.run(queue)) for _ in range(4)]
+        tasks.append(tg.create_task(stage.run()))
+        for i in range(0, len(messages), 20):  # chunks of 20, as from one socket read
+            stage.inbox.put(epoch, NOW_MS, messages[i : i + 20])
+        stage.stopping = True
+        stage.inbox.put(epoch, NOW_MS, [])
+        await stage.drained.wait()
+        await queue.join()
+        for t in tasks:
+            t.cancel()
+    return len(acked), bodies[0]
+
+
+@pytest.mark.benchmark(group="pipeline")
+def test_pipeline_gateway_100_messages_of_100(benchmark: BenchmarkFixture) -> None:
+    """The Python hot path per gateway reading, network excluded (divide the time by 10,000)."""
+    messages: list[Message] = [
+        (
+            "sensors/gw-1/telemetry",
+            orjson.dumps({"readings": [_reading(m * 100 + i, sensor=True) for i in range(100)]}),
+            1,
+            m + 1,
+        )
+        for m in range(100)
+    ]
+
+    def run() -> tuple[int, int]:
+        return uvloop.run(_pipeline_pass(messages))
+
+    acked, requests = benchmark(run)
+    assert (acked, requests) == (100, 400)  # every message acked; 25 items per request
