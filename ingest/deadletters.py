@@ -3,9 +3,16 @@
 The spool is JSONL under ``{data_dir}/deadletters/``, one file per UTC day.
 Entries are appended in groups and fsync'ed before the messages they belong
 to may be acknowledged: a dead letter is as durable as a table write. When
-the disk refuses (full, read-only, slow), the spool reports it loudly — log,
+the disk refuses (full, read-only), the spool reports it loudly — log,
 metric, readiness false — and keeps retrying; nothing is acknowledged that
 was not kept.
+
+A slow disk is watched too: every group's append + fsync is timed
+(``iot_ingest_deadletter_write_seconds``; the write in progress shows its age
+in ``iot_ingest_deadletter_write_pending_seconds``). Past
+:data:`SLOW_WRITE_S` it is logged at WARNING; still pending past
+:data:`STALLED_WRITE_S`, the spool is unhealthy (readiness false, logged at
+ERROR) until the write returns. Its messages wait, unacknowledged, meanwhile.
 
 Each line::
 
@@ -35,9 +42,23 @@ from .layout import Item, TableLayout
 from .metrics import Metrics
 from .mqttclient import MqttSettings
 
-__all__ = ["DeadLetter", "DeadLetterSpool", "iter_dead_letters"]
+__all__ = ["SLOW_WRITE_S", "STALLED_WRITE_S", "DeadLetter", "DeadLetterSpool", "iter_dead_letters"]
 
 log = logging.getLogger(__name__)
+
+SLOW_WRITE_S = 1.0
+"""A spool write (append + fsync of one group) slower than this is logged at WARNING.
+
+A healthy local disk appends and syncs a group in milliseconds; a second means
+the device or its queue is in trouble.
+"""
+
+STALLED_WRITE_S = 5.0
+"""A spool write still pending after this long makes the spool unhealthy (readiness false).
+
+The default cap of a DynamoDB write retry's backoff (``write_retry_max_ms``):
+past it, dead letters wait longer than any single table retry would.
+"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +117,9 @@ class DeadLetterSpool:
         acks: Ack tracker to complete messages.
         metrics: Metrics.
         max_pending: Bound of the queue in front of the spool.
+        on_kept: Called with each group of entries once it is on disk.
+        slow_write_s: A write slower than this is logged at WARNING.
+        stalled_write_s: A write pending longer than this makes the spool unhealthy.
     """
 
     def __init__(
@@ -106,6 +130,8 @@ class DeadLetterSpool:
         metrics: Metrics,
         max_pending: int = 10_000,
         on_kept: Callable[[list[DeadLetter]], None] | None = None,
+        slow_write_s: float = SLOW_WRITE_S,
+        stalled_write_s: float = STALLED_WRITE_S,
     ) -> None:
         self.directory = directory
         self._acks = acks
@@ -114,6 +140,15 @@ class DeadLetterSpool:
         self.healthy = True
         self.last_error: str | None = None
         self._on_kept = on_kept
+        self._slow_write_s = slow_write_s
+        self._stalled_write_s = stalled_write_s
+        self._write_started: float | None = None
+        metrics.deadletter_write_pending.set_function(self.pending_s)
+
+    def pending_s(self) -> float:
+        """Seconds the write in progress has taken so far (0.0 when none is)."""
+        started = self._write_started
+        return 0.0 if started is None else time.monotonic() - started
 
     async def put(self, entry: DeadLetter, pendings: list[Pending]) -> None:
         """Queue an entry; each of ``pendings`` is completed by one unit once it is on disk."""
@@ -146,6 +181,61 @@ class DeadLetterSpool:
             finally:
                 os.close(fd)
 
+    async def _write(self, entries: list[DeadLetter]) -> None:
+        """Append and fsync ``entries`` in a thread, watching how long the disk takes.
+
+        Returns once they are on disk (raises the disk's ``OSError``); the caller
+        completes their messages only then, however long that is.
+        """
+        started = self._write_started = time.monotonic()
+        append = asyncio.create_task(
+            asyncio.to_thread(self._append, entries), name="deadletter-append"
+        )
+        try:
+            # Wake at the two thresholds only, then wait for the disk without polling.
+            for threshold_s in (self._slow_write_s, self._stalled_write_s, None):
+                timeout_s = (
+                    None
+                    if threshold_s is None
+                    else max(0.0, started + threshold_s - time.monotonic())
+                )
+                await asyncio.wait({append}, timeout=timeout_s)
+                if append.done():
+                    break
+                elapsed = time.monotonic() - started
+                if threshold_s == self._slow_write_s:
+                    log.warning(
+                        "dead-letter spool write slow: %.1f s so far for %d entries in %s; "
+                        "their messages stay unacknowledged until the disk returns",
+                        elapsed,
+                        len(entries),
+                        self.directory,
+                    )
+                else:
+                    self.healthy = False
+                    self.last_error = (
+                        f"{self.directory}: write + fsync pending for {elapsed:.1f} s "
+                        f"(stall limit {self._stalled_write_s:g} s): the disk is too slow"
+                    )
+                    log.error(
+                        "dead-letter spool stalled: %s; not ready until it returns",
+                        self.last_error,
+                    )
+            append.result()
+        finally:
+            if not append.done():  # cancelled: the thread finishes on its own, nothing is acked
+                append.cancel()
+            elapsed = time.monotonic() - started
+            self._write_started = None
+            self._m.deadletter_write_seconds.observe(elapsed)
+        if elapsed >= self._slow_write_s:
+            log.warning(
+                "dead-letter spool write took %.1f s for %d entries in %s",
+                elapsed,
+                len(entries),
+                self.directory,
+            )
+
     async def run(self) -> None:
         """The spool task: append queued entries in groups, fsync, then complete messages."""
         attempt = 0
@@ -157,7 +247,7 @@ class DeadLetterSpool:
             entries = [e for e, _ in group]
             while True:
                 try:
-                    await asyncio.to_thread(self._append, entries)
+                    await self._write(entries)
                 except OSError as exc:
                     self.healthy = False
                     self.last_error = f"{self.directory}: {exc}"

@@ -64,6 +64,17 @@ class Metrics:
         self.deadletter_errors = Counter(
             p + "deadletter_errors", "Failed dead-letter spool writes", registry=r
         )
+        self.deadletter_write_seconds = Histogram(
+            p + "deadletter_write_seconds",
+            "Dead-letter spool append + fsync duration per group",
+            buckets=_LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.deadletter_write_pending = Gauge(
+            p + "deadletter_write_pending_seconds",
+            "Age of the spool write in progress (0 when idle): a stalled disk shows here",
+            registry=r,
+        )
         self.batch_size = Histogram(
             p + "batch_items",
             "Items per BatchWriteItem",

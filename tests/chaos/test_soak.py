@@ -35,7 +35,9 @@ QUEUES = (
 RSS_GROWTH_LIMIT_MB = 25.0
 
 
-@pytest.mark.timeout(SOAK_S + 180)
+# After publishing: the drain, then reading every key back, which moto serves at a few
+# hundred readings per second (quick: 20-34 s for 11,552; full: 506 s for 231,161).
+@pytest.mark.timeout(SOAK_S + (1500 if FULL else 180))
 async def test_soak_with_data_faults_keeps_memory_and_queues_flat_and_loses_nothing(
     mosquitto: Any,
     moto_server: Any,
@@ -70,9 +72,14 @@ async def test_soak_with_data_faults_keeps_memory_and_queues_flat_and_loses_noth
         queue_samples.append((time.monotonic() - t0, await worker.metrics(*QUEUES)))
         await asyncio.sleep(1.0)
     summary, manifest = await publishing
+    publish_s = time.monotonic() - t0
     assert summary.complete, summary
     await worker.wait_metric(COMPLETED, summary.messages_sent, timeout_s=60)
+    drain_s = time.monotonic() - t0 - publish_s
+    print(f"soak: published in {publish_s:.0f} s, drained in {drain_s:.1f} s", flush=True)
+    t_verify = time.monotonic()
     v, _ = await verify_until(manifest, unique_name, moto_server.endpoint_url, 30)
+    verify_s = time.monotonic() - t_verify
     mem = worker.memory
     # After a warm-up tenth of the run, memory must not trend up.
     rss_start, rss_end = mem.rss_at(0.1), mem.rss_at(1.0)
@@ -106,6 +113,9 @@ async def test_soak_with_data_faults_keeps_memory_and_queues_flat_and_loses_noth
         peak_inbox=int(
             max(first["iot_ingest_inbox_messages"], second["iot_ingest_inbox_messages"])
         ),
+        publish_s=round(publish_s, 1),
+        drain_s=round(drain_s, 1),
+        verify_s=round(verify_s, 1),
     )
     assert v.lost == 0 and v.duplicates == 0 and v.changed == 0, v.explain()
     assert v.found_items == v.expected == summary.valid_readings
