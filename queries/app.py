@@ -170,6 +170,28 @@ def _middleware(settings: ServeSettings) -> list[Middleware]:
     return stack
 
 
+@asynccontextmanager
+async def open_cold_tier(settings: ServeSettings) -> AsyncIterator[S3Store]:
+    """The archive bucket as the cold tier, checked readable (closed on exit).
+
+    Raises:
+        StorageError: the bucket is missing, unreachable, or this role may not read it
+            (the query role's S3 permissions are in ``deploy/iam/query-archive.json``).
+    """
+    async with S3Store(
+        bucket=settings.s3_bucket or "",
+        prefix=settings.s3_prefix or "archive",
+        region=settings.region,
+        endpoint_url=settings.s3_endpoint,
+        max_connections=settings.query_concurrency,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+    ) as store:
+        await store.check()
+        log.info("cold tier: s3://%s/%s/", store.bucket, store.prefix)
+        yield store
+
+
 def create_app(settings: ServeSettings, *, reader: TableReader | None = None) -> Starlette:
     """Build the app.
 
@@ -215,21 +237,8 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
                 )
             table_reader: TableReader = app.state.reader
             if settings.s3_bucket is not None and table_reader.cold is None:
-                store = await stack.enter_async_context(
-                    S3Store(
-                        bucket=settings.s3_bucket,
-                        prefix=settings.s3_prefix or "archive",
-                        region=settings.region,
-                        endpoint_url=settings.s3_endpoint,
-                        max_connections=settings.query_concurrency,
-                        aws_access_key_id=settings.aws_access_key_id,
-                        aws_secret_access_key=settings.aws_secret_access_key,
-                    )
-                )
-                await store.check()
-                table_reader.cold = store
+                table_reader.cold = await stack.enter_async_context(open_cold_tier(settings))
                 stack.callback(setattr, table_reader, "cold", None)
-                log.info("cold tier: s3://%s/%s/", store.bucket, store.prefix)
             yield
 
     async def index(_: Request) -> Response:

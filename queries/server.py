@@ -13,6 +13,7 @@ which returns only once the app's startup completed (no sleep, no polling).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import socket
 from types import TracebackType
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.dynamo import DynamoClient
 
-from .app import create_app
+from .app import create_app, open_cold_tier
 from .reader import TableReader
 from .settings import ServeSettings
 
@@ -48,20 +49,29 @@ def _config(app: ASGIApp, host: str, port: int, log_level: str) -> uvicorn.Confi
 async def serve_forever(
     settings: ServeSettings, *, host: str, port: int, log_level: str = "INFO"
 ) -> None:
-    """Read the table's layout, then serve until a stop signal.
+    """Read the table's layout (and check the archive bucket), then serve until a stop signal.
+
+    Both are checked before the server starts, so a missing table or an archive
+    bucket the server may not read ends the command with one clear error.
 
     Raises:
         TableError: the table does not exist or has no layout record.
+        StorageError: the archive bucket is missing, unreachable or not readable.
     """
-    async with DynamoClient(
-        table=settings.table,
-        region=settings.region,
-        endpoint_url=settings.endpoint_url,
-        max_connections=settings.query_concurrency,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
-    ) as client:
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            DynamoClient(
+                table=settings.table,
+                region=settings.region,
+                endpoint_url=settings.endpoint_url,
+                max_connections=settings.query_concurrency,
+                aws_access_key_id=settings.aws_access_key_id,
+                aws_secret_access_key=settings.aws_secret_access_key,
+            )
+        )
         reader = await TableReader.load(client, concurrency=settings.query_concurrency)
+        if settings.s3_bucket is not None:
+            reader.cold = await stack.enter_async_context(open_cold_tier(settings))
         app = create_app(settings, reader=reader)
         server = uvicorn.Server(_config(app, host, port, log_level))
         await server.serve()

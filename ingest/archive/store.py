@@ -86,9 +86,10 @@ class S3Store(BotocoreClient):
                 )
             if code in _DENIED:
                 return StorageError(
-                    f"access to {self._where()} denied while trying to {action} ({code}): the "
-                    "archive needs s3:ListBucket, s3:GetObject, s3:PutObject "
-                    "(and s3:PutLifecycleConfiguration for `archive lifecycle`)"
+                    f"access to {self._where()} denied while trying to {action} ({code}): "
+                    "`iot-ingest archive` needs s3:ListBucket, s3:GetObject, s3:PutObject "
+                    "(and s3:PutLifecycleConfiguration for `archive lifecycle`), `serve` "
+                    "s3:ListBucket and s3:GetObject: see deploy/iam/"
                 )
             return StorageError(
                 f"S3 {action} failed on {self._where()}: {code}: {err.get('Message', '')}",

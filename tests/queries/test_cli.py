@@ -98,3 +98,24 @@ async def test_serve_on_a_missing_table_fails_with_a_plain_message(moto_server: 
     assert proc.returncode == 1
     assert "table 'no-such-table-here' does not exist" in err.decode()
     assert "Traceback" not in err.decode()
+
+
+async def test_serve_with_a_missing_archive_bucket_fails_before_listening(
+    make_table: Callable[..., Awaitable[TestTable]],
+) -> None:
+    table = await make_table()
+    cmd = [
+        *_serve_cmd(table.name, table.endpoint, free_port()),
+        "--s3-bucket",
+        "no-such-archive-bucket",
+        "--s3-endpoint",
+        table.endpoint,
+    ]
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE
+    )
+    _, err = await asyncio.wait_for(proc.communicate(), 30)
+    text = err.decode()
+    assert proc.returncode == 1, text
+    assert "S3 bucket 'no-such-archive-bucket' does not exist" in text
+    assert "Traceback" not in text and "Uvicorn running" not in text
