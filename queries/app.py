@@ -170,6 +170,18 @@ def _middleware(settings: ServeSettings) -> list[Middleware]:
     return stack
 
 
+def table_client(settings: ServeSettings) -> DynamoClient:
+    """The DynamoDB client of the served table (open it with ``async with``)."""
+    return DynamoClient(
+        table=settings.table,
+        region=settings.region,
+        endpoint_url=settings.endpoint_url,
+        max_connections=settings.query_concurrency,
+        aws_access_key_id=settings.aws_access_key_id,
+        aws_secret_access_key=settings.aws_secret_access_key,
+    )
+
+
 @asynccontextmanager
 async def open_cold_tier(settings: ServeSettings) -> AsyncIterator[S3Store]:
     """The archive bucket as the cold tier, checked readable (closed on exit).
@@ -215,16 +227,7 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             if reader is None:
-                client = await stack.enter_async_context(
-                    DynamoClient(
-                        table=settings.table,
-                        region=settings.region,
-                        endpoint_url=settings.endpoint_url,
-                        max_connections=settings.query_concurrency,
-                        aws_access_key_id=settings.aws_access_key_id,
-                        aws_secret_access_key=settings.aws_secret_access_key,
-                    )
-                )
+                client = await stack.enter_async_context(table_client(settings))
                 app.state.reader = await TableReader.load(
                     client, concurrency=settings.query_concurrency
                 )

@@ -22,9 +22,7 @@ from typing import Self
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingest.dynamo import DynamoClient
-
-from .app import create_app, open_cold_tier
+from .app import create_app, open_cold_tier, table_client
 from .reader import TableReader
 from .settings import ServeSettings
 
@@ -59,16 +57,7 @@ async def serve_forever(
         StorageError: the archive bucket is missing, unreachable or not readable.
     """
     async with contextlib.AsyncExitStack() as stack:
-        client = await stack.enter_async_context(
-            DynamoClient(
-                table=settings.table,
-                region=settings.region,
-                endpoint_url=settings.endpoint_url,
-                max_connections=settings.query_concurrency,
-                aws_access_key_id=settings.aws_access_key_id,
-                aws_secret_access_key=settings.aws_secret_access_key,
-            )
-        )
+        client = await stack.enter_async_context(table_client(settings))
         reader = await TableReader.load(client, concurrency=settings.query_concurrency)
         if settings.s3_bucket is not None:
             reader.cold = await stack.enter_async_context(open_cold_tier(settings))

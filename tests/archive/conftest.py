@@ -35,6 +35,25 @@ def bucket_name(table: str) -> str:
     return "arch-" + hashlib.sha1(table.encode()).hexdigest()[:20]
 
 
+async def seed_table_and_bucket(
+    endpoint: str, table: str, bucket: str, layout: TableLayout, readings: list[Reading]
+) -> int:
+    """For a command under test: a table holding ``readings`` (registry included) and an
+    empty archive bucket, on one moto endpoint. Returns the number of readings."""
+    aws = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
+    async with DynamoClient(
+        table=table, region="us-east-1", endpoint_url=endpoint, **aws
+    ) as client:
+        await create_table(client, layout)
+        await client.batch_write([layout.to_item(r) for r in readings])
+        registry = SensorRegistry(client, Metrics())
+        registry.observe(readings)
+        await registry.flush()
+    async with S3Store(bucket=bucket, endpoint_url=endpoint, **aws) as store:
+        await store.client.create_bucket(Bucket=bucket)
+    return len(readings)
+
+
 @dataclass
 class ArchiveEnv:
     """A table and an archive bucket under test."""

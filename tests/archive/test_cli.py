@@ -11,13 +11,9 @@ import pytest
 from bench.servers import MotoServer
 from ingest.archive.cli import add_commands
 from ingest.archive.errors import ArchiveConfigError
-from ingest.dynamo import DynamoClient
 from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from ingest.table import create_table
 
-from .conftest import bucket_name
+from .conftest import bucket_name, seed_table_and_bucket
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
@@ -30,25 +26,7 @@ async def _setup(endpoint: str, table: str, bucket: str) -> int:
     layout = TableLayout(bucket_ms=86_400_000, shards=2, retention_days=5)
     now = int(time.time() * 1000)
     readings = [Reading("cli-1", now - 3 * 86_400_000 + i, {"t": i}) for i in range(10)]
-    async with DynamoClient(
-        table=table,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ) as client:
-        await create_table(client, layout)
-        await client.batch_write([layout.to_item(r) for r in readings])
-        registry = SensorRegistry(client, Metrics())
-        registry.observe(readings)
-        await registry.flush()
-    from ingest.archive import S3Store
-
-    async with S3Store(
-        bucket=bucket, endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test"
-    ) as store:
-        await store.client.create_bucket(Bucket=bucket)
-    return len(readings)
+    return await seed_table_and_bucket(endpoint, table, bucket, layout, readings)
 
 
 def test_archive_command_one_pass(

@@ -15,14 +15,10 @@ from prometheus_client.parser import text_string_to_metric_families
 from bench.servers import MotoServer
 from ingest.archive import S3Store, StorageError
 from ingest.archive.metrics import ArchiveMetrics, serve_metrics
-from ingest.dynamo import DynamoClient
 from ingest.embedded import free_port
 from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from ingest.table import create_table
 
-from .conftest import BUCKET_MS, NOW_MS, ArchiveEnv, bucket_name
+from .conftest import BUCKET_MS, NOW_MS, ArchiveEnv, bucket_name, seed_table_and_bucket
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 
@@ -114,23 +110,7 @@ async def _setup(endpoint: str, table: str, bucket: str) -> int:
     layout = TableLayout(bucket_ms=BUCKET_MS, shards=2, retention_days=5)
     now = int(time.time() * 1000)
     readings = [Reading("cli-m", now - 2 * 86_400_000 + i, {"t": i}) for i in range(7)]
-    async with DynamoClient(
-        table=table,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    ) as client:
-        await create_table(client, layout)
-        await client.batch_write([layout.to_item(r) for r in readings])
-        registry = SensorRegistry(client, Metrics())
-        registry.observe(readings)
-        await registry.flush()
-    async with S3Store(
-        bucket=bucket, endpoint_url=endpoint, aws_access_key_id="test", aws_secret_access_key="test"
-    ) as store:
-        await store.client.create_bucket(Bucket=store.bucket)
-    return len(readings)
+    return await seed_table_and_bucket(endpoint, table, bucket, layout, readings)
 
 
 async def test_archive_every_serves_metrics_until_sigterm(
