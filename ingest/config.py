@@ -106,6 +106,12 @@ class Config(BaseModel):
     write_queue_batches: int = Field(
         64, ge=1, description="Batches waiting for a writer (bounded)."
     )
+    gc_young_threshold: int = Field(
+        10_000,
+        ge=0,
+        description="Net allocations between the garbage collector's young collections once "
+        "running (the startup heap is frozen); 0: Python's defaults (700).",
+    )
     inbox_max_messages: int = Field(
         20_000,
         ge=100,

@@ -26,6 +26,7 @@ from .config import Config
 from .deadletters import DeadLetter, DeadLetterSpool
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
+from .gctune import tuned_gc
 from .layout import TableLayout
 from .metrics import HealthServer, Metrics
 from .mqttclient import MqttSettings
@@ -236,7 +237,8 @@ class IngestService:
             if ready is not None and connected.done():
                 ready.set()
                 log.info("ingest ready: %s → table %s", cfg.subscription, cfg.table)
-            await stopped
+            with tuned_gc(cfg.gc_young_threshold):
+                await stopped
             connected.cancel()
             await self._drain(receiver, decoder, write_queue, spool, registry, acks)
             for t in tasks:

@@ -159,3 +159,18 @@ async def test_broker_restart_reconnects_and_resumes(
             "write after restart",
         )
     assert counter(service, "iot_ingest_mqtt_reconnects_total") >= 1
+
+
+def test_tuned_gc_freezes_the_startup_heap_and_restores_everything() -> None:
+    import gc
+
+    from ingest.gctune import tuned_gc
+
+    before = gc.get_threshold()
+    with tuned_gc(10_000):
+        assert gc.get_threshold()[0] == 10_000
+        assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() == 0
+    with tuned_gc(0):  # off: Python's settings stay
+        assert gc.get_threshold() == before
