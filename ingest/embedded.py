@@ -349,6 +349,9 @@ class ServerProcess(StartClose):
                 stdout=log,
                 stderr=asyncio.subprocess.STDOUT,
                 env=self._env(),
+                # Its own session (process group): a terminal's Ctrl-C reaches only the
+                # parent, which drains its clients first and then stops the server itself.
+                start_new_session=True,
             )
         except FileNotFoundError as exc:
             raise ServerNotInstalledError(

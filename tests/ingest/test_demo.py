@@ -94,3 +94,41 @@ async def test_demo_serves_live_data_archives_to_s3_and_stops_cleanly(tmp_path: 
     finally:
         stop.set()
         assert await asyncio.wait_for(demo, 30) == 0
+
+
+async def test_ctrl_c_on_the_terminal_drains_before_the_servers_stop(tmp_path: Path) -> None:
+    """A terminal's Ctrl-C sends SIGINT to the whole foreground process group: the embedded
+    servers must not die under the draining service (they run in their own group)."""
+    import os
+    import signal
+    import sys
+
+    port = free_port()
+    proc = await asyncio.create_subprocess_exec(
+        *[sys.executable, "-m", "ingest.cli", "demo", "--devices", "20", "--rate", "40"],
+        *["--port", str(port), "--data-dir", str(tmp_path)],
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.PIPE,
+        start_new_session=True,  # a group of its own, as a shell job has
+    )
+    assert proc.stderr is not None
+    lines: list[str] = []
+    try:
+        async with asyncio.timeout(60):
+            while "history replayed" not in "".join(lines):
+                line = await proc.stderr.readline()
+                assert line, "".join(lines)
+                lines.append(line.decode())
+        await asyncio.sleep(2)  # live traffic in flight
+        os.killpg(proc.pid, signal.SIGINT)
+        async with asyncio.timeout(60):
+            lines += [raw.decode() async for raw in proc.stderr]
+            assert await proc.wait() == 0, "".join(lines)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    text = "".join(lines)
+    assert "demo stopped" in text, text
+    for trouble in ("Connection refused", "ConnectionClosedError", "Traceback", "ERROR"):
+        assert trouble not in text, text
