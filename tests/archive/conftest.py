@@ -100,18 +100,27 @@ class ArchiveEnv:
         return total
 
 
-@pytest_asyncio.fixture
-async def archive_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
-    endpoint = moto_server.endpoint_url
+@contextlib.asynccontextmanager
+async def open_archive_env(
+    endpoint: str, table: str, layout: TableLayout
+) -> AsyncIterator[ArchiveEnv]:
+    """A fresh table with ``layout`` and its archive bucket on one moto endpoint, with open
+    clients; the table is deleted on exit."""
     creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
     async with contextlib.AsyncExitStack() as stack:
         dynamo = await stack.enter_async_context(
-            DynamoClient(table=unique_name, region="us-east-1", endpoint_url=endpoint, **creds)
+            DynamoClient(table=table, region="us-east-1", endpoint_url=endpoint, **creds)
         )
-        await create_table(dynamo, LAYOUT)
-        stack.push_async_callback(dynamo.call, "delete_table", TableName=unique_name)
+        await create_table(dynamo, layout)
+        stack.push_async_callback(dynamo.call, "delete_table", TableName=table)
         store = await stack.enter_async_context(
-            S3Store(bucket=bucket_name(unique_name), endpoint_url=endpoint, **creds)
+            S3Store(bucket=bucket_name(table), endpoint_url=endpoint, **creds)
         )
         await store.client.create_bucket(Bucket=store.bucket)
-        yield ArchiveEnv(dynamo, store, LAYOUT, endpoint)
+        yield ArchiveEnv(dynamo, store, layout, endpoint)
+
+
+@pytest_asyncio.fixture
+async def archive_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
+    async with open_archive_env(moto_server.endpoint_url, unique_name, LAYOUT) as env:
+        yield env

@@ -7,7 +7,6 @@ markers of a pass follow the sensors' data span, backfills included.
 
 from __future__ import annotations
 
-import contextlib
 from collections import Counter
 from collections.abc import AsyncIterator
 from typing import Any
@@ -16,16 +15,14 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
-from ingest.archive import Archiver, ArchiveSettings, S3Store, read_cold
+from ingest.archive import Archiver, ArchiveSettings, read_cold
 from ingest.archive.manifest import query_markers
 from ingest.archive.planner import SensorSpan, Window, archive_window, clip_window
-from ingest.dynamo import DynamoClient
 from ingest.layout import Reading, TableLayout, registry_key
 from ingest.metrics import Metrics
 from ingest.registry import SensorRegistry
-from ingest.table import create_table
 
-from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, NOW_MS, ArchiveEnv, bucket_name
+from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, NOW_MS, ArchiveEnv, open_archive_env
 
 MIN_MS = 60_000
 MINUTE_LAYOUT = TableLayout(bucket_ms=MIN_MS, shards=2, retention_days=2)
@@ -77,19 +74,8 @@ def test_clip_outside_the_window_is_empty(span: SensorSpan) -> None:
 @pytest_asyncio.fixture
 async def minute_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
     """Like ``archive_env``, with one-minute buckets (2 days: 2,880 buckets per sensor)."""
-    endpoint = moto_server.endpoint_url
-    creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
-    async with contextlib.AsyncExitStack() as stack:
-        dynamo = await stack.enter_async_context(
-            DynamoClient(table=unique_name, region="us-east-1", endpoint_url=endpoint, **creds)
-        )
-        await create_table(dynamo, MINUTE_LAYOUT)
-        stack.push_async_callback(dynamo.call, "delete_table", TableName=unique_name)
-        store = await stack.enter_async_context(
-            S3Store(bucket=bucket_name(unique_name), endpoint_url=endpoint, **creds)
-        )
-        await store.client.create_bucket(Bucket=store.bucket)
-        yield ArchiveEnv(dynamo, store, MINUTE_LAYOUT, endpoint)
+    async with open_archive_env(moto_server.endpoint_url, unique_name, MINUTE_LAYOUT) as env:
+        yield env
 
 
 class Calls:

@@ -23,14 +23,13 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
-from ingest.archive import S3Store
 from ingest.dynamo import DynamoClient
 from ingest.layout import Item, Reading
 from ingest.table import create_table
 from queries.app import create_app
 from queries.server import ApiServer
 from queries.settings import ServeSettings
-from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, bucket_name
+from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, open_archive_env
 
 CREDS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 NOW_MS = (time.time_ns() // 1_000_000) // BUCKET_MS * BUCKET_MS
@@ -95,18 +94,8 @@ def _expired(env: ArchiveEnv, r: Reading) -> Item:
 @pytest_asyncio.fixture
 async def archive_env(moto_server: MotoServer, unique_name: str) -> AsyncIterator[ArchiveEnv]:
     """A table (3-hour buckets, 4 shards, 2 days' retention) and its archive bucket."""
-    endpoint = moto_server.endpoint_url
-    async with contextlib.AsyncExitStack() as stack:
-        dynamo = await stack.enter_async_context(
-            DynamoClient(table=unique_name, region="us-east-1", endpoint_url=endpoint, **CREDS)
-        )
-        await create_table(dynamo, LAYOUT)
-        stack.push_async_callback(dynamo.call, "delete_table", TableName=unique_name)
-        store = await stack.enter_async_context(
-            S3Store(bucket=bucket_name(unique_name), endpoint_url=endpoint, **CREDS)
-        )
-        await store.client.create_bucket(Bucket=store.bucket)
-        yield ArchiveEnv(dynamo, store, LAYOUT, endpoint)
+    async with open_archive_env(moto_server.endpoint_url, unique_name, LAYOUT) as env:
+        yield env
 
 
 @pytest_asyncio.fixture
