@@ -236,13 +236,7 @@ def cmd_table_create(args: argparse.Namespace) -> int:
         from .service import layout_from_config
         from .table import create_table
 
-        async with DynamoClient(
-            table=cfg.table,
-            region=cfg.region,
-            endpoint_url=cfg.dynamodb_endpoint,
-            aws_access_key_id=cfg.aws_access_key_id,
-            aws_secret_access_key=cfg.aws_secret_access_key,
-        ) as client:
+        async with DynamoClient.from_config(cfg) as client:
             created = await create_table(client, layout_from_config(cfg))
         print(
             f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"

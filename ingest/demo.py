@@ -246,15 +246,7 @@ async def _open_archive(
     from .dynamo import DynamoClient
 
     endpoint = cfg.dynamodb_endpoint  # moto serves S3 on the same port
-    client = await stack.enter_async_context(
-        DynamoClient(
-            table=cfg.table,
-            region=cfg.region,
-            endpoint_url=endpoint,
-            aws_access_key_id=_KEY,
-            aws_secret_access_key=_KEY,
-        )
-    )
+    client = await stack.enter_async_context(DynamoClient.from_config(cfg))
     store = await stack.enter_async_context(
         S3Store(
             bucket=opts.s3_bucket,

@@ -7,7 +7,7 @@ botocore's own retries are switched off: the writer owns one retry policy
 from __future__ import annotations
 
 import logging
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
 from aiobotocore.config import AioConfig
@@ -16,6 +16,9 @@ from botocore.exceptions import BotoCoreError, ClientError
 from .awsclient import BotocoreClient
 from .errors import WriteError, WriteRejected, WriteRetriable
 from .layout import Item
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["BatchSink", "DynamoClient", "classify", "wrap_error"]
 
@@ -86,6 +89,18 @@ class DynamoClient(BotocoreClient):
         aws_access_key_id: Explicit credentials (None: the standard provider chain).
         aws_secret_access_key: Explicit credentials.
     """
+
+    @classmethod
+    def from_config(cls, cfg: Config, *, max_connections: int = 16) -> DynamoClient:
+        """The client of ``cfg``'s table, endpoint, region and credentials."""
+        return cls(
+            table=cfg.table,
+            region=cfg.region,
+            endpoint_url=cfg.dynamodb_endpoint,
+            max_connections=max_connections,
+            aws_access_key_id=cfg.aws_access_key_id,
+            aws_secret_access_key=cfg.aws_secret_access_key,
+        )
 
     def __init__(
         self,

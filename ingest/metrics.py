@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Callable
-from typing import cast
+from typing import Protocol, cast
 
 from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -114,6 +114,12 @@ class Metrics:
         return generate_latest(self.registry)
 
 
+class Exposition(Protocol):
+    """Anything with a Prometheus text exposition (:class:`Metrics`, the archive's metrics)."""
+
+    def render(self) -> bytes: ...
+
+
 class HealthServer:
     """Serves /metrics, /healthz (process alive) and /readyz (able to ingest).
 
@@ -125,7 +131,12 @@ class HealthServer:
     """
 
     def __init__(
-        self, metrics: Metrics, ready: Callable[[], tuple[bool, list[str]]], *, host: str, port: int
+        self,
+        metrics: Exposition,
+        ready: Callable[[], tuple[bool, list[str]]],
+        *,
+        host: str,
+        port: int,
     ) -> None:
         self._metrics = metrics
         self._ready = ready

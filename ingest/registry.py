@@ -46,7 +46,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .dynamo import DynamoClient
@@ -55,7 +55,7 @@ from .errors import WriteError
 from .layout import Reading, format_number, registry_key, registry_partition_keys
 from .metrics import Metrics
 
-__all__ = ["SensorRegistry", "known_sensor_ids"]
+__all__ = ["SensorRegistry", "known_sensor_ids", "registry_items"]
 
 log = logging.getLogger(__name__)
 
@@ -314,26 +314,41 @@ class SensorRegistry:
                 log.exception("sensor registry flush failed")
 
 
+async def registry_items(
+    client: DynamoClient | LeanDynamoClient, names: tuple[str, ...], *, consistent: bool = False
+) -> AsyncIterator[dict[str, Any]]:
+    """Every registry item with a sensor id, projected to ``names`` (``sid`` always).
+
+    A paged Query on each registry partition, never a Scan; errors are the client's
+    (:class:`~ingest.errors.WriteError`).
+    """
+    fields = ("sid", *(n for n in names if n != "sid"))
+    placeholders = {f"#a{i}": name for i, name in enumerate(fields)}
+    for pk in registry_partition_keys():
+        kwargs: dict[str, Any] = {
+            "TableName": client.table,
+            "KeyConditionExpression": "#pk = :pk",
+            "ProjectionExpression": ", ".join(placeholders),
+            "ExpressionAttributeNames": {"#pk": "pk", **placeholders},
+            "ExpressionAttributeValues": {":pk": {"S": pk}},
+        }
+        if consistent:
+            kwargs["ConsistentRead"] = True
+        while True:
+            resp = await client.call("query", **kwargs)
+            for it in resp.get("Items", []):
+                if "sid" in it:
+                    yield it
+            last = resp.get("LastEvaluatedKey")
+            if not last:
+                break
+            kwargs["ExclusiveStartKey"] = last
+
+
 async def known_sensor_ids(client: DynamoClient | LeanDynamoClient) -> set[str]:
     """Every sensor id in the registry (8 paged Queries, never a Scan).
 
     The decoder admits these without counting them against
     ``max_new_sensors_per_minute``, so a restart does not look like a flood.
     """
-    ids: set[str] = set()
-    for pk in registry_partition_keys():
-        kwargs: dict[str, object] = {
-            "TableName": client.table,
-            "KeyConditionExpression": "#pk = :pk",
-            "ProjectionExpression": "#sid",
-            "ExpressionAttributeNames": {"#pk": "pk", "#sid": "sid"},
-            "ExpressionAttributeValues": {":pk": {"S": pk}},
-        }
-        while True:
-            resp = await client.call("query", **kwargs)
-            ids.update(it["sid"]["S"] for it in resp.get("Items", []) if "sid" in it)
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                break
-            kwargs["ExclusiveStartKey"] = last
-    return ids
+    return {it["sid"]["S"] async for it in registry_items(client, ("sid",))}

@@ -147,13 +147,7 @@ def _config(args: argparse.Namespace) -> Any:
 def _dynamo(cfg: Any) -> Any:
     from ingest.dynamo import DynamoClient
 
-    return DynamoClient(
-        table=cfg.table,
-        region=cfg.region,
-        endpoint_url=cfg.dynamodb_endpoint,
-        aws_access_key_id=cfg.aws_access_key_id,
-        aws_secret_access_key=cfg.aws_secret_access_key,
-    )
+    return DynamoClient.from_config(cfg)
 
 
 def _check_loop_flags(args: argparse.Namespace) -> None:

@@ -12,11 +12,11 @@ them with the ingest service's :class:`~ingest.metrics.HealthServer`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ingest.metrics import HealthServer, Metrics
+from ingest.metrics import HealthServer
 
 if TYPE_CHECKING:
     from .archiver import ArchiveReport
@@ -148,9 +148,6 @@ class ArchiveMetrics:
 
 
 def serve_metrics(metrics: ArchiveMetrics, *, host: str, port: int) -> HealthServer:
-    """``/metrics``, ``/healthz``, ``/readyz`` for the archive (an async context manager).
-
-    Reuses the ingest service's server; it only calls ``render()`` on what it is
-    given, so the archive's registry stands in for the ingest's :class:`Metrics`.
-    """
-    return HealthServer(cast(Metrics, metrics), metrics.health, host=host, port=port)
+    """``/metrics``, ``/healthz``, ``/readyz`` for the archive (an async context manager),
+    on the ingest service's server."""
+    return HealthServer(metrics, metrics.health, host=host, port=port)

@@ -27,7 +27,8 @@ from typing import Any
 
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
-from ingest.layout import TableLayout, registry_partition_keys
+from ingest.layout import TableLayout
+from ingest.registry import registry_items
 
 from .errors import ArchiveConfigError, SourceError
 from .manifest import Manifest, query_markers
@@ -145,30 +146,14 @@ async def list_sensors(client: DynamoClient) -> list[SensorSpan]:
     finished before the pass started is seen.
     """
     sensors: dict[str, SensorSpan] = {}
-    for pk in registry_partition_keys():
-        kwargs: dict[str, Any] = {
-            "TableName": client.table,
-            "KeyConditionExpression": "#pk = :pk",
-            "ExpressionAttributeNames": {"#pk": "pk", "#sid": "sid", "#fs": "fs", "#ls": "ls"},
-            "ExpressionAttributeValues": {":pk": {"S": pk}},
-            "ProjectionExpression": "#sid, #fs, #ls",
-            "ConsistentRead": True,
-        }
-        while True:
-            try:
-                resp = await client.call("query", **kwargs)
-            except WriteError as exc:
-                raise SourceError(
-                    f"cannot list sensors in table {client.table!r}: {exc}", retriable=exc.retriable
-                ) from exc
-            for it in resp.get("Items", []):
-                if "sid" in it:
-                    sid = it["sid"]["S"]
-                    sensors[sid] = SensorSpan(sid, _number(it, "fs"), _number(it, "ls"))
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                break
-            kwargs["ExclusiveStartKey"] = last
+    try:
+        async for it in registry_items(client, ("fs", "ls"), consistent=True):
+            sid = it["sid"]["S"]
+            sensors[sid] = SensorSpan(sid, _number(it, "fs"), _number(it, "ls"))
+    except WriteError as exc:
+        raise SourceError(
+            f"cannot list sensors in table {client.table!r}: {exc}", retriable=exc.retriable
+        ) from exc
     return [sensors[sid] for sid in sorted(sensors)]
 
 
