@@ -264,11 +264,12 @@ def cmd_config_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_deadletters_list(args: argparse.Namespace) -> int:
-    from .deadletters import iter_dead_letters
+    from .deadletters import TornLine, iter_dead_letters
 
     cfg = config_from_args(args)
     n = 0
-    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters"):
+    torn: list[TornLine] = []
+    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters", torn=torn):
         if args.reason and args.reason not in dl.reason:
             continue
         n += 1
@@ -277,8 +278,14 @@ def cmd_deadletters_list(args: argparse.Namespace) -> int:
         else:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(dl.time_ms / 1000))
             print(f"{when}Z {path.name} [{dl.stage}] {dl.topic}: {dl.reason}")
-    if not args.json:
-        print(f"{n} dead letters", file=sys.stderr)
+    for t in torn:
+        print(f"iot-ingest: skipped a torn line at {t}", file=sys.stderr)
+    summary = f"{n} dead letters"
+    if torn:
+        where = ", ".join(f"{t.path.name}:{t.offset}" for t in torn[:5])
+        more = f" and {len(torn) - 5} more" if len(torn) > 5 else ""
+        summary += f"; {len(torn)} torn lines skipped ({where}{more})"
+    print(summary, file=sys.stderr)
     return 0
 
 
