@@ -290,25 +290,38 @@ def cmd_deadletters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters_replay(args: argparse.Namespace) -> int:
-    from .deadletters import replay
+    from .replay import ReplayReport, replay
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
-    if cfg.mqtt_url is None:
+    if cfg.mqtt_url is None and not args.dry_run:
         raise ConfigError("deadletters replay needs --mqtt-url: the broker to re-publish to")
 
     async def go() -> int:
         from .service import mqtt_settings
 
-        settings = mqtt_settings(cfg, cfg.mqtt_url or "")
-        done = await replay(
-            Path(cfg.data_dir) / "deadletters",
-            settings,
-            reason_filter=args.reason,
-            topic_override=args.to_topic,
-            dry_run=args.dry_run,
-        )
-        print(f"{'would replay' if args.dry_run else 'replayed'} {done} dead letters")
+        settings = mqtt_settings(cfg, cfg.mqtt_url or "mqtt://127.0.0.1:1883")
+        report = ReplayReport()
+        try:
+            await replay(
+                Path(cfg.data_dir) / "deadletters",
+                settings,
+                reason_filter=args.reason,
+                topic_override=args.to_topic,
+                dry_run=args.dry_run,
+                report=report,
+            )
+        except BaseException:
+            print(
+                f"iot-ingest: replay interrupted: {report.summary()}; the letters re-published "
+                "are recorded, run replay again to resume",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            for t in report.torn:
+                print(f"iot-ingest: skipped a torn line at {t}", file=sys.stderr)
+        print(report.summary(dry_run=args.dry_run))
         return 0
 
     return run_async(go)

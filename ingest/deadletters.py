@@ -22,7 +22,8 @@ Each line::
 For a refused reading inside a batch the payload is that reading alone (as a
 one-reading message), so replaying it does not re-send its valid neighbours.
 
-Files and the one lock (``{data_dir}/deadletters/``)::
+Files and the one lock (``{data_dir}/deadletters/``; :mod:`ingest.replay` reads
+and rotates them)::
 
     deadletters-YYYY-MM-DD.jsonl            active: the service appends here
     deadletters-YYYY-MM-DD.<run>.jsonl      sealed by a replay run: never appended to
@@ -68,7 +69,6 @@ import orjson
 from .acks import AckTracker, Pending
 from .layout import Item, TableLayout
 from .metrics import Metrics
-from .mqttclient import MqttSettings
 
 __all__ = [
     "ACTIVE_NAME",
@@ -609,50 +609,3 @@ class DeadLetterSpool:
     async def drain(self) -> None:
         """Wait until every queued entry is on disk."""
         await self._queue.join()
-
-
-async def replay(
-    directory: Path,
-    settings: MqttSettings,
-    *,
-    reason_filter: str | None = None,
-    topic_override: str | None = None,
-    dry_run: bool = False,
-) -> int:
-    """Re-publish dead letters (QoS 1, waiting for each PUBACK) to the broker.
-
-    A file whose letters were all replayed is renamed ``*.jsonl.replayed``, so
-    a second replay does not send them again; filtered-out letters stay.
-    Returns the number of letters (that would be) re-published.
-    """
-    from .mqttclient import MqttConnection
-
-    files = await asyncio.to_thread(lambda: sorted(directory.glob("deadletters-*.jsonl")))
-    count = 0
-    conn = None if dry_run else MqttConnection(settings)
-    try:
-        if conn is not None:
-            await conn.open()
-        for path in files:
-            kept: list[bytes] = []
-            raw = await asyncio.to_thread(path.read_bytes)
-            for line in raw.splitlines():
-                if not line.strip():
-                    continue
-                dl = DeadLetter.from_json(line)
-                if reason_filter and reason_filter not in dl.reason:
-                    kept.append(line)
-                    continue
-                count += 1
-                if conn is not None:
-                    await conn.publish(topic_override or dl.topic, dl.payload, qos=1)
-            if conn is None:
-                continue
-            done_path = path.with_suffix(".jsonl.replayed")
-            await asyncio.to_thread(path.rename, done_path)
-            if kept:
-                await asyncio.to_thread(path.write_bytes, b"\n".join(kept) + b"\n")
-    finally:
-        if conn is not None:
-            await conn.close()
-    return count
