@@ -14,6 +14,8 @@ from typing import Any
 from starlette.requests import Request
 from starlette.routing import Route
 
+from ingest.layout import REGISTRY_PARTITIONS
+
 from .cursor import decode_cursor, encode_cursor, fingerprint
 from .errors import BadParameter, NotFound
 from .pages import read_page
@@ -69,11 +71,7 @@ async def sensors_list(request: Request) -> JSONResponse:
     fp = fingerprint("sensors")
     after: tuple[int, int] | None = None
     if q.get("cursor"):
-        doc = decode_cursor(q["cursor"], "sensors", fp)
-        try:
-            after = (int(doc["p"]), int(doc["s"]))
-        except (KeyError, TypeError, ValueError):
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint") from None
+        after = _sensors_position(q["cursor"], decode_cursor(q["cursor"], "sensors", fp))
     keep = None if ctx.principal.reads_all else ctx.principal.may_read
     page = await list_sensors(ctx.reader, limit=limit, after=after, keep=keep, stats=ctx.stats)
     next_cursor = None
@@ -82,6 +80,31 @@ async def sensors_list(request: Request) -> JSONResponse:
         next_cursor = encode_cursor("sensors", fp, {"p": p, "s": str(sk)})
     body = {"sensors": [sensor_json(it) for it in page.items], "next_cursor": next_cursor}
     return json_response(body, ctx)
+
+
+_REGISTRY_SK_LIMIT = 2**112  # registry sort keys are 112-bit hashes (ingest.layout.registry_key)
+
+
+def _sensors_position(raw: str, doc: dict[str, Any]) -> tuple[int, int]:
+    """The ``(partition, sort key)`` a sensor-list cursor resumes after, checked.
+
+    Raises:
+        BadParameter: not a registry partition index, or not a registry sort key.
+    """
+    p, sk = doc.get("p"), doc.get("s")
+    if (
+        type(p) is not int
+        or not 0 <= p < REGISTRY_PARTITIONS
+        or not isinstance(sk, str)
+        or not 0 < len(sk) <= 40
+        or not sk.isascii()
+        or not sk.isdigit()
+        or int(sk) >= _REGISTRY_SK_LIMIT
+    ):
+        raise BadParameter(
+            "cursor", raw, "a next_cursor of this endpoint", reason="not a registry position"
+        )
+    return p, int(sk)
 
 
 async def sensor_detail(request: Request) -> JSONResponse:
