@@ -39,6 +39,7 @@ from ingest.dynamo import DynamoClient
 
 from . import grafana, routes
 from .auth import AccessControl
+from .cursor import CursorCodec
 from .errors import QueryError, ReadUnavailable
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
@@ -278,6 +279,12 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    if settings.cursor_keys:
+        app.state.cursors = CursorCodec(settings.cursor_keys)
+    else:
+        # One key per process: cursors die with it (a restart, another replica).
+        app.state.cursors = CursorCodec.random()
+        log.info("page cursors: signed with a random per-process key (see --cursor-key-file)")
     if reader is not None:
         app.state.reader = reader
     return app

@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .apikeys import ANONYMOUS, Principal
+from .cursor import CursorCodec
 from .errors import NotFound
 from .reader import ReadStats, TableReader
 from .settings import ServeSettings
@@ -30,11 +31,12 @@ class JSONResponse(Response):
 @dataclass(slots=True)
 class Context:
     """What a handler needs: the reader, the settings, this request's read accounting,
-    and who is asking (the scope of sensors they may read)."""
+    the server's cursor codec, and who is asking (the scope of sensors they may read)."""
 
     reader: TableReader
     settings: ServeSettings
     stats: ReadStats
+    cursors: CursorCodec
     principal: Principal = ANONYMOUS
 
     def check_sensor(self, sensor_id: str, parameter: str = "sensor_id") -> str:
@@ -64,6 +66,7 @@ def context(request: Request) -> Context:
         reader=reader,
         settings=state.settings,
         stats=stats,
+        cursors=state.cursors,
         principal=who if isinstance(who, Principal) else ANONYMOUS,
     )
 

@@ -16,7 +16,7 @@ from starlette.routing import Route
 
 from ingest.layout import REGISTRY_PARTITIONS
 
-from .cursor import decode_cursor, encode_cursor, fingerprint
+from .cursor import fingerprint
 from .errors import BadParameter, NotFound
 from .pages import read_page
 from .params import (
@@ -71,13 +71,13 @@ async def sensors_list(request: Request) -> JSONResponse:
     fp = fingerprint("sensors")
     after: tuple[int, int] | None = None
     if q.get("cursor"):
-        after = _sensors_position(q["cursor"], decode_cursor(q["cursor"], "sensors", fp))
+        after = _sensors_position(q["cursor"], ctx.cursors.decode(q["cursor"], "sensors", fp))
     keep = None if ctx.principal.reads_all else ctx.principal.may_read
     page = await list_sensors(ctx.reader, limit=limit, after=after, keep=keep, stats=ctx.stats)
     next_cursor = None
     if page.next_position is not None:
         p, sk = page.next_position
-        next_cursor = encode_cursor("sensors", fp, {"p": p, "s": str(sk)})
+        next_cursor = ctx.cursors.encode("sensors", fp, {"p": p, "s": str(sk)})
     body = {"sensors": [sensor_json(it) for it in page.items], "next_cursor": next_cursor}
     return json_response(body, ctx)
 
@@ -170,7 +170,7 @@ async def sensor_readings(request: Request) -> JSONResponse:
     fp = fingerprint("readings", sensor_id, q.get("start", ""), q.get("end", ""), order)
     lo, hi = start, end
     if q.get("cursor"):
-        doc = decode_cursor(q["cursor"], "readings", fp)
+        doc = ctx.cursors.decode(q["cursor"], "readings", fp)
         try:
             start, end, nxt = int(doc["s"]), int(doc["e"]), int(doc["n"])
         except (KeyError, TypeError, ValueError):
@@ -190,7 +190,7 @@ async def sensor_readings(request: Request) -> JSONResponse:
     )
     next_cursor = None
     if page.next_ts is not None:
-        next_cursor = encode_cursor("readings", fp, {"s": start, "e": end, "n": page.next_ts})
+        next_cursor = ctx.cursors.encode("readings", fp, {"s": start, "e": end, "n": page.next_ts})
     body = {
         "sensor_id": sensor_id,
         "start": start,

@@ -4,9 +4,10 @@ and who may read (API keys, rate limits, CORS origins)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .apikeys import AuthSettings
+from .cursor import MIN_KEY_BYTES
 from .ratelimit import RateLimitSettings
 
 __all__ = ["ServeSettings"]
@@ -47,6 +48,10 @@ class ServeSettings:
             ``None``: DynamoDB only.
         s3_endpoint: S3 endpoint (``None``: AWS's).
         s3_prefix: Key prefix of the archive (``None``: ``archive``, the archiver's default).
+        cursor_keys: HMAC keys authenticating page cursors (:mod:`queries.cursor`), each
+            at least 32 bytes; the first signs, every one verifies. Empty: a random key
+            per process, so a cursor is valid only on the process that issued it (give
+            replicas behind one load balancer the same keys). Never shown in ``repr``.
     """
 
     table: str
@@ -69,6 +74,7 @@ class ServeSettings:
     s3_bucket: str | None = None
     s3_endpoint: str | None = None
     s3_prefix: str | None = None
+    cursor_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -101,6 +107,11 @@ class ServeSettings:
             raise ValueError("s3_endpoint and s3_prefix need s3_bucket (the archive's bucket)")
         if self.s3_bucket is not None and not self.s3_bucket.strip():
             raise ValueError("s3_bucket must not be empty")
+        if not isinstance(self.cursor_keys, tuple):
+            raise ValueError("cursor_keys must be a tuple of keys (bytes)")
+        for i, key in enumerate(self.cursor_keys):
+            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"cursor_keys[{i}]: must be at least {MIN_KEY_BYTES} bytes")
         if isinstance(self.cors_origins, str):
             raise ValueError("cors_origins must be a tuple of origins, not one string")
         for origin in self.cors_origins:

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.layout import REGISTRY_PARTITIONS, Reading
-from queries.cursor import encode_cursor, fingerprint
+from ingest.layout import REGISTRY_PARTITIONS, Reading, TableLayout
+from queries.cursor import CursorCodec, fingerprint
 
 from .harness import Api, RecordingClient, TestTable, ms_now
 
@@ -47,8 +47,13 @@ async def _refused(api: Api, path: str, **params: Any) -> dict[str, Any]:
 # -- the sensor list's cursor ---------------------------------------------------
 
 
+KEY = b"cursor-test-key-" * 2
+"""The servers' cursor key where a test signs cursors itself (as if the key leaked)."""
+LEAKED = CursorCodec((KEY,))
+
+
 def _sensors_cursor(position: dict[str, Any]) -> str:
-    return encode_cursor("sensors", fingerprint("sensors"), position)
+    return LEAKED.encode("sensors", fingerprint("sensors"), position)
 
 
 def _raw(doc: Any) -> str:
@@ -62,7 +67,7 @@ async def test_every_malformed_sensor_list_cursor_is_a_400_naming_cursor(
     table = await make_table()
     readings = [Reading(f"sl-{i:02d}", ms_now() - 1000, {"v": i}) for i in range(12)]
     await table.register(readings)
-    api = await serve_api(table, client_cls=RecordingClient)
+    api = await serve_api(table, client_cls=RecordingClient, cursor_keys=(KEY,))
     # A legal first page, so the server is known to answer this endpoint.
     status, _, page = await api.get("/v1/sensors", limit=5)
     assert status == 200
@@ -89,3 +94,141 @@ async def test_every_malformed_sensor_list_cursor_is_a_400_naming_cursor(
     for raw in ("", "x", "%%%", "a" * 5000, _raw([1, 2]), _raw({"v": 1}), "é"):
         if raw:
             await _refused(api, "/v1/sensors", cursor=raw)
+
+
+# -- the readings cursor: authenticated ---------------------------------------------
+
+DAY_MS = 86_400_000
+YEAR_MS = 365 * DAY_MS
+# 30-day buckets, one shard: a cursor reaching 50 years back names ~600 partitions, so the
+# attack (before the fix: one Query each) stays a few seconds on moto.
+WIDE = TableLayout(bucket_ms=30 * DAY_MS, shards=1, retention_days=3650)
+
+
+def _parts(cursor: str) -> tuple[dict[str, Any], str | None]:
+    """A cursor's JSON document, and its authentication tag if it has one."""
+    payload, _, tag = cursor.partition(".")
+    doc = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert isinstance(doc, dict)
+    return doc, tag or None
+
+
+def _forge(cursor: str, *, keep_tag: bool, **changes: Any) -> str:
+    """The cursor with fields of its document changed (the tag kept as it was, or dropped)."""
+    doc, tag = _parts(cursor)
+    forged = _raw({**doc, **changes})
+    return f"{forged}.{tag}" if keep_tag and tag else forged
+
+
+async def _first_page(api: Api, sensor: str, **params: Any) -> dict[str, Any]:
+    status, _, body = await api.get(f"/v1/sensors/{sensor}/readings", **params)
+    assert status == 200, body
+    assert body["next_cursor"] is not None
+    return body  # type: ignore[no-any-return]
+
+
+async def _wide_table(make_table: Callable[..., Awaitable[TestTable]]) -> tuple[TestTable, int]:
+    table = await make_table(WIDE)
+    now = ms_now()
+    await table.put([Reading("atk-1", now - 60_000 * i, {"v": i}) for i in range(30)])
+    return table, now
+
+
+async def test_a_forged_fifty_year_cursor_is_refused_before_any_read(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table, now = await _wide_table(make_table)
+    api = await serve_api(table, client_cls=RecordingClient)
+    start, end = now - 3_600_000, now
+    page = await _first_page(api, "atk-1", start=start, end=end, limit=5)
+    path = "/v1/sensors/atk-1/readings"
+    fifty_years = {"s": end - 50 * YEAR_MS, "n": end - 50 * YEAR_MS, "e": end}
+    for keep_tag in (False, True):  # no tag at all, or the legal cursor's tag kept
+        forged = _forge(page["next_cursor"], keep_tag=keep_tag, **fifty_years)
+        await _refused(api, path, start=start, end=end, limit=5, cursor=forged)
+        # ... whatever the rest of the request says.
+        await _refused(api, path, start=start, end=end, limit=10_000, cursor=forged)
+        await _refused(api, path, limit=5, cursor=forged)
+
+
+async def test_a_cursor_with_a_tampered_position_is_refused(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table, now = await _wide_table(make_table)
+    api = await serve_api(table, client_cls=RecordingClient)
+    start, end = now - 3_600_000, now
+    page = await _first_page(api, "atk-1", start=start, end=end, limit=5)
+    doc, _ = _parts(page["next_cursor"])
+    path = "/v1/sensors/atk-1/readings"
+    # Inside the query's own range, but not where the server said the next page starts:
+    # back to the start (pages repeated) or forward (readings skipped).
+    for change in ({"n": start}, {"n": doc["n"] + 60_000}, {"n": doc["n"] - 1}, {"e": end - 1}):
+        tampered = _forge(page["next_cursor"], keep_tag=True, **change)
+        await _refused(api, path, start=start, end=end, limit=5, cursor=tampered)
+    # Bytes flipped in the tag itself.
+    cursor: str = page["next_cursor"]
+    flipped = cursor[:-2] + ("A" if cursor[-2] != "A" else "B") + cursor[-1]
+    await _refused(api, path, start=start, end=end, limit=5, cursor=flipped)
+
+
+async def test_a_cursor_of_another_server_key_is_refused_and_a_shared_key_pages_on(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table, now = await _wide_table(make_table)
+    start, end = now - 3_600_000, now
+    params = {"start": start, "end": end, "limit": 7}
+    path = "/v1/sensors/atk-1/readings"
+    # Two servers with their own random key each (the default): a cursor of one is
+    # refused by the other, as after a restart.
+    one = await serve_api(table, client_cls=RecordingClient)
+    other = await serve_api(table, client_cls=RecordingClient)
+    page = await _first_page(one, "atk-1", **params)
+    await _refused(other, path, **params, cursor=page["next_cursor"])
+
+    # Replicas configured with one key (behind a load balancer) accept each other's cursors
+    # and a paging session alternating between them reads every reading exactly once.
+    key = b"k" * 32
+    replicas = [
+        await serve_api(table, client_cls=RecordingClient, cursor_keys=(key,)) for _ in range(2)
+    ]
+    seen: list[int] = []
+    cursor = None
+    for i in range(100):
+        status, _, body = await replicas[i % 2].get(path, **params, cursor=cursor)
+        assert status == 200, body
+        seen += [r["ts"] for r in body["readings"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert seen == sorted(now - 60_000 * i for i in range(30) if now - 60_000 * i >= start)
+    await _refused(one, path, **params, cursor=page["next_cursor"] + "x")
+
+
+async def test_a_cursor_of_another_query_is_refused(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table, now = await _wide_table(make_table)
+    await table.put([Reading("atk-2", now - 60_000 * i, {"v": i}) for i in range(30)])
+    api = await serve_api(table, client_cls=RecordingClient)
+    start, end = now - 3_600_000, now
+    page = await _first_page(api, "atk-1", start=start, end=end, limit=5)
+    cursor = page["next_cursor"]
+    await _refused(api, "/v1/sensors/atk-2/readings", start=start, end=end, limit=5, cursor=cursor)
+    await _refused(api, "/v1/sensors/atk-1/readings", start=start - 1, end=end, cursor=cursor)
+    await _refused(api, "/v1/sensors/atk-1/readings", start=start, end=end + 1, cursor=cursor)
+    await _refused(api, "/v1/sensors/atk-1/readings", end=end, cursor=cursor)
+    await _refused(
+        api, "/v1/sensors/atk-1/readings", start=start, end=end, order="desc", cursor=cursor
+    )
+    # A readings cursor is no sensor-list cursor, and the other way round.
+    await _refused(api, "/v1/sensors", cursor=cursor)
+    status, _, sensors = await api.get("/v1/sensors", limit=1)
+    assert status == 200
+    if sensors["next_cursor"]:
+        await _refused(
+            api, "/v1/sensors/atk-1/readings", start=start, end=end, cursor=sensors["next_cursor"]
+        )
