@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
@@ -150,6 +151,44 @@ async def sensor_latest(request: Request) -> JSONResponse:
 
 # -- raw readings ---------------------------------------------------------------
 
+CURSOR_CLOCK_SKEW_MS = 60_000
+"""How far a cursor's defaulted ``end`` ("now" on the replica that issued it) may lie
+ahead of this replica's clock."""
+
+
+def _readings_position(
+    q: Mapping[str, str], doc: dict[str, Any], start: int, end: int, max_range_ms: int
+) -> tuple[int, int, int]:
+    """The ``(start, end, next)`` of a readings cursor, checked against its request.
+
+    The cursor's range must be one this very request could have produced on its first
+    page (``parse_range`` then): ``start``/``end`` as given, a defaulted ``end`` no later
+    than now (plus :data:`CURSOR_CLOCK_SKEW_MS`), a defaulted ``start`` one default span
+    before the cursor's end, at most ``max_range_ms`` long; and ``next`` inside it. So a
+    cursor, even one signed with a leaked key, never widens what the request asks for.
+
+    Raises:
+        BadParameter: the position is not integers, or lies outside the request's range.
+    """
+    raw = q["cursor"]
+    s, e, n = doc.get("s"), doc.get("e"), doc.get("n")
+    if type(s) is not int or type(e) is not int or type(n) is not int:
+        raise BadParameter("cursor", raw, "a next_cursor of this endpoint", reason="not a position")
+    inside = (
+        0 <= s <= n <= e
+        and e - s <= max_range_ms
+        and (s == start if q.get("start") else s == max(0, e - DEFAULT_SPAN_MS))
+        and (e == end if q.get("end") else e <= end + CURSOR_CLOCK_SKEW_MS)
+    )
+    if not inside:
+        raise BadParameter(
+            "cursor",
+            raw,
+            f"a next_cursor of this query: its range lies within this request's ({start}..{end})",
+            reason=f"position outside the request's range ({s}..{e}, next {n})",
+        )
+    return s, e, n
+
 
 async def sensor_readings(request: Request) -> JSONResponse:
     """``GET /v1/sensors/{id}/readings?start=&end=&fields=&order=&limit=&cursor=``."""
@@ -171,12 +210,7 @@ async def sensor_readings(request: Request) -> JSONResponse:
     lo, hi = start, end
     if q.get("cursor"):
         doc = ctx.cursors.decode(q["cursor"], "readings", fp)
-        try:
-            start, end, nxt = int(doc["s"]), int(doc["e"]), int(doc["n"])
-        except (KeyError, TypeError, ValueError):
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint") from None
-        if not start <= nxt <= end:
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint")
+        start, end, nxt = _readings_position(q, doc, start, end, s.max_range_ms)
         lo, hi = (nxt, end) if order == "asc" else (start, nxt)
     page = await read_page(
         ctx.reader,

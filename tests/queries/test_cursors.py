@@ -232,3 +232,74 @@ async def test_a_cursor_of_another_query_is_refused(
         await _refused(
             api, "/v1/sensors/atk-1/readings", start=start, end=end, cursor=sensors["next_cursor"]
         )
+
+
+# -- the readings cursor: its position is checked against the request ---------------
+
+
+async def test_a_signed_cursor_can_never_widen_its_request(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    """Even with the server's key (leaked), a cursor names only a range the request itself
+    could have named: no extra DynamoDB call however far the position points."""
+    table, now = await _wide_table(make_table)
+    api = await serve_api(table, client_cls=RecordingClient, cursor_keys=(KEY,))
+    path = "/v1/sensors/atk-1/readings"
+    start, end = now - 3_600_000, now
+
+    def signed(params: dict[str, Any], **position: Any) -> str:
+        fp = fingerprint("readings", "atk-1", params.get("start", ""), params.get("end", ""), "asc")
+        return LEAKED.encode("readings", fp, position)
+
+    fixed = {"start": start, "end": end, "limit": 5}
+    # The legal cursor is accepted, so the refusals below are about the positions.
+    status, _, body = await api.get(path, **fixed, cursor=signed(fixed, s=start, e=end, n=start))
+    assert status == 200, body
+    assert body["count"] == 5
+    bad_positions: list[tuple[dict[str, Any], dict[str, Any]]] = [
+        # start and end given: the cursor's range must be exactly theirs.
+        (fixed, {"s": end - 50 * YEAR_MS, "e": end, "n": end - 50 * YEAR_MS}),
+        (fixed, {"s": start, "e": end + 50 * YEAR_MS, "n": end}),
+        (fixed, {"s": start - 1, "e": end, "n": start}),
+        (fixed, {"s": start, "e": end, "n": end + 1}),
+        (fixed, {"s": start, "e": end, "n": start - 1}),
+        (fixed, {"s": start, "e": end, "n": True}),
+        (fixed, {"s": start, "e": end, "n": float(start)}),
+        (fixed, {"s": start, "e": end, "n": str(start)}),
+        (fixed, {"s": start, "e": end}),
+        # end defaults to now: the cursor's end was "now" when the first page was read.
+        ({"start": start}, {"s": start, "e": now + 50 * YEAR_MS, "n": now}),
+        ({"start": start}, {"s": start, "e": now - 50 * YEAR_MS, "n": now - 50 * YEAR_MS}),
+        # start defaults to an hour before end.
+        ({"end": end}, {"s": end - 50 * YEAR_MS, "e": end, "n": end - 50 * YEAR_MS}),
+        ({}, {"s": now - 50 * YEAR_MS, "e": now, "n": now - 50 * YEAR_MS}),
+        ({}, {"s": now + 50 * YEAR_MS - 3_600_000, "e": now + 50 * YEAR_MS, "n": now}),
+    ]
+    for params, position in bad_positions:
+        body = await _refused(api, path, **params, cursor=signed(params, **position))
+        assert "outside" in body["error"]["message"] or "not a position" in body["error"]["message"]
+
+
+async def test_paging_with_a_moving_end_reads_each_reading_once(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    """``end`` (and ``start``) left to their defaults: the cursor keeps the first page's range
+    while "now" moves on, and the position check accepts it."""
+    table, now = await _wide_table(make_table)
+    api = await serve_api(table, client_cls=RecordingClient)
+    expected = sorted(now - 60_000 * i for i in range(30))
+    for params in ({}, {"start": now - 3_600_000}, {"end": now}):
+        seen: list[int] = []
+        cursor = None
+        for _ in range(20):
+            status, _, body = await api.get(
+                "/v1/sensors/atk-1/readings", **params, limit=4, cursor=cursor
+            )
+            assert status == 200, (params, body)
+            seen += [r["ts"] for r in body["readings"]]
+            cursor = body["next_cursor"]
+            if cursor is None:
+                break
+        assert seen == expected, params
