@@ -74,6 +74,14 @@ def add_commands(subparsers: Any) -> None:
         help="DynamoDB calls in flight across all requests (default 16)",
     )
     p.add_argument(
+        "--max-calls-per-sensor",
+        type=_positive_int,
+        default=None,
+        help="most DynamoDB calls one request may make per sensor it reads, a 422 past it "
+        "(default: 16 per partition of the widest legal range, from the table's layout: "
+        "2064 for 1-day buckets, 4 shards and 31 days)",
+    )
+    p.add_argument(
         "--api-keys",
         type=Path,
         help=f"API keys file (TOML, hashes only; see docs/security.md) [env {KEYS_FILE_ENV}]",
@@ -295,6 +303,7 @@ def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> 
         max_points=args.max_points,
         default_points=min(500, args.max_points),
         query_concurrency=args.query_concurrency,
+        max_calls_per_sensor=args.max_calls_per_sensor,
         s3_bucket=args.s3_bucket,
         s3_endpoint=args.s3_endpoint,
         s3_prefix=args.s3_prefix,

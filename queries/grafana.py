@@ -199,6 +199,7 @@ async def query(request: Request) -> JSONResponse:
             f"{len(by_sensor)} sensors",
             f"targets of at most {s.max_sensors} sensors per query",
         )
+    ctx.reads_sensors(len(by_sensor))
     results = await _read_all(ctx, grid, by_sensor)
     ts = grid.starts()
     out = []

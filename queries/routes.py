@@ -338,6 +338,7 @@ async def multi_series(request: Request) -> JSONResponse:
     sensors = parse_sensors(request.query_params.get("sensors"), maximum=ctx.settings.max_sensors)
     for sid in sensors:
         ctx.check_sensor(sid, "sensors")
+    ctx.reads_sensors(len(sensors))
     start, end, grid, aggs, fields = _series_request(request, ctx)
     async with asyncio.TaskGroup() as tg:
         tasks = [

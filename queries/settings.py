@@ -37,6 +37,10 @@ class ServeSettings:
         max_sensors: Most sensors in one multi-sensor series request.
         max_sensor_page: Largest ``limit`` of a sensor-list page.
         query_concurrency: DynamoDB calls in flight, across all requests (the fan-out bound).
+        max_calls_per_sensor: Most DynamoDB calls one request may make per sensor it reads
+            (a 422 past it); ``None``: derived from the table's layout and ``max_range_ms``
+            (:func:`queries.reader.default_calls_per_sensor`: 2,064 for 1-day buckets,
+            4 shards and 31 days).
         latest_future_ms: How far past "now" ``/latest`` looks (clock skew of devices).
         auth: API keys and their scopes (``None``: no authentication, every caller
             reads every sensor; the embedded demo's default, logged as a warning).
@@ -67,6 +71,7 @@ class ServeSettings:
     max_sensors: int = 20
     max_sensor_page: int = 1_000
     query_concurrency: int = 16
+    max_calls_per_sensor: int | None = None
     latest_future_ms: int = 300_000
     auth: AuthSettings | None = None
     rate_limit: RateLimitSettings | None = None
@@ -90,6 +95,8 @@ class ServeSettings:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_calls_per_sensor is not None and self.max_calls_per_sensor < 1:
+            raise ValueError(f"max_calls_per_sensor must be >= 1, got {self.max_calls_per_sensor}")
         if self.max_points < 10:
             raise ValueError(f"max_points must be >= 10, got {self.max_points}")
         if self.default_points > self.max_points:
