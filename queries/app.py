@@ -41,6 +41,7 @@ from . import grafana, routes
 from .auth import AccessControl
 from .cursor import CursorCodec
 from .errors import QueryError, ReadUnavailable
+from .metricnames import MetricNames
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
 from .reader import ReadStats, TableReader
@@ -279,6 +280,7 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metric_names = MetricNames()
     if settings.cursor_keys:
         app.state.cursors = CursorCodec(settings.cursor_keys)
     else:
