@@ -409,3 +409,23 @@ async def test_grafana_names_snapshot_is_bounded(
     assert status == 200
     assert 0 < len(names) <= 80
     assert {n["value"] for n in names} < {f"b-{i:03d}/v" for i in range(200)}
+
+
+async def test_concurrent_grafana_name_lists_share_one_registry_read(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table = await make_table()
+    await table.register([Reading(f"site-a-{i:03d}", ms_now(), {"v": 1}) for i in range(50)])
+    api = await serve_api(table, auth=AUTH)
+    answers = await asyncio.gather(
+        *(
+            _call(api, "POST", "/grafana/metrics", token=token, body={})
+            for token in (SITE_A, ALL) * 4
+        )
+    )
+    assert [status for status, _, _ in answers] == [200] * 8
+    calls = [int(headers["X-DynamoDB-Calls"]) for _, headers, _ in answers]
+    assert sorted(calls)[:-1] == [0] * 7  # one request read the registry; seven waited
+    assert 8 <= max(calls) <= 16
+    assert all(len(names) == 50 for _, _, names in answers)
