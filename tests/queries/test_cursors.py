@@ -1,5 +1,6 @@
 """Cursors as an attack surface: forged, tampered or foreign cursors are a 400 naming
 ``cursor`` and cost no DynamoDB call; legal paging is unchanged (test_readings.py).
+A property-based test sends any cursor string (``CURSOR_FUZZ_EXAMPLES``, 150 by default).
 
 The app runs on a loopback port against moto, its DynamoDB client recording every
 response, so the tests count the calls DynamoDB saw, not only what the app reports.
@@ -8,11 +9,16 @@ response, so the tests count the calls DynamoDB saw, not only what the app repor
 from __future__ import annotations
 
 import base64
+import os
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
 import pytest
+import pytest_asyncio
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from ingest.layout import REGISTRY_PARTITIONS, Reading, TableLayout
 from queries.cursor import CursorCodec, fingerprint
@@ -303,3 +309,148 @@ async def test_paging_with_a_moving_end_reads_each_reading_once(
             if cursor is None:
                 break
         assert seen == expected, params
+
+
+# -- any cursor string: a 200 with exact paging, or a 400 ----------------------------
+
+
+@dataclass
+class Paged:
+    """A served table and the legal pages of one readings query and of the sensor list."""
+
+    api: Api
+    params: dict[str, Any]
+    pages: dict[str, list[int]]  # readings cursor -> the timestamps of the page it opens
+    sensor_pages: dict[str, list[str]]  # sensor-list cursor -> the ids of its page
+    # ("" is no cursor: the first page)
+
+
+@pytest_asyncio.fixture
+async def paged(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> Paged:
+    table = await make_table()
+    now = ms_now()
+    readings = [Reading("prop-1", now - 60_000 * i, {"v": i}) for i in range(30)]
+    await table.put(readings)
+    await table.register([Reading(f"prop-{i}", now, {"v": i}) for i in range(2, 14)])
+    api = await serve_api(table, client_cls=RecordingClient)
+    params = {"start": now - 3_600_000, "end": now, "limit": 4}
+    pages: dict[str, list[int]] = {}
+    cursor: str | None = None
+    while True:
+        status, _, body = await api.get("/v1/sensors/prop-1/readings", **params, cursor=cursor)
+        assert status == 200
+        pages[cursor or ""] = [r["ts"] for r in body["readings"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    sensor_pages: dict[str, list[str]] = {}
+    while True:
+        status, _, body = await api.get("/v1/sensors", limit=3, cursor=cursor)
+        assert status == 200
+        sensor_pages[cursor or ""] = [s["sensor_id"] for s in body["sensors"]]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    assert len(pages) == 8 and len(sensor_pages) >= 4
+    return Paged(api, params, pages, sensor_pages)
+
+
+_B64_CHARS = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+_json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers(-(2**63), 2**64 - 1)
+    | st.floats(allow_nan=False)
+    | st.text(max_size=20),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner),
+    max_leaves=6,
+)
+_json_docs = st.dictionaries(
+    st.sampled_from(["v", "k", "q", "s", "e", "n", "p"]) | st.text(max_size=4),
+    _json_values,
+    max_size=8,
+)
+
+
+def _mutations(real: list[str]) -> st.SearchStrategy[str]:
+    """Real cursors, changed: a character replaced, inserted or removed, cut, extended,
+    another cursor's tag, a document re-encoded with new fields and the old tag."""
+
+    @st.composite
+    def mutated(draw: st.DrawFn) -> str:
+        cursor = draw(st.sampled_from(real))
+        payload, _, tag = cursor.partition(".")
+        how = draw(st.integers(0, 6))
+        i = draw(st.integers(0, len(cursor) - 1))
+        char = draw(st.sampled_from(_B64_CHARS + ".=%+/ é\x00"))
+        if how == 0:
+            return cursor[:i] + char + cursor[i + 1 :]
+        if how == 1:
+            return cursor[:i] + char + cursor[i:]
+        if how == 2:
+            return cursor[:i] + cursor[i + 1 :]
+        if how == 3:
+            return cursor[:i]
+        if how == 4:
+            return cursor + draw(st.text(_B64_CHARS + "=.", min_size=1, max_size=4))
+        if how == 5:
+            other = draw(st.sampled_from(real))
+            return payload + "." + other.partition(".")[2]
+        doc, _ = _parts(cursor)
+        changes = draw(_json_docs)
+        return _raw({**doc, **changes}) + "." + tag
+
+    return mutated()
+
+
+def _any_cursor(real: list[str]) -> st.SearchStrategy[str]:
+    return st.one_of(
+        st.sampled_from(real),
+        _mutations(real),
+        st.text(max_size=600),
+        st.binary(max_size=300).map(lambda b: base64.urlsafe_b64encode(b).decode()),
+        _json_docs.map(_raw),
+        st.tuples(_json_docs, st.binary(min_size=16, max_size=16)).map(
+            lambda d: _raw(d[0]) + "." + base64.urlsafe_b64encode(d[1]).rstrip(b"=").decode()
+        ),
+    )
+
+
+@settings(
+    max_examples=int(os.environ.get("CURSOR_FUZZ_EXAMPLES", "150")),
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
+@given(data=st.data())
+async def test_any_cursor_string_is_a_200_with_exact_paging_or_a_400(
+    paged: Paged, data: st.DataObject
+) -> None:
+    """The property: whatever the cursor string, the answer is the page the server issued
+    that cursor for, or a 400 naming ``cursor`` that read nothing: never a 5xx, never a
+    page of a cursor the server did not issue."""
+    api = paged.api
+    pages: dict[str, list[Any]]
+    if data.draw(st.booleans(), label="readings"):
+        path, params, pages = "/v1/sensors/prop-1/readings", paged.params, dict(paged.pages)
+    else:
+        path, params, pages = "/v1/sensors", {"limit": 3}, dict(paged.sensor_pages)
+    cursor = data.draw(_any_cursor([c for c in pages if c]), label="cursor")
+    query = {k: str(v) for k, v in {**params, "cursor": cursor}.items()}
+    before = _calls(api)
+    async with api.session.get(api.url + path, params=query) as resp:
+        status, headers, body = resp.status, resp.headers, await resp.json()
+    if cursor in pages:
+        assert status == 200, body
+        got = body["readings"] if "readings" in body else body["sensors"]
+        ids = [r["ts"] if "ts" in r else r["sensor_id"] for r in got]
+        assert ids == pages[cursor]
+    else:
+        assert status == 400, (cursor, status, body)
+        assert body["error"]["parameter"] == "cursor"
+        assert headers["X-DynamoDB-Calls"] == "0"
+        assert _calls(api) == before
