@@ -351,7 +351,12 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         f"Sensors per page, 1..{s.max_sensor_page} (default 100).",
                         {"type": "integer", "minimum": 1, "maximum": s.max_sensor_page},
                     ),
-                    _param("cursor", "`next_cursor` of the previous page.", string),
+                    _param(
+                        "cursor",
+                        "`next_cursor` of the previous page, unchanged (it is signed by the "
+                        "server: a changed, forged or foreign cursor is a 400).",
+                        string,
+                    ),
                 ],
                 "responses": {
                     "200": _ok("A page of sensors.", _ref("SensorPage")),
@@ -394,7 +399,12 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         f"(default {s.default_page_limit}).",
                         {"type": "integer", "minimum": 1, "maximum": s.max_page_limit},
                     ),
-                    _param("cursor", "`next_cursor` of the previous page.", string),
+                    _param(
+                        "cursor",
+                        "`next_cursor` of the previous page, unchanged (it is signed by the "
+                        "server: a changed, forged or foreign cursor is a 400).",
+                        string,
+                    ),
                 ],
                 "responses": {
                     "200": _ok("A page of readings.", _ref("ReadingPage")),
