@@ -174,6 +174,9 @@ async def _run(cfg: Config) -> int:
                 EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker")
             )
             mqtt_url = broker.url
+            protocol = broker.protocol_for(cfg.mqtt_protocol)
+            if protocol != cfg.mqtt_protocol:
+                cfg = cfg.model_copy(update={"mqtt_protocol": protocol})
             log.warning(
                 "try it: mosquitto_pub -p %d -q 1 -t sensors/dev-1/telemetry -m %s",
                 broker.port,

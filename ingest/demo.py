@@ -142,9 +142,11 @@ async def run_demo(
     history_ms = round(opts.history_minutes * 60_000)
     async with contextlib.AsyncExitStack() as stack:
         broker = await stack.enter_async_context(EmbeddedBroker(data_dir=opts.data_dir / "broker"))
+        protocol = broker.protocol_for("5")
         dynamo = await stack.enter_async_context(EmbeddedDynamo())
         cfg = Config(
             mqtt_url=broker.url,
+            mqtt_protocol=protocol,
             dynamodb_endpoint=dynamo.endpoint_url,
             table="iot-demo",
             create_table=True,
@@ -189,10 +191,10 @@ async def run_demo(
             now_ms = int(time.time() * 1000)
             sim_stop, archive_stop = asyncio.Event(), asyncio.Event()
             sim_task = tg.create_task(
-                run_simulation(_live_run(opts, broker.url, now_ms), stop=sim_stop),
+                run_simulation(_live_run(opts, broker.url, protocol, now_ms), stop=sim_stop),
                 name="simulator",
             )
-            history = _history_run(opts, broker.url, now_ms)
+            history = _history_run(opts, broker.url, protocol, now_ms)
 
             async def history_then_archive() -> None:
                 if history is not None:
@@ -274,7 +276,7 @@ async def _open_archive(
     return archiver, f"http://127.0.0.1:{server.port}/metrics"
 
 
-def _live_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig:
+def _live_run(opts: DemoOptions, mqtt_url: str, protocol: str, now_ms: int) -> SimulationConfig:
     """The live fleet, from ``now_ms`` on, following the wall clock."""
     from simulator.fleet import Fleet
     from simulator.generator import TrafficOptions
@@ -284,11 +286,13 @@ def _live_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig
         fleet=Fleet.uniform(devices=opts.devices, rate_per_s=opts.rate_per_s, kinds=_KINDS),
         traffic=TrafficOptions(seed=opts.seed, start_ts_ms=now_ms, duration_s=opts.duration_s),
         mqtt_url=mqtt_url,
-        protocol_version="5",
+        protocol_version=protocol,
     )
 
 
-def _history_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig | None:
+def _history_run(
+    opts: DemoOptions, mqtt_url: str, protocol: str, now_ms: int
+) -> SimulationConfig | None:
     """The fleet's last ``history_minutes`` before ``now_ms``, sent as fast as it goes."""
     from simulator.fleet import Fleet
     from simulator.generator import TrafficOptions
@@ -307,7 +311,7 @@ def _history_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationCon
             mode="gateway",  # a few connections carrying batches: a quick replay
         ),
         mqtt_url=mqtt_url,
-        protocol_version="5",
+        protocol_version=protocol,
         client_id_prefix="history-",
         realtime=False,
     )

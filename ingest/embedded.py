@@ -3,7 +3,11 @@
 * :class:`EmbeddedBroker` runs Mosquitto as a subprocess with the project's recommended
   config (``mosquitto.conf`` next to this module, a copy of ``deploy/mosquitto.conf``)
   on a free loopback port. Without ``mosquitto`` on ``PATH`` it falls back to the
-  pure-Python amqtt broker in-process: fine for a trial, not durable, not fast.
+  pure-Python amqtt broker in-process: fine for a first look, not durable, not fast, and
+  MQTT 3.1.1 only. The broker says which versions it speaks
+  (:attr:`EmbeddedBroker.protocols`) and trial mode's clients follow
+  (:meth:`EmbeddedBroker.protocol_for`); what amqtt does not do (redeliver after a
+  crash, wait more than 5 s for a PUBACK) is in docs/operations.md.
 * :class:`EmbeddedDynamo` runs moto in server mode as a subprocess; the same endpoint
   serves DynamoDB and S3.
 
@@ -63,6 +67,7 @@ _MQTT_CONNECT = (
 )
 _MQTT_CONNACK = 0x20
 _MQTT_DISCONNECT = b"\xe0\x00"
+MqttProtocol = Literal["5", "3.1.1"]
 _START_ATTEMPTS = 3  # a port picked by free_port() can be taken before the server binds it
 
 
@@ -595,6 +600,35 @@ class EmbeddedBroker(StartClose):
         """``mqtt://host:port`` of the broker."""
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def protocols(self) -> tuple[MqttProtocol, ...]:
+        """The MQTT versions the running broker speaks, the preferred one first.
+
+        Mosquitto speaks 5 and 3.1.1; amqtt (0.12) only 3.1.1: it does not even answer an
+        MQTT 5 CONNECT (it waits for bytes that never come, then logs ``Invalid protocol``).
+        """
+        if self.backend is None:
+            raise RuntimeError("the embedded broker has not been started yet")
+        return ("5", "3.1.1") if self.backend == "mosquitto" else ("3.1.1",)
+
+    def protocol_for(self, wanted: MqttProtocol) -> MqttProtocol:
+        """The version trial mode's clients use: ``wanted`` if the broker speaks it, else its own.
+
+        Says so once, at WARNING, when it is not ``wanted``.
+        """
+        spoken = self.protocols
+        if wanted in spoken:
+            return wanted
+        logger.warning(
+            "trial mode: the embedded broker speaks MQTT %s only (%s): the service and the "
+            "demo's fleet connect with MQTT %s, not %s (install Mosquitto for MQTT 5)",
+            " and ".join(spoken),
+            self.backend,
+            spoken[0],
+            wanted,
+        )
+        return spoken[0]
+
     async def start(self) -> None:
         """Start the broker and wait until it answers CONNECT.
 
@@ -619,36 +653,33 @@ class EmbeddedBroker(StartClose):
             )
             await self._mosquitto.start()
             self._port, self.backend = self._mosquitto.port, "mosquitto"
-            logger.info("trial mode: embedded MQTT broker (mosquitto) at %s", self.url)
+            logger.info(
+                "trial mode: embedded MQTT broker (mosquitto, MQTT 5 and 3.1.1) at %s", self.url
+            )
         else:
             if self._backend == "auto":
                 logger.warning(
                     "trial mode: %r not found on PATH; falling back to the in-process amqtt "
-                    "broker (no persistence, slow: install Mosquitto for real use)",
+                    "broker (MQTT 3.1.1 only, in memory, slow, and it redelivers nothing after "
+                    "a crash: install Mosquitto for real use)",
                     self._binary,
                 )
             await self._start_amqtt()
             self.backend = "amqtt"
-            logger.warning("trial mode: embedded MQTT broker (amqtt, in-process) at %s", self.url)
+            logger.warning(
+                "trial mode: embedded MQTT broker (amqtt, in-process, MQTT 3.1.1) at %s", self.url
+            )
 
     async def _start_amqtt(self) -> None:
         from amqtt.broker import Broker
         from amqtt.errors import BrokerError
 
+        from ._amqtt import broker_config
+
         attempts = 1 if self._port is not None else _START_ATTEMPTS
         for attempt in range(1, attempts + 1):
             port = self._port if self._port is not None else free_port(self.host)
-            broker = Broker(
-                {
-                    "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
-                    # Only anonymous auth: amqtt's default $SYS and packet-log plugins are noise.
-                    "plugins": {
-                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                            "allow_anonymous": True
-                        }
-                    },
-                }
-            )
+            broker = Broker(broker_config(self.host, port))
             try:
                 await broker.start()
             except BrokerError as exc:
