@@ -15,17 +15,39 @@ The process helpers here (:class:`ServerProcess`, :class:`MosquittoProcess`,
 :class:`MotoProcess`, :func:`free_port`) are also what ``bench.servers`` builds the test
 and benchmark servers on. Every server is an async context manager; ``close()`` is
 idempotent, and a closed server cannot be started again.
+
+A server subprocess runs in a session of its own: a terminal's Ctrl-C (SIGINT to the
+foreground process group) reaches only its parent, which drains its clients first and
+then stops the server itself. And it never outlives its parent, not even the parent's
+SIGKILL (an impatient user, a test runner's timeout, the OOM killer): on Linux the child
+asks the kernel, between fork and exec, for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is still the process that
+forked it, which closes the race of a parent dying before the request took effect.
+Why this and not a pipe the child watches, or a wrapper process: Mosquitto and moto
+watch no pipe, and a wrapper would itself need the same tie to die with us; the kernel's
+signal fires on every kind of death, costs nothing meanwhile, and survives ``exec``.
+Two caveats, both held here. The signal fires when the parent *thread* that forked the
+child ends: asyncio (the default loop and uvloop alike) forks in the thread running the
+event loop, which outlives every server that loop owns, so start servers from the loop
+(never through ``asyncio.to_thread``). And the kernel drops the request when the child
+changes its user (Mosquitto run as root would switch to ``mosquitto``): the rendered
+config keeps it root then (see :func:`render_mosquitto_conf`). Elsewhere than Linux
+there is no such tie: ``close()`` still stops the servers, a SIGKILL of their parent
+leaves them running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -103,6 +125,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once in the parent (the child must not ``dlopen``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return fn
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties the child's life to this process (see the module's docstring).
+
+    It runs in the child between fork and exec, so it does as little as it can: one
+    system call through a function looked up beforehand, one ``getppid``.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+
+    def tie() -> None:
+        if prctl(_PR_SET_PDEATHSIG, kill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return tie
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -357,10 +411,16 @@ class ServerProcess(StartClose):
                 # Its own session (process group): a terminal's Ctrl-C reaches only the
                 # parent, which drains its clients first and then stops the server itself.
                 start_new_session=True,
+                # ...yet it dies with the parent, however the parent ends.
+                preexec_fn=_dies_with_parent(),
             )
         except FileNotFoundError as exc:
             raise ServerNotInstalledError(
                 f"{self.name}: cannot run {argv[0]!r} ({exc.strerror}); run `make test-deps`"
+            ) from exc
+        except subprocess.SubprocessError as exc:  # only the preexec_fn raises it
+            raise ServerStartError(
+                f"{self.name}: cannot tie {argv[0]!r} to this process: {exc.__cause__ or exc}"
             ) from exc
         finally:
             log.close()

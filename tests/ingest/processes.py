@@ -73,6 +73,13 @@ def _stat(pid: int) -> tuple[int, int, str] | None:
     return int(fields[1]), int(fields[19]), fields[0]
 
 
+def process(pid: int) -> Proc:
+    """The running process ``pid`` as (pid, start time)."""
+    st = _stat(pid)
+    assert st is not None, f"no process {pid}"
+    return pid, st[1]
+
+
 def descendants(pid: int) -> dict[Proc, str]:
     """Every live descendant of ``pid``, with its command name."""
     children: dict[int, list[int]] = {}

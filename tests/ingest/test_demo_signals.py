@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -15,7 +16,7 @@ import pytest
 
 from bench.servers import free_port
 
-from .processes import Cli, descendants, still_running
+from .processes import Cli, descendants, still_running, wait_gone
 
 SHUTDOWN_S = 15.0  # the demo's stop budget (shutdown_timeout_s's default)
 DEADLINE_S = SHUTDOWN_S + 5.0  # as documented in docs/operations.md
@@ -111,3 +112,16 @@ async def test_sigterm_to_a_running_demo_leaves_no_server_behind(tmp_path: Path)
         assert await cli.wait(DEADLINE_S) == 0, cli.text
         assert still_running(servers) == {}, cli.text
     assert "demo stopped" in cli.text, cli.text
+
+
+async def test_sigkill_to_a_running_demo_leaves_no_server_behind(tmp_path: Path) -> None:
+    args = ["demo", *FLEET, "--port", str(free_port()), "--data-dir", str(tmp_path)]
+    async with Cli(*args) as cli:
+        servers = await _running_demo(cli)
+        cli.signal(signal.SIGKILL)
+        assert await cli.wait(5) == -signal.SIGKILL
+        try:
+            assert await wait_gone(servers, 5) == {}, servers
+        finally:  # never leave orphans on the machine, even when failing
+            for pid, _ in still_running(servers):
+                os.kill(pid, signal.SIGKILL)

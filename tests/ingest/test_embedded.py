@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -24,6 +26,7 @@ from ingest.embedded import (
 from ingest.mqttclient import Message, MqttConnection, MqttSettings
 
 from .harness import wait_until
+from .processes import process, still_running, wait_gone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Roundtrip = Callable[[str, str, list[bytes]], Awaitable[list[bytes]]]
@@ -242,3 +245,36 @@ async def test_amqtt_forgets_in_flight_messages_when_the_connection_ends(
                 await asyncio.sleep(0.5)
                 service.ack([pid for *_, pid in again])
             assert [payload for _, payload, _, _ in again] == [b"after"]
+
+
+_PARENT = """
+import asyncio, sys
+from ingest.embedded import MosquittoProcess
+
+async def main():
+    async with MosquittoProcess(data_dir=sys.argv[1]) as broker:
+        print(broker._proc.pid, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_server_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> None:
+    """The server runs in a session of its own, yet never outlives the process that started
+    it: SIGKILL that process (no cleanup runs) and the kernel ends the server too."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PARENT, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    try:
+        server = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+        (running,) = still_running({process(server): "mosquitto"})
+        assert os.getsid(server) == server != os.getsid(parent.pid)  # a session of its own
+        parent.kill()
+        await parent.wait()
+        assert await wait_gone({running: "mosquitto"}, 5) == {}
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
