@@ -1,7 +1,7 @@
-"""``iot-ingest demo`` stops on the first SIGTERM or SIGINT in any state (starting, stuck
-reconnecting, running) within its deadline, and its embedded servers (Mosquitto, moto)
-never outlive it, not even its SIGKILL. Each demo is a real subprocess; its servers are
-followed by PID and start time."""
+"""``iot-ingest demo`` and ``iot-ingest run`` (trial mode) stop on the first SIGTERM or
+SIGINT in any state (starting, stuck reconnecting, running) within their deadline, and
+their embedded servers (Mosquitto, moto) never outlive them, not even their SIGKILL. Each
+command is a real subprocess; its servers are followed by PID and start time."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ import pytest
 
 from bench.servers import free_port
 
-from .processes import Cli, descendants, still_running, wait_gone
+from .processes import Cli, descendants, still_running, trial_env, wait_gone
 
 SHUTDOWN_S = 15.0  # the demo's stop budget (shutdown_timeout_s's default)
 DEADLINE_S = SHUTDOWN_S + 5.0  # as documented in docs/operations.md
@@ -123,5 +123,33 @@ async def test_sigkill_to_a_running_demo_leaves_no_server_behind(tmp_path: Path)
         try:
             assert await wait_gone(servers, 5) == {}, servers
         finally:  # never leave orphans on the machine, even when failing
+            for pid, _ in still_running(servers):
+                os.kill(pid, signal.SIGKILL)
+
+
+async def test_run_stuck_connecting_stops_on_the_first_signal(tmp_path: Path) -> None:
+    async with fake_broker("silent") as (url, tried):
+        args = ["run", "--mqtt-url", url, "--data-dir", str(tmp_path), "--metrics-port", "0"]
+        async with Cli(*args, env=trial_env(os.environ["PATH"], tmp_path)) as cli:
+            await asyncio.wait_for(tried.wait(), 60)
+            servers = descendants(cli.pid)
+            assert len(servers) == 1, servers  # moto: no AWS credentials, trial mode
+            cli.signal(signal.SIGINT)
+            assert await cli.wait(DEADLINE_S) == 0, cli.text
+            assert still_running(servers) == {}, cli.text
+    assert "ingest.service: stopped" in cli.text, cli.text
+
+
+async def test_sigkill_to_run_in_trial_mode_leaves_no_server_behind(tmp_path: Path) -> None:
+    args = ["run", "--data-dir", str(tmp_path), "--metrics-port", "0"]
+    async with Cli(*args, env=trial_env(os.environ["PATH"], tmp_path)) as cli:
+        await cli.wait_for(r"ingest ready", 60)
+        servers = descendants(cli.pid)
+        assert sorted(servers.values())[0] == "mosquitto" and len(servers) == 2, servers
+        cli.signal(signal.SIGKILL)
+        assert await cli.wait(5) == -signal.SIGKILL
+        try:
+            assert await wait_gone(servers, 5) == {}, servers
+        finally:
             for pid, _ in still_running(servers):
                 os.kill(pid, signal.SIGKILL)
