@@ -746,6 +746,10 @@ class EmbeddedBroker(StartClose):
                 if attempt == attempts:
                     raise ServerStartError(f"amqtt broker failed on port {port}: {exc}") from exc
                 continue
+            except BaseException:  # cancelled while starting: leave no listener behind
+                with contextlib.suppress(Exception):
+                    await broker.shutdown()
+                raise
             self._amqtt = broker
             if not await _poll(
                 functools.partial(probe_mqtt, self.host, port),

@@ -4,11 +4,13 @@ a whole command on SIGTERM/SIGINT within a deadline.
 A long-running command (``run``, ``demo``) is one coroutine given a ``stop`` event
 (:func:`run_until_signalled`). The first SIGTERM or SIGINT sets it and starts the clock:
 the command stops its intake, drains and closes what it opened. Past its deadline the
-coroutine is cancelled, which closes what is left the hard way (an
-embedded server is killed, not asked); should even that not end it within a few seconds
-(a blocking call, a wedged loop), the process exits at once, and its embedded servers die
-with it (:mod:`ingest.embedded` ties them to their parent's life). The command ends on the
-first signal in every state, then: starting, stuck reconnecting, running or draining.
+coroutine is cancelled, which closes what is left the hard way (an embedded server is
+killed, not asked). Should even that not end it within :data:`CANCEL_GRACE_S` (a
+coroutine that swallows its cancellation, a blocking call on the loop), a watchdog thread
+exits the process at once, and its embedded servers die with it (:mod:`ingest.embedded`
+ties them to their parent's life). The command ends on the first signal in every state,
+then: starting, stuck reconnecting, running or draining. The watchdog is disarmed once
+the command has returned, so a command run in-process (tests) never ends its host.
 
 While starting, :func:`unless_stopped` abandons a step (a server still coming up, a
 connection) as soon as ``stop`` is set, so a stop never waits for a startup to finish.
@@ -17,6 +19,7 @@ connection) as soon as ``stop`` is set, so a stop never waits for a startup to f
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import signal
@@ -100,10 +103,11 @@ async def unless_stopped(stop: asyncio.Event, step: Awaitable[T]) -> T:
 
 def _exit_now(what: str, after_s: float) -> None:
     """The last resort, from a thread: the loop did not end the command."""
-    os.write(
-        sys.stderr.fileno(),
-        f"{what}: still not stopped {after_s:g} s after the signal; exiting now\n".encode(),
-    )
+    with contextlib.suppress(OSError, ValueError):  # stderr may be closed or replaced
+        os.write(
+            sys.stderr.fileno(),
+            f"{what}: still not stopped {after_s:g} s after the signal; exiting now\n".encode(),
+        )
     os._exit(1)
 
 
@@ -128,6 +132,7 @@ async def run_until_signalled(
     stop = asyncio.Event()
     task = asyncio.create_task(main(stop), name=what)
     deadline: asyncio.TimerHandle | None = None
+    watchdog: list[threading.Timer] = []
     forced: list[str] = []
 
     def force(reason: str) -> None:
@@ -147,9 +152,9 @@ async def run_until_signalled(
         stop.set()
         deadline = loop.call_later(deadline_s, force, f"not stopped within {deadline_s:g} s")
         after_s = deadline_s + CANCEL_GRACE_S
-        watchdog = threading.Timer(after_s, _exit_now, (what, after_s))
-        watchdog.daemon = True  # armed until the process exits: the loop's own end may hang
-        watchdog.start()
+        watchdog.append(threading.Timer(after_s, _exit_now, (what, after_s)))
+        watchdog[0].daemon = True
+        watchdog[0].start()
 
     installed = []
     for sig in _STOP_SIGNALS:
@@ -168,6 +173,8 @@ async def run_until_signalled(
         if not task.done():  # we are cancelled ourselves: so is the command
             task.cancel()
             await asyncio.wait([task])
+        for timer in watchdog:  # the command has ended: nothing left to force
+            timer.cancel()
     if forced and (task.cancelled() or task.exception() is None):
         return 1
     return task.result()

@@ -62,9 +62,9 @@ async def fake_broker(kind: str) -> AsyncIterator[tuple[str, asyncio.Event]]:
 @pytest.mark.parametrize(
     ("sig", "kind"),
     [
-        (signal.SIGTERM, "unreachable"),
-        (signal.SIGINT, "silent"),
-        (signal.SIGTERM, "refusing"),
+        pytest.param(signal.SIGTERM, "unreachable", id="SIGTERM-unreachable"),
+        pytest.param(signal.SIGINT, "silent", id="SIGINT-silent"),
+        pytest.param(signal.SIGTERM, "refusing", id="SIGTERM-refusing"),
     ],
 )
 async def test_a_demo_stuck_connecting_stops_on_the_first_signal(
