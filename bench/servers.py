@@ -11,7 +11,9 @@ A missing program raises :class:`~ingest.embedded.ServerNotInstalledError` whose
 says to run ``make test-deps``; a server that does not come up raises
 :class:`~ingest.embedded.ServerStartError` quoting the tail of its output.
 
-The process handling is shared with the trial mode's servers in :mod:`ingest.embedded`.
+The process handling is shared with the trial mode's servers in :mod:`ingest.embedded`:
+each server runs in a session of its own and dies with the process that started it, so
+a test run killed by a timeout (or SIGKILL) leaves no server behind on the machine.
 """
 
 from __future__ import annotations

@@ -161,31 +161,46 @@ async def _has_aws_credentials() -> bool:
 # -- run ----------------------------------------------------------------------
 
 
-async def _run(cfg: Config) -> int:
+STOP_MARGIN_S = 5.0
+"""What ``run`` and ``demo`` may take beyond their drain deadline (``shutdown_timeout_s``)
+to stop their embedded servers, before they are cancelled (see :mod:`ingest.lifecycle`)."""
+
+
+async def _run(cfg: Config, stop: asyncio.Event) -> int:
     from .embedded import EmbeddedBroker, EmbeddedDynamo
+    from .lifecycle import StopRequested, unless_stopped
     from .service import IngestService
 
-    stop = asyncio.Event()
-    install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         mqtt_url = cfg.mqtt_url
-        if mqtt_url is None:
-            broker = await stack.enter_async_context(
-                EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker")
-            )
-            mqtt_url = broker.url
-            log.warning(
-                "try it: mosquitto_pub -p %d -q 1 -t sensors/dev-1/telemetry -m %s",
-                broker.port,
-                "'{\"temperature\": 22.5}'",
-            )
         endpoint = cfg.dynamodb_endpoint
         create = cfg.create_table
-        if endpoint is None and not (cfg.aws_access_key_id or await _has_aws_credentials()):
-            dynamo = await stack.enter_async_context(EmbeddedDynamo())
-            endpoint, create = dynamo.endpoint_url, True
-            os.environ.setdefault("AWS_ACCESS_KEY_ID", "trial")
-            os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "trial")
+        try:
+            if mqtt_url is None:
+                broker = await unless_stopped(
+                    stop,
+                    stack.enter_async_context(
+                        EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker")
+                    ),
+                )
+                mqtt_url = broker.url
+                protocol = broker.protocol_for(cfg.mqtt_protocol)
+                if protocol != cfg.mqtt_protocol:
+                    cfg = cfg.model_copy(update={"mqtt_protocol": protocol})
+                log.warning(
+                    "try it: mosquitto_pub -p %d -q 1 -t sensors/dev-1/telemetry -m %s",
+                    broker.port,
+                    "'{\"temperature\": 22.5}'",
+                )
+            trial_dynamo = endpoint is None and not cfg.aws_access_key_id
+            if trial_dynamo and not await unless_stopped(stop, _has_aws_credentials()):
+                dynamo = await unless_stopped(stop, stack.enter_async_context(EmbeddedDynamo()))
+                endpoint, create = dynamo.endpoint_url, True
+                os.environ.setdefault("AWS_ACCESS_KEY_ID", "trial")
+                os.environ.setdefault("AWS_SECRET_ACCESS_KEY", "trial")
+        except StopRequested:
+            log.info("stopped while starting")
+            return 0
         service = IngestService(
             cfg, mqtt_url=mqtt_url, dynamodb_endpoint=endpoint, create_table=create
         )
@@ -195,9 +210,17 @@ async def _run(cfg: Config) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    from .lifecycle import run_until_signalled
+
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
-    return run_async(lambda: _run(cfg))
+    return run_async(
+        lambda: run_until_signalled(
+            lambda stop: _run(cfg, stop),
+            deadline_s=cfg.shutdown_timeout_s + STOP_MARGIN_S,
+            what="iot-ingest run",
+        )
+    )
 
 
 # -- demo ---------------------------------------------------------------------
@@ -205,6 +228,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     from .demo import DemoOptions, run_demo
+    from .lifecycle import run_until_signalled
 
     setup_logging(args.log_level)
     opts = DemoOptions(
@@ -214,14 +238,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
         host=args.host,
         port=args.port,
         data_dir=args.data_dir,
+        mqtt_url=args.mqtt_url,
+        mqtt_protocol=args.mqtt_protocol,
     )
-
-    async def go() -> int:
-        stop = asyncio.Event()
-        install_stop_signals(stop)
-        return await run_demo(opts, stop)
-
-    return run_async(go)
+    return run_async(
+        lambda: run_until_signalled(
+            lambda stop: run_demo(opts, stop),
+            deadline_s=opts.shutdown_timeout_s + STOP_MARGIN_S,
+            what="iot-ingest demo",
+        )
+    )
 
 
 # -- table --------------------------------------------------------------------
@@ -354,6 +380,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080; 0: any)")
     p.add_argument(
         "--data-dir", type=Path, default=Path("data/demo"), help="dead letters, broker data"
+    )
+    p.add_argument(
+        "--mqtt-url", default=None, help="a broker of your own (default: start an embedded one)"
+    )
+    p.add_argument(
+        "--mqtt-protocol",
+        choices=["5", "3.1.1"],
+        default="5",
+        help="MQTT version of the service and the fleet (default 5; 3.1.1 with the embedded "
+        "amqtt broker, which speaks nothing else)",
     )
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     p.set_defaults(func=cmd_demo)

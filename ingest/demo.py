@@ -32,13 +32,14 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from .config import Config
 from .embedded import EmbeddedBroker, EmbeddedDynamo
+from .lifecycle import StopRequested, unless_stopped
 from .service import IngestService
 
 if TYPE_CHECKING:
@@ -68,6 +69,9 @@ class DemoOptions:
         port: Its port (0: any).
         data_dir: Dead letters and the broker's data.
         seed: Seed of the simulated traffic.
+        mqtt_url: A broker of your own instead of the embedded one (``None``: embedded).
+        mqtt_protocol: MQTT version of the service and the fleet (with the embedded
+            broker: this one if it speaks it, else the one it speaks).
         bucket_minutes: Bucket width of the demo table (short, so buckets close soon).
         shards: Write shards of the demo table (few: every shard is a Query per bucket on a
             server whose Query reads the whole table).
@@ -79,6 +83,8 @@ class DemoOptions:
         archive_every_s: Seconds between archive passes.
         archive_horizon_s: Archive a bucket this long after it closed.
         s3_bucket: The archive's bucket on the embedded S3.
+        shutdown_timeout_s: How long the demo may take to stop once asked (the fleet and
+            the archiver a third of it, the service's drain the rest).
     """
 
     devices: int = 100
@@ -88,6 +94,8 @@ class DemoOptions:
     port: int = 8080
     data_dir: Path = Path("data/demo")
     seed: int = 1
+    mqtt_url: str | None = None
+    mqtt_protocol: Literal["5", "3.1.1"] = "5"
     bucket_minutes: int = 5
     shards: int = 2
     retention_days: int = 1
@@ -97,6 +105,7 @@ class DemoOptions:
     archive_every_s: float = 30.0
     archive_horizon_s: float = 60.0
     s3_bucket: str = "iot-demo-archive"
+    shutdown_timeout_s: float = 15.0
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -122,12 +131,41 @@ async def run_demo(
 ) -> int:
     """Run the demo until ``stop`` is set (or ``duration_s`` has passed).
 
+    ``stop`` is heeded in every state. While starting, the step under way is abandoned
+    (a server coming up is killed) and what started is stopped; a service that cannot
+    reach its broker is drained (it holds nothing) and stopped. Once running, the fleet
+    and the archiver get a third of ``shutdown_timeout_s`` to finish (then they are
+    cancelled: the demo's data is in memory anyway), the service the rest to drain.
+
     Args:
         opts: What to run.
         stop: Set it to stop everything (fleet, archiver, service, servers).
         ready: Set once the dashboard serves and the fleet runs.
         on_ready: Called then with where everything is.
+
+    Returns:
+        0 (also when stopped before it was ready).
     """
+    os.environ.setdefault("AWS_ACCESS_KEY_ID", _KEY)
+    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", _KEY)
+    async with contextlib.AsyncExitStack() as stack:
+        try:
+            await _run(opts, stop, ready, on_ready, stack)
+        except StopRequested:
+            log.info("demo stopped while starting")
+            return 0
+    log.info("demo stopped")
+    return 0
+
+
+async def _run(
+    opts: DemoOptions,
+    stop: asyncio.Event,
+    ready: asyncio.Event | None,
+    on_ready: Callable[[DemoInfo], None] | None,
+    stack: contextlib.AsyncExitStack,
+) -> None:
+    """The demo; raises :class:`StopRequested` when ``stop`` comes before it is ready."""
     from queries.app import create_app
     from queries.server import ApiServer
     from queries.settings import ServeSettings
@@ -137,41 +175,49 @@ async def run_demo(
     from .archive.planner import validate_horizon
     from .service import layout_from_config
 
-    os.environ.setdefault("AWS_ACCESS_KEY_ID", _KEY)
-    os.environ.setdefault("AWS_SECRET_ACCESS_KEY", _KEY)
     history_ms = round(opts.history_minutes * 60_000)
-    async with contextlib.AsyncExitStack() as stack:
-        broker = await stack.enter_async_context(EmbeddedBroker(data_dir=opts.data_dir / "broker"))
-        dynamo = await stack.enter_async_context(EmbeddedDynamo())
-        cfg = Config(
-            mqtt_url=broker.url,
-            dynamodb_endpoint=dynamo.endpoint_url,
-            table="iot-demo",
-            create_table=True,
-            bucket_minutes=opts.bucket_minutes,
-            shards=opts.shards,
-            retention_days=opts.retention_days,
-            # The replayed history must be accepted; it is all in before the archiver starts.
-            max_past_ms=max(history_ms + 60_000, 300_000),
-            data_dir=opts.data_dir,
-            metrics_port=0,
-            mqtt_client_id="iot-ingest-demo",
-            registry_interval_s=2.0,
-            registry_refresh_s=30.0,
-            aws_access_key_id=_KEY,
-            aws_secret_access_key=_KEY,
+    mqtt_url, protocol = opts.mqtt_url, opts.mqtt_protocol
+    if mqtt_url is None:
+        broker = await unless_stopped(
+            stop, stack.enter_async_context(EmbeddedBroker(data_dir=opts.data_dir / "broker"))
         )
-        layout = layout_from_config(cfg)
-        if opts.archive:  # a bad option fails before anything else starts
-            validate_horizon(layout, round(opts.archive_horizon_s * 1000))
-        service = IngestService(cfg)
-        service_stop, service_ready = asyncio.Event(), asyncio.Event()
-        archive_metrics = ArchiveMetrics()
-        async with asyncio.TaskGroup() as tg:
-            service_task = tg.create_task(service.run(service_stop, service_ready), name="ingest")
-            await _first(service_ready.wait(), service_task)
+        mqtt_url, protocol = broker.url, broker.protocol_for(protocol)
+    dynamo = await unless_stopped(stop, stack.enter_async_context(EmbeddedDynamo()))
+    cfg = Config(
+        mqtt_url=mqtt_url,
+        mqtt_protocol=protocol,
+        dynamodb_endpoint=dynamo.endpoint_url,
+        table="iot-demo",
+        create_table=True,
+        bucket_minutes=opts.bucket_minutes,
+        shards=opts.shards,
+        retention_days=opts.retention_days,
+        # The replayed history must be accepted; it is all in before the archiver starts.
+        max_past_ms=max(history_ms + 60_000, 300_000),
+        data_dir=opts.data_dir,
+        metrics_port=0,
+        mqtt_client_id="iot-ingest-demo",
+        registry_interval_s=2.0,
+        registry_refresh_s=30.0,
+        shutdown_timeout_s=opts.shutdown_timeout_s * 2 / 3,
+        aws_access_key_id=_KEY,
+        aws_secret_access_key=_KEY,
+    )
+    layout = layout_from_config(cfg)
+    if opts.archive:  # a bad option fails before anything else starts
+        validate_horizon(layout, round(opts.archive_horizon_s * 1000))
+    service = IngestService(cfg)
+    service_stop, service_ready = asyncio.Event(), asyncio.Event()
+    archive_metrics = ArchiveMetrics()
+    stopped_starting = False
+    async with asyncio.TaskGroup() as tg:
+        service_task = tg.create_task(service.run(service_stop, service_ready), name="ingest")
+        try:
+            await _first(service_task, service_ready, stop)
+            if stop.is_set():
+                raise StopRequested
             archiver, archive_metrics_url = (
-                await _open_archive(stack, opts, cfg, layout, archive_metrics)
+                await unless_stopped(stop, _open_archive(stack, opts, cfg, layout, archive_metrics))
                 if opts.archive
                 else (None, None)
             )
@@ -183,27 +229,43 @@ async def run_demo(
                 aws_access_key_id=_KEY,
                 aws_secret_access_key=_KEY,
             )
-            api = await stack.enter_async_context(
-                ApiServer(create_app(settings), host=opts.host, port=opts.port)
+            api = await unless_stopped(
+                stop,
+                stack.enter_async_context(
+                    ApiServer(create_app(settings), host=opts.host, port=opts.port)
+                ),
             )
+        except StopRequested:
+            # Not raised here: the task group would wrap it. The service holds nothing it
+            # could acknowledge (it was never ready, or only just): its drain is quick.
+            stopped_starting = True
+        if stopped_starting:
+            service_stop.set()
+            await service_task
+        else:
             now_ms = int(time.time() * 1000)
             sim_stop, archive_stop = asyncio.Event(), asyncio.Event()
+            budget_s = opts.shutdown_timeout_s / 3
             sim_task = tg.create_task(
-                run_simulation(_live_run(opts, broker.url, now_ms), stop=sim_stop),
+                run_simulation(
+                    _live_run(opts, mqtt_url, protocol, now_ms, flush_timeout_s=budget_s),
+                    stop=sim_stop,
+                ),
                 name="simulator",
             )
-            history = _history_run(opts, broker.url, now_ms)
+            history = _history_run(opts, mqtt_url, protocol, now_ms, flush_timeout_s=budget_s)
 
             async def history_then_archive() -> None:
                 if history is not None:
                     await run_simulation(history, stop=sim_stop)
-                    log.info("demo: %g minutes of history replayed", opts.history_minutes)
+                    if not sim_stop.is_set():
+                        log.info("demo: %g minutes of history replayed", opts.history_minutes)
                 if archiver is not None and not archive_stop.is_set():
                     await archiver.run_every(opts.archive_every_s, archive_stop)
 
             background = tg.create_task(history_then_archive(), name="history-and-archive")
             print(
-                _banner(opts, api.url, service.health_port, broker.url, archive_metrics_url),
+                _banner(opts, api.url, service.health_port, mqtt_url, archive_metrics_url),
                 file=sys.stderr,
                 flush=True,
             )
@@ -212,7 +274,7 @@ async def run_demo(
                     DemoInfo(
                         api_url=api.url,
                         metrics_url=f"http://127.0.0.1:{service.health_port}/metrics",
-                        mqtt_url=broker.url,
+                        mqtt_url=mqtt_url,
                         endpoint_url=dynamo.endpoint_url,
                         table=cfg.table,
                         s3_bucket=opts.s3_bucket if opts.archive else None,
@@ -222,15 +284,23 @@ async def run_demo(
                 )
             if ready is not None:
                 ready.set()
-            await _first(stop.wait(), sim_task)
+            await _first(sim_task, stop)
             sim_stop.set()
-            archive_stop.set()  # a pass under way finishes first (a few buckets per sensor)
-            await sim_task
-            await background
+            archive_stop.set()  # a pass under way stops after the bucket in hand
+            _, late = await asyncio.wait([sim_task, background], timeout=budget_s)
+            if late:
+                log.warning(
+                    "demo: %s not finished %g s after the stop: cancelled",
+                    " and ".join(sorted(t.get_name() for t in late)),
+                    budget_s,
+                )
+                for t in late:
+                    t.cancel()
+                await asyncio.wait(late)
             service_stop.set()
             await service_task
-    log.info("demo stopped")
-    return 0
+    if stopped_starting:
+        raise StopRequested
 
 
 async def _open_archive(
@@ -274,7 +344,9 @@ async def _open_archive(
     return archiver, f"http://127.0.0.1:{server.port}/metrics"
 
 
-def _live_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig:
+def _live_run(
+    opts: DemoOptions, mqtt_url: str, protocol: str, now_ms: int, *, flush_timeout_s: float
+) -> SimulationConfig:
     """The live fleet, from ``now_ms`` on, following the wall clock."""
     from simulator.fleet import Fleet
     from simulator.generator import TrafficOptions
@@ -284,11 +356,14 @@ def _live_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig
         fleet=Fleet.uniform(devices=opts.devices, rate_per_s=opts.rate_per_s, kinds=_KINDS),
         traffic=TrafficOptions(seed=opts.seed, start_ts_ms=now_ms, duration_s=opts.duration_s),
         mqtt_url=mqtt_url,
-        protocol_version="5",
+        protocol_version=protocol,
+        flush_timeout_s=flush_timeout_s,
     )
 
 
-def _history_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationConfig | None:
+def _history_run(
+    opts: DemoOptions, mqtt_url: str, protocol: str, now_ms: int, *, flush_timeout_s: float
+) -> SimulationConfig | None:
     """The fleet's last ``history_minutes`` before ``now_ms``, sent as fast as it goes."""
     from simulator.fleet import Fleet
     from simulator.generator import TrafficOptions
@@ -307,7 +382,8 @@ def _history_run(opts: DemoOptions, mqtt_url: str, now_ms: int) -> SimulationCon
             mode="gateway",  # a few connections carrying batches: a quick replay
         ),
         mqtt_url=mqtt_url,
-        protocol_version="5",
+        protocol_version=protocol,
+        flush_timeout_s=flush_timeout_s,
         client_id_prefix="history-",
         realtime=False,
     )
@@ -339,12 +415,13 @@ def _banner(
     return "\n".join(lines) + "\n"
 
 
-async def _first(waiter: Coroutine[Any, Any, object], task: asyncio.Task[Any]) -> None:
-    """Wait for ``waiter`` unless ``task`` ends first (its error then propagates)."""
-    w = asyncio.ensure_future(waiter)
+async def _first(task: asyncio.Task[Any], *events: asyncio.Event) -> None:
+    """Wait until ``task`` ends or one of ``events`` is set (an error of ``task`` propagates)."""
+    waiters = [asyncio.ensure_future(e.wait()) for e in events]
     try:
-        await asyncio.wait([w, task], return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait([task, *waiters], return_when=asyncio.FIRST_COMPLETED)
     finally:
-        w.cancel()
-    if task.done() and not w.done():
+        for w in waiters:
+            w.cancel()
+    if task.done() and not any(e.is_set() for e in events):
         task.result()

@@ -3,7 +3,11 @@
 * :class:`EmbeddedBroker` runs Mosquitto as a subprocess with the project's recommended
   config (``mosquitto.conf`` next to this module, a copy of ``deploy/mosquitto.conf``)
   on a free loopback port. Without ``mosquitto`` on ``PATH`` it falls back to the
-  pure-Python amqtt broker in-process: fine for a trial, not durable, not fast.
+  pure-Python amqtt broker in-process: fine for a first look, not durable, not fast, and
+  MQTT 3.1.1 only. The broker says which versions it speaks
+  (:attr:`EmbeddedBroker.protocols`) and trial mode's clients follow
+  (:meth:`EmbeddedBroker.protocol_for`); what amqtt does not do (redeliver after a
+  crash, wait more than 5 s for a PUBACK) is in docs/operations.md.
 * :class:`EmbeddedDynamo` runs moto in server mode as a subprocess; the same endpoint
   serves DynamoDB and S3.
 
@@ -11,17 +15,39 @@ The process helpers here (:class:`ServerProcess`, :class:`MosquittoProcess`,
 :class:`MotoProcess`, :func:`free_port`) are also what ``bench.servers`` builds the test
 and benchmark servers on. Every server is an async context manager; ``close()`` is
 idempotent, and a closed server cannot be started again.
+
+A server subprocess runs in a session of its own: a terminal's Ctrl-C (SIGINT to the
+foreground process group) reaches only its parent, which drains its clients first and
+then stops the server itself. And it never outlives its parent, not even the parent's
+SIGKILL (an impatient user, a test runner's timeout, the OOM killer): on Linux the child
+asks the kernel, between fork and exec, for SIGKILL when its parent dies
+(``prctl(PR_SET_PDEATHSIG)``), then checks that its parent is still the process that
+forked it, which closes the race of a parent dying before the request took effect.
+Why this and not a pipe the child watches, or a wrapper process: Mosquitto and moto
+watch no pipe, and a wrapper would itself need the same tie to die with us; the kernel's
+signal fires on every kind of death, costs nothing meanwhile, and survives ``exec``.
+Two caveats, both held here. The signal fires when the parent *thread* that forked the
+child ends: asyncio (the default loop and uvloop alike) forks in the thread running the
+event loop, which outlives every server that loop owns, so start servers from the loop
+(never through ``asyncio.to_thread``). And the kernel drops the request when the child
+changes its user (Mosquitto run as root would switch to ``mosquitto``): the rendered
+config keeps it root then (see :func:`render_mosquitto_conf`). Elsewhere than Linux
+there is no such tie: ``close()`` still stops the servers, a SIGKILL of their parent
+leaves them running.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import functools
 import logging
 import os
 import shutil
+import signal
 import socket
+import subprocess
 import sys
 import tempfile
 from collections.abc import Awaitable, Callable
@@ -63,6 +89,7 @@ _MQTT_CONNECT = (
 )
 _MQTT_CONNACK = 0x20
 _MQTT_DISCONNECT = b"\xe0\x00"
+MqttProtocol = Literal["5", "3.1.1"]
 _START_ATTEMPTS = 3  # a port picked by free_port() can be taken before the server binds it
 
 
@@ -98,6 +125,38 @@ def free_port(host: str = "127.0.0.1") -> int:
         sock.bind((host, 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+@functools.cache
+def _prctl() -> Callable[..., int] | None:
+    """libc's ``prctl``, looked up once in the parent (the child must not ``dlopen``)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    fn: Callable[..., int] = ctypes.CDLL(None, use_errno=True).prctl
+    return fn
+
+
+def _dies_with_parent() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that ties the child's life to this process (see the module's docstring).
+
+    It runs in the child between fork and exec, so it does as little as it can: one
+    system call through a function looked up beforehand, one ``getppid``.
+    """
+    prctl = _prctl()
+    if prctl is None:
+        return None
+    parent, kill = os.getpid(), int(signal.SIGKILL)
+
+    def tie() -> None:
+        if prctl(_PR_SET_PDEATHSIG, kill, 0, 0, 0) != 0:
+            raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+        if os.getppid() != parent:  # the parent died before the request took effect
+            os._exit(1)
+
+    return tie
 
 
 def _port_is_free(host: str, port: int) -> bool:
@@ -352,10 +411,16 @@ class ServerProcess(StartClose):
                 # Its own session (process group): a terminal's Ctrl-C reaches only the
                 # parent, which drains its clients first and then stops the server itself.
                 start_new_session=True,
+                # ...yet it dies with the parent, however the parent ends.
+                preexec_fn=_dies_with_parent(),
             )
         except FileNotFoundError as exc:
             raise ServerNotInstalledError(
                 f"{self.name}: cannot run {argv[0]!r} ({exc.strerror}); run `make test-deps`"
+            ) from exc
+        except subprocess.SubprocessError as exc:  # only the preexec_fn raises it
+            raise ServerStartError(
+                f"{self.name}: cannot tie {argv[0]!r} to this process: {exc.__cause__ or exc}"
             ) from exc
         finally:
             log.close()
@@ -595,6 +660,35 @@ class EmbeddedBroker(StartClose):
         """``mqtt://host:port`` of the broker."""
         return f"mqtt://{self.host}:{self.port}"
 
+    @property
+    def protocols(self) -> tuple[MqttProtocol, ...]:
+        """The MQTT versions the running broker speaks, the preferred one first.
+
+        Mosquitto speaks 5 and 3.1.1; amqtt (0.12) only 3.1.1: it does not even answer an
+        MQTT 5 CONNECT (it waits for bytes that never come, then logs ``Invalid protocol``).
+        """
+        if self.backend is None:
+            raise RuntimeError("the embedded broker has not been started yet")
+        return ("5", "3.1.1") if self.backend == "mosquitto" else ("3.1.1",)
+
+    def protocol_for(self, wanted: MqttProtocol) -> MqttProtocol:
+        """The version trial mode's clients use: ``wanted`` if the broker speaks it, else its own.
+
+        Says so once, at WARNING, when it is not ``wanted``.
+        """
+        spoken = self.protocols
+        if wanted in spoken:
+            return wanted
+        logger.warning(
+            "trial mode: the embedded broker speaks MQTT %s only (%s): the service and the "
+            "demo's fleet connect with MQTT %s, not %s (install Mosquitto for MQTT 5)",
+            " and ".join(spoken),
+            self.backend,
+            spoken[0],
+            wanted,
+        )
+        return spoken[0]
+
     async def start(self) -> None:
         """Start the broker and wait until it answers CONNECT.
 
@@ -619,42 +713,43 @@ class EmbeddedBroker(StartClose):
             )
             await self._mosquitto.start()
             self._port, self.backend = self._mosquitto.port, "mosquitto"
-            logger.info("trial mode: embedded MQTT broker (mosquitto) at %s", self.url)
+            logger.info(
+                "trial mode: embedded MQTT broker (mosquitto, MQTT 5 and 3.1.1) at %s", self.url
+            )
         else:
             if self._backend == "auto":
                 logger.warning(
                     "trial mode: %r not found on PATH; falling back to the in-process amqtt "
-                    "broker (no persistence, slow: install Mosquitto for real use)",
+                    "broker (MQTT 3.1.1 only, in memory, slow, and it redelivers nothing after "
+                    "a crash: install Mosquitto for real use)",
                     self._binary,
                 )
             await self._start_amqtt()
             self.backend = "amqtt"
-            logger.warning("trial mode: embedded MQTT broker (amqtt, in-process) at %s", self.url)
+            logger.warning(
+                "trial mode: embedded MQTT broker (amqtt, in-process, MQTT 3.1.1) at %s", self.url
+            )
 
     async def _start_amqtt(self) -> None:
         from amqtt.broker import Broker
         from amqtt.errors import BrokerError
 
+        from ._amqtt import broker_config
+
         attempts = 1 if self._port is not None else _START_ATTEMPTS
         for attempt in range(1, attempts + 1):
             port = self._port if self._port is not None else free_port(self.host)
-            broker = Broker(
-                {
-                    "listeners": {"default": {"type": "tcp", "bind": f"{self.host}:{port}"}},
-                    # Only anonymous auth: amqtt's default $SYS and packet-log plugins are noise.
-                    "plugins": {
-                        "amqtt.plugins.authentication.AnonymousAuthPlugin": {
-                            "allow_anonymous": True
-                        }
-                    },
-                }
-            )
+            broker = Broker(broker_config(self.host, port))
             try:
                 await broker.start()
             except BrokerError as exc:
                 if attempt == attempts:
                     raise ServerStartError(f"amqtt broker failed on port {port}: {exc}") from exc
                 continue
+            except BaseException:  # cancelled while starting: leave no listener behind
+                with contextlib.suppress(Exception):
+                    await broker.shutdown()
+                raise
             self._amqtt = broker
             if not await _poll(
                 functools.partial(probe_mqtt, self.host, port),

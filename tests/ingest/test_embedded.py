@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import sys
 from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
@@ -10,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from ingest import mqttproto
 from ingest.embedded import (
     MOSQUITTO_CONF_PATH,
     EmbeddedBroker,
@@ -19,6 +23,10 @@ from ingest.embedded import (
     probe_mqtt,
     render_mosquitto_conf,
 )
+from ingest.mqttclient import Message, MqttConnection, MqttSettings
+
+from .harness import wait_until
+from .processes import process, still_running, wait_gone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Roundtrip = Callable[[str, str, list[bytes]], Awaitable[list[bytes]]]
@@ -132,3 +140,141 @@ async def test_embedded_dynamo_answers_create_table(
     assert not dynamo.running
     await dynamo.close()  # twice: harmless
     assert any(r.getMessage().startswith("trial mode: embedded DynamoDB") for r in caplog.records)
+
+
+@pytest.mark.parametrize(
+    ("backend", "spoken"), [("mosquitto", ("5", "3.1.1")), ("amqtt", ("3.1.1",))]
+)
+async def test_broker_says_which_protocols_it_speaks_and_trial_clients_follow(
+    backend: Any, spoken: tuple[str, ...], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="ingest.embedded")
+    async with EmbeddedBroker(data_dir=tmp_path / "broker", backend=backend) as broker:
+        assert broker.protocols == spoken
+        assert broker.protocol_for("3.1.1") == "3.1.1"
+        assert broker.protocol_for("5") == spoken[0]
+        # The protocol it names is the one it answers: a CONNECT of that version gets a
+        # CONNACK accepting it, with a session (clean session off) as trial mode asks.
+        conn = MqttConnection(_settings(broker.port, "probe", spoken[0]))
+        async with conn:
+            assert conn.is_open
+    switched = [r.getMessage() for r in caplog.records if "speaks MQTT" in r.getMessage()]
+    if backend == "amqtt":
+        assert switched == [
+            "trial mode: the embedded broker speaks MQTT 3.1.1 only (amqtt): the service and "
+            "the demo's fleet connect with MQTT 3.1.1, not 5 (install Mosquitto for MQTT 5)"
+        ]
+    else:
+        assert switched == []
+
+
+def _settings(
+    port: int, client_id: str, protocol: str = "3.1.1", *, clean: bool = False
+) -> MqttSettings:
+    """What trial mode's service asks of the broker: a persistent session (unless ``clean``)."""
+    return MqttSettings(
+        host="127.0.0.1",
+        port=port,
+        client_id=client_id,
+        version=mqttproto.V5 if protocol == "5" else mqttproto.V311,
+        clean_start=clean,
+        keepalive_s=30,
+    )
+
+
+async def test_amqtt_keeps_a_persistent_session_with_acks_held_until_written(
+    unique_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What trial mode needs of amqtt at MQTT 3.1.1: QoS 1 delivery with PUBACKs sent late,
+    in order, accepted; a persistent session that keeps what arrives while the service is
+    away and hands it over on reconnect."""
+    caplog.set_level(logging.WARNING)
+    topic = f"sensors/{unique_name}/telemetry"
+    async with EmbeddedBroker(backend="amqtt") as broker:
+        publisher = MqttConnection(_settings(broker.port, f"pub-{unique_name}", clean=True))
+        async with publisher:
+            got: list[Message] = []
+            service = MqttConnection(_settings(broker.port, unique_name), got.extend)
+            async with service:
+                assert not service.session_present
+                assert await service.subscribe([(topic, 1)]) == [1]
+                for i in range(3):
+                    await publisher.publish(topic, b"%d" % i)  # returns on the broker's PUBACK
+                await wait_until(lambda: len(got) == 3, 10, "3 deliveries")
+                await asyncio.sleep(1.0)  # acks held, as until a write is durable
+                service.ack([pid for *_, pid in got])
+                await asyncio.sleep(0.2)
+            assert [payload for _, payload, _, _ in got] == [b"0", b"1", b"2"]
+
+            for i in range(3, 5):
+                await publisher.publish(topic, b"%d" % i)  # while the service is away
+            again: list[Message] = []
+            service = MqttConnection(_settings(broker.port, unique_name), again.extend)
+            async with service:
+                assert service.session_present
+                await wait_until(lambda: len(again) == 2, 10, "the queued 2")
+                service.ack([pid for *_, pid in again])
+                await asyncio.sleep(0.2)
+            assert [payload for _, payload, _, _ in again] == [b"3", b"4"]
+    complaints = [r.getMessage() for r in caplog.records if r.name.startswith("amqtt")]
+    assert not [m for m in complaints if "PUBACK" in m or "pending message" in m], complaints
+
+
+async def test_amqtt_forgets_in_flight_messages_when_the_connection_ends(
+    unique_name: str,
+) -> None:
+    """The limitation docs/operations.md documents (amqtt 0.12): a message delivered but not
+    yet acknowledged when the subscriber's connection ends is not redelivered on reconnect,
+    although the session persists. If amqtt learns to redeliver, update the docs."""
+    topic = f"sensors/{unique_name}/telemetry"
+    async with EmbeddedBroker(backend="amqtt") as broker:
+        publisher = MqttConnection(_settings(broker.port, f"pub-{unique_name}", clean=True))
+        async with publisher:
+            got: list[Message] = []
+            service = MqttConnection(_settings(broker.port, unique_name), got.extend)
+            async with service:
+                await service.subscribe([(topic, 1)])
+                await publisher.publish(topic, b"in flight")
+                await wait_until(lambda: len(got) == 1, 10, "the delivery")
+            again: list[Message] = []
+            service = MqttConnection(_settings(broker.port, unique_name), again.extend)
+            async with service:
+                assert service.session_present
+                await publisher.publish(topic, b"after")
+                await wait_until(lambda: len(again) >= 1, 10, "a delivery")
+                await asyncio.sleep(0.5)
+                service.ack([pid for *_, pid in again])
+            assert [payload for _, payload, _, _ in again] == [b"after"]
+
+
+_PARENT = """
+import asyncio, sys
+from ingest.embedded import MosquittoProcess
+
+async def main():
+    async with MosquittoProcess(data_dir=sys.argv[1]) as broker:
+        print(broker._proc.pid, flush=True)
+        await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+async def test_a_server_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> None:
+    """The server runs in a session of its own, yet never outlives the process that started
+    it: SIGKILL that process (no cleanup runs) and the kernel ends the server too."""
+    parent = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", _PARENT, str(tmp_path), stdout=asyncio.subprocess.PIPE
+    )
+    assert parent.stdout is not None
+    try:
+        server = int(await asyncio.wait_for(parent.stdout.readline(), 30))
+        (running,) = still_running({process(server): "mosquitto"})
+        assert os.getsid(server) == server != os.getsid(parent.pid)  # a session of its own
+        parent.kill()
+        await parent.wait()
+        assert await wait_gone({running: "mosquitto"}, 5) == {}
+    finally:
+        if parent.returncode is None:
+            parent.kill()
+            await parent.wait()
