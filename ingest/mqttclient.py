@@ -164,11 +164,21 @@ class MqttConnection(asyncio.Protocol):
         except (OSError, TimeoutError, ssl.SSLError) as exc:
             self._abort()
             raise MqttError(f"cannot connect to mqtt://{s.host}:{s.port}: {exc!r}") from exc
+        except BaseException:  # cancelled (a stop while connecting): leave no socket behind
+            self._abort()
+            raise
         if connack.reason_code:
             self._abort()
             code = connack.reason_code
+            hint = ""
+            if code in (1, 0x84):
+                other = "3.1.1" if s.version == mp.V5 else "5"
+                hint = (
+                    f" (the broker does not speak this MQTT version: set mqtt_protocol = {other!r})"
+                )
             raise MqttConnectError(
-                f"broker at {s.host}:{s.port} refused the connection: {connack.reason(s.version)}",
+                f"broker at {s.host}:{s.port} refused the connection: "
+                f"{connack.reason(s.version)}{hint}",
                 retriable=code not in _NOT_RETRIABLE_CONNACK,
             )
         self.session_present = connack.session_present

@@ -397,3 +397,42 @@ async def test_burst_during_connect_respects_the_inbox_bound(
     assert 100 <= peak[0] <= 100 + 400, peak[0]
     assert len(await _stamps(moto_server, unique_name)) == n
     assert counter(service, "iot_ingest_dead_letters_total") == 0
+
+
+async def test_a_broker_refusing_the_protocol_version_says_which_setting_to_change(
+    moto_server: MotoServer, unique_name: str, tmp_path: Path
+) -> None:
+    """A 3.1.1-only broker that follows the spec answers an MQTT 5 CONNECT with 0x84."""
+
+    async def script(peer: Peer) -> None:
+        await peer.expect(mp.CONNECT)
+        peer.send(packet(0x20, b"\x00\x84\x00"))
+
+    async with HostileBroker(script) as broker:
+        service = IngestService(_config(broker, moto_server, unique_name, tmp_path))
+        with pytest.raises(ExceptionGroup) as info:
+            async with running(service, drained=False):
+                pass
+    (error,) = info.value.exceptions
+    assert isinstance(error, MqttError) and not error.retriable
+    assert "unsupported protocol version" in str(error) and "mqtt_protocol = '3.1.1'" in str(error)
+
+
+async def test_cancelling_a_connect_in_progress_closes_the_socket() -> None:
+    """A stop while connecting (the broker accepted TCP, never answers) leaves no socket open."""
+    from ingest.mqttclient import MqttConnection, MqttSettings
+
+    async def script(peer: Peer) -> None:
+        await peer.expect(mp.CONNECT)
+        await peer.closed.wait()
+
+    async with HostileBroker(script) as broker:
+        conn = MqttConnection(MqttSettings(host="127.0.0.1", port=broker.port, client_id="c"))
+        task = asyncio.create_task(conn.open())
+        peer = await broker.wait_peers(1)
+        await asyncio.sleep(0.2)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.wait_for(peer.closed.wait(), 5)
+        assert not conn.is_open
