@@ -264,11 +264,12 @@ def cmd_config_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_deadletters_list(args: argparse.Namespace) -> int:
-    from .deadletters import iter_dead_letters
+    from .deadletters import TornLine, iter_dead_letters
 
     cfg = config_from_args(args)
     n = 0
-    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters"):
+    torn: list[TornLine] = []
+    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters", torn=torn):
         if args.reason and args.reason not in dl.reason:
             continue
         n += 1
@@ -277,31 +278,50 @@ def cmd_deadletters_list(args: argparse.Namespace) -> int:
         else:
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(dl.time_ms / 1000))
             print(f"{when}Z {path.name} [{dl.stage}] {dl.topic}: {dl.reason}")
-    if not args.json:
-        print(f"{n} dead letters", file=sys.stderr)
+    for t in torn:
+        print(f"iot-ingest: skipped a torn line at {t}", file=sys.stderr)
+    summary = f"{n} dead letters"
+    if torn:
+        where = ", ".join(f"{t.path.name}:{t.offset}" for t in torn[:5])
+        more = f" and {len(torn) - 5} more" if len(torn) > 5 else ""
+        summary += f"; {len(torn)} torn lines skipped ({where}{more})"
+    print(summary, file=sys.stderr)
     return 0
 
 
 def cmd_deadletters_replay(args: argparse.Namespace) -> int:
-    from .deadletters import replay
+    from .replay import ReplayReport, replay
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
-    if cfg.mqtt_url is None:
+    if cfg.mqtt_url is None and not args.dry_run:
         raise ConfigError("deadletters replay needs --mqtt-url: the broker to re-publish to")
 
     async def go() -> int:
         from .service import mqtt_settings
 
-        settings = mqtt_settings(cfg, cfg.mqtt_url or "")
-        done = await replay(
-            Path(cfg.data_dir) / "deadletters",
-            settings,
-            reason_filter=args.reason,
-            topic_override=args.to_topic,
-            dry_run=args.dry_run,
-        )
-        print(f"{'would replay' if args.dry_run else 'replayed'} {done} dead letters")
+        settings = mqtt_settings(cfg, cfg.mqtt_url or "mqtt://127.0.0.1:1883")
+        report = ReplayReport()
+        try:
+            await replay(
+                Path(cfg.data_dir) / "deadletters",
+                settings,
+                reason_filter=args.reason,
+                topic_override=args.to_topic,
+                dry_run=args.dry_run,
+                report=report,
+            )
+        except BaseException:
+            print(
+                f"iot-ingest: replay interrupted: {report.summary()}; the letters re-published "
+                "are recorded, run replay again to resume",
+                file=sys.stderr,
+            )
+            raise
+        finally:
+            for t in report.torn:
+                print(f"iot-ingest: skipped a torn line at {t}", file=sys.stderr)
+        print(report.summary(dry_run=args.dry_run))
         return 0
 
     return run_async(go)

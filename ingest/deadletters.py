@@ -21,28 +21,71 @@ Each line::
 
 For a refused reading inside a batch the payload is that reading alone (as a
 one-reading message), so replaying it does not re-send its valid neighbours.
+
+Files and the one lock (``{data_dir}/deadletters/``; :mod:`ingest.replay` reads
+and rotates them)::
+
+    deadletters-YYYY-MM-DD.jsonl            active: the service appends here
+    deadletters-YYYY-MM-DD.<run>.jsonl      sealed by a replay run: never appended to
+    deadletters-YYYY-MM-DD.<run>.jsonl.progress   offsets of its letters already replayed
+    deadletters-YYYY-MM-DD.<run>.jsonl.replayed   every letter of it replayed
+    .lock                                   the spool lock (``flock``)
+
+Every append takes the spool lock exclusively, so a replay can rotate (rename)
+an active file between two appends and never in the middle of one; readers take
+it shared to see whole groups only.
+
+A write is all or nothing. When a write or an fsync fails (disk full, EIO), every
+file of the group is truncated back to its size before the group, and fsync'ed,
+before the failure is reported: the retry then appends the group whole, once,
+and no torn line is left behind. A new file (and a new directory) is made durable
+by an fsync of its directory before its first letter counts as kept. A file that
+a crash left ending in a torn line (a process killed mid-write: its message was
+never acknowledged) is sealed with a line end before the next append, so the new
+letter is not glued to the fragment. Readers (:func:`iter_dead_letters`, replay)
+skip a torn or undecodable line and report it (:class:`TornLine`, file and byte
+offset) and keep every whole letter around it, even one glued to a fragment.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
+import contextlib
+import errno
+import fcntl
 import logging
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import orjson
 
 from .acks import AckTracker, Pending
 from .layout import Item, TableLayout
 from .metrics import Metrics
-from .mqttclient import MqttSettings
 
-__all__ = ["SLOW_WRITE_S", "STALLED_WRITE_S", "DeadLetter", "DeadLetterSpool", "iter_dead_letters"]
+__all__ = [
+    "ACTIVE_NAME",
+    "SLOW_WRITE_S",
+    "STALLED_WRITE_S",
+    "DeadLetter",
+    "DeadLetterSpool",
+    "TornLine",
+    "fsync_dir",
+    "iter_dead_letters",
+    "progress_path",
+    "read_progress",
+    "scan_letters",
+    "scan_line",
+    "spool_files",
+    "spool_lock",
+]
 
 log = logging.getLogger(__name__)
 
@@ -89,9 +132,12 @@ class DeadLetter:
 
     @classmethod
     def from_json(cls, line: bytes) -> DeadLetter:
+        """Parse one spool line; raises ``ValueError`` (or ``KeyError``/``TypeError``) if it is not one."""
         doc = orjson.loads(line)
+        if not isinstance(doc, dict):
+            raise TypeError(f"a dead letter is a JSON object, not {type(doc).__name__}")
         if "payload_b64" in doc:
-            payload = base64.b64decode(doc["payload_b64"])
+            payload = base64.b64decode(doc["payload_b64"], validate=True)
         else:
             payload = str(doc.get("payload", "")).encode()
         return cls(
@@ -107,6 +153,203 @@ class DeadLetter:
 def _reading_payload(item: Item) -> bytes:
     r = TableLayout.from_item(item)
     return orjson.dumps({"sensor_id": r.sensor_id, "ts": r.ts_ms, **r.metrics, **r.tags})
+
+
+# -- the spool's files ---------------------------------------------------------------
+
+LOCK_NAME = ".lock"
+ACTIVE_NAME = re.compile(r"deadletters-\d{4}-\d{2}-\d{2}\.jsonl")
+"""Names the service appends to; any other ``deadletters-*.jsonl`` is sealed."""
+_LETTER_START = b'{"time_ms":'
+"""How every line :meth:`DeadLetter.to_json` writes begins.
+
+Inside a JSON string a quote is escaped, so this can only start an object: a
+reader splits an undecodable line at it to recover a letter glued to a fragment.
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class TornLine:
+    """A spool line that is not a dead letter (a write cut short, or damage): skipped."""
+
+    path: Path
+    offset: int
+    length: int
+    error: str
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.offset} ({self.length} bytes): {self.error}"
+
+
+def fsync_dir(directory: Path) -> None:
+    """Make the entries of ``directory`` (files created, renamed, removed) durable."""
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def make_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and its missing parents; returns the parents to fsync, top first."""
+    missing: list[Path] = []
+    d = directory
+    while not d.is_dir():
+        missing.append(d)
+        d = d.parent
+    for d in reversed(missing):
+        with contextlib.suppress(FileExistsError):
+            d.mkdir()
+    return [d.parent for d in reversed(missing)]
+
+
+@contextlib.contextmanager
+def spool_lock(directory: Path, *, shared: bool = False) -> Iterator[None]:
+    """Hold the spool lock (``flock`` on ``{directory}/.lock``); blocks until it is free.
+
+    Exclusive for the service's appends and a replay's renames; shared for readers,
+    who then see only whole groups. ``flock`` locks belong to an open file, so two
+    holders in one process exclude each other too, and a crashed holder's lock goes
+    with it. A reader without write access to a spool nobody has locked yet reads
+    without it (nothing can be writing).
+    """
+    path = directory / LOCK_NAME
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o640)
+    except PermissionError:
+        if not shared:
+            raise
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            yield
+            return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH if shared else fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def spool_files(directory: Path) -> list[Path]:
+    """The spool's letter files (active and sealed), oldest first (sealed before active)."""
+    return sorted(directory.glob("deadletters-*.jsonl"))
+
+
+def progress_path(path: Path) -> Path:
+    """The sidecar listing the offsets of ``path``'s letters already replayed."""
+    return path.with_name(path.name + ".progress")
+
+
+def read_progress(path: Path) -> set[int]:
+    """Offsets of ``path``'s letters already replayed (a torn last record is ignored)."""
+    try:
+        data = progress_path(path).read_bytes()
+    except FileNotFoundError:
+        return set()
+    return _parse_progress(data)
+
+
+def _parse_progress(data: bytes) -> set[int]:
+    end = data.rfind(b"\n") + 1
+    return {int(line) for line in data[:end].split() if line.isdigit()}
+
+
+def scan_letters(f: BinaryIO, path: Path, end: int) -> Iterator[tuple[int, DeadLetter | TornLine]]:
+    """Each letter from ``f``'s position up to byte ``end``, with its offset; torn lines too."""
+    offset = f.tell()
+    while offset < end:
+        line = f.readline(end - offset)
+        if not line:
+            break
+        yield from scan_line(line, path, offset)
+        offset += len(line)
+
+
+def scan_line(line: bytes, path: Path, start: int) -> list[tuple[int, DeadLetter | TornLine]]:
+    """The letters of one spool line (at byte ``start`` of ``path``), or why it is torn.
+
+    A line is torn when it has no line end (a write cut short: the last line
+    only) or does not decode. An undecodable line is split where a letter begins,
+    so a whole letter glued to a fragment (by a writer that did not roll back a
+    failed write) is still returned, and only the fragment is reported.
+    """
+    if not line.endswith(b"\n"):
+        return [(start, TornLine(path, start, len(line), "no line end: a write cut short"))]
+    if not line.strip():
+        return []
+    try:
+        return [(start, DeadLetter.from_json(line))]
+    except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+        error: Exception = exc
+    cuts = [m.start() for m in re.finditer(re.escape(_LETTER_START), line) if m.start() > 0]
+    if not cuts:
+        return [(start, TornLine(path, start, len(line), f"not a dead letter: {error}"))]
+    out: list[tuple[int, DeadLetter | TornLine]] = []
+    for a, b in zip([0, *cuts], [*cuts, len(line)], strict=True):
+        piece = line[a:b]
+        try:
+            out.append((start + a, DeadLetter.from_json(piece)))
+        except (ValueError, KeyError, TypeError, binascii.Error) as exc:
+            out.append(
+                (start + a, TornLine(path, start + a, len(piece), f"not a dead letter: {exc}"))
+            )
+    return out
+
+
+def iter_dead_letters(
+    directory: Path, *, torn: list[TornLine] | None = None
+) -> Iterator[tuple[Path, DeadLetter]]:
+    """Every dead letter still in the spool (not yet replayed), oldest file first.
+
+    A torn or undecodable line is skipped: appended to ``torn`` when given (the
+    caller reports it), else logged at WARNING. The files are opened and their
+    sizes taken under the shared spool lock, so a group being appended is either
+    seen whole or not at all, and a file a replay renames meanwhile is still read
+    once.
+    """
+    if not directory.is_dir():
+        return
+    snapshot: list[tuple[Path, BinaryIO, int, set[int]]] = []
+    try:
+        with spool_lock(directory, shared=True):
+            for path in spool_files(directory):
+                try:
+                    opened: BinaryIO = path.open("rb")
+                except FileNotFoundError:
+                    continue
+                size = os.fstat(opened.fileno()).st_size
+                snapshot.append((path, opened, size, read_progress(path)))
+        for path, f, size, done in snapshot:
+            for offset, entry in scan_letters(f, path, size):
+                if isinstance(entry, TornLine):
+                    if torn is None:
+                        log.warning("dead-letter spool: skipped a torn line at %s", entry)
+                    else:
+                        torn.append(entry)
+                elif offset not in done:
+                    yield path, entry
+    finally:
+        for _, f, _, _ in snapshot:
+            f.close()
+
+
+def _open_for_append(path: Path) -> tuple[int, bool]:
+    """Open ``path`` to append (creating it); returns the descriptor and whether it is new."""
+    flags = os.O_RDWR | os.O_APPEND | os.O_CLOEXEC
+    try:
+        return os.open(path, flags | os.O_CREAT | os.O_EXCL, 0o640), True
+    except FileExistsError:
+        return os.open(path, flags), False
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.write(fd, view)
+        if n == 0:  # a device that takes nothing and says nothing
+            raise OSError(errno.EIO, "write made no progress")
+        view = view[n:]
 
 
 class DeadLetterSpool:
@@ -143,6 +386,9 @@ class DeadLetterSpool:
         self._slow_write_s = slow_write_s
         self._stalled_write_s = stalled_write_s
         self._write_started: float | None = None
+        self._sizes: dict[Path, tuple[int, int, int]] = {}  # path: device, inode, size we left
+        self._durable_files: set[tuple[int, int]] = set()  # device, inode: directory fsync'ed
+        self._unsynced_dirs: list[Path] = []  # created by this spool, parent not fsync'ed yet
         metrics.deadletter_write_pending.set_function(self.pending_s)
 
     def pending_s(self) -> float:
@@ -164,22 +410,105 @@ class DeadLetterSpool:
         day = time.strftime("%Y-%m-%d", time.gmtime(time_ms // 1000))
         return self.directory / f"deadletters-{day}.jsonl"
 
+    def _prepare(self) -> None:
+        """Create the spool directory if missing, each new directory made durable in its parent."""
+        self._unsynced_dirs += [
+            d for d in make_dirs(self.directory) if d not in self._unsynced_dirs
+        ]
+        while self._unsynced_dirs:  # kept until done: a failed fsync is tried again
+            fsync_dir(self._unsynced_dirs[0])
+            del self._unsynced_dirs[0]
+
     def _append(self, entries: list[DeadLetter]) -> None:
-        self.directory.mkdir(parents=True, exist_ok=True)
+        """Append ``entries`` to their day files and fsync them: all of it, or none of it."""
+        self._prepare()  # nothing to do unless the directory is gone, or its fsync failed
         by_path: dict[Path, list[bytes]] = {}
         for e in entries:
             by_path.setdefault(self._path(e.time_ms), []).append(e.to_json() + b"\n")
-        for path, lines in by_path.items():
-            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+        with spool_lock(self.directory):
+            opened: list[tuple[int, Path, int]] = []  # descriptor, path, size before the group
             try:
-                data = b"".join(lines)
-                view = memoryview(data)
-                while view:
-                    n = os.write(fd, view)
-                    view = view[n:]
-                os.fsync(fd)
+                for path, lines in by_path.items():
+                    fd, created = _open_for_append(path)
+                    opened.append((fd, path, -1))
+                    st = os.fstat(fd)
+                    if created or (st.st_dev, st.st_ino) not in self._durable_files:
+                        # New (or new to this process, in case an earlier fsync of it failed).
+                        fsync_dir(self.directory)
+                        self._durable_files.add((st.st_dev, st.st_ino))
+                    good, seal = self._good_size(fd, path)
+                    opened[-1] = (fd, path, good)
+                    data = (b"\n" if seal else b"") + b"".join(lines)
+                    _write_all(fd, data)
+                    os.fsync(fd)
+            except OSError:
+                self._roll_back(opened)
+                raise
+            else:
+                for fd, path, _ in opened:
+                    st = os.fstat(fd)
+                    self._sizes[path] = (st.st_dev, st.st_ino, st.st_size)
             finally:
-                os.close(fd)
+                for fd, _, _ in opened:
+                    os.close(fd)
+
+    def _good_size(self, fd: int, path: Path) -> tuple[int, bool]:
+        """The file's size before this group, and whether its tail must be sealed first.
+
+        Bytes past the size this spool last left (a failed write whose roll-back
+        failed too) are cut off. A tail without a line end that is not ours (a
+        crash mid-write: that message was never acknowledged) gets one, so the
+        fragment stays a line of its own that readers skip and report.
+        """
+        st = os.fstat(fd)
+        known = self._sizes.get(path)
+        if known is not None and known[:2] == (st.st_dev, st.st_ino):
+            if st.st_size > known[2]:
+                log.warning(
+                    "dead-letter spool: cutting %d bytes a failed write left in %s",
+                    st.st_size - known[2],
+                    path,
+                )
+                os.ftruncate(fd, known[2])
+                os.fsync(fd)
+                self._m.deadletter_rollbacks.inc()
+                return known[2], False
+            if st.st_size == known[2]:
+                return known[2], False
+        self._sizes[path] = (st.st_dev, st.st_ino, st.st_size)
+        if st.st_size == 0 or os.pread(fd, 1, st.st_size - 1) == b"\n":
+            return st.st_size, False
+        log.warning(
+            "dead-letter spool: %s ends in a torn line (a crash mid-write; its message was "
+            "not acknowledged and is redelivered); sealing it with a line end",
+            path,
+        )
+        return st.st_size, True
+
+    def _roll_back(self, opened: list[tuple[int, Path, int]]) -> None:
+        """Truncate each file of a failed group back to its size before it, and fsync."""
+        for fd, path, good in opened:
+            if good < 0:
+                continue
+            try:
+                left = os.fstat(fd).st_size - good
+                if left > 0:
+                    os.ftruncate(fd, good)
+                os.fsync(fd)
+            except OSError as exc:  # the next write cuts it (see _good_size)
+                log.error(
+                    "dead-letter spool: cannot truncate %s back to %d bytes (%s); "
+                    "the next write does it first",
+                    path,
+                    good,
+                    exc,
+                )
+            else:
+                if left > 0:
+                    log.warning(
+                        "dead-letter spool: removed %d bytes of a failed write from %s", left, path
+                    )
+                    self._m.deadletter_rollbacks.inc()
 
     async def _write(self, entries: list[DeadLetter]) -> None:
         """Append and fsync ``entries`` in a thread, watching how long the disk takes.
@@ -238,6 +567,10 @@ class DeadLetterSpool:
 
     async def run(self) -> None:
         """The spool task: append queued entries in groups, fsync, then complete messages."""
+        try:  # at start, so the first dead letter does not pay for it
+            await asyncio.to_thread(self._prepare)
+        except OSError as exc:  # the first write reports it (readiness false) and retries
+            log.warning("dead-letter spool %s not ready yet: %s", self.directory, exc)
         attempt = 0
         while True:
             first = await self._queue.get()
@@ -276,59 +609,3 @@ class DeadLetterSpool:
     async def drain(self) -> None:
         """Wait until every queued entry is on disk."""
         await self._queue.join()
-
-
-def iter_dead_letters(directory: Path) -> Iterator[tuple[Path, DeadLetter]]:
-    """Every dead letter in the spool, oldest file first."""
-    for path in sorted(directory.glob("deadletters-*.jsonl")):
-        with path.open("rb") as f:
-            for line in f:
-                if line.strip():
-                    yield path, DeadLetter.from_json(line)
-
-
-async def replay(
-    directory: Path,
-    settings: MqttSettings,
-    *,
-    reason_filter: str | None = None,
-    topic_override: str | None = None,
-    dry_run: bool = False,
-) -> int:
-    """Re-publish dead letters (QoS 1, waiting for each PUBACK) to the broker.
-
-    A file whose letters were all replayed is renamed ``*.jsonl.replayed``, so
-    a second replay does not send them again; filtered-out letters stay.
-    Returns the number of letters (that would be) re-published.
-    """
-    from .mqttclient import MqttConnection
-
-    files = await asyncio.to_thread(lambda: sorted(directory.glob("deadletters-*.jsonl")))
-    count = 0
-    conn = None if dry_run else MqttConnection(settings)
-    try:
-        if conn is not None:
-            await conn.open()
-        for path in files:
-            kept: list[bytes] = []
-            raw = await asyncio.to_thread(path.read_bytes)
-            for line in raw.splitlines():
-                if not line.strip():
-                    continue
-                dl = DeadLetter.from_json(line)
-                if reason_filter and reason_filter not in dl.reason:
-                    kept.append(line)
-                    continue
-                count += 1
-                if conn is not None:
-                    await conn.publish(topic_override or dl.topic, dl.payload, qos=1)
-            if conn is None:
-                continue
-            done_path = path.with_suffix(".jsonl.replayed")
-            await asyncio.to_thread(path.rename, done_path)
-            if kept:
-                await asyncio.to_thread(path.write_bytes, b"\n".join(kept) + b"\n")
-    finally:
-        if conn is not None:
-            await conn.close()
-    return count

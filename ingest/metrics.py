@@ -64,6 +64,11 @@ class Metrics:
         self.deadletter_errors = Counter(
             p + "deadletter_errors", "Failed dead-letter spool writes", registry=r
         )
+        self.deadletter_rollbacks = Counter(
+            p + "deadletter_rollbacks",
+            "Failed spool writes whose bytes were removed (truncated back) before retrying",
+            registry=r,
+        )
         self.deadletter_write_seconds = Histogram(
             p + "deadletter_write_seconds",
             "Dead-letter spool append + fsync duration per group",

@@ -3,9 +3,24 @@
 The connection never acknowledges a QoS 1 PUBLISH by itself: the owner calls
 :meth:`MqttConnection.ack` once the message's data is durable, in the order
 the messages arrived. Incoming PUBLISH packets are handed over in chunks (one
-list per network read) so the per-message overhead stays small.
+list per network read) so the per-message overhead stays small. Chunks can
+arrive as soon as CONNACK does — a broker resends its in-flight messages right
+after CONNACK, before it answers SUBSCRIBE — so the owner must be ready to take
+(and acknowledge) them before :meth:`MqttConnection.open` returns.
 
-Keepalive runs on loop timers, not a task: the connection owns no task.
+The broker's bytes are untrusted: anything that is not valid MQTT (a malformed
+or truncated packet, QoS 3, a PUBLISH before CONNACK, a packet only a client may
+send) drops the connection with a protocol-error DISCONNECT, and the owner
+reconnects; unacknowledged messages are redelivered then. A QoS 2 PUBLISH (which
+a broker should not send on our QoS 1 subscription) is still handled as the
+protocol says: PUBREC once durable, PUBCOMP for PUBREL. A SUBACK granting QoS 0
+is refused: at-most-once delivery would break the service's promise.
+
+Keepalive runs on loop timers, not a task: the connection owns no task. While
+the owner has paused reading (backpressure), PINGRESPs sit unread in the socket,
+so silence is not held against the broker then; PINGREQs still go out (the
+broker's own keepalive check stays happy), and ``TCP_USER_TIMEOUT`` drops a
+connection whose peer stopped acknowledging them at the TCP level.
 """
 
 from __future__ import annotations
@@ -13,12 +28,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
-import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 from . import mqttproto as mp
 from .errors import IngestError
@@ -26,6 +41,8 @@ from .errors import IngestError
 __all__ = ["Message", "MqttConnectError", "MqttConnection", "MqttError", "MqttSettings"]
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 Message = tuple[str, bytes, int, int]
 """An incoming PUBLISH: (topic, payload, qos, packet id — 0 for QoS 0)."""
@@ -61,6 +78,15 @@ class MqttSettings:
     session_expiry_s: int = 7 * 86_400
     receive_maximum: int = 10_000
     connect_timeout_s: float = 10.0
+    max_packet_bytes: int = 268_435_455
+    """Largest packet body accepted whole (advertised to MQTT 5 brokers as Maximum Packet
+    Size); a larger PUBLISH is handed over as a :class:`~ingest.mqttproto.TruncatedPayload`."""
+
+
+_NOT_RETRIABLE_CONNACK = frozenset({1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+"""CONNACK refusals that a reconnect cannot fix (protocol, client id, credentials, bans)."""
+
+_CLIENT_ONLY_PACKETS = frozenset({0, mp.CONNECT, mp.SUBSCRIBE, mp.UNSUBSCRIBE, mp.PINGREQ})
 
 
 class MqttConnection(asyncio.Protocol):
@@ -78,7 +104,7 @@ class MqttConnection(asyncio.Protocol):
     ) -> None:
         self.settings = settings
         self._on_messages = on_messages
-        self._reader = mp.PacketReader()
+        self._reader = mp.PacketReader(settings.max_packet_bytes)
         self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
         self._connack: asyncio.Future[mp.Connack] = self._loop.create_future()
@@ -88,6 +114,11 @@ class MqttConnection(asyncio.Protocol):
         self._last_rx = time.monotonic()
         self._ping_timer: asyncio.TimerHandle | None = None
         self._state = "new"
+        self._connacked = False
+        self._paused = False
+        self._qos2: set[int] = set()  # QoS 2 PUBLISH received, PUBREC not yet sent
+        self._released: set[int] = set()  # PUBREC sent, PUBREL not yet received
+        self._close_reason: str | None = None
         self.session_present = False
         self.broker_receive_maximum = 65535
 
@@ -126,6 +157,7 @@ class MqttConnection(asyncio.Protocol):
                         password=s.password,
                         session_expiry_s=s.session_expiry_s,
                         receive_maximum=s.receive_maximum,
+                        maximum_packet_size=s.max_packet_bytes + 5,  # + the fixed header
                     )
                 )
                 connack = await asyncio.shield(self._connack)
@@ -137,7 +169,7 @@ class MqttConnection(asyncio.Protocol):
             code = connack.reason_code
             raise MqttConnectError(
                 f"broker at {s.host}:{s.port} refused the connection: {connack.reason(s.version)}",
-                retriable=code not in (4, 5, 0x86, 0x87, 0x84, 0x85, 0x8A, 0x8C, 1, 2),
+                retriable=code not in _NOT_RETRIABLE_CONNACK,
             )
         self.session_present = connack.session_present
         self.broker_receive_maximum = int(connack.properties.get("receive_maximum", 65535))
@@ -168,7 +200,14 @@ class MqttConnection(asyncio.Protocol):
 
     @property
     def is_open(self) -> bool:
-        return self._state == "open" and not self._closed.done()
+        """Open and usable: not closing on either side (a DISCONNECT may be on its way)."""
+        t = self._transport
+        return (
+            self._state == "open"
+            and not self._closed.done()
+            and t is not None
+            and not t.is_closing()
+        )
 
     # -- requests -------------------------------------------------------------
 
@@ -191,14 +230,37 @@ class MqttConnection(asyncio.Protocol):
         self._pending[pid] = fut
         self._send(mp.encode_subscribe(pid, filters, version=self.settings.version))
         try:
-            async with asyncio.timeout(self.settings.connect_timeout_s):
-                granted = await asyncio.shield(fut)
+            granted = await self._reply(fut, "SUBACK")
         finally:
             self._pending.pop(pid, None)
         refused = [f for (f, _), g in zip(filters, granted, strict=False) if g >= 0x80]
         if refused:
             raise MqttConnectError(f"broker refused subscription to {refused}", retriable=False)
+        downgraded = [f for (f, q), g in zip(filters, granted, strict=False) if g < q]
+        if downgraded:
+            raise MqttConnectError(
+                f"broker granted QoS {min(granted)} for {downgraded} (asked for QoS 1): messages "
+                "would be delivered at most once and lost on any failure, so the service refuses "
+                "to run; allow QoS 1 for this client in the broker (its ACL or maximum QoS)",
+                retriable=False,
+            )
         return granted
+
+    async def _reply(self, fut: asyncio.Future[_T], what: str) -> _T:
+        """Wait for the broker's answer, at most ``connect_timeout_s`` of *reading* time.
+
+        While reading is paused (a burst of redelivered messages filled the owner's
+        inbox right after CONNACK) the answer sits unread behind them: that wait is
+        backpressure, not a silent broker, so it does not count.
+        """
+        timeout_s = self.settings.connect_timeout_s
+        while True:
+            try:
+                async with asyncio.timeout(timeout_s):
+                    return await asyncio.shield(fut)
+            except TimeoutError:
+                if not self._paused:
+                    raise MqttError(f"no {what} from the broker within {timeout_s:g} s") from None
 
     async def publish(
         self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
@@ -234,17 +296,36 @@ class MqttConnection(asyncio.Protocol):
         self._send(mp.encode_publish(topic, payload, version=self.settings.version))
 
     def ack(self, packet_ids: list[int]) -> None:
-        """Send PUBACKs for these packet ids, in this order (nothing if disconnected)."""
+        """Acknowledge these packet ids, in this order (nothing if disconnected).
+
+        PUBACK for QoS 1; PUBREC for a QoS 2 message (its PUBREL is answered at once).
+        """
         t = self._transport
-        if t is not None and not t.is_closing() and packet_ids:
+        if t is None or t.is_closing() or not packet_ids:
+            return
+        if not self._qos2:
             t.write(mp.encode_pubacks(packet_ids))
+            return
+        out = bytearray()
+        for pid in packet_ids:
+            if pid in self._qos2:
+                self._qos2.discard(pid)
+                self._released.add(pid)
+                out += mp.encode_pubrec(pid)
+            else:
+                out += mp.encode_puback(pid)
+        t.write(bytes(out))
 
     def pause_reading(self) -> None:
+        """Stop reading the socket (backpressure); keepalive stops judging the broker."""
         if self._transport is not None and not self._transport.is_closing():
+            self._paused = True
             self._transport.pause_reading()
 
     def resume_reading(self) -> None:
         if self._transport is not None and not self._transport.is_closing():
+            self._paused = False
+            self._last_rx = time.monotonic()  # time spent paused is not the broker's silence
             self._transport.resume_reading()
 
     # -- keepalive ------------------------------------------------------------
@@ -257,7 +338,7 @@ class MqttConnection(asyncio.Protocol):
     def _ping(self) -> None:
         if self._closed.done() or self._transport is None:
             return
-        if time.monotonic() - self._last_rx > self.settings.keepalive_s * 1.5:
+        if not self._paused and time.monotonic() - self._last_rx > self.settings.keepalive_s * 1.5:
             log.warning(
                 "MQTT broker silent for %.0f s: dropping the connection",
                 time.monotonic() - self._last_rx,
@@ -272,76 +353,135 @@ class MqttConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
         self._transport = cast(asyncio.Transport, transport)
+        ka = self.settings.keepalive_s
+        sock = transport.get_extra_info("socket")
+        if ka > 0 and sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
+            # Sent bytes (PINGREQs, PUBACKs) unacknowledged by the peer's TCP for 1.5×
+            # keepalive: the peer is gone, even while we are not reading.
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(ka * 1500))
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._ping_timer is not None:
             self._ping_timer.cancel()
-        err = MqttError(f"MQTT connection lost: {exc!r}" if exc else "MQTT connection closed")
+        if self._close_reason is not None:
+            err = MqttError(self._close_reason)
+        else:
+            err = MqttError(f"MQTT connection lost: {exc!r}" if exc else "MQTT connection closed")
         for fut in (self._connack, *self._pending.values()):
             if not fut.done():
                 fut.set_exception(err)
                 fut.exception()  # mark retrieved: the waiter may be gone
         if not self._closed.done():
-            if self._state == "closed":
+            if self._state == "closed" and self._close_reason is None:
                 self._closed.set_result(None)
             else:
                 self._closed.set_exception(err)
                 self._closed.exception()
         self._state = "closed"
 
+    def _protocol_error(self, what: str, reason_code: int = 0x82) -> None:
+        """The broker broke the protocol: tell it why (MQTT 5) and drop the connection."""
+        log.error("MQTT protocol error from broker: %s; dropping the connection", what)
+        self._close_reason = f"MQTT protocol error from broker: {what}"
+        t = self._transport
+        if t is not None and not t.is_closing():
+            t.write(mp.encode_disconnect(version=self.settings.version, reason_code=reason_code))
+            t.abort()
+
     def data_received(self, data: bytes) -> None:
         self._last_rx = time.monotonic()
         try:
             packets = self._reader.feed(data)
         except mp.MqttProtocolError as exc:
-            log.error("MQTT protocol error from broker: %s", exc)
-            assert self._transport is not None
-            self._transport.abort()
+            self._protocol_error(str(exc), 0x81)
             return
         chunk: list[Message] = []
-        version = self.settings.version
         for ptype, flags, body in packets:
             if ptype == mp.PUBLISH:
-                qos = (flags >> 1) & 3
-                if version == mp.V311 and qos == 0:
-                    (tlen,) = struct.unpack_from("!H", body, 0)
-                    chunk.append(
-                        (body[2 : 2 + tlen].decode("utf-8", "replace"), body[2 + tlen :], 0, 0)
-                    )
-                    continue
                 try:
-                    topic, pid, payload = mp.parse_publish(flags, body, version)
-                except (mp.MqttProtocolError, struct.error) as exc:
-                    log.error("malformed PUBLISH from broker: %s", exc)
-                    assert self._transport is not None
-                    self._transport.abort()
+                    message = self._publish(flags, body, (flags >> 1) & 3)
+                except mp.MqttProtocolError as exc:
+                    self._protocol_error(str(exc), 0x81)
                     return
-                chunk.append((topic, payload, qos, pid))
+                chunk.append(message)
             else:
-                self._control(ptype, body)
+                try:
+                    self._control(ptype, body)
+                except mp.MqttProtocolError as exc:
+                    self._protocol_error(str(exc))
+                    return
         if chunk and self._on_messages is not None:
             self._on_messages(chunk)
 
+    def _publish(self, flags: int, body: bytes, qos: int) -> Message:
+        if not self._connacked:
+            raise mp.MqttProtocolError("PUBLISH before CONNACK")
+        if qos == 3:
+            raise mp.MqttProtocolError("PUBLISH with QoS 3")
+        version = self.settings.version
+        if not flags & mp.TRUNCATED:
+            topic, pid, payload = mp.parse_publish(flags, body, version)
+        else:
+            size = len(body)  # the size the broker sent (TruncatedPayload)
+            head = bytes(body)
+            topic, pid, rest = mp.parse_publish(flags & 0x0F, head, version)
+            # Keep a little of the payload as evidence for the dead letter, not 70 kB of it.
+            payload = mp.TruncatedPayload(rest[:1024], size - (len(head) - len(rest)))
+            log.warning(
+                "PUBLISH of %d bytes on %r exceeds the largest packet accepted (%d bytes): "
+                "kept its first bytes only, to refuse it as oversize",
+                size,
+                topic,
+                self.settings.max_packet_bytes,
+            )
+        if qos == 2:
+            self._qos2.add(pid)
+        return topic, payload, qos, pid
+
     def _control(self, ptype: int, body: bytes) -> None:
+        version = self.settings.version
         if ptype == mp.PUBACK:
             pid, code = mp.parse_puback(body)
             fut = self._pending.get(pid)
             if fut is not None and not fut.done():
                 fut.set_result(code)
+        elif ptype == mp.PUBREL:
+            pid = mp.parse_packet_id(body, "PUBREL")
+            known = pid in self._released
+            self._released.discard(pid)
+            assert self._transport is not None
+            self._transport.write(
+                mp.encode_pubcomp(pid, reason_code=0 if known else 0x92, version=version)
+            )
         elif ptype == mp.CONNACK:
+            if self._connacked:
+                raise mp.MqttProtocolError("a second CONNACK")
+            connack = mp.parse_connack(body, version)
+            self._connacked = True
             if not self._connack.done():
-                self._connack.set_result(mp.parse_connack(body, self.settings.version))
+                self._connack.set_result(connack)
         elif ptype == mp.SUBACK:
-            pid, granted = mp.parse_suback(body, self.settings.version)
+            pid, granted = mp.parse_suback(body, version)
             fut = self._pending.get(pid)
             if fut is not None and not fut.done():
                 fut.set_result(granted)
-        elif ptype == mp.PINGRESP:
+        elif ptype in (mp.PINGRESP, mp.UNSUBACK):
             pass
         elif ptype == mp.DISCONNECT:
-            reason = body[0] if body else 0
-            log.warning("MQTT broker sent DISCONNECT (reason 0x%02x)", reason)
+            code, text = mp.parse_disconnect(body, version)
+            self._close_reason = f"MQTT broker sent DISCONNECT: {text} (0x{code:02x})"
+            log.log(
+                logging.ERROR if code == 0x8E else logging.WARNING,
+                "%s%s",
+                self._close_reason,
+                f"; is another worker using client id {self.settings.client_id!r}?"
+                if code == 0x8E
+                else "",
+            )
             if self._transport is not None:
                 self._transport.close()
+        elif ptype in _CLIENT_ONLY_PACKETS or ptype == mp.AUTH:
+            raise mp.MqttProtocolError(f"packet type {ptype}, which a broker may not send here")
         else:
             log.warning("ignoring unexpected MQTT packet type %d", ptype)

@@ -16,24 +16,35 @@ __all__ = [
     "CONNACK",
     "CONNECT",
     "DISCONNECT",
+    "DISCONNECT_REASONS",
+    "HEAD_BYTES",
     "PINGREQ",
     "PINGRESP",
     "PUBACK",
+    "PUBCOMP",
     "PUBLISH",
+    "PUBREC",
+    "PUBREL",
     "SUBACK",
     "SUBSCRIBE",
+    "TRUNCATED",
     "V5",
     "V311",
     "Connack",
     "MqttProtocolError",
     "PacketReader",
+    "TruncatedPayload",
     "encode_connect",
     "encode_disconnect",
     "encode_puback",
     "encode_pubacks",
+    "encode_pubcomp",
     "encode_publish",
+    "encode_pubrec",
     "encode_subscribe",
     "parse_connack",
+    "parse_disconnect",
+    "parse_packet_id",
     "parse_puback",
     "parse_publish",
     "parse_suback",
@@ -49,6 +60,13 @@ PINGREQ, PINGRESP, DISCONNECT, AUTH = 12, 13, 14, 15
 
 PINGREQ_PACKET = b"\xc0\x00"
 _MAX_REMAINING = 268_435_455
+
+TRUNCATED = 0x10
+"""Flag bit :class:`PacketReader` sets on a PUBLISH larger than its limit (see there)."""
+
+HEAD_BYTES = 70_000
+"""How much of an oversize PUBLISH's body is kept: its variable header (a topic of up
+to 65,535 bytes, packet id, properties) and the start of its payload."""
 
 # MQTT 5 property identifiers by value type (MQTT 5.0, section 2.2.2.2).
 _PROP_BYTE = {0x01, 0x17, 0x19, 0x24, 0x25, 0x28, 0x29, 0x2A}
@@ -68,6 +86,7 @@ _PROP_NAMES = {
     0x24: "maximum_qos",
     0x25: "retain_available",
     0x27: "maximum_packet_size",
+    0x1C: "server_reference",
     0x28: "wildcard_subscription_available",
     0x2A: "shared_subscription_available",
 }
@@ -94,6 +113,36 @@ CONNACK_V5_REASONS = {
     0x95: "packet too large",
     0x97: "quota exceeded",
     0x9F: "connection rate exceeded",
+}
+DISCONNECT_REASONS = {
+    0x00: "normal disconnection",
+    0x80: "unspecified error",
+    0x81: "malformed packet",
+    0x82: "protocol error",
+    0x83: "implementation specific error",
+    0x87: "not authorized",
+    0x89: "server busy",
+    0x8B: "server shutting down",
+    0x8D: "keep alive timeout",
+    0x8E: "session taken over (another client connected with the same client id)",
+    0x8F: "topic filter invalid",
+    0x90: "topic name invalid",
+    0x93: "receive maximum exceeded",
+    0x94: "topic alias invalid",
+    0x95: "packet too large",
+    0x96: "message rate too high",
+    0x97: "quota exceeded",
+    0x98: "administrative action",
+    0x99: "payload format invalid",
+    0x9A: "retain not supported",
+    0x9B: "QoS not supported",
+    0x9C: "use another server",
+    0x9D: "server moved",
+    0x9E: "shared subscriptions not supported",
+    0x9F: "connection rate exceeded",
+    0xA0: "maximum connect time",
+    0xA1: "subscription identifiers not supported",
+    0xA2: "wildcard subscriptions not supported",
 }
 
 
@@ -162,6 +211,13 @@ def _encode_properties(props: dict[int, int]) -> bytes:
 
 
 def _decode_properties(buf: bytes | memoryview, pos: int) -> tuple[dict[str, Any], int]:
+    try:
+        return _decode_properties_unchecked(buf, pos)
+    except _PARSE_ERRORS as exc:
+        raise MqttProtocolError(f"malformed properties: {exc}") from None
+
+
+def _decode_properties_unchecked(buf: bytes | memoryview, pos: int) -> tuple[dict[str, Any], int]:
     length, pos = _read_varint(buf, pos)
     end = pos + length
     if end > len(buf):
@@ -215,8 +271,10 @@ def encode_connect(
     password: str | None = None,
     session_expiry_s: int | None = None,
     receive_maximum: int | None = None,
+    maximum_packet_size: int | None = None,
 ) -> bytes:
-    """CONNECT. ``session_expiry_s`` and ``receive_maximum`` apply to MQTT 5 only."""
+    """CONNECT. ``session_expiry_s``, ``receive_maximum`` and ``maximum_packet_size``
+    (the largest packet we accept, whole) apply to MQTT 5 only."""
     flags = 0x02 if clean_start else 0
     if username is not None:
         flags |= 0x80
@@ -230,6 +288,8 @@ def encode_connect(
             props[0x11] = min(session_expiry_s, 0xFFFFFFFF)
         if receive_maximum:
             props[0x21] = min(receive_maximum, 65535)
+        if maximum_packet_size:
+            props[0x27] = min(maximum_packet_size, _MAX_REMAINING + 5)
         body += _encode_properties(props)
     body += _str(client_id)
     if username is not None:
@@ -280,12 +340,36 @@ def encode_pubacks(packet_ids: list[int]) -> bytes:
     return b"".join([b"\x40\x02" + struct.pack("!H", p) for p in packet_ids])
 
 
-def encode_disconnect(*, version: int = V5) -> bytes:
-    """DISCONNECT, normal (in MQTT 5 a session with a non-zero expiry is kept)."""
+def encode_pubrec(packet_id: int) -> bytes:
+    """PUBREC (QoS 2, first answer), success."""
+    return b"\x50\x02" + struct.pack("!H", packet_id)
+
+
+def encode_pubcomp(packet_id: int, *, reason_code: int = 0, version: int = V5) -> bytes:
+    """PUBCOMP (QoS 2, answer to PUBREL); MQTT 5 may carry a reason code (0x92: id not found)."""
+    if reason_code and version == V5:
+        return b"\x70\x03" + struct.pack("!HB", packet_id, reason_code)
+    return b"\x70\x02" + struct.pack("!H", packet_id)
+
+
+def encode_disconnect(*, version: int = V5, reason_code: int = 0) -> bytes:
+    """DISCONNECT; normal by default (in MQTT 5 a session with a non-zero expiry is kept).
+
+    A reason code (MQTT 5 only: 0x81 malformed packet, 0x82 protocol error, 0x95 packet
+    too large …) tells the broker why the client drops the connection.
+    """
+    if reason_code and version == V5:
+        return b"\xe0\x01" + bytes((reason_code,))
     return b"\xe0\x00"
 
 
 # -- decoders -----------------------------------------------------------------
+#
+# Every parser raises MqttProtocolError, and only that, on bytes that are not a
+# valid packet: a broker's bytes are untrusted input, and an IndexError escaping
+# from a Protocol callback would end in the event loop's fatal-error handler.
+
+_PARSE_ERRORS = (IndexError, struct.error, UnicodeDecodeError, ValueError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,61 +394,125 @@ def parse_connack(body: bytes, version: int) -> Connack:
 
 def parse_suback(body: bytes, version: int) -> tuple[int, list[int]]:
     """Return (packet id, granted QoS or failure code per filter)."""
-    (packet_id,) = struct.unpack_from("!H", body, 0)
-    pos = 2
-    if version == V5:
-        _, pos = _decode_properties(body, pos)
-    return packet_id, list(body[pos:])
+    try:
+        (packet_id,) = struct.unpack_from("!H", body, 0)
+        pos = 2
+        if version == V5:
+            _, pos = _decode_properties(body, pos)
+    except _PARSE_ERRORS as exc:
+        raise MqttProtocolError(f"malformed SUBACK: {exc}") from None
+    granted = list(body[pos:])
+    if not granted:
+        raise MqttProtocolError("SUBACK without a return code")
+    return packet_id, granted
+
+
+def parse_packet_id(body: bytes, name: str = "packet") -> int:
+    """The packet identifier that starts PUBACK, PUBREC, PUBREL and PUBCOMP bodies."""
+    if len(body) < 2:
+        raise MqttProtocolError(f"{name} shorter than 2 bytes")
+    pid: int = (body[0] << 8) | body[1]
+    if pid == 0:
+        raise MqttProtocolError(f"{name} with packet identifier 0")
+    return pid
 
 
 def parse_puback(body: bytes) -> tuple[int, int]:
     """Return (packet id, reason code)."""
-    if len(body) < 2:
-        raise MqttProtocolError("PUBACK shorter than 2 bytes")
-    (packet_id,) = struct.unpack_from("!H", body, 0)
-    return packet_id, body[2] if len(body) > 2 else 0
+    return parse_packet_id(body, "PUBACK"), body[2] if len(body) > 2 else 0
+
+
+def parse_disconnect(body: bytes, version: int) -> tuple[int, str]:
+    """Return (reason code, its meaning plus the broker's reason string if it sent one)."""
+    code = body[0] if body and version == V5 else 0
+    text = DISCONNECT_REASONS.get(code, f"reason code 0x{code:02x}")
+    if version == V5 and len(body) > 1:
+        try:
+            props, _ = _decode_properties(body, 1)
+        except MqttProtocolError:
+            props = {}
+        extra = [str(props[k]) for k in ("reason_string", "server_reference") if k in props]
+        if extra:
+            text += f" ({'; '.join(extra)})"
+    return code, text
 
 
 def parse_publish(flags: int, body: bytes, version: int) -> tuple[str, int, bytes]:
     """Return (topic, packet id or 0, payload) of a PUBLISH body."""
-    (tlen,) = struct.unpack_from("!H", body, 0)
-    pos = 2 + tlen
     try:
+        (tlen,) = struct.unpack_from("!H", body, 0)
+        pos = 2 + tlen
+        if pos > len(body):
+            raise MqttProtocolError("PUBLISH topic longer than the packet")
         topic = body[2:pos].decode()
-    except UnicodeDecodeError as exc:
-        raise MqttProtocolError("PUBLISH topic is not UTF-8") from exc
-    packet_id = 0
-    if flags & 0x06:
-        (packet_id,) = struct.unpack_from("!H", body, pos)
-        pos += 2
-    if version == V5:
-        plen = body[pos]
-        if plen < 128:
-            pos += 1 + plen
-        else:
-            plen, pos = _read_varint(body, pos)
-            pos += plen
+        packet_id = 0
+        if flags & 0x06:
+            (packet_id,) = struct.unpack_from("!H", body, pos)
+            if packet_id == 0:
+                raise MqttProtocolError("QoS > 0 PUBLISH with packet identifier 0")
+            pos += 2
+        if version == V5:
+            plen = body[pos]
+            if plen < 128:
+                pos += 1 + plen
+            else:
+                plen, pos = _read_varint(body, pos)
+                pos += plen
+    except UnicodeDecodeError:
+        raise MqttProtocolError("PUBLISH topic is not UTF-8") from None
+    except _PARSE_ERRORS as exc:
+        raise MqttProtocolError(f"malformed PUBLISH: {exc}") from None
     if pos > len(body):
         raise MqttProtocolError("PUBLISH header longer than the packet")
     return topic, packet_id, body[pos:]
+
+
+class TruncatedPayload(bytes):
+    """The start of a payload too large to accept, standing in for the whole.
+
+    Its ``len()`` is the size the broker sent (``size``), so the payload decoder
+    refuses it as oversize (and the message goes to the dead letters, keeping
+    these first bytes as evidence) without the service ever holding the rest.
+    """
+
+    size: int
+
+    def __new__(cls, head: bytes, size: int) -> TruncatedPayload:
+        obj = super().__new__(cls, head)
+        obj.size = size
+        return obj
+
+    def __len__(self) -> int:
+        return self.size
 
 
 class PacketReader:
     """Splits a byte stream into MQTT packets.
 
     Args:
-        max_packet_bytes: Packets larger than this raise :class:`MqttProtocolError`
-            (the broker should not send them when told our Maximum Packet Size).
+        max_packet_bytes: Largest packet body accepted whole. A larger PUBLISH is
+            not held: its first :data:`HEAD_BYTES` are returned with the flag bit
+            :data:`TRUNCATED` set and the body as a :class:`TruncatedPayload`
+            (``len()`` = the body's real size), the rest is skipped as it streams
+            in, so the message can be refused and acknowledged like any bad one
+            instead of stalling the session. (An MQTT 5 broker is told our limit
+            in CONNECT and should never send one.) Any other oversize packet
+            raises :class:`MqttProtocolError`.
     """
 
-    __slots__ = ("_buf", "_max")
+    __slots__ = ("_buf", "_max", "_skip")
 
     def __init__(self, max_packet_bytes: int = _MAX_REMAINING) -> None:
         self._buf = bytearray()
         self._max = max_packet_bytes
+        self._skip = 0
 
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Add bytes; return every complete packet as (type, flags, body)."""
+        if self._skip:
+            n = min(self._skip, len(data))
+            self._skip -= n
+            data = data[n:]
         buf = self._buf
         buf += data
         out: list[tuple[int, int, bytes]] = []
@@ -391,11 +539,23 @@ class PacketReader:
                         raise MqttProtocolError("remaining length longer than 4 bytes")
                 if length < 0:
                     break
-            if length > self._max:
-                raise MqttProtocolError(f"packet of {length} bytes exceeds {self._max}")
-            if end - pos - hdr < length:
-                break
             start = pos + hdr
+            if length > self._max:
+                if first >> 4 != PUBLISH:
+                    raise MqttProtocolError(f"packet of {length} bytes exceeds {self._max}")
+                keep = min(HEAD_BYTES, length)
+                if end - start < keep:
+                    break  # wait for the head
+                head = bytes(buf[start : start + keep])
+                out.append((PUBLISH, (first & 0x0F) | TRUNCATED, TruncatedPayload(head, length)))
+                if end - start >= length:
+                    pos = start + length
+                    continue
+                self._skip = length - (end - start)
+                pos = end
+                break
+            if end - start < length:
+                break
             out.append((first >> 4, first & 0x0F, bytes(buf[start : start + length])))
             pos = start + length
         if pos:

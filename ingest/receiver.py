@@ -4,12 +4,21 @@ A stable client id and a persistent session (clean start off, a session
 expiry in MQTT 5) make the broker keep our QoS 1 messages while we are away
 and redeliver unacknowledged ones when we return. Reconnects back off
 exponentially with full jitter, capped. A refusal that retrying cannot fix
-(bad credentials, not authorised) stops the service with the broker's reason.
+(bad credentials, not authorised, a subscription granted only QoS 0) stops the
+service with the broker's reason.
+
+Each connection is its own ack epoch, begun *before* CONNECT: a broker resends
+its in-flight messages right after CONNACK, before SUBACK, and those must be
+stamped with the new connection (and acknowledged on it), or the broker keeps
+them in flight forever. The inbox bound holds from the first byte too: the
+connection is the receiver's current one from the start, so a burst during
+connect pauses it like any other.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 
@@ -53,14 +62,13 @@ class Receiver:
         self._m = metrics
         self._backoff = backoff
         self._conn: MqttConnection | None = None
-        self._epoch = 0
         self._stopping = False
         self._paused = False
         self.connected = asyncio.Event()
         self.last_error: str | None = None
 
-    def _on_messages(self, chunk: list[Message]) -> None:
-        self._inbox.put(self._epoch, int(time.time() * 1000), chunk)
+    def _on_messages(self, epoch: int, chunk: list[Message]) -> None:
+        self._inbox.put(epoch, int(time.time() * 1000), chunk)
         if self._inbox.full and not self._paused and self._conn is not None:
             self._paused = True
             self._conn.pause_reading()
@@ -78,11 +86,19 @@ class Receiver:
             self._conn.ack(packet_ids)
 
     def republish(self, topic: str, payloads: list[bytes]) -> None:
-        """Best-effort QoS 0 copies (dead letters) on the current connection, if any."""
+        """Best-effort QoS 0 copies (dead letters) on the current connection, if any.
+
+        Best effort means a connection closing under us drops the copies (they stay
+        in the spool, which is what the acknowledgement promised), never an error.
+        """
         conn = self._conn
-        if conn is not None and conn.is_open:
+        if conn is None or not conn.is_open:
+            return
+        try:
             for p in payloads:
                 conn.publish_nowait(topic, p)
+        except MqttError as exc:
+            log.info("dead-letter copies to %r not published: %s", topic, exc)
 
     async def run(self) -> None:
         """Connect, subscribe, wait for the connection to drop, reconnect; until stopped."""
@@ -93,11 +109,14 @@ class Receiver:
             if not first:
                 self._m.mqtt_reconnects.inc()
             first = False
-            conn = MqttConnection(s, self._on_messages)
+            epoch = self._acks.new_epoch()
+            conn = MqttConnection(s, functools.partial(self._on_messages, epoch))
+            self._conn, self._paused = conn, False
             try:
                 await conn.open()
                 await conn.subscribe([(self._subscription, 1)])
             except MqttError as exc:
+                self._conn = None
                 await conn.close()
                 if not exc.retriable:
                     raise
@@ -108,8 +127,6 @@ class Receiver:
                 await asyncio.sleep(delay)
                 continue
             attempt = 0
-            self._epoch = self._acks.new_epoch()
-            self._conn, self._paused = conn, False
             self.last_error = None
             self._m.mqtt_connected.set(1)
             self.connected.set()

@@ -36,7 +36,11 @@ from .registry import SensorRegistry, known_sensor_ids
 from .table import create_table, ensure_layout
 from .writer import Backoff, Writer
 
-__all__ = ["IngestService", "layout_from_config", "mqtt_settings"]
+__all__ = ["PACKET_HEADROOM_BYTES", "IngestService", "layout_from_config", "mqtt_settings"]
+
+PACKET_HEADROOM_BYTES = 65_536 + 64
+"""MQTT packet bytes allowed beyond ``max_message_bytes``: a topic (≤ 65,535 bytes), the
+packet id and properties."""
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +75,9 @@ def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
         clean_start=False,
         session_expiry_s=cfg.mqtt_session_expiry_s,
         receive_maximum=cfg.mqtt_receive_maximum,
+        # Room for the topic and properties around the largest payload accepted; a larger
+        # payload arrives truncated and is refused as oversize (never buffered whole).
+        max_packet_bytes=cfg.max_message_bytes + PACKET_HEADROOM_BYTES,
     )
 
 
@@ -96,7 +103,7 @@ class IngestService:
         url = mqtt_url or config.mqtt_url
         if url is None:
             raise ValueError("IngestService needs a broker URL (the CLI starts an embedded one)")
-        self._mqtt_url = url
+        self.mqtt_url = url
         self._endpoint = dynamodb_endpoint or config.dynamodb_endpoint
         self._create = config.create_table if create_table is None else create_table
         self.metrics = Metrics()
@@ -178,7 +185,7 @@ class IngestService:
         )
         registry = SensorRegistry(client, m, refresh_s=cfg.registry_refresh_s)
         receiver = self._receiver = Receiver(
-            settings=mqtt_settings(cfg, self._mqtt_url),
+            settings=mqtt_settings(cfg, self.mqtt_url),
             subscription=cfg.subscription,
             inbox=inbox,
             acks=acks,

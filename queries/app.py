@@ -39,7 +39,9 @@ from ingest.dynamo import DynamoClient
 
 from . import grafana, routes
 from .auth import AccessControl
+from .cursor import CursorCodec
 from .errors import QueryError, ReadUnavailable
+from .metricnames import MetricNames
 from .openapi import openapi_document
 from .ratelimit import RateLimiter
 from .reader import ReadStats, TableReader
@@ -278,6 +280,13 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.metric_names = MetricNames()
+    if settings.cursor_keys:
+        app.state.cursors = CursorCodec(settings.cursor_keys)
+    else:
+        # One key per process: cursors die with it (a restart, another replica).
+        app.state.cursors = CursorCodec.random()
+        log.info("page cursors: signed with a random per-process key (see --cursor-key-file)")
     if reader is not None:
         app.state.reader = reader
     return app

@@ -6,7 +6,9 @@ config file serves both; the HTTP address and the limits are this command's flag
 
 API keys live in their own file (``--api-keys`` or ``IOT_INGEST_API_KEYS_FILE``,
 hashes only; see ``docs/security.md``). ``serve`` refuses to start without one
-unless ``--no-auth`` is given, and then says so loudly.
+unless ``--no-auth`` is given, and then says so loudly. The keys that sign page
+cursors come from ``--cursor-key-file`` (or ``IOT_INGEST_CURSOR_KEY_FILE``); without
+one, each process draws a random key (fine for one replica).
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = ["add_commands"]
 log = logging.getLogger(__name__)
 
 KEYS_FILE_ENV = "IOT_INGEST_API_KEYS_FILE"
+CURSOR_KEY_FILE_ENV = "IOT_INGEST_CURSOR_KEY_FILE"
 
 _DAY_MS = 86_400_000
 
@@ -71,9 +74,24 @@ def add_commands(subparsers: Any) -> None:
         help="DynamoDB calls in flight across all requests (default 16)",
     )
     p.add_argument(
+        "--max-calls-per-sensor",
+        type=_positive_int,
+        default=None,
+        help="most DynamoDB calls one request may make per sensor it reads, a 422 past it "
+        "(default: 16 per partition of the widest legal range, from the table's layout: "
+        "2064 for 1-day buckets, 4 shards and 31 days)",
+    )
+    p.add_argument(
         "--api-keys",
         type=Path,
         help=f"API keys file (TOML, hashes only; see docs/security.md) [env {KEYS_FILE_ENV}]",
+    )
+    p.add_argument(
+        "--cursor-key-file",
+        type=Path,
+        help="keys signing page cursors, one per line (the first signs, all verify); give "
+        "every replica behind one load balancer the same file (default: a random key per "
+        f"process) [env {CURSOR_KEY_FILE_ENV}]",
     )
     p.add_argument(
         "--no-auth",
@@ -182,10 +200,11 @@ def cmd_apikey_hash(args: argparse.Namespace) -> int:
 
 
 def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
-    """``auth``, ``rate_limit`` and ``cors_origins`` of the settings, from the flags.
+    """``auth``, ``rate_limit``, ``cors_origins`` and ``cursor_keys`` of the settings.
 
     Raises:
-        ConfigError: no keys and no ``--no-auth``; both; a bad keys file or origin.
+        ConfigError: no keys and no ``--no-auth``; both; a bad keys file, origin or
+            cursor key file.
     """
     from ingest.errors import ConfigError
 
@@ -216,7 +235,35 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
         rate_limit = RateLimitSettings(
             rate_per_s=args.rate_limit_per_s, burst=args.rate_limit_burst
         )
-    return {"auth": auth, "rate_limit": rate_limit, "cors_origins": tuple(args.cors_origin)}
+    return {
+        "auth": auth,
+        "rate_limit": rate_limit,
+        "cors_origins": tuple(args.cors_origin),
+        "cursor_keys": _cursor_keys(args),
+    }
+
+
+def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
+    """The cursor keys from ``--cursor-key-file`` or its environment variable (``()``: none).
+
+    Raises:
+        ConfigError: the file is unreadable, empty, or holds a key too short.
+    """
+    from ingest.errors import ConfigError
+
+    from .cursor import CursorKeyError, load_cursor_keys
+
+    path = args.cursor_key_file
+    if path is None and os.environ.get(CURSOR_KEY_FILE_ENV):
+        path = Path(os.environ[CURSOR_KEY_FILE_ENV])
+    if path is None:
+        return ()
+    try:
+        keys = load_cursor_keys(path)
+    except CursorKeyError as exc:
+        raise ConfigError(f"serve: {exc}") from None
+    log.info("page cursors: %d key(s) from %s", len(keys), path)
+    return keys
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -256,6 +303,7 @@ def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> 
         max_points=args.max_points,
         default_points=min(500, args.max_points),
         query_concurrency=args.query_concurrency,
+        max_calls_per_sensor=args.max_calls_per_sensor,
         s3_bucket=args.s3_bucket,
         s3_endpoint=args.s3_endpoint,
         s3_prefix=args.s3_prefix,

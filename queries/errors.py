@@ -6,6 +6,8 @@
     ├── BadParameter      400     a request parameter is malformed or out of bounds:
     │                             names the parameter, the value and the allowed form
     ├── NotFound          404     no such sensor (or no unexpired reading of it)
+    ├── TooManyCalls      422     the request needs more DynamoDB calls than the server's
+    │                             cap (``max_calls_per_sensor`` per sensor read)
     └── ReadFailed        502     DynamoDB refused the read (a bug or a misconfiguration)
         ├── ArchiveReadFailed 502 the S3 archive (cold tier) refused a read or holds
         │                         an unreadable object
@@ -31,6 +33,7 @@ __all__ = [
     "QueryError",
     "ReadFailed",
     "ReadUnavailable",
+    "TooManyCalls",
     "wrap_read_error",
 ]
 
@@ -83,6 +86,39 @@ class NotFound(QueryError):
 
     status = 404
     code = "not_found"
+
+
+class TooManyCalls(QueryError):
+    """The request needs more DynamoDB calls than one request may make.
+
+    Raised before the call past the cap is made, so a request never exceeds it.
+
+    Args:
+        per_sensor: The cap per sensor read (``max_calls_per_sensor``).
+        sensors: Sensors the request reads (the cap is ``per_sensor * sensors``).
+    """
+
+    status = 422
+    code = "too_many_calls"
+
+    def __init__(self, *, per_sensor: int, sensors: int) -> None:
+        self.per_sensor = per_sensor
+        self.sensors = sensors
+        self.max_calls = per_sensor * sensors
+        who = "1 sensor" if sensors == 1 else f"{sensors} sensors"
+        super().__init__(
+            f"this request needs more than {self.max_calls} DynamoDB calls, the limit for "
+            f"{who} (max_calls_per_sensor = {per_sensor}): narrow the range (start/end) or "
+            "read fewer sensors per request; the server's operator can raise "
+            "--max-calls-per-sensor"
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        """The error body, with the limit's name and value as separate fields."""
+        body = super().to_json()
+        body["error"]["limit"] = "max_calls_per_sensor"
+        body["error"]["max_calls"] = self.max_calls
+        return body
 
 
 class ReadFailed(QueryError):

@@ -12,6 +12,10 @@ The aggregation is the target's payload ``{"agg": "max"}`` (default ``avg``); th
 window is chosen from the panel's ``maxDataPoints`` like the API's ``max_points``.
 Time series come back as ``[{"target": name, "datapoints": [[value, ts_ms], ...]}]``
 with ``null`` for empty windows (Grafana draws a gap).
+
+Name lists (``/metrics``, ``/search``, ``/variable``) come from one registry
+snapshot shared by every key for up to 30 s (:mod:`queries.metricnames`), so
+a narrow key over a large registry no longer reads the whole registry per call.
 """
 
 from __future__ import annotations
@@ -26,12 +30,12 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from .errors import BadParameter
+from .metricnames import MetricNames
 from .params import AGGREGATIONS, Agg, parse_sensor_id, parse_time
 from .reader import ReadStats
 from .responses import Context, JSONResponse, context, json_response
 from .routes import MIN_MAX_POINTS
 from .sampler import read_series
-from .sensors import list_sensors
 from .series import WindowGrid, choose_step
 
 __all__ = ["MAX_BODY_BYTES", "MAX_METRIC_NAMES", "routes"]
@@ -72,26 +76,11 @@ async def _body(request: Request) -> dict[str, Any]:
     return doc
 
 
-async def _metric_names(ctx: Context) -> list[str]:
-    """``sensor/metric`` for every sensor in the registry (in the key's scope) and its
-    latest metrics (capped)."""
-    names: list[str] = []
-    after: tuple[int, int] | None = None
-    while len(names) < MAX_METRIC_NAMES:
-        page = await list_sensors(
-            ctx.reader,
-            limit=ctx.settings.max_sensor_page,
-            after=after,
-            keep=None if ctx.principal.reads_all else ctx.principal.may_read,
-            stats=ctx.stats,
-        )
-        for item in page.items:
-            sid = item["sid"]["S"]
-            names.extend(f"{sid}/{m}" for m in sorted(item.get("m", {}).get("M", {})))
-        if page.next_position is None:
-            break
-        after = page.next_position
-    return sorted(names[:MAX_METRIC_NAMES])
+async def _metric_names(request: Request, ctx: Context) -> tuple[str, ...]:
+    """``sensor/metric`` of every sensor in the key's scope (capped at
+    :data:`MAX_METRIC_NAMES`), from the server's shared registry snapshot."""
+    names: MetricNames = request.app.state.metric_names
+    return await names.names(ctx.reader, ctx.principal, ctx.stats, limit=MAX_METRIC_NAMES)
 
 
 async def health(request: Request) -> JSONResponse:
@@ -104,7 +93,7 @@ async def metrics(request: Request) -> JSONResponse:
     """``POST /grafana/metrics``: every ``sensor/metric``, with the aggregation payload."""
     ctx = context(request)
     await _body(request)
-    names = await _metric_names(ctx)
+    names = await _metric_names(request, ctx)
     body = [{"label": n, "value": n, "payloads": [_AGG_PAYLOAD]} for n in names]
     return json_response(body, ctx)
 
@@ -122,7 +111,7 @@ async def search(request: Request) -> JSONResponse:
     ctx = context(request)
     doc = await _body(request)
     needle = str(doc.get("target") or "")
-    names = await _metric_names(ctx)
+    names = await _metric_names(request, ctx)
     return json_response([n for n in names if needle in n], ctx)
 
 
@@ -132,7 +121,7 @@ async def variable(request: Request) -> JSONResponse:
     doc = await _body(request)
     payload = doc.get("payload")
     kind = payload.get("target") if isinstance(payload, dict) else None
-    names = await _metric_names(ctx)
+    names = await _metric_names(request, ctx)
     values = names if kind == "metrics" else sorted({n.partition("/")[0] for n in names})
     return json_response([{"__text": v, "__value": v} for v in values], ctx)
 
@@ -199,6 +188,7 @@ async def query(request: Request) -> JSONResponse:
             f"{len(by_sensor)} sensors",
             f"targets of at most {s.max_sensors} sensors per query",
         )
+    ctx.reads_sensors(len(by_sensor))
     results = await _read_all(ctx, grid, by_sensor)
     ts = grid.starts()
     out = []

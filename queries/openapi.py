@@ -38,6 +38,8 @@ def _errors(*statuses: int) -> dict[str, Any]:
         400: "A parameter is invalid: the body names it and the allowed form.",
         401: "No API key, or an invalid one (see the security schemes).",
         404: "Unknown sensor, or one out of the API key's scope.",
+        422: "The request needs more DynamoDB calls than the server allows one request "
+        "(`max_calls_per_sensor` per sensor read): narrow the range or read fewer sensors.",
         429: "Too many requests for this key: retry after `Retry-After` seconds.",
         502: "DynamoDB rejected the read.",
         503: "DynamoDB throttled, failed or was unreachable: retry later.",
@@ -110,6 +112,7 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                                 "internal_error",
                                 "unauthorized",
                                 "rate_limited",
+                                "too_many_calls",
                                 "method_not_allowed",
                                 "http_error",
                             ],
@@ -117,6 +120,14 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         "message": string,
                         "parameter": {**string, "description": "The offending parameter (400)."},
                         "allowed": {**string, "description": "The parameter's allowed form."},
+                        "limit": {
+                            **string,
+                            "description": "The server limit the request exceeded (422).",
+                        },
+                        "max_calls": {
+                            "type": "integer",
+                            "description": "The DynamoDB calls this request was allowed (422).",
+                        },
                     },
                 }
             },
@@ -340,7 +351,12 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         f"Sensors per page, 1..{s.max_sensor_page} (default 100).",
                         {"type": "integer", "minimum": 1, "maximum": s.max_sensor_page},
                     ),
-                    _param("cursor", "`next_cursor` of the previous page.", string),
+                    _param(
+                        "cursor",
+                        "`next_cursor` of the previous page, unchanged (it is signed by the "
+                        "server: a changed, forged or foreign cursor is a 400).",
+                        string,
+                    ),
                 ],
                 "responses": {
                     "200": _ok("A page of sensors.", _ref("SensorPage")),
@@ -383,7 +399,12 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                         f"(default {s.default_page_limit}).",
                         {"type": "integer", "minimum": 1, "maximum": s.max_page_limit},
                     ),
-                    _param("cursor", "`next_cursor` of the previous page.", string),
+                    _param(
+                        "cursor",
+                        "`next_cursor` of the previous page, unchanged (it is signed by the "
+                        "server: a changed, forged or foreign cursor is a 400).",
+                        string,
+                    ),
                 ],
                 "responses": {
                     "200": _ok("A page of readings.", _ref("ReadingPage")),
@@ -558,6 +579,8 @@ def _secure(paths: dict[str, Any], s: ServeSettings) -> None:
                 extra.append(401)
                 if "{sensor_id}" in path or path in ("/v1/series", "/grafana/query"):
                     extra.append(404)
+            if "502" in op["responses"]:  # it reads DynamoDB: its calls are capped
+                extra.append(422)
             if s.rate_limit is not None:
                 extra.append(429)
             added = _errors(*extra)

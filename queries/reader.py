@@ -12,6 +12,17 @@ semaphore shared by every request, and adds each call's consumed read units to
 a per-request :class:`ReadStats`. :func:`read_range` and :func:`query_partition`
 are the simple whole-range reads used by tests and checks.
 
+:meth:`TableReader.call` is the one way the API reaches DynamoDB (the archive
+marker Query of :mod:`queries.tiers` included), so it is where a request's calls
+are counted and capped: :class:`ReadStats` refuses the call past the request's
+budget with :class:`~queries.errors.TooManyCalls` (a 422) before making it. The
+budget is ``max_calls_per_sensor`` per sensor the request reads; by default
+:data:`PAGES_PER_PARTITION` times the :func:`legal_fanout` (a Query per partition
+of the widest legal range, plus the marker Query: 129 for 1-day buckets, 4 shards
+and 31 days), so a legal request fits unless its partitions need more than 16
+DynamoDB pages each on average (about 40,000 readings per partition and bucket:
+a sensor at 1 Hz read over 31 days needs about 1,200 calls).
+
 Expressions use placeholders only: metric names and sensor ids never become part
 of an expression's text.
 """
@@ -31,15 +42,18 @@ from ingest.errors import TableError, WriteError
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
 from ingest.table import read_layout
 
-from .errors import wrap_read_error
+from .errors import TooManyCalls, wrap_read_error
 
 if TYPE_CHECKING:
     from ingest.archive.store import S3Store
 
 __all__ = [
+    "PAGES_PER_PARTITION",
     "ReadStats",
     "TableReader",
+    "default_calls_per_sensor",
     "is_live",
+    "legal_fanout",
     "partition_query",
     "query_partition",
     "read_range",
@@ -53,20 +67,34 @@ class ReadStats:
 
     Attributes:
         read_units: Consumed read capacity units (``ReturnConsumedCapacity=TOTAL``, summed).
-        calls: DynamoDB calls made (Query and GetItem).
+        calls: DynamoDB calls made (Query and GetItem), counted as they start.
         items_scanned: Items DynamoDB read before filters (what read units pay for).
         cold_objects: S3 archive objects read (``None``: no cold tier configured, and
             no ``X-Cold-Objects`` header).
+        max_calls_per_sensor: The request's call budget per sensor (``None``: no cap).
+        sensors: Sensors the request reads (the budget is per sensor).
     """
 
     read_units: float = 0.0
     calls: int = 0
     items_scanned: int = 0
     cold_objects: int | None = None
+    max_calls_per_sensor: int | None = None
+    sensors: int = 1
+
+    def count_call(self) -> None:
+        """Count a DynamoDB call about to be made.
+
+        Raises:
+            TooManyCalls: the request's budget is spent (the call is not made).
+        """
+        cap = self.max_calls_per_sensor
+        if cap is not None and self.calls >= cap * self.sensors:
+            raise TooManyCalls(per_sensor=cap, sensors=self.sensors)
+        self.calls += 1
 
     def add(self, resp: dict[str, Any]) -> None:
-        """Account for one DynamoDB response."""
-        self.calls += 1
+        """Account for one DynamoDB response (its call was counted by :meth:`count_call`)."""
         consumed = resp.get("ConsumedCapacity")
         if isinstance(consumed, dict):
             self.read_units += float(consumed.get("CapacityUnits", 0.0) or 0.0)
@@ -103,6 +131,25 @@ def reading_json(item: Item) -> dict[str, Any]:
             if "N" in value:
                 out[name] = _number(value["N"])
     return out
+
+
+PAGES_PER_PARTITION = 16
+"""The default call budget, in DynamoDB pages per partition of the widest legal range."""
+
+
+def legal_fanout(layout: TableLayout, max_range_ms: int) -> int:
+    """DynamoDB calls the widest legal read of one sensor needs at the least.
+
+    One Query per partition (shard) of every bucket a range of ``max_range_ms`` touches
+    when it does not start on a bucket boundary, plus the archive-marker Query.
+    """
+    buckets = -(-max_range_ms // layout.bucket_ms) + 1
+    return buckets * layout.shards + 1
+
+
+def default_calls_per_sensor(layout: TableLayout, max_range_ms: int) -> int:
+    """The default ``max_calls_per_sensor``: :data:`PAGES_PER_PARTITION` x the legal fan-out."""
+    return PAGES_PER_PARTITION * legal_fanout(layout, max_range_ms)
 
 
 def partition_query(
@@ -183,9 +230,13 @@ class TableReader:
         self.cold = cold
         self._sem = asyncio.Semaphore(concurrency)
 
-    def new_stats(self) -> ReadStats:
-        """A request's accounting (counting cold objects when there is a cold tier)."""
-        return ReadStats(cold_objects=None if self.cold is None else 0)
+    def new_stats(self, *, max_calls_per_sensor: int | None = None) -> ReadStats:
+        """A request's accounting (counting cold objects when there is a cold tier), with
+        its call budget per sensor (``None``: no cap)."""
+        return ReadStats(
+            cold_objects=None if self.cold is None else 0,
+            max_calls_per_sensor=max_calls_per_sensor,
+        )
 
     @classmethod
     async def load(
@@ -210,12 +261,16 @@ class TableReader:
         return self.client.table
 
     async def call(self, operation: str, stats: ReadStats, **kwargs: Any) -> dict[str, Any]:
-        """One DynamoDB read, bounded by the shared semaphore, its cost added to ``stats``.
+        """One DynamoDB read, counted against the request's budget, bounded by the shared
+        semaphore, its cost added to ``stats``.
 
         Raises:
+            TooManyCalls: the request's call budget is spent (nothing is sent).
             ReadFailed: DynamoDB refused the read (``ReadUnavailable`` when retriable).
         """
         async with self._sem:
+            # Counted once it has a slot, so a call cancelled while waiting never counts.
+            stats.count_call()
             try:
                 resp = await self.client.call(operation, ReturnConsumedCapacity="TOTAL", **kwargs)
             except WriteError as exc:

@@ -10,8 +10,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from .apikeys import ANONYMOUS, Principal
+from .cursor import CursorCodec
 from .errors import NotFound
-from .reader import ReadStats, TableReader
+from .reader import ReadStats, TableReader, default_calls_per_sensor
 from .settings import ServeSettings
 
 __all__ = ["Context", "JSONResponse", "context", "json_response"]
@@ -30,12 +31,17 @@ class JSONResponse(Response):
 @dataclass(slots=True)
 class Context:
     """What a handler needs: the reader, the settings, this request's read accounting,
-    and who is asking (the scope of sensors they may read)."""
+    the server's cursor codec, and who is asking (the scope of sensors they may read)."""
 
     reader: TableReader
     settings: ServeSettings
     stats: ReadStats
+    cursors: CursorCodec
     principal: Principal = ANONYMOUS
+
+    def reads_sensors(self, count: int) -> None:
+        """This request reads ``count`` sensors: its DynamoDB call budget is per sensor."""
+        self.stats.sensors = max(1, count)
 
     def check_sensor(self, sensor_id: str, parameter: str = "sensor_id") -> str:
         """``sensor_id`` if the caller may read it.
@@ -53,17 +59,23 @@ class Context:
 
 
 def context(request: Request) -> Context:
-    """The handler context; the request's :class:`ReadStats` is kept on ``request.state``
-    so error responses report what was spent too."""
+    """The handler context; the request's :class:`ReadStats` (with its DynamoDB call budget
+    for one sensor: see :meth:`Context.reads_sensors`) is kept on ``request.state`` so
+    error responses report what was spent too."""
     state = request.app.state
     reader: TableReader = state.reader
-    stats = reader.new_stats()
+    settings: ServeSettings = state.settings
+    cap = settings.max_calls_per_sensor or default_calls_per_sensor(
+        reader.layout, settings.max_range_ms
+    )
+    stats = reader.new_stats(max_calls_per_sensor=cap)
     request.state.stats = stats
     who: Any = request.scope.get("state", {}).get("principal")
     return Context(
         reader=reader,
-        settings=state.settings,
+        settings=settings,
         stats=stats,
+        cursors=state.cursors,
         principal=who if isinstance(who, Principal) else ANONYMOUS,
     )
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .cursor import decode_cursor, encode_cursor, fingerprint
+from ingest.layout import REGISTRY_PARTITIONS
+
+from .cursor import fingerprint
 from .errors import BadParameter, NotFound
 from .pages import read_page
 from .params import (
@@ -69,19 +72,40 @@ async def sensors_list(request: Request) -> JSONResponse:
     fp = fingerprint("sensors")
     after: tuple[int, int] | None = None
     if q.get("cursor"):
-        doc = decode_cursor(q["cursor"], "sensors", fp)
-        try:
-            after = (int(doc["p"]), int(doc["s"]))
-        except (KeyError, TypeError, ValueError):
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint") from None
+        after = _sensors_position(q["cursor"], ctx.cursors.decode(q["cursor"], "sensors", fp))
     keep = None if ctx.principal.reads_all else ctx.principal.may_read
     page = await list_sensors(ctx.reader, limit=limit, after=after, keep=keep, stats=ctx.stats)
     next_cursor = None
     if page.next_position is not None:
         p, sk = page.next_position
-        next_cursor = encode_cursor("sensors", fp, {"p": p, "s": str(sk)})
+        next_cursor = ctx.cursors.encode("sensors", fp, {"p": p, "s": str(sk)})
     body = {"sensors": [sensor_json(it) for it in page.items], "next_cursor": next_cursor}
     return json_response(body, ctx)
+
+
+_REGISTRY_SK_LIMIT = 2**112  # registry sort keys are 112-bit hashes (ingest.layout.registry_key)
+
+
+def _sensors_position(raw: str, doc: dict[str, Any]) -> tuple[int, int]:
+    """The ``(partition, sort key)`` a sensor-list cursor resumes after, checked.
+
+    Raises:
+        BadParameter: not a registry partition index, or not a registry sort key.
+    """
+    p, sk = doc.get("p"), doc.get("s")
+    if (
+        type(p) is not int
+        or not 0 <= p < REGISTRY_PARTITIONS
+        or not isinstance(sk, str)
+        or not 0 < len(sk) <= 40
+        or not sk.isascii()
+        or not sk.isdigit()
+        or int(sk) >= _REGISTRY_SK_LIMIT
+    ):
+        raise BadParameter(
+            "cursor", raw, "a next_cursor of this endpoint", reason="not a registry position"
+        )
+    return p, int(sk)
 
 
 async def sensor_detail(request: Request) -> JSONResponse:
@@ -127,6 +151,44 @@ async def sensor_latest(request: Request) -> JSONResponse:
 
 # -- raw readings ---------------------------------------------------------------
 
+CURSOR_CLOCK_SKEW_MS = 60_000
+"""How far a cursor's defaulted ``end`` ("now" on the replica that issued it) may lie
+ahead of this replica's clock."""
+
+
+def _readings_position(
+    q: Mapping[str, str], doc: dict[str, Any], start: int, end: int, max_range_ms: int
+) -> tuple[int, int, int]:
+    """The ``(start, end, next)`` of a readings cursor, checked against its request.
+
+    The cursor's range must be one this very request could have produced on its first
+    page (``parse_range`` then): ``start``/``end`` as given, a defaulted ``end`` no later
+    than now (plus :data:`CURSOR_CLOCK_SKEW_MS`), a defaulted ``start`` one default span
+    before the cursor's end, at most ``max_range_ms`` long; and ``next`` inside it. So a
+    cursor, even one signed with a leaked key, never widens what the request asks for.
+
+    Raises:
+        BadParameter: the position is not integers, or lies outside the request's range.
+    """
+    raw = q["cursor"]
+    s, e, n = doc.get("s"), doc.get("e"), doc.get("n")
+    if type(s) is not int or type(e) is not int or type(n) is not int:
+        raise BadParameter("cursor", raw, "a next_cursor of this endpoint", reason="not a position")
+    inside = (
+        0 <= s <= n <= e
+        and e - s <= max_range_ms
+        and (s == start if q.get("start") else s == max(0, e - DEFAULT_SPAN_MS))
+        and (e == end if q.get("end") else e <= end + CURSOR_CLOCK_SKEW_MS)
+    )
+    if not inside:
+        raise BadParameter(
+            "cursor",
+            raw,
+            f"a next_cursor of this query: its range lies within this request's ({start}..{end})",
+            reason=f"position outside the request's range ({s}..{e}, next {n})",
+        )
+    return s, e, n
+
 
 async def sensor_readings(request: Request) -> JSONResponse:
     """``GET /v1/sensors/{id}/readings?start=&end=&fields=&order=&limit=&cursor=``."""
@@ -147,13 +209,8 @@ async def sensor_readings(request: Request) -> JSONResponse:
     fp = fingerprint("readings", sensor_id, q.get("start", ""), q.get("end", ""), order)
     lo, hi = start, end
     if q.get("cursor"):
-        doc = decode_cursor(q["cursor"], "readings", fp)
-        try:
-            start, end, nxt = int(doc["s"]), int(doc["e"]), int(doc["n"])
-        except (KeyError, TypeError, ValueError):
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint") from None
-        if not start <= nxt <= end:
-            raise BadParameter("cursor", q["cursor"], "a next_cursor of this endpoint")
+        doc = ctx.cursors.decode(q["cursor"], "readings", fp)
+        start, end, nxt = _readings_position(q, doc, start, end, s.max_range_ms)
         lo, hi = (nxt, end) if order == "asc" else (start, nxt)
     page = await read_page(
         ctx.reader,
@@ -167,7 +224,7 @@ async def sensor_readings(request: Request) -> JSONResponse:
     )
     next_cursor = None
     if page.next_ts is not None:
-        next_cursor = encode_cursor("readings", fp, {"s": start, "e": end, "n": page.next_ts})
+        next_cursor = ctx.cursors.encode("readings", fp, {"s": start, "e": end, "n": page.next_ts})
     body = {
         "sensor_id": sensor_id,
         "start": start,
@@ -281,6 +338,7 @@ async def multi_series(request: Request) -> JSONResponse:
     sensors = parse_sensors(request.query_params.get("sensors"), maximum=ctx.settings.max_sensors)
     for sid in sensors:
         ctx.check_sensor(sid, "sensors")
+    ctx.reads_sensors(len(sensors))
     start, end, grid, aggs, fields = _series_request(request, ctx)
     async with asyncio.TaskGroup() as tg:
         tasks = [

@@ -90,8 +90,13 @@ async def list_sensors(
         keep: Only sensors whose id passes (an API key's scope); ``None``: all. With a
             filter, at most :data:`MAX_SCANNED_PER_PAGE` entries are examined: the page
             may be short, with a position to resume from.
+
+    Raises:
+        ValueError: ``after`` names no registry partition (the API checks cursors first).
     """
     partitions = registry_partition_keys()
+    if after is not None and not 0 <= after[0] < len(partitions):
+        raise ValueError(f"after: no registry partition {after[0]} (0..{len(partitions) - 1})")
     first = after[0] if after is not None else 0
     want = limit + 1
     size = max(10, min(want, math.ceil(want * 1.25 / (len(partitions) - first)) + 2))

@@ -4,9 +4,10 @@ and who may read (API keys, rate limits, CORS origins)."""
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .apikeys import AuthSettings
+from .cursor import MIN_KEY_BYTES
 from .ratelimit import RateLimitSettings
 
 __all__ = ["ServeSettings"]
@@ -36,6 +37,10 @@ class ServeSettings:
         max_sensors: Most sensors in one multi-sensor series request.
         max_sensor_page: Largest ``limit`` of a sensor-list page.
         query_concurrency: DynamoDB calls in flight, across all requests (the fan-out bound).
+        max_calls_per_sensor: Most DynamoDB calls one request may make per sensor it reads
+            (a 422 past it); ``None``: derived from the table's layout and ``max_range_ms``
+            (:func:`queries.reader.default_calls_per_sensor`: 2,064 for 1-day buckets,
+            4 shards and 31 days).
         latest_future_ms: How far past "now" ``/latest`` looks (clock skew of devices).
         auth: API keys and their scopes (``None``: no authentication, every caller
             reads every sensor; the embedded demo's default, logged as a warning).
@@ -47,6 +52,10 @@ class ServeSettings:
             ``None``: DynamoDB only.
         s3_endpoint: S3 endpoint (``None``: AWS's).
         s3_prefix: Key prefix of the archive (``None``: ``archive``, the archiver's default).
+        cursor_keys: HMAC keys authenticating page cursors (:mod:`queries.cursor`), each
+            at least 32 bytes; the first signs, every one verifies. Empty: a random key
+            per process, so a cursor is valid only on the process that issued it (give
+            replicas behind one load balancer the same keys). Never shown in ``repr``.
     """
 
     table: str
@@ -62,6 +71,7 @@ class ServeSettings:
     max_sensors: int = 20
     max_sensor_page: int = 1_000
     query_concurrency: int = 16
+    max_calls_per_sensor: int | None = None
     latest_future_ms: int = 300_000
     auth: AuthSettings | None = None
     rate_limit: RateLimitSettings | None = None
@@ -69,6 +79,7 @@ class ServeSettings:
     s3_bucket: str | None = None
     s3_endpoint: str | None = None
     s3_prefix: str | None = None
+    cursor_keys: tuple[bytes, ...] = field(default=(), repr=False)
 
     def __post_init__(self) -> None:
         for name in (
@@ -84,6 +95,8 @@ class ServeSettings:
             value = getattr(self, name)
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if self.max_calls_per_sensor is not None and self.max_calls_per_sensor < 1:
+            raise ValueError(f"max_calls_per_sensor must be >= 1, got {self.max_calls_per_sensor}")
         if self.max_points < 10:
             raise ValueError(f"max_points must be >= 10, got {self.max_points}")
         if self.default_points > self.max_points:
@@ -101,6 +114,11 @@ class ServeSettings:
             raise ValueError("s3_endpoint and s3_prefix need s3_bucket (the archive's bucket)")
         if self.s3_bucket is not None and not self.s3_bucket.strip():
             raise ValueError("s3_bucket must not be empty")
+        if not isinstance(self.cursor_keys, tuple):
+            raise ValueError("cursor_keys must be a tuple of keys (bytes)")
+        for i, key in enumerate(self.cursor_keys):
+            if not isinstance(key, bytes) or len(key) < MIN_KEY_BYTES:
+                raise ValueError(f"cursor_keys[{i}]: must be at least {MIN_KEY_BYTES} bytes")
         if isinstance(self.cors_origins, str):
             raise ValueError("cors_origins must be a tuple of origins, not one string")
         for origin in self.cors_origins:

@@ -3,7 +3,8 @@
 With a cold tier configured (``TableReader.cold``, from ``serve --s3-bucket``),
 the raw pages (:mod:`queries.pages`) and the series (:mod:`queries.sampler`) ask
 for the sensor's archive markers in the range first (one Query,
-:func:`ingest.archive.reader.archive_markers`). A bucket without a marker (or
+:func:`ingest.archive.reader.archive_markers`, made through
+:meth:`~queries.reader.TableReader.call` so it is counted and capped like the rest). A bucket without a marker (or
 with an empty one) is read as before, hot only. A marked bucket is read here, one
 sensor-bucket at a time (:func:`read_bucket`):
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 from collections.abc import Sequence
-from typing import Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ingest.archive.errors import ArchiveError, single_archive_error
 from ingest.archive.manifest import Manifest
@@ -41,6 +42,9 @@ from ingest.layout import Item, Reading, format_number
 
 from .errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
 from .reader import ReadStats, TableReader, is_live, partition_query
+
+if TYPE_CHECKING:
+    from ingest.dynamo import DynamoClient
 
 __all__ = ["BOTH", "COLD", "HOT", "Tier", "markers", "read_bucket", "tiers_json"]
 
@@ -66,12 +70,35 @@ async def markers(
     """
     if reader.cold is None or end_ms < start_ms:
         return {}
-    stats.calls += 1
+    # Through the reader like every other call: the semaphore, the read units, the budget.
+    client = cast("DynamoClient", _ReaderCalls(reader, stats))
     try:
-        found = await archive_markers(reader.client, reader.layout, sensor_id, start_ms, end_ms)
+        found = await archive_markers(client, reader.layout, sensor_id, start_ms, end_ms)
     except ArchiveError as exc:
         raise _archive_error(exc) from exc
     return {b: m for b, m in found.items() if m.rows > 0}
+
+
+class _ReaderCalls:
+    """:meth:`TableReader.call` for one request, in the shape of the client that
+    :func:`ingest.archive.reader.archive_markers` calls (``table`` and ``call``).
+
+    Its failures are the read path's (``ReadFailed``, ``TooManyCalls``): they pass
+    through ``archive_markers``, which wraps only the DynamoDB client's own errors.
+    """
+
+    __slots__ = ("_reader", "_stats")
+
+    def __init__(self, reader: TableReader, stats: ReadStats) -> None:
+        self._reader = reader
+        self._stats = stats
+
+    @property
+    def table(self) -> str:
+        return self._reader.table
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        return await self._reader.call(operation, self._stats, **kwargs)
 
 
 async def _shard_items(

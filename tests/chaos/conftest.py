@@ -41,6 +41,7 @@ from simulator.manifest import Manifest
 from simulator.run import RunSummary, SimulationConfig, run_simulation
 from simulator.verify import VerifyReport, format_report, verify_table
 
+from ..drain import assert_drained
 from ..ingest.harness import AWS
 
 FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")
@@ -372,9 +373,26 @@ async def verify_until(
         await asyncio.sleep(1.0)
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Any:
+    """Keep each phase's report on the item, so fixtures can tell whether the test passed."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest_asyncio.fixture
-async def workers(tmp_path: Path) -> AsyncIterator[Callable[..., Worker]]:
-    """Factory of :class:`Worker` (not started); every one still running is stopped after the test."""
+async def workers(
+    tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Callable[..., Worker]]:
+    """Factory of :class:`Worker` (not started).
+
+    After a test that passed, every worker still running is stopped with SIGTERM
+    (a drain), and then each worker's MQTT session is resumed by an independent
+    client: the broker must hold nothing for it (:func:`tests.drain.assert_drained`).
+    Every fault test gets the broker's half of at-least-once checked for free; it
+    only has to leave the broker running. After a failed test, workers are killed.
+    """
     made: list[Worker] = []
 
     def make(name: str, **options: Any) -> Worker:
@@ -385,8 +403,23 @@ async def workers(tmp_path: Path) -> AsyncIterator[Callable[..., Worker]]:
     try:
         yield make
     finally:
+        report = getattr(request.node, "report_call", None)
+        passed = report is not None and report.passed
         for w in made:
             if w.proc is not None and w.proc.returncode is None:
-                w.proc.kill()
-                await w.proc.wait()
+                if passed:
+                    assert await w.stop() == 0, f"{w.name} did not drain cleanly: {w.tail()}"
+                else:
+                    w.proc.kill()
+                    await w.proc.wait()
             await w._end_sampling()
+        if passed:
+            sessions = {
+                (str(w.options["mqtt_url"]), str(w.options["mqtt_client_id"])): w
+                for w in made
+                if w.proc is not None
+            }
+            for (url, client_id), w in sessions.items():
+                await assert_drained(
+                    url, client_id, version=str(w.options.get("mqtt_protocol", "5")), quiet_s=1.0
+                )

@@ -13,8 +13,10 @@ from ingest.config import Config
 from ingest.dynamo import DynamoClient
 from ingest.layout import Reading
 from ingest.mqttclient import MqttConnection, MqttSettings
-from ingest.service import IngestService
+from ingest.service import IngestService, mqtt_settings
 from queries.reader import read_range
+
+from ..drain import assert_drained
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 
@@ -44,9 +46,16 @@ def make_config(
 
 @contextlib.asynccontextmanager
 async def running(
-    service: IngestService, ready_timeout_s: float = 30
+    service: IngestService, ready_timeout_s: float = 30, *, drained: bool = True
 ) -> AsyncIterator[IngestService]:
-    """Run a service in this event loop; stop and drain it on exit."""
+    """Run a service in this event loop; stop and drain it on exit.
+
+    With ``drained`` (the default), once the service has stopped, its MQTT session is
+    resumed by an independent client and the broker must hold nothing for it
+    (:func:`tests.drain.assert_drained`): every fault test proves both halves of
+    at-least-once for free. Pass ``drained=False`` where the broker cannot be asked
+    (a scripted hostile broker, a broker the test leaves stopped).
+    """
     stop, ready = asyncio.Event(), asyncio.Event()
     task = asyncio.create_task(service.run(stop, ready), name="service-under-test")
     waiter = asyncio.create_task(ready.wait())
@@ -62,6 +71,18 @@ async def running(
         waiter.cancel()
         stop.set()
         await asyncio.wait_for(task, 60)
+    if drained:
+        cfg = service.config
+        s = mqtt_settings(cfg, service.mqtt_url)
+        await assert_drained(
+            service.mqtt_url,
+            cfg.mqtt_client_id,
+            version=cfg.mqtt_protocol,
+            quiet_s=1.0,
+            tls=s.tls,
+            username=s.username,
+            password=s.password,
+        )
 
 
 async def publish(broker_url: str, messages: Iterable[tuple[str, bytes]], *, qos: int = 1) -> int:

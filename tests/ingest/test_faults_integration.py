@@ -23,6 +23,7 @@ from ingest.config import Config
 from ingest.layout import TableLayout
 from ingest.service import IngestService
 
+from ..drain import assert_drained
 from .harness import AWS, counter, publish, read_table, running, wait_until
 
 
@@ -234,6 +235,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             await asyncio.wait_for(worker.wait(), 30)
     assert worker.returncode == 0, _tail(log)
     await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
 
 
 async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: float = 30) -> None:
@@ -241,3 +243,44 @@ async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: fl
     while await _metric(port, name) < at_least:
         assert time.monotonic() < deadline, f"{name} < {at_least}"
         await asyncio.sleep(0.1)
+
+
+async def test_paused_reading_keeps_a_healthy_broker_connection(
+    ingest_config: Callable[..., Config],
+    dynamodb_endpoint: str,
+    unique_name: str,
+    fault_proxy: Callable[..., Awaitable[Any]],
+) -> None:
+    """DynamoDB stalls long enough that a full inbox pauses reading for > 1.5 × keepalive.
+
+    The broker is healthy throughout: the connection must survive (no reconnect, no
+    redelivery storm), and everything lands once DynamoDB is back.
+    """
+    proxy = await fault_proxy(dynamodb_endpoint, seed=5)
+    cfg = ingest_config(
+        dynamodb_endpoint=proxy.url,
+        mqtt_keepalive_s=5,
+        inbox_max_messages=100,
+        write_queue_batches=1,
+        write_concurrency=1,
+        write_retry_base_ms=10,
+        write_retry_max_ms=300,
+    )
+    start = int(time.time() * 1000) - 30_000
+    msgs, expected = _messages(unique_name, 1500, start)
+    service = IngestService(cfg)
+    async with running(service):
+        await proxy.set_down(True)
+        sent = await publish(cfg.mqtt_url or "", msgs)
+        await wait_until(
+            lambda: counter(service, "iot_ingest_inbox_messages") >= 100, 20, "a full inbox"
+        )
+        await asyncio.sleep(5 * 1.5 * 1.6)  # well past the keepalive's silence limit
+        assert counter(service, "iot_ingest_mqtt_reconnects_total") == 0
+        assert service.readiness()[1] == ["DynamoDB writes are failing (retrying)"]
+        await proxy.set_down(False)
+        await wait_until(
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
+        )
+        assert counter(service, "iot_ingest_mqtt_reconnects_total") == 0
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)

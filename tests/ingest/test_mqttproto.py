@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import struct
 
@@ -11,21 +12,29 @@ from hypothesis import strategies as st
 
 from ingest.mqttproto import (
     CONNACK,
+    HEAD_BYTES,
     PINGRESP,
     PUBACK,
     PUBLISH,
     SUBACK,
     SUBSCRIBE,
+    TRUNCATED,
     V5,
     V311,
     Connack,
     MqttProtocolError,
     PacketReader,
+    TruncatedPayload,
+    encode_disconnect,
     encode_puback,
     encode_pubacks,
+    encode_pubcomp,
     encode_publish,
+    encode_pubrec,
     encode_subscribe,
     parse_connack,
+    parse_disconnect,
+    parse_packet_id,
     parse_puback,
     parse_publish,
     parse_suback,
@@ -178,12 +187,89 @@ def test_remaining_length_longer_than_four_bytes_is_a_protocol_error(header: byt
         PacketReader().feed(header)
 
 
-def test_max_packet_bytes_is_enforced_from_the_header() -> None:
+def test_oversize_control_packet_is_refused_from_the_header() -> None:
     reader = PacketReader(max_packet_bytes=100)
 
     assert reader.feed(b"\x30" + varint(100) + b"x" * 100) == [(PUBLISH, 0, b"x" * 100)]
     with pytest.raises(MqttProtocolError, match="packet of 101 bytes exceeds 100"):
-        reader.feed(b"\x30" + varint(101))  # refused before the body arrives
+        reader.feed(b"\x90" + varint(101))  # a SUBACK: refused before the body arrives
+
+
+def test_oversize_publish_is_truncated_and_skipped_as_it_streams() -> None:
+    """Kept: the head (topic, id, payload start); skipped: the rest, never buffered."""
+    payload = b"y" * 300_000
+    big = encode_publish("big/topic", payload, qos=1, packet_id=9, version=V5)
+    after = encode_publish("next", b"ok", qos=1, packet_id=10, version=V5)
+    reader = PacketReader(max_packet_bytes=1000)
+    stream = big + after + b"\xd0\x00"
+    out: list[Packet] = []
+    for i in range(0, len(stream), 4096):
+        out += reader.feed(stream[i : i + 4096])
+        assert len(reader._buf) <= HEAD_BYTES + 4096  # never holds the whole packet
+
+    (t1, f1, body1), (t2, f2, body2), (t3, _, _) = out
+    assert (t1, f1 & TRUNCATED, (f1 >> 1) & 3) == (PUBLISH, TRUNCATED, 1)
+    assert isinstance(body1, TruncatedPayload)
+    assert len(body1) == len(big) - 4  # the body's real size (4 = fixed header)
+    assert len(bytes(body1)) == HEAD_BYTES
+    topic, pid, rest = parse_publish(f1 & 0x0F, bytes(body1), V5)
+    assert (topic, pid) == ("big/topic", 9) and rest == payload[: len(rest)]
+    assert (t2, f2 & TRUNCATED) == (PUBLISH, 0)
+    assert parse_publish(f2, body2, V5) == ("next", 10, b"ok")
+    assert t3 == PINGRESP
+
+
+_PARSERS = [
+    lambda b: parse_connack(b, V5),
+    lambda b: parse_connack(b, V311),
+    lambda b: parse_suback(b, V5),
+    lambda b: parse_suback(b, V311),
+    parse_puback,
+    parse_packet_id,
+    lambda b: parse_disconnect(b, V5),
+    lambda b: parse_publish(0x02, b, V5),
+    lambda b: parse_publish(0x00, b, V311),
+    lambda b: parse_publish(0x04, b, V5),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(data=st.binary(max_size=300), which=st.integers(0, len(_PARSERS) - 1))
+def test_parsers_raise_only_protocol_errors(data: bytes, which: int) -> None:
+    """Untrusted bytes: a result or MqttProtocolError, never IndexError or struct.error."""
+    with contextlib.suppress(MqttProtocolError):
+        _PARSERS[which](data)
+
+
+@settings(max_examples=300, deadline=None)
+@given(chunks=st.lists(st.binary(max_size=200), max_size=12), limit=st.integers(1, 300))
+def test_packet_reader_raises_only_protocol_errors(chunks: list[bytes], limit: int) -> None:
+    reader = PacketReader(max_packet_bytes=limit)
+    try:
+        for c in chunks:
+            for ptype, flags, body in reader.feed(c):
+                assert 0 <= ptype <= 15 and 0 <= flags <= 0x1F
+                assert len(body) <= limit or flags & TRUNCATED
+    except MqttProtocolError:
+        pass
+
+
+def test_disconnect_reasons() -> None:
+    assert parse_disconnect(b"", V5) == (0, "normal disconnection")
+    assert parse_disconnect(b"\x8e", V5)[0] == 0x8E
+    assert "session taken over" in parse_disconnect(b"\x8e", V5)[1]
+    body = b"\x89" + properties(b"\x1f" + mqtt_str("try later"))
+    assert parse_disconnect(body, V5) == (0x89, "server busy (try later)")
+    assert encode_disconnect(version=V5, reason_code=0x81) == b"\xe0\x01\x81"
+    assert encode_disconnect(version=V311, reason_code=0x81) == b"\xe0\x00"
+
+
+def test_qos2_answers() -> None:
+    assert encode_pubrec(258) == b"\x50\x02\x01\x02"
+    assert encode_pubcomp(258) == b"\x70\x02\x01\x02"
+    assert encode_pubcomp(258, reason_code=0x92) == b"\x70\x03\x01\x02\x92"
+    with pytest.raises(MqttProtocolError, match="packet identifier 0"):
+        parse_packet_id(b"\x00\x00")
 
 
 # -- PUBLISH -----------------------------------------------------------------

@@ -84,13 +84,16 @@ class Api:
 
 
 class RecordingClient(DynamoClient):
-    """A DynamoDB client that keeps every response (to see the pages DynamoDB returned)."""
+    """A DynamoDB client that keeps every response (to see the pages DynamoDB returned)
+    and counts the calls started (``started``: cancelled ones included)."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.responses: list[tuple[str, dict[str, Any]]] = []
+        self.started = 0
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        self.started += 1
         resp = await super().call(operation, **kwargs)
         self.responses.append((operation, resp))
         return resp

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import secrets
 import signal
+import subprocess
 import sys
 from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -119,3 +124,92 @@ async def test_serve_with_a_missing_archive_bucket_fails_before_listening(
     assert proc.returncode == 1, text
     assert "S3 bucket 'no-such-archive-bucket' does not exist" in text
     assert "Traceback" not in text and "Uvicorn running" not in text
+
+
+async def _start_serve(cmd: list[str], env: dict[str, str] | None = None) -> Any:
+    proc = await asyncio.create_subprocess_exec(
+        *cmd, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, env=env
+    )
+    assert proc.stderr is not None
+    try:
+        await _wait_for_line(proc.stderr, "Uvicorn running on", 30)
+    except BaseException:
+        proc.kill()
+        await proc.wait()
+        raise
+    return proc
+
+
+async def _stop(proc: Any) -> None:
+    if proc.returncode is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            await asyncio.wait_for(proc.wait(), 20)
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+
+
+async def test_replicas_sharing_a_cursor_key_file_accept_each_others_cursors(
+    make_table: Callable[..., Awaitable[TestTable]], tmp_path: Path
+) -> None:
+    table = await make_table()
+    now = ms_now()
+    await table.put([Reading("cli-2", now - 1000 * i, {"v": i}) for i in range(20)])
+    key_file = tmp_path / "cursor.key"
+    key_file.write_text("# shared by both replicas\n" + secrets.token_hex(32) + "\n")
+    ports = [free_port(), free_port()]
+    # One replica reads the file from the flag, the other from the environment.
+    one = await _start_serve(
+        [*_serve_cmd(table.name, table.endpoint, ports[0]), "--cursor-key-file", str(key_file)]
+    )
+    procs = [one]
+    try:
+        env = {**os.environ, "IOT_INGEST_CURSOR_KEY_FILE": str(key_file)}
+        procs.append(await _start_serve(_serve_cmd(table.name, table.endpoint, ports[1]), env))
+        params = {"start": str(now - 60_000), "end": str(now), "limit": "8"}
+        seen: list[int] = []
+        cursor = None
+        async with aiohttp.ClientSession() as session:
+            for i in range(10):
+                url = f"http://127.0.0.1:{ports[i % 2]}/v1/sensors/cli-2/readings"
+                query = params | ({"cursor": cursor} if cursor else {})
+                async with session.get(url, params=query) as resp:
+                    body = await resp.json()
+                    assert resp.status == 200, body
+                seen += [r["ts"] for r in body["readings"]]
+                cursor = body["next_cursor"]
+                if cursor is None:
+                    break
+        assert seen == [now - 1000 * i for i in range(19, -1, -1)]
+    finally:
+        for proc in procs:
+            await _stop(proc)
+
+
+def test_serve_refuses_a_bad_cursor_key_file_naming_file_and_line(tmp_path: Path) -> None:
+    key_file = tmp_path / "cursor.key"
+    key_file.write_text(secrets.token_hex(32) + "\nnot-long-enough\n")
+    cmd = [*_serve_cmd("some-table", "http://127.0.0.1:9", free_port())]
+    done = subprocess.run(
+        [*cmd, "--cursor-key-file", str(key_file)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    assert f"cursor key file {key_file}, line 2" in done.stderr
+    assert "at least 32 characters" in done.stderr
+    assert "not-long-enough" not in done.stderr
+    assert "Traceback" not in done.stderr
+    done = subprocess.run(
+        [*cmd, "--cursor-key-file", str(tmp_path / "missing.key")],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "missing.key" in done.stderr

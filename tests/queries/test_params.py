@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queries.cursor import decode_cursor, encode_cursor, fingerprint
+from queries.cursor import CursorCodec, CursorKeyError, fingerprint, load_cursor_keys
 from queries.errors import BadParameter
 from queries.params import parse_range, parse_step, parse_time
 
@@ -58,15 +60,51 @@ def test_bad_steps(text: str) -> None:
         parse_step(text)
 
 
+CODEC = CursorCodec((b"t" * 32,))
+
+
 @given(st.integers(0, 2**62), st.integers(0, 2**62), st.text(max_size=20))
 def test_cursors_round_trip_and_are_bound_to_their_query(a: int, b: int, other: str) -> None:
     fp = fingerprint("readings", "dev-1", a)
-    raw = encode_cursor("readings", fp, {"n": b})
+    raw = CODEC.encode("readings", fp, {"n": b})
     assert raw.isascii()
     assert "=" not in raw
-    assert decode_cursor(raw, "readings", fp)["n"] == b
+    assert CODEC.decode(raw, "readings", fp)["n"] == b
     other_fp = fingerprint("readings", "dev-1", a, other or "x")
     with pytest.raises(BadParameter, match="another query"):
-        decode_cursor(raw, "readings", other_fp)
+        CODEC.decode(raw, "readings", other_fp)
     with pytest.raises(BadParameter, match="this endpoint"):
-        decode_cursor(raw, "sensors", fp)
+        CODEC.decode(raw, "sensors", fp)
+
+
+def test_cursor_keys_rotate_first_signs_every_one_verifies() -> None:
+    old, new = b"o" * 32, b"n" * 40
+    fp = fingerprint("readings", "dev-1")
+    issued = CursorCodec((old,)).encode("readings", fp, {"n": 5})
+    rotating = CursorCodec((new, old))
+    assert rotating.decode(issued, "readings", fp)["n"] == 5
+    fresh = rotating.encode("readings", fp, {"n": 6})
+    assert CursorCodec((new,)).decode(fresh, "readings", fp)["n"] == 6
+    with pytest.raises(BadParameter, match="not issued by this server") as caught:
+        CursorCodec((new,)).decode(issued, "readings", fp)  # the old key was removed
+    assert caught.value.parameter == "cursor"
+    with pytest.raises(BadParameter, match="not issued by this server"):
+        CursorCodec.random().decode(fresh, "readings", fp)
+    assert "n" * 32 not in repr(rotating)
+    with pytest.raises(ValueError, match="at least 32 bytes"):
+        CursorCodec((b"short",))
+
+
+def test_cursor_key_file(tmp_path: Path) -> None:
+    path = tmp_path / "cursor.key"
+    path.write_text("# rotated 2026-11\n" + "a" * 64 + "\n\n  " + "b" * 32 + "  \n")
+    assert load_cursor_keys(path) == (b"a" * 64, b"b" * 32)
+    path.write_text("a" * 64 + "\nshort-secret\n")
+    with pytest.raises(CursorKeyError, match="line 2: a key must be at least 32") as caught:
+        load_cursor_keys(path)
+    assert "short-secret" not in str(caught.value)
+    path.write_text("# nothing\n\n")
+    with pytest.raises(CursorKeyError, match="no key"):
+        load_cursor_keys(path)
+    with pytest.raises(CursorKeyError, match="missing"):
+        load_cursor_keys(tmp_path / "missing")

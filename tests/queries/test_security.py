@@ -6,6 +6,7 @@ the access control is what is under test).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
@@ -342,3 +343,89 @@ async def test_cors_opens_for_a_configured_origin_only(
     ) as resp:
         assert resp.status == 400
         assert "Access-Control-Allow-Origin" not in resp.headers
+
+
+async def test_grafana_name_lists_for_a_scoped_key_do_not_walk_the_registry_each_call(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Grafana asks for metric names on every editor load and variable refresh. A narrow key
+    over a large registry used to read the whole registry each time; the names now come
+    from one registry read shared by every key for a short TTL."""
+    import queries.metricnames
+
+    monkeypatch.setattr(queries.metricnames, "NAMES_TTL_S", 1.0)
+    table = await make_table()
+    others = [Reading(f"other-{i:04d}", ms_now() - 1000, {"v": 1, "w": 2}) for i in range(600)]
+    mine = [Reading(s, ms_now() - 1000, {"v": 1}) for s in ("site-a-x", "site-a-y")]
+    await table.register(others + mine)
+    api = await serve_api(table, auth=AUTH)
+
+    async def cost(path: str, body: Any, token: str = SITE_A) -> tuple[float, int, Any]:
+        status, headers, out = await _call(api, "POST", path, token=token, body=body)
+        assert status == 200, out
+        return float(headers["X-Read-Units"]), int(headers["X-DynamoDB-Calls"]), out
+
+    units, calls, first = await cost("/grafana/metrics", {})
+    assert [m["value"] for m in first] == ["site-a-x/v", "site-a-y/v"]
+    assert units > 0 and 8 <= calls <= 16  # the registry's 8 partitions, 1 MB pages
+    for path, body, want in (
+        ("/grafana/metrics", {}, first),
+        ("/grafana/search", {"target": "site"}, ["site-a-x/v", "site-a-y/v"]),
+        ("/grafana/variable", {"payload": {"target": "sensors"}}, None),
+    ):
+        for _ in range(3):
+            units, calls, out = await cost(path, body)
+            assert (units, calls) == (0.0, 0), path  # served from the shared snapshot
+            if want is not None:
+                assert out == want
+    assert [v["__value"] for v in out] == ["site-a-x", "site-a-y"]
+    # Another key, another scope: the same snapshot, its own filter.
+    units, calls, every = await cost("/grafana/metrics", {}, token=ALL)
+    assert (units, calls) == (0.0, 0)
+    assert len(every) == 600 * 2 + 2
+
+    # After the TTL a new sensor shows, at the cost of one registry read again.
+    await table.register([Reading("site-a-z", ms_now(), {"t": 1})])
+    await asyncio.sleep(1.1)
+    units, calls, out = await cost("/grafana/metrics", {})
+    assert [m["value"] for m in out] == ["site-a-x/v", "site-a-y/v", "site-a-z/t"]
+    assert units > 0 and 8 <= calls <= 16
+
+
+async def test_grafana_names_snapshot_is_bounded(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import queries.metricnames
+
+    monkeypatch.setattr(queries.metricnames, "MAX_CACHED_SENSORS", 80)
+    table = await make_table()
+    await table.register([Reading(f"b-{i:03d}", ms_now(), {"v": 1}) for i in range(200)])
+    api = await serve_api(table, auth=AUTH)
+    status, _, names = await _call(api, "POST", "/grafana/metrics", token=ALL, body={})
+    assert status == 200
+    assert 0 < len(names) <= 80
+    assert {n["value"] for n in names} < {f"b-{i:03d}/v" for i in range(200)}
+
+
+async def test_concurrent_grafana_name_lists_share_one_registry_read(
+    make_table: Callable[..., Awaitable[TestTable]],
+    serve_api: Callable[..., Awaitable[Api]],
+) -> None:
+    table = await make_table()
+    await table.register([Reading(f"site-a-{i:03d}", ms_now(), {"v": 1}) for i in range(50)])
+    api = await serve_api(table, auth=AUTH)
+    answers = await asyncio.gather(
+        *(
+            _call(api, "POST", "/grafana/metrics", token=token, body={})
+            for token in (SITE_A, ALL) * 4
+        )
+    )
+    assert [status for status, _, _ in answers] == [200] * 8
+    calls = [int(headers["X-DynamoDB-Calls"]) for _, headers, _ in answers]
+    assert sorted(calls)[:-1] == [0] * 7  # one request read the registry; seven waited
+    assert 8 <= max(calls) <= 16
+    assert all(len(names) == 50 for _, _, names in answers)

@@ -27,9 +27,12 @@ from ingest.dynamo import DynamoClient
 from ingest.layout import Item, Reading
 from ingest.table import create_table
 from queries.app import create_app
+from queries.reader import TableReader
 from queries.server import ApiServer
 from queries.settings import ServeSettings
 from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, open_archive_env
+
+from .harness import RecordingClient
 
 CREDS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 NOW_MS = (time.time_ns() // 1_000_000) // BUCKET_MS * BUCKET_MS
@@ -342,3 +345,61 @@ async def test_an_unreadable_archive_object_is_a_clear_502(tiered: Tiered) -> No
         assert body["error"]["code"] == "archive_error"
         assert "re-run `iot-ingest archive`" in body["error"]["message"]
         assert resp.headers["X-Cold-Objects"] == "1"
+
+
+async def test_every_dynamodb_call_of_a_tiered_read_goes_through_the_reader(
+    archive_env: ArchiveEnv, moto_server: MotoServer
+) -> None:
+    """The marker Query too: its read units are reported, and it counts against the cap."""
+    env = archive_env
+    await env.put(make_readings())
+    assert not (await env.archiver(now_ms=NOW_MS).run_once()).failed
+    settings = {
+        "table": env.dynamo.table,
+        "endpoint_url": moto_server.endpoint_url,
+        "s3_bucket": env.store.bucket,
+        "s3_endpoint": moto_server.endpoint_url,
+        "s3_prefix": env.store.prefix,
+        **CREDS,
+    }
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            RecordingClient(
+                table=env.dynamo.table,
+                region="us-east-1",
+                endpoint_url=moto_server.endpoint_url,
+                **CREDS,
+            )
+        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        servers = []
+        for cap in (None, 1):
+            reader = await TableReader.load(client)
+            app = create_app(ServeSettings(**settings, max_calls_per_sensor=cap), reader=reader)
+            servers.append(await stack.enter_async_context(ApiServer(app)))
+        client.responses.clear()
+        async with session.get(
+            servers[0].url + "/v1/sensors/tier-a/readings",
+            params={"start": str(START), "end": str(END), "limit": "10000"},
+        ) as resp:
+            assert resp.status == 200
+            headers = resp.headers
+        ops = [kwargs for _, kwargs in client.responses]
+        assert int(headers["X-DynamoDB-Calls"]) == len(ops) > 1
+        # Every response carries its consumed capacity: every call went through
+        # TableReader.call (which asks for it), the marker Query included.
+        assert all("ConsumedCapacity" in resp for resp in ops)
+        units = sum(resp["ConsumedCapacity"]["CapacityUnits"] for resp in ops)
+        assert float(headers["X-Read-Units"]) == pytest.approx(units, abs=1e-4)
+
+        # A cap of one call: the marker Query is that call.
+        client.responses.clear()
+        async with session.get(
+            servers[1].url + "/v1/sensors/tier-a/readings",
+            params={"start": str(START), "end": str(END)},
+        ) as resp:
+            body = await resp.json()
+            assert resp.status == 422, body
+            assert body["error"]["code"] == "too_many_calls"
+            assert resp.headers["X-DynamoDB-Calls"] == "1"
+        assert len(client.responses) == 1
