@@ -6,6 +6,10 @@ then proves both halves of at-least-once from the outside: the table holds every
 reading exactly once, and, with the service stopped, the broker holds nothing for its
 session (:func:`tests.drain.assert_drained`).
 
+The harness's own drain check is off (``drained=False``): each test runs
+:func:`assert_broker_drained` itself, last, with the broker's parameters (credentials,
+TLS, nats-server's redelivery timer), because the check takes the session over.
+
 Where a broker cannot keep a promise the service relies on, the test asserts what the
 broker does instead (its :class:`~tests.interop.brokers.Traits`), so that
 docs/brokers.md stays measured: a broker release that changes it fails here.
@@ -149,7 +153,7 @@ async def test_acks_are_held_until_durable_and_the_broker_redelivers_them(
     start = now_ms()
     msgs, keys = readings(unique_name, start, 0, 30)
     first = IngestService(cfg)
-    async with running(first):
+    async with running(first, drained=False):  # held on purpose: checked at the end
         await proxy.set_down(True)
         await publish_to(broker, msgs)
         await wait_until(lambda: counter(first, RECEIVED) >= 1, 20, "a first delivery")
@@ -160,7 +164,7 @@ async def test_acks_are_held_until_durable_and_the_broker_redelivers_them(
     assert not await stored(moto_server.endpoint_url, cfg.table, start)
     await proxy.set_down(False)
     second = IngestService(cfg)
-    async with running(second):
+    async with running(second, drained=False):
         if broker.traits.redelivers_in_flight:
             items = await wait_stored(moto_server.endpoint_url, cfg.table, start, keys, 30)
         else:
@@ -238,7 +242,6 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
     moto_server: Any,
     unique_name: str,
     tmp_path: Path,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Two workers in one ``$share`` group: each reading once, both worked (or the broker's no)."""
     cfgs = [
@@ -257,15 +260,15 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
     a, b = IngestService(cfgs[0]), IngestService(cfgs[1])
     if broker.traits.shared == "refused":
         # MQTT 5 says so in CONNACK (Shared Subscription Available = 0); the SUBSCRIBE is
-        # answered with DISCONNECT 0x9E. Today the service logs the reason and keeps
-        # reconnecting, not ready (docs/brokers.md): nothing is received, nothing lost.
+        # answered with DISCONNECT 0x9E. The service keeps reconnecting, not ready, and
+        # /readyz names the broker's reason (docs/brokers.md): nothing received, nothing lost.
         stop, ready = asyncio.Event(), asyncio.Event()
         task = asyncio.create_task(a.run(stop, ready), name="refused-worker")
         try:
             await wait_until(
-                lambda: any("reason 0x9e" in r.getMessage() for r in caplog.records),
+                lambda: "(0x9e)" in " ".join(a.readiness()[1]).lower(),
                 20,
-                "the broker's DISCONNECT 0x9E (shared subscriptions not supported)",
+                "/readyz to name the broker's DISCONNECT 0x9E (shared subscriptions not supported)",
             )
             await publish_to(broker, msgs)
             await asyncio.sleep(1.0)
@@ -277,7 +280,7 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
         assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
         await assert_broker_drained(broker, cfgs[0].mqtt_client_id)
         return
-    async with running(a), running(b):
+    async with running(a, drained=False), running(b, drained=False):
         await publish_to(broker, msgs)
 
         def done() -> float:
@@ -296,8 +299,7 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
         assert_once(await stored(moto_server.endpoint_url, cfgs[0].table, start), keys)
     else:
         assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
-    for cfg in cfgs:
-        await assert_broker_drained(broker, cfg.mqtt_client_id)
+    await asyncio.gather(*(assert_broker_drained(broker, c.mqtt_client_id) for c in cfgs))
 
 
 @pytest.mark.timeout(60)
@@ -312,7 +314,7 @@ async def test_tls(
     start = now_ms()
     msgs, keys = readings(unique_name, start, 0, 20)
     service = IngestService(cfg)
-    async with running(service):
+    async with running(service, drained=False):
         await publish_to(broker, msgs)
         await wait_until(lambda: counter(service, COMPLETED) >= len(msgs), 30, "durable")
     assert_once(await stored(moto_server.endpoint_url, cfg.table, start), keys)
@@ -325,15 +327,31 @@ async def test_broker_delivery_traits(
 ) -> None:
     """What the broker does with unacknowledged QoS 1 messages, measured with plain clients.
 
-    A subscriber that never acknowledges gets ``sent`` messages (how many arrive is the
-    broker's in-flight window), disconnects, five more are published; the drain oracle
-    then resumes the session: what comes back, with or without DUP.
+    First the largest message the service accepts by default (``max_message_bytes``,
+    256 KiB) must go through, acknowledged. Then a subscriber that acknowledges nothing
+    gets ``sent`` messages (how many arrive is the broker's in-flight window),
+    disconnects, five more are published; the drain oracle then resumes the session:
+    what comes back, with or without DUP.
     """
     cid, prefix = f"traits-{uuid.uuid4().hex[:8]}", unique_name
     got: list[Message] = []
-    conn = MqttConnection(broker.client_settings(cid, clean_start=False), got.extend)
-    await conn.open()
+    acking = True
+    conn: MqttConnection
+
+    def on_messages(chunk: list[Message]) -> None:
+        got.extend(chunk)
+        if acking:
+            conn.ack([pid for _, _, _, pid in chunk])
+
+    conn = MqttConnection(broker.client_settings(cid, clean_start=False), on_messages)
+    connack = await conn.open()
     await conn.subscribe([(f"{prefix}/+/telemetry", 1)])
+    largest = Config.model_fields["max_message_bytes"].default
+    await publish_to(broker, [(f"{prefix}/big/telemetry", b"x" * largest)])
+    await wait_until(lambda: len(got) == 1, 10, "the largest accepted message")
+    assert len(got[0][1]) == largest
+    got.clear()
+    acking = False
     sent, _ = readings(prefix, 0, 0, 60)
     await publish_to(broker, sent)
     await asyncio.sleep(0.5)  # under nats-server's ack_wait: no resend on this connection yet
@@ -342,9 +360,7 @@ async def test_broker_delivery_traits(
     queued, _ = readings(prefix, 0, 100, 5)
     await publish_to(broker, queued)
     kwargs = broker.drain_kwargs()
-    kwargs["timeout_s"] = (
-        kwargs["quiet_s"] + 1.0
-    )  # a broker that resends on a timer never goes quiet
+    kwargs["timeout_s"] = kwargs["quiet_s"] + 1.0  # one that resends on a timer never goes quiet
     present, resent = await session_backlog(broker.client_url, cid, **kwargs)
     held = list({h.payload: h for h in resent}.values())  # each message once
     in_flight = {p for _, p, _, _ in got}
@@ -354,6 +370,7 @@ async def test_broker_delivery_traits(
         "delivery", broker.name,
         in_flight_window=window, held_on_resume=len(held), resent=len(resent), redelivered=len(back),
         redelivered_dup=sum(h.dup for h in back), queued_delivered=len(came_back_queued),
+        connack=connack.properties,
     )  # fmt: skip
     assert present
     assert window == (broker.traits.in_flight_window or len(sent))
