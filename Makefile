@@ -17,7 +17,10 @@ $(BIN)/.installed: pyproject.toml constraints.txt
 
 deps: $(BIN)/.installed
 
-# Binaries the tests start themselves: Mosquitto and Chromium (Debian packages), dynalite (npm).
+# Binaries the tests start themselves: Mosquitto and Chromium (Debian packages), dynalite (npm),
+# and the interop suite's brokers (docs/brokers.md): nats-server and ejabberd (Debian packages;
+# the system services their packages may start are stopped and disabled: the tests start their
+# own on free ports), Aedes (npm). amqtt is a Python dependency.
 test-deps:
 	@command -v openssl >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq openssl >/dev/null; }
 	@command -v mosquitto >/dev/null 2>&1 || { \
@@ -31,6 +34,19 @@ test-deps:
 	@test -x $(TOOLS)/node_modules/.bin/dynalite || { \
 	  echo "installing dynalite (npm)"; \
 	  npm install --silent --no-audit --no-fund --prefix $(TOOLS) dynalite@4.0.0 >/dev/null; }
+	@command -v nats-server >/dev/null 2>&1 || test -x /usr/sbin/nats-server || { \
+	  echo "installing nats-server (Debian package, for the interop tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq nats-server >/dev/null; \
+	  ! command -v systemctl >/dev/null 2>&1 || $$SUDO systemctl disable --now nats-server >/dev/null 2>&1 || true; }
+	@ls /usr/lib/*/ejabberd-*/ebin/ejabberd.app >/dev/null 2>&1 || { \
+	  echo "installing ejabberd (Debian package, for the interop tests)"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && $$SUDO apt-get install -y -qq ejabberd >/dev/null; \
+	  ! command -v systemctl >/dev/null 2>&1 || $$SUDO systemctl disable --now ejabberd >/dev/null 2>&1 || true; }
+	@test -f $(TOOLS)/node_modules/aedes/aedes.js || { \
+	  echo "installing aedes (npm, for the interop tests)"; \
+	  npm install --silent --no-audit --no-fund --prefix $(TOOLS) aedes@1.2.0 >/dev/null; }
 
 run: deps
 	$(BIN)/iot-ingest demo
