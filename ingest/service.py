@@ -197,6 +197,8 @@ class IngestService:
             inbox=inbox,
             decoder=PayloadDecoder(
                 sensor_topic_level=cfg.topic_sensor_level,
+                sensor_id_rule=cfg.sensor_id_rule,
+                sensor_id_separator=cfg.sensor_id_separator,
                 limits=Limits(
                     max_message_bytes=cfg.max_message_bytes,
                     max_readings_per_message=cfg.max_readings_per_message,
