@@ -27,12 +27,26 @@ interleaved in one process (minimum of 25 rounds, reference machine), a
 100-reading gateway batch decodes in 142.0 µs (142.2 µs before), a single
 reading in 1.69 µs (1.71 µs before).
 
+Numbers: orjson keeps integers in [-2**63, 2**64 - 1] as ``int`` and turns
+larger integer literals into floats, silently losing digits. A float of
+magnitude 2**63 or more takes a rare path that re-reads the payload with the
+standard library's parser (once per message) and refuses a metric whose
+literal was such an integer. DynamoDB numbers lie in [1E-130,
+9.9999999999999999999999999999999999999E+125] by magnitude; a float is
+written in its shortest round-trip form (``repr``), so the largest accepted
+float is the one below ``1e126`` (whose ``repr`` is ``1e+126``, refused). The
+hot path still makes one chained comparison per float (zero moved to the rare
+path) and none per int (orjson yields no int over 20 digits, DynamoDB keeps
+38): interleaved A/B as above, a 100-reading batch decodes in 136.4 µs (139.0
+µs without these checks), a single reading in 1.69 µs (1.68 µs).
+
 Nothing here raises on bad input: every problem becomes a :class:`Rejection`
 with a reason a person can act on, and goes to the dead letters.
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -59,9 +73,14 @@ SENSOR_ID_SEPARATORS = (":", ".", "_", "-")
 """Characters allowed in sensor ids that may separate a topic's id from the rest."""
 
 _RESERVED = frozenset(("ts", "sensor_id"))
-_DDB_MAX = 9.9999999999999999e125
+_DDB_LIMIT = 1e126
+"""Floats must be below this: ``repr(1e126)`` is ``'1e+126'``, above DynamoDB's maximum
+9.9999999999999999999999999999999999999E+125 (the literal of that maximum parses to it too)."""
 _DDB_MIN = 1e-130
-_INT_MAX = 10**38
+"""Smallest magnitude: ``repr(1e-130)`` is ``'1e-130'``, exactly DynamoDB's minimum."""
+_INT_EDGE = 2.0**63
+"""Floats this large may be integer literals orjson could not keep (rare path)."""
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 _NOBODY = object()
 """The scope of a topic without a sensor id: no owner equals it."""
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -115,8 +134,10 @@ class PayloadDecoder:
 
     __slots__ = (
         "_any",
+        "_exact_doc",
         "_known",
         "_last_refill",
+        "_payload",
         "_tokens",
         "_topic",
         "limits",
@@ -151,7 +172,9 @@ class PayloadDecoder:
         self._any: str | None = "" if sensor_id_rule == "any" else None
         self._tokens = float(limits.max_new_sensors_per_minute)
         self._last_refill = time.monotonic()
+        self._exact_doc: tuple[bytes, Any] | None = None
         self._topic = ""  # of the message being decoded (for reasons)
+        self._payload = b""  # of the message being decoded (for the rare path of floats)
 
     def sensor_from_topic(self, topic: str) -> str | None:
         level = self.sensor_topic_level
@@ -265,6 +288,7 @@ class PayloadDecoder:
         if scope is None:
             scope = _NOBODY if topic_sid is None else topic_sid
         self._topic = topic
+        self._payload = payload
         batch = doc.get("readings")
         if batch is None:
             return self._one(doc, topic_sid, received_ms, None, scope)
@@ -334,22 +358,23 @@ class PayloadDecoder:
         for k, v in r.items():
             tv = type(v)
             if tv is float:
-                if k == "ts":  # an integral float ts, already parsed above
+                # One range test on the hot path; zero, the extremes and possible
+                # integer literals beyond 64 bits take the rare path.
+                if not (_DDB_MIN <= abs(v) < _INT_EDGE):
+                    if k == "ts":  # an integral float ts, already parsed above
+                        continue
+                    why = self._float_problem(k, v, index)
+                    if why is not None:
+                        exact_r = self._exact_reading(index)
+                        return [], [
+                            Rejection(_at(index) + why, r if exact_r is None else exact_r, index)
+                        ]
+                elif k == "ts":
                     continue
-                if v != 0.0 and not (_DDB_MIN <= abs(v) <= _DDB_MAX):
-                    return [], [
-                        Rejection(
-                            f"{_at(index)}metric {k!r}={v!r} is outside DynamoDB's number range",
-                            r,
-                            index,
-                        )
-                    ]
                 metrics[k] = v
             elif tv is int:
-                if abs(v) >= _INT_MAX:
-                    return [], [
-                        Rejection(f"{_at(index)}metric {k!r} has more than 38 digits", r, index)
-                    ]
+                # orjson yields ints only within [-2**63, 2**64 - 1]: 20 digits at most,
+                # inside DynamoDB's 38 (larger literals arrive as floats, above).
                 if k != "ts":
                     metrics[k] = v
             elif tv is str:
@@ -396,6 +421,60 @@ class PayloadDecoder:
                     )
                 ]
         return [Reading(sid, ts_ms, metrics, tags)], []
+
+    # -- the rare path of floats ---------------------------------------------------
+
+    def _float_problem(self, k: str, v: float, index: int | None) -> str | None:
+        """Why float metric ``k`` = ``v`` (zero, tiny or at least 2**63) cannot be stored."""
+        a = abs(v)
+        if a == 0.0:
+            return None
+        if a < _DDB_MIN or a >= _DDB_LIMIT:
+            return (
+                f"metric {k[:64]!r}={v!r} is outside DynamoDB's number range (magnitudes "
+                "1E-130 to 9.9999999999999999999999999999999999999E+125; a float is stored "
+                "as its shortest form, so 1e+126 and above are refused)"
+            )
+        if not v.is_integer():
+            return None
+        exact = self._exact_reading(index)
+        if exact is None:
+            return (
+                f"metric {k[:64]!r}={v!r} may be an integer beyond 64 bits, and the payload "
+                "is too deeply nested to tell (send fewer nesting levels)"
+            )
+        literal = exact.get(k)
+        if type(literal) is int and not _INT_MIN <= literal <= _INT_MAX:
+            digits = str(literal)
+            shown = digits if len(digits) <= 60 else f"{digits[:40]}… ({len(digits)} digits)"
+            return (
+                f"metric {k[:64]!r} is the integer {shown}, outside the range kept exactly "
+                f"(-2**63 to 2**64-1): it would be stored as {v!r}; send it as a float "
+                "literal (e.g. 1.5e20) if an approximation is fine"
+            )
+        return None
+
+    def _exact_reading(self, index: int | None) -> dict[str, Any] | None:
+        """The reading at ``index`` parsed by the standard library (integers kept exactly).
+
+        Parsed once per message (the last one is cached); None if it cannot be (the
+        standard parser's nesting limit is lower than orjson's).
+        """
+        payload = self._payload
+        cached = self._exact_doc
+        if cached is not None and cached[0] is payload:
+            doc = cached[1]
+        else:
+            try:
+                doc = json.loads(payload)
+            except (RecursionError, ValueError):
+                doc = None
+            self._exact_doc = (payload, doc)
+        try:
+            node = doc if index is None else doc["readings"][index]
+        except (KeyError, IndexError, TypeError):
+            return None
+        return node if type(node) is dict else None
 
 
 def _at(index: int | None) -> str:
