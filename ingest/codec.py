@@ -3,8 +3,9 @@
 The contract (docs/architecture.md, "Payload"): JSON, either one reading
 ``{"ts": 1763780000123, "temperature": 22.5}`` or a batch
 ``{"readings": [{...}, ...]}``. ``ts`` is epoch milliseconds (integer) or an
-RFC 3339 string with an offset; absent means the receive time. Numbers are
-metrics, strings are tags.
+RFC 3339 string with an offset; absent means the receive time (so a
+redelivered reading without ``ts`` becomes a second item), unless
+``require_ts`` refuses it. Numbers are metrics, strings are tags.
 
 Sensor ids: a reading's ``sensor_id`` wins over a batch's, which wins over
 the topic's id ``T`` (the ``sensor_topic_level`` level); then the
@@ -102,6 +103,8 @@ class Limits:
     max_new_sensors_per_minute: int = 0
     """0: unlimited. Otherwise a token bucket of sensor ids not seen before."""
     max_known_sensors: int = 1_000_000
+    require_ts: bool = False
+    """Refuse readings without ``ts`` (else they take the receive time)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -334,6 +337,16 @@ class PayloadDecoder:
         ts = r.get("ts")
         lim = self.limits
         if ts is None:
+            if lim.require_ts:
+                return [], [
+                    Rejection(
+                        f"{_at(index)}reading has no 'ts' and require_ts is on "
+                        "(without one it would take the receive time, and a redelivery "
+                        "would write a second item)",
+                        r,
+                        index,
+                    )
+                ]
             ts_ms = received_ms
         elif type(ts) is int:
             ts_ms = ts

@@ -162,6 +162,11 @@ class Config(BaseModel):
     max_past_ms: int | None = Field(
         None, ge=0, description="How far back a timestamp may be (default: the retention period)."
     )
+    require_ts: bool = Field(
+        False,
+        description="Dead-letter readings without `ts`. Off: they take the receive time, so a "
+        "redelivered one is written again as a second item.",
+    )
     sensor_id_rule: Literal["prefix", "topic", "any"] = Field(
         "prefix",
         description="Which sensor ids a message may carry, from its topic's id T: `prefix` T or "

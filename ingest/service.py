@@ -208,6 +208,7 @@ class IngestService:
                     max_future_ms=cfg.max_future_ms,
                     max_new_sensors_per_minute=cfg.max_new_sensors_per_minute,
                     max_known_sensors=cfg.max_known_sensors,
+                    require_ts=cfg.require_ts,
                 ),
                 known_sensors=await known_sensor_ids(client),
             ),

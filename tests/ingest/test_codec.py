@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.codec import Limits, PayloadDecoder, Rejection, SensorIdRule
-from ingest.layout import SENSOR_ID_PATTERN, Reading
+from ingest.layout import SENSOR_ID_PATTERN, Reading, TableLayout
 
 
 def dumps(doc: Any) -> bytes:
@@ -34,11 +34,12 @@ def decode(
     topic: str = TOPIC,
     level: int | None = 1,
     rule: SensorIdRule = "prefix",
+    received_ms: int = NOW_MS,
     **limits: Any,
 ) -> tuple[list[Reading], list[Rejection]]:
     data = payload if isinstance(payload, bytes) else dumps(payload)
     decoder = PayloadDecoder(sensor_topic_level=level, limits=Limits(**limits), sensor_id_rule=rule)
-    return decoder.decode(topic, data, NOW_MS)
+    return decoder.decode(topic, data, received_ms)
 
 
 def rejected(payload: Any, **kwargs: Any) -> Rejection:
@@ -97,6 +98,32 @@ def test_absent_ts_means_received_time() -> None:
     readings, _ = decode({"t": 1})
 
     assert readings[0].ts_ms == NOW_MS
+
+
+def test_without_ts_a_redelivery_is_a_second_item() -> None:
+    # What docs/architecture.md warns about: the key comes from the receive time.
+    layout = TableLayout()
+    first, _ = decode({"t": 1}, received_ms=NOW_MS)
+    again, _ = decode({"t": 1}, received_ms=NOW_MS + 1500)
+
+    keys = {(it["pk"]["S"], it["sk"]["N"]) for it in map(layout.to_item, first + again)}
+    assert len(keys) == 2
+
+
+def test_require_ts_refuses_readings_without_ts_and_keeps_the_others() -> None:
+    batch = {"readings": [{"ts": NOW_MS, "t": 1}, {"t": 2}, {"ts": None, "t": 3}]}
+
+    readings, rejections = decode(batch, require_ts=True)
+    single = rejected({"t": 1}, require_ts=True)
+
+    assert [r.metrics["t"] for r in readings] == [1]
+    assert [r.index for r in rejections] == [1, 2]
+    assert rejections[0].reason == (
+        "readings[1]: reading has no 'ts' and require_ts is on (without one it would take "
+        "the receive time, and a redelivery would write a second item)"
+    )
+    assert single.reason.startswith("reading has no 'ts' and require_ts is on")
+    assert decode({"ts": NOW_MS - 5, "t": 1}, require_ts=True)[0][0].ts_ms == NOW_MS - 5
 
 
 def test_sensor_id_precedence_reading_then_batch_then_topic() -> None:
@@ -423,11 +450,11 @@ def test_arbitrary_bytes_never_raise(payload: bytes, rule: SensorIdRule) -> None
 
 
 @settings(max_examples=300, deadline=None)
-@given(doc=message_like, rule=rules)
+@given(doc=message_like, rule=rules, require_ts=st.booleans())
 def test_arbitrary_json_never_raises_and_accounts_for_every_reading(
-    doc: Any, rule: SensorIdRule
+    doc: Any, rule: SensorIdRule, require_ts: bool
 ) -> None:
-    readings, rejections = decode(doc, rule=rule)
+    readings, rejections = decode(doc, rule=rule, require_ts=require_ts)
     batch = doc.get("readings") if isinstance(doc, dict) else None
 
     check_decoded(readings, rejections, empty_batch=batch == [], rule=rule)

@@ -3,10 +3,14 @@
 * A gateway cannot write another gateway's sensors (SECURITY.md): under the default
   sensor-id rule a forged reading is absent from the table and present, with its
   reason, in the dead-letter spool; the rest of its batch is written.
+* A reading without ``ts`` takes the receive time, so the same payload received
+  twice is two items (docs/architecture.md says so); with ``require_ts`` it is none,
+  and two dead letters.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from pathlib import Path
 from typing import Any
@@ -105,17 +109,65 @@ async def test_a_gateway_cannot_write_another_gateways_sensors(
         assert await known_sensor_ids(client) == {"gw-a:boiler", "gw-b:pump"}
 
 
+async def test_without_ts_the_same_payload_received_twice_is_two_items(
+    mosquitto: Any, moto_server: Any, unique_name: str, tmp_path: Path
+) -> None:
+    cfg = _config(mosquitto, moto_server, unique_name, tmp_path)
+    assert cfg.require_ts is False
+    topic = f"{unique_name}/dev-1/telemetry"
+    start = int(time.time() * 1000)
+    service = IngestService(cfg)
+    async with running(service):
+        await _deliver(service, cfg, [(topic, b'{"t": 21.5}')])
+        await asyncio.sleep(0.005)  # a later receive time (whole ms) for the second copy
+        await _deliver(service, cfg, [(topic, b'{"t": 21.5}')])
+
+    table = await read_table(
+        moto_server.endpoint_url, cfg.table, service.layout, ["dev-1"], start, start + 60_000
+    )
+    got = table["dev-1"]
+    assert [r.metrics for r in got] == [{"t": 21.5}, {"t": 21.5}]
+    assert got[0].ts_ms < got[1].ts_ms
+    assert counter(service, "iot_ingest_dead_letters_total") == 0
+
+
+async def test_require_ts_dead_letters_readings_without_ts(
+    mosquitto: Any, moto_server: Any, unique_name: str, tmp_path: Path
+) -> None:
+    cfg = _config(mosquitto, moto_server, unique_name, tmp_path, require_ts=True)
+    topic = f"{unique_name}/dev-1/telemetry"
+    start = int(time.time() * 1000) - 1000
+    with_ts = orjson.dumps({"ts": start, "t": 20.0})
+    service = IngestService(cfg)
+    async with running(service):
+        await _deliver(service, cfg, [(topic, b'{"t": 21.5}'), (topic, with_ts)])
+        await asyncio.sleep(0.005)
+        await _deliver(service, cfg, [(topic, b'{"t": 21.5}')])
+
+    table = await read_table(
+        moto_server.endpoint_url, cfg.table, service.layout, ["dev-1"], start - 1, start + 60_000
+    )
+    assert [(r.ts_ms, r.metrics) for r in table["dev-1"]] == [(start, {"t": 20.0})]
+    letters = [dl for _, dl in iter_dead_letters(tmp_path / "deadletters")]
+    assert [(dl.topic, dl.payload) for dl in letters] == [(topic, b'{"t": 21.5}')] * 2
+    assert all(dl.reason.startswith("reading has no 'ts' and require_ts is on") for dl in letters)
+
+
 def test_config_keys_have_environment_variables_and_flags() -> None:
-    env = {"IOT_INGEST_SENSOR_ID_RULE": "topic", "IOT_INGEST_SENSOR_ID_SEPARATOR": "."}
-    cfg = load_config(env=env)
-    assert (cfg.sensor_id_rule, cfg.sensor_id_separator) == ("topic", ".")
+    env = {"IOT_INGEST_REQUIRE_TS": "true", "IOT_INGEST_SENSOR_ID_RULE": "topic"}
+    cfg = load_config(env={**env, "IOT_INGEST_SENSOR_ID_SEPARATOR": "."})
+    assert (cfg.require_ts, cfg.sensor_id_rule, cfg.sensor_id_separator) == (True, "topic", ".")
     args = build_parser().parse_args(
-        ["run", "--sensor-id-rule", "any", "--sensor-id-separator", "_"]
+        ["run", "--require-ts", "--sensor-id-rule", "any", "--sensor-id-separator", "_"]
     )
     cfg = config_from_args(args)
-    assert (cfg.sensor_id_rule, cfg.sensor_id_separator) == ("any", "_")
+    assert (cfg.require_ts, cfg.sensor_id_rule, cfg.sensor_id_separator) == (True, "any", "_")
     defaults = load_config(env={})
-    assert (defaults.sensor_id_rule, defaults.sensor_id_separator) == ("prefix", ":")
+    assert (defaults.require_ts, defaults.sensor_id_rule, defaults.sensor_id_separator) == (
+        False,
+        "prefix",
+        ":",
+    )
 
 
 @pytest.mark.parametrize(
