@@ -8,7 +8,7 @@ reading ``i`` has timestamp ``ts0 + i`` (1 ms apart) and is scheduled for
 ever ahead of the clock (:func:`timeline`). Below 1,000/s the readings are
 spaced as a live sensor's would be.
 
-Messages are gateway batches ``{"readings": [{"sensor_id": …, "ts": …,
+Messages are gateway batches ``{"readings": [{"sensor_id": "gw-hot:hot-00000", "ts": …,
 "temperature": …, "humidity": …}]}`` on ``sensors/gw-hot/telemetry`` (QoS 1),
 published by the simulator's :class:`~simulator.publisher.MqttPublisher`. The
 run writes a simulator manifest (so ``iot-ingest verify`` can check the table)
@@ -36,8 +36,8 @@ from simulator.publisher import MqttPublisher, parse_mqtt_url
 
 __all__ = ["HotTimeline", "main", "timeline"]
 
-SENSOR_ID = "hot-00000"
 GATEWAY_ID = "gw-hot"
+SENSOR_ID = f"{GATEWAY_ID}:hot-00000"  # under its gateway's id: the service's default rule
 
 
 @dataclass(frozen=True, slots=True)

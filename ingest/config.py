@@ -162,6 +162,23 @@ class Config(BaseModel):
     max_past_ms: int | None = Field(
         None, ge=0, description="How far back a timestamp may be (default: the retention period)."
     )
+    require_ts: bool = Field(
+        False,
+        description="Dead-letter readings without `ts`. Off: they take the receive time, so a "
+        "redelivered one is written again as a second item.",
+    )
+    sensor_id_rule: Literal["prefix", "topic", "any"] = Field(
+        "prefix",
+        description="Which sensor ids a message may carry, from its topic's id T: `prefix` T or "
+        "ids starting with T + `sensor_id_separator` (a T containing the separator carries "
+        "none); `topic` T only; `any` every id (trusts every publisher). Others are "
+        "dead-lettered (SECURITY.md).",
+    )
+    sensor_id_separator: Literal[":", ".", "_", "-"] = Field(
+        ":",
+        description="Separator after the topic's id in the ids `prefix` allows (`gw-7:pump`); "
+        "gateway ids in topics must not contain it.",
+    )
 
     # -- operations -----------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Directory for the dead-letter spool.")
@@ -234,6 +251,16 @@ class Config(BaseModel):
     def _check_reconnect(self) -> Config:
         if self.mqtt_reconnect_max_ms < self.mqtt_reconnect_min_ms:
             raise ValueError("mqtt_reconnect_max_ms must be >= mqtt_reconnect_min_ms")
+        return self
+
+    @model_validator(mode="after")
+    def _check_sensor_id_rule(self) -> Config:
+        if self.sensor_id_rule != "any" and self.topic_sensor_level is None:
+            raise ValueError(
+                f"sensor_id_rule={self.sensor_id_rule!r} needs the topic's sensor id, but "
+                f"topic={self.topic!r} has no '+' level and sensor_topic_level is unset: set "
+                "sensor_topic_level, or sensor_id_rule='any' if every publisher is trusted"
+            )
         return self
 
     # -- derived ----------------------------------------------------------------

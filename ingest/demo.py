@@ -194,6 +194,10 @@ async def _run(
         retention_days=opts.retention_days,
         # The replayed history must be accepted; it is all in before the archiver starts.
         max_past_ms=max(history_ms + 60_000, 300_000),
+        # The history replays the devices' own past in batches over a few connections
+        # (gateway mode) under their own ids; the demo's loopback broker carries only
+        # its own simulator, so it trusts every publisher (SECURITY.md: sensor_id_rule).
+        sensor_id_rule="any",
         data_dir=opts.data_dir,
         metrics_port=0,
         mqtt_client_id="iot-ingest-demo",
@@ -380,6 +384,7 @@ def _history_run(
             start_ts_ms=now_ms - history_ms,
             duration_s=history_ms / 1000,
             mode="gateway",  # a few connections carrying batches: a quick replay
+            sensor_id_separator=None,  # the live devices' ids (the service trusts them)
         ),
         mqtt_url=mqtt_url,
         protocol_version=protocol,

@@ -204,6 +204,8 @@ class IngestService:
             inbox=inbox,
             decoder=PayloadDecoder(
                 sensor_topic_level=cfg.topic_sensor_level,
+                sensor_id_rule=cfg.sensor_id_rule,
+                sensor_id_separator=cfg.sensor_id_separator,
                 limits=Limits(
                     max_message_bytes=cfg.max_message_bytes,
                     max_readings_per_message=cfg.max_readings_per_message,
@@ -213,6 +215,7 @@ class IngestService:
                     max_future_ms=cfg.max_future_ms,
                     max_new_sensors_per_minute=cfg.max_new_sensors_per_minute,
                     max_known_sensors=cfg.max_known_sensors,
+                    require_ts=cfg.require_ts,
                 ),
                 known_sensors=await known_sensor_ids(client),
             ),

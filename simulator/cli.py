@@ -115,6 +115,13 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     g.add_argument(
         "--batch-size", type=int, default=100, help="readings per gateway message, at most"
     )
+    g.add_argument(
+        "--sensor-id-separator",
+        choices=(":", ".", "_", "none"),
+        default=":",
+        help="gateway mode: sensor ids are GATEWAY_ID + this + the fleet id (gw-0000:env-00000), "
+        "as the service's sensor_id_separator; none: the fleet ids (service on sensor_id_rule=any)",
+    )
 
     g = p.add_argument_group("schedule")
     g.add_argument("--duration", type=_positive_float, help="seconds to run")
@@ -262,6 +269,9 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
         mode=args.mode,
         gateways=args.gateways,
         batch_size=args.batch_size,
+        sensor_id_separator=None
+        if args.sensor_id_separator == "none"
+        else args.sensor_id_separator,
         profile=RateProfile(ramp_s=args.ramp_s, spikes=tuple(Spike.parse(s) for s in args.spike)),
         faults=faults,
         duration_s=args.duration,

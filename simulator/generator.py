@@ -4,7 +4,10 @@
 :meth:`TrafficGenerator.tick` returns the messages of one logical tick as
 ``(connection index, payload, readings)`` and records them in the manifest.
 Connection ``i`` is device ``i`` in device mode and gateway ``i`` in gateway
-mode. Everything is drawn from generators spawned from one seed, one per
+mode. In gateway mode a device's sensor id is its gateway's id, a separator and
+its fleet id (``gw-0001:env-00042``): the ids the ingest service's default
+sensor-id rule (``sensor_id_rule=prefix``) lets the gateway's topic carry.
+Everything is drawn from generators spawned from one seed, one per
 concern (schedule, signal parameters, noise per kind, faults), so the same
 seed and options give the same messages, and switching faults on changes no
 value of the readings that stay valid.
@@ -20,6 +23,8 @@ from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
+
+from ingest.layout import SENSOR_ID_PATTERN
 
 from .errors import SimConfigError
 from .faults import Fault, FaultConfig, FaultInjector, MalformedKind
@@ -37,9 +42,12 @@ from .payloads import (
 from .schedule import RateProfile, TickSchedule
 from .signals import KINDS, SignalModel, kind_names, make_model
 
-__all__ = ["Mode", "Outgoing", "TrafficGenerator", "TrafficOptions"]
+__all__ = ["GATEWAY_ID_SEPARATORS", "Mode", "Outgoing", "TrafficGenerator", "TrafficOptions"]
 
 Mode = Literal["device", "gateway"]
+GATEWAY_ID_SEPARATORS: tuple[str | None, ...] = (":", ".", "_", None)
+"""Separators of gateway-mode sensor ids (the service's ``sensor_id_separator`` choices
+but ``-``, which the gateway ids contain); None: the fleet's ids unchanged."""
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]
 
@@ -69,6 +77,9 @@ class TrafficOptions:
         duration_s: Logical duration (None: no limit).
         count_limit: Stop after this many readings (None: no limit).
         manifest_detail: Keep every reading in the manifest (small runs).
+        sensor_id_separator: Gateway mode: sensor ids are ``{gateway id}{separator}{fleet
+            id}``, as the service's ``sensor_id_separator``; None: the fleet's ids as they
+            are (for a service with ``sensor_id_rule=any``).
     """
 
     seed: int
@@ -82,6 +93,7 @@ class TrafficOptions:
     duration_s: float | None = None
     count_limit: int | None = None
     manifest_detail: bool = False
+    sensor_id_separator: str | None = ":"
 
 
 class _Block(NamedTuple):
@@ -132,6 +144,11 @@ class TrafficGenerator:
             raise SimConfigError(f"--count-limit must be >= 1, got {o.count_limit}")
         if o.duration_s is not None and o.duration_s <= 0:
             raise SimConfigError(f"--duration must be > 0, got {o.duration_s}")
+        if o.sensor_id_separator not in GATEWAY_ID_SEPARATORS:
+            raise SimConfigError(
+                f"--sensor-id-separator must be one of {', '.join(map(str, GATEWAY_ID_SEPARATORS))}"
+                f" (gateway ids gw-0000… contain '-'), got {o.sensor_id_separator!r}"
+            )
         self.fleet = fleet
         self.options = o
         self.gateway = o.mode == "gateway"
@@ -166,11 +183,27 @@ class TrafficGenerator:
         )
         self._tags = [fleet.tags_of(i) for i in range(len(fleet))]
         self._has_tags = any(self._tags)
-        self.manifest = ManifestBuilder(fleet.sensor_ids, self._tags, detail=o.manifest_detail)
-        self._ids = np.array(fleet.sensor_ids, dtype=object)
         n = len(fleet)
         self._gateway_of: IntArray = (np.arange(n, dtype=np.int64) * o.gateways) // n
         self._gateway_list: list[int] = self._gateway_of.tolist()
+        self.sensor_ids: tuple[str, ...] = fleet.sensor_ids
+        """The sensor id of each device as sent (under its gateway's id in gateway mode)."""
+        if self.gateway and o.sensor_id_separator is not None:
+            gw_ids = self.connection_ids()
+            self.sensor_ids = tuple(
+                f"{gw_ids[g]}{o.sensor_id_separator}{sid}"
+                for g, sid in zip(self._gateway_list, fleet.sensor_ids, strict=True)
+            )
+            too_long = next(
+                (s for s in self.sensor_ids if not SENSOR_ID_PATTERN.fullmatch(s)), None
+            )
+            if too_long is not None:
+                raise SimConfigError(
+                    f"sensor id {too_long!r} (gateway id + separator + fleet id) is invalid: "
+                    "at most 128 of [A-Za-z0-9_.:-]; shorten id_prefix"
+                )
+        self.manifest = ManifestBuilder(self.sensor_ids, self._tags, detail=o.manifest_detail)
+        self._ids = np.array(self.sensor_ids, dtype=object)
         self._deferred: list[tuple[int, int, int, ReadingDict]] = []
         self._seq = itertools.count()
         self.ticks_total = None if o.duration_s is None else max(1, round(o.duration_s / o.tick_s))

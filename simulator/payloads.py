@@ -2,8 +2,9 @@
 
 Device mode sends one reading per message, ``{"ts": 1763780000123,
 "temperature": 22.5, ...}``, on the device's own topic. Gateway mode sends
-batches ``{"readings": [{"sensor_id": "env-00001", "ts": ..., ...}, ...]}`` on
-the gateway's topic. Metrics are JSON numbers, tags strings.
+batches ``{"readings": [{"sensor_id": "gw-0000:env-00001", "ts": ..., ...}, ...]}``
+on the gateway's topic (ids under the gateway's, see :mod:`simulator.generator`).
+Metrics are JSON numbers, tags strings.
 """
 
 from __future__ import annotations

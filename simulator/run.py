@@ -341,6 +341,7 @@ async def run_simulation(
         "tick_ms": gen.options.tick_s * 1000,
         "gateways": gen.options.gateways if gen.gateway else None,
         "batch_size": gen.options.batch_size if gen.gateway else None,
+        "sensor_id_separator": gen.options.sensor_id_separator if gen.gateway else None,
         "duration_s": gen.options.duration_s,
         "count_limit": gen.options.count_limit,
         "kinds": sorted(set(config.fleet.kinds)),

@@ -33,20 +33,21 @@ from ingest.writer import Backoff, Writer
 NOW_MS = int(time.time() * 1000)
 
 
-def _reading(i: int, sensor: bool) -> dict[str, Any]:
+def _reading(i: int, gateway: str | None) -> dict[str, Any]:
+    """A reading; from a gateway it names its sensor, under the gateway's id (the default rule)."""
     r: dict[str, Any] = {
         "ts": NOW_MS - 60_000 + i,
         "temperature": 21.5 + (i % 97) / 10,
         "humidity": 45.25 - (i % 31) / 8,
         "pressure": 1013.2 + (i % 13) / 4,
     }
-    if sensor:
-        r["sensor_id"] = f"env-{i % 10_000:05d}"
+    if gateway is not None:
+        r["sensor_id"] = f"{gateway}:env-{i % 10_000:05d}"
     return r
 
 
-SINGLE = orjson.dumps(_reading(7, sensor=False))
-BATCH = orjson.dumps({"readings": [_reading(i, sensor=True) for i in range(100)]})
+SINGLE = orjson.dumps(_reading(7, gateway=None))
+BATCH = orjson.dumps({"readings": [_reading(i, gateway="gw-0000") for i in range(100)]})
 
 
 @pytest.fixture
@@ -66,7 +67,7 @@ def test_decode_batch_of_100(benchmark: BenchmarkFixture, decoder: PayloadDecode
     readings, rejected = benchmark(decoder.decode, "sensors/gw-0000/telemetry", BATCH, NOW_MS)
     assert not rejected
     assert len(readings) == 100
-    sent = _reading(99, sensor=True)
+    sent = _reading(99, gateway="gw-0000")
     assert readings[99].sensor_id == sent.pop("sensor_id")
     assert readings[99].ts_ms == sent.pop("ts")
     assert readings[99].metrics == sent
@@ -149,7 +150,7 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
     queue: asyncio.Queue[Batch] = asyncio.Queue(16)
     stage = DecodeStage(
         inbox=Inbox(100_000),
-        decoder=PayloadDecoder(sensor_topic_level=None, limits=Limits()),
+        decoder=PayloadDecoder(sensor_topic_level=1, limits=Limits()),
         layout=TableLayout(),
         batcher=Batcher(flush_interval_ms=50),
         write_queue=queue,
@@ -186,7 +187,7 @@ def test_pipeline_gateway_100_messages_of_100(benchmark: BenchmarkFixture) -> No
     messages: list[Message] = [
         (
             "sensors/gw-1/telemetry",
-            orjson.dumps({"readings": [_reading(m * 100 + i, sensor=True) for i in range(100)]}),
+            orjson.dumps({"readings": [_reading(m * 100 + i, gateway="gw-1") for i in range(100)]}),
             1,
             m + 1,
         )

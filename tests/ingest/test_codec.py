@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -10,8 +11,17 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import Limits, PayloadDecoder, Rejection
-from ingest.layout import SENSOR_ID_PATTERN, Reading
+from ingest.codec import Limits, PayloadDecoder, Rejection, SensorIdRule
+from ingest.layout import SENSOR_ID_PATTERN, Reading, TableLayout
+
+
+def dumps(doc: Any) -> bytes:
+    """JSON bytes; the standard library for integers orjson cannot serialize (over 64 bits)."""
+    try:
+        return orjson.dumps(doc)
+    except TypeError:
+        return json.dumps(doc).encode()
+
 
 NOW_MS = int(datetime(2025, 11, 22, 3, 33, 20, 123_000, tzinfo=UTC).timestamp() * 1000)
 TOPIC = "sensors/dev-1/telemetry"
@@ -19,11 +29,17 @@ DAY_MS = 86_400_000
 
 
 def decode(
-    payload: Any, *, topic: str = TOPIC, level: int | None = 1, **limits: int
+    payload: Any,
+    *,
+    topic: str = TOPIC,
+    level: int | None = 1,
+    rule: SensorIdRule = "prefix",
+    received_ms: int = NOW_MS,
+    **limits: Any,
 ) -> tuple[list[Reading], list[Rejection]]:
-    data = payload if isinstance(payload, bytes) else orjson.dumps(payload)
-    decoder = PayloadDecoder(sensor_topic_level=level, limits=Limits(**limits))
-    return decoder.decode(topic, data, NOW_MS)
+    data = payload if isinstance(payload, bytes) else dumps(payload)
+    decoder = PayloadDecoder(sensor_topic_level=level, limits=Limits(**limits), sensor_id_rule=rule)
+    return decoder.decode(topic, data, received_ms)
 
 
 def rejected(payload: Any, **kwargs: Any) -> Rejection:
@@ -84,11 +100,38 @@ def test_absent_ts_means_received_time() -> None:
     assert readings[0].ts_ms == NOW_MS
 
 
+def test_without_ts_a_redelivery_is_a_second_item() -> None:
+    # What docs/architecture.md warns about: the key comes from the receive time.
+    layout = TableLayout()
+    first, _ = decode({"t": 1}, received_ms=NOW_MS)
+    again, _ = decode({"t": 1}, received_ms=NOW_MS + 1500)
+
+    keys = {(it["pk"]["S"], it["sk"]["N"]) for it in map(layout.to_item, first + again)}
+    assert len(keys) == 2
+
+
+def test_require_ts_refuses_readings_without_ts_and_keeps_the_others() -> None:
+    batch = {"readings": [{"ts": NOW_MS, "t": 1}, {"t": 2}, {"ts": None, "t": 3}]}
+
+    readings, rejections = decode(batch, require_ts=True)
+    single = rejected({"t": 1}, require_ts=True)
+
+    assert [r.metrics["t"] for r in readings] == [1]
+    assert [r.index for r in rejections] == [1, 2]
+    assert rejections[0].reason == (
+        "readings[1]: reading has no 'ts' and require_ts is on (without one it would take "
+        "the receive time, and a redelivery would write a second item)"
+    )
+    assert single.reason.startswith("reading has no 'ts' and require_ts is on")
+    assert decode({"ts": NOW_MS - 5, "t": 1}, require_ts=True)[0][0].ts_ms == NOW_MS - 5
+
+
 def test_sensor_id_precedence_reading_then_batch_then_topic() -> None:
+    # Which id a reading names; the sensor-id rule then judges it (here: any).
     batch = {"sensor_id": "gw-7", "readings": [{"sensor_id": "dev-2", "t": 1}, {"t": 2}]}
 
-    readings, _ = decode(batch)
-    single, _ = decode({"sensor_id": "dev-3", "t": 1})
+    readings, _ = decode(batch, rule="any")
+    single, _ = decode({"sensor_id": "dev-3", "t": 1}, rule="any")
     from_topic, _ = decode({"readings": [{"t": 1}]})
 
     assert [r.sensor_id for r in readings] == ["dev-2", "gw-7"]
@@ -110,12 +153,19 @@ def test_sensor_id_from_another_topic_level() -> None:
 
 
 def test_numbers_are_metrics_and_strings_are_tags() -> None:
-    payload = {"sensor_id": "dev-5", "ts": NOW_MS, "t": 21.5, "n": 3, "site": "north", "fw": "1.2"}
+    payload = {
+        "sensor_id": "dev-1:5",
+        "ts": NOW_MS,
+        "t": 21.5,
+        "n": 3,
+        "site": "north",
+        "fw": "1.2",
+    }
 
     readings, _ = decode(payload)
 
     assert readings == [
-        Reading("dev-5", NOW_MS, {"t": 21.5, "n": 3}, {"site": "north", "fw": "1.2"})
+        Reading("dev-1:5", NOW_MS, {"t": 21.5, "n": 3}, {"site": "north", "fw": "1.2"})
     ]
 
 
@@ -200,6 +250,7 @@ def test_whole_message_rejections(
         ({"sensor_id": ["dev-1"], "t": 1}, ["sensor_id \"['dev-1']\" is invalid"]),
         ({"sensor_id": {"id": 1}, "t": 1}, ["sensor_id \"{'id': 1}\" is invalid"]),
         ({"t": 1e200}, ["metric 't'=1e+200 is outside DynamoDB's number range"]),
+        ({"t": 1e126}, ["metric 't'=1e+126 is outside DynamoDB's number range"]),
         ({"t": -1e-200}, ["metric 't'=-1e-200 is outside DynamoDB's number range"]),
         ({"site": "north"}, ["reading has no numeric metrics"]),
         ({"t": 1, "note": "x" * 257}, ["tag 'note' is 257 characters, over max_tag_length=256"]),
@@ -246,6 +297,7 @@ def test_whole_message_rejections(
         "list-sensor-id",
         "object-sensor-id",
         "huge-float",
+        "float-1e126",
         "tiny-float",
         "no-metrics",
         "tag-too-long",
@@ -281,8 +333,9 @@ def test_far_future_ms_does_not_get_the_seconds_hint() -> None:
 def test_missing_sensor_id() -> None:
     reason = "no sensor id: neither the reading's 'sensor_id' nor the topic carries one"
 
-    assert rejected({"t": 1}, topic="sensors").reason == reason
-    assert rejected({"t": 1}, topic="gateway/x/y", level=None).reason == reason
+    for rule in ("prefix", "topic", "any"):
+        assert rejected({"t": 1}, topic="sensors", rule=rule).reason == reason
+        assert rejected({"t": 1}, topic="gateway/x/y", level=None, rule=rule).reason == reason
 
 
 def test_batch_keeps_good_readings_and_rejects_bad_ones_by_index() -> None:
@@ -328,9 +381,13 @@ json_scalars = st.one_of(
     st.none(),
     st.booleans(),
     st.integers(-(2**63), 2**63 - 1),
+    st.integers(-(2**80), 2**80),  # beyond 64 bits: orjson makes floats of them
     st.floats(allow_nan=False, allow_infinity=False),
+    st.sampled_from([1e126, 1e-130, 2.0**64, -(2.0**63), 0.0]),
     st.text(max_size=20),
-    st.sampled_from([NOW_MS, NOW_MS // 1000, "2025-11-22T03:33:20Z", "dev-1", "a#b"]),
+    st.sampled_from(
+        [NOW_MS, NOW_MS // 1000, "2025-11-22T03:33:20Z", "dev-1", "dev-1:x", "dev-2", "a#b"]
+    ),
 )
 json_keys = st.one_of(
     st.sampled_from(["ts", "sensor_id", "readings", "t", "site"]), st.text(max_size=8)
@@ -354,12 +411,25 @@ message_like = st.one_of(
 
 
 def check_decoded(
-    readings: list[Reading], rejections: list[Rejection], *, empty_batch: bool = False
+    readings: list[Reading],
+    rejections: list[Rejection],
+    *,
+    empty_batch: bool = False,
+    rule: str = "prefix",
+    topic_sid: str | None = "dev-1",
 ) -> None:
     if not empty_batch:
         assert readings or rejections, "every message yields readings or rejections"
     for r in readings:
         assert SENSOR_ID_PATTERN.fullmatch(r.sensor_id)
+        # The sensor-id rule as SECURITY.md states it (see test_codec_sensor_ids.py).
+        if rule == "topic":
+            assert r.sensor_id == topic_sid
+        elif rule == "prefix":
+            assert topic_sid is not None and ":" not in topic_sid
+            assert r.sensor_id == topic_sid or r.sensor_id.startswith(topic_sid + ":")
+        assert all(abs(v) < 1e126 and (v == 0 or abs(v) >= 1e-130) for v in r.metrics.values())
+        assert all(-(2**63) <= v < 2**64 for v in r.metrics.values() if type(v) is int)
         assert type(r.ts_ms) is int
         assert r.metrics
         assert all(type(v) in (int, float) for v in r.metrics.values())
@@ -370,19 +440,24 @@ def check_decoded(
         assert rej.reason
 
 
+rules = st.sampled_from(["prefix", "topic", "any"])
+
+
 @settings(max_examples=300, deadline=None)
-@given(payload=st.binary(max_size=300))
-def test_arbitrary_bytes_never_raise(payload: bytes) -> None:
-    check_decoded(*decode(payload))
+@given(payload=st.binary(max_size=300), rule=rules)
+def test_arbitrary_bytes_never_raise(payload: bytes, rule: SensorIdRule) -> None:
+    check_decoded(*decode(payload, rule=rule), rule=rule)
 
 
-@settings(max_examples=200, deadline=None)
-@given(doc=message_like)
-def test_arbitrary_json_never_raises_and_accounts_for_every_reading(doc: Any) -> None:
-    readings, rejections = decode(doc)
+@settings(max_examples=300, deadline=None)
+@given(doc=message_like, rule=rules, require_ts=st.booleans())
+def test_arbitrary_json_never_raises_and_accounts_for_every_reading(
+    doc: Any, rule: SensorIdRule, require_ts: bool
+) -> None:
+    readings, rejections = decode(doc, rule=rule, require_ts=require_ts)
     batch = doc.get("readings") if isinstance(doc, dict) else None
 
-    check_decoded(readings, rejections, empty_batch=batch == [])
+    check_decoded(readings, rejections, empty_batch=batch == [], rule=rule)
     if isinstance(batch, list):
         # Each batch item is either a reading or a rejection with its index, once.
         assert len(readings) + len(rejections) == len(batch)

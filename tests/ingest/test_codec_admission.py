@@ -1,4 +1,8 @@
-"""A flood of new sensor ids is limited; known sensors never are."""
+"""A flood of new sensor ids is limited; known sensors never are.
+
+The unit tests here use ``sensor_id_rule=any`` (every id on one topic): admission is
+checked after the rule, so the rule itself is tested in test_codec_sensor_ids.py.
+"""
 
 from __future__ import annotations
 
@@ -22,7 +26,9 @@ def _one(dec: PayloadDecoder, sid: str) -> str | None:
 
 
 def test_new_ids_beyond_the_rate_are_refused_with_a_reason() -> None:
-    dec = PayloadDecoder(sensor_topic_level=1, limits=Limits(max_new_sensors_per_minute=3))
+    dec = PayloadDecoder(
+        sensor_topic_level=1, sensor_id_rule="any", limits=Limits(max_new_sensors_per_minute=3)
+    )
     assert [_one(dec, f"new-{i}") for i in range(3)] == [None, None, None]
     reason = _one(dec, "new-3")
     assert reason is not None and "max_new_sensors_per_minute=3" in reason and "'new-3'" in reason
@@ -33,7 +39,10 @@ def test_new_ids_beyond_the_rate_are_refused_with_a_reason() -> None:
 def test_preloaded_registry_ids_are_not_new() -> None:
     known = [f"dev-{i}" for i in range(100)]
     dec = PayloadDecoder(
-        sensor_topic_level=1, limits=Limits(max_new_sensors_per_minute=1), known_sensors=known
+        sensor_topic_level=1,
+        sensor_id_rule="any",
+        limits=Limits(max_new_sensors_per_minute=1),
+        known_sensors=known,
     )
     assert all(_one(dec, s) is None for s in known)
     assert _one(dec, "stranger-1") is None
@@ -41,14 +50,18 @@ def test_preloaded_registry_ids_are_not_new() -> None:
 
 
 def test_known_set_is_bounded() -> None:
-    dec = PayloadDecoder(sensor_topic_level=1, limits=Limits(max_known_sensors=2))
+    dec = PayloadDecoder(
+        sensor_topic_level=1, sensor_id_rule="any", limits=Limits(max_known_sensors=2)
+    )
     assert _one(dec, "a") is None and _one(dec, "b") is None
     reason = _one(dec, "c")
     assert reason is not None and "max_known_sensors=2" in reason
 
 
 def test_unlimited_by_zero() -> None:
-    dec = PayloadDecoder(sensor_topic_level=1, limits=Limits(max_new_sensors_per_minute=0))
+    dec = PayloadDecoder(
+        sensor_topic_level=1, sensor_id_rule="any", limits=Limits(max_new_sensors_per_minute=0)
+    )
     assert all(_one(dec, f"s{i}") is None for i in range(500))
 
 

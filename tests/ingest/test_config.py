@@ -249,7 +249,7 @@ def test_password_file_is_read_and_wins(tmp_path: Path) -> None:
         ({}, 1),
         ({"topic": "site/+/+/data"}, 1),
         ({"topic": "+/telemetry"}, 0),
-        ({"topic": "tele/#"}, None),
+        ({"topic": "tele/#", "sensor_id_rule": "any"}, None),  # no topic id: only any
         ({"topic": "site/+/telemetry", "sensor_topic_level": 0}, 0),
     ],
 )

@@ -40,7 +40,7 @@ async def test_single_and_batched_readings_are_written_once(
     for b in range(10):  # gateway batches carrying many sensors on one topic
         batch = []
         for j in range(25):
-            sid, ts = f"gw-sensor-{j % 5}", now + b * 1000 + j
+            sid, ts = f"gateway-1:sensor-{j % 5}", now + b * 1000 + j  # the gateway's ids
             batch.append({"sensor_id": sid, "ts": ts, "power": b * 100 + j, "phase": "L1"})
             expected.setdefault(sid, {})[ts] = {"power": b * 100 + j}
         messages.append((f"{unique_name}/gateway-1/telemetry", orjson.dumps({"readings": batch})))

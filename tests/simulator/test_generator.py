@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 from simulator.errors import SimConfigError
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
-from simulator.generator import TrafficOptions
+from simulator.generator import TrafficGenerator, TrafficOptions
 from simulator.schedule import RateProfile, Spike, TickSchedule
 from simulator.signals import KINDS
 
@@ -38,19 +38,59 @@ def test_same_seed_same_messages(mode: str) -> None:
     assert first != other
 
 
-def test_same_readings_in_device_and_gateway_mode() -> None:
+@pytest.mark.parametrize(("separator", "qualify"), [(":", True), (".", True), (None, False)])
+def test_same_readings_in_device_and_gateway_mode(separator: str | None, qualify: bool) -> None:
     fleet = Fleet.uniform(devices=30, rate_per_s=300, kinds=ALL_KINDS)
     _, device = generate_all(fleet, _options(mode="device"))
-    _, gateway = generate_all(fleet, _options(mode="gateway", gateways=3, batch_size=7))
+    gen, gateway = generate_all(
+        fleet,
+        _options(mode="gateway", gateways=3, batch_size=7, sensor_id_separator=separator),
+    )
     ids = fleet.sensor_ids
     from_device = {(ids[c], r["ts"]): r for c, p in device for r in payload_readings(p)}
     from_gateway = {}
-    for _, p in gateway:
+    for c, p in gateway:
         for r in payload_readings(p):
             sid = r.pop("sensor_id")
+            if qualify:  # under its own gateway's id: what the default sensor-id rule accepts
+                gw, sep, sid = sid.partition(str(separator))
+                assert (gw, sep) == (f"gw-{c:04d}", separator)
             from_gateway[(sid, r["ts"])] = r
     assert from_device == from_gateway
     assert all(len(payload_readings(p)) <= 7 for _, p in gateway)
+    assert set(gen.build_manifest(run={}, totals={}, complete=True)["sensors"]) == set(
+        gen.sensor_ids
+    )
+
+
+def test_gateway_sensor_ids_are_under_their_gateways_id() -> None:
+    fleet = Fleet.uniform(devices=6, rate_per_s=60)
+    gen = TrafficGenerator(fleet, _options(mode="gateway", gateways=2))
+
+    assert gen.connection_ids() == ["gw-0000", "gw-0001"]
+    assert gen.sensor_ids == (
+        "gw-0000:env-00000",
+        "gw-0000:env-00001",
+        "gw-0000:env-00002",
+        "gw-0001:env-00003",
+        "gw-0001:env-00004",
+        "gw-0001:env-00005",
+    )
+    device = TrafficGenerator(fleet, _options(mode="device"))
+    assert device.sensor_ids == fleet.sensor_ids
+
+
+@pytest.mark.parametrize("separator", ["-", "#", ""])
+def test_a_separator_the_gateway_ids_contain_or_ids_cannot_is_refused(separator: str) -> None:
+    fleet = Fleet.uniform(devices=2, rate_per_s=2)
+    with pytest.raises(SimConfigError, match="--sensor-id-separator must be one of"):
+        TrafficGenerator(fleet, _options(mode="gateway", gateways=1, sensor_id_separator=separator))
+
+
+def test_gateway_sensor_ids_longer_than_128_characters_are_refused() -> None:
+    fleet = Fleet.uniform(devices=2, rate_per_s=2, id_prefix="x" * 120)
+    with pytest.raises(SimConfigError, match="is invalid: at most 128"):
+        TrafficGenerator(fleet, _options(mode="gateway", gateways=1))
 
 
 def test_faults_do_not_change_the_values_of_valid_readings() -> None:

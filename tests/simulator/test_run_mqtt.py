@@ -221,6 +221,24 @@ async def test_cli_simulate_writes_manifest_and_json(
     assert m["totals"]["readings_generated"] == summary["readings_generated"]
     assert m["faults"]["malformed"] == summary["faults"]["malformed"] > 0
     assert len(m["sensors"]) == 10
+    # Under their gateway's id, as the service's default sensor-id rule wants them.
+    assert {s.partition(":")[0] for s in m["sensors"]} == {"gw-0000", "gw-0001"}
+    assert m["run"]["sensor_id_separator"] == ":"
+
+
+@pytest.mark.parametrize(
+    ("flag", "expected"), [([], ":"), (["--sensor-id-separator", "none"], None)]
+)
+def test_cli_sensor_id_separator(flag: list[str], expected: str | None) -> None:
+    import argparse
+
+    from simulator.cli import add_commands, config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_commands(parser.add_subparsers())
+    args = parser.parse_args(["simulate", "--mode", "gateway", "--devices", "4", *flag])
+    config = config_from_args(args)
+    assert config.traffic.sensor_id_separator == expected
 
 
 async def test_cli_reports_bad_options_with_exit_status_2(
