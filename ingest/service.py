@@ -200,6 +200,9 @@ class IngestService:
                     "dynamodb_endpoint, region, the network and the credentials, or wait "
                     "longer with a larger startup_retry_deadline_s"
                 ) from error
+            self.metrics.startup_retries.labels(
+                error.cause if isinstance(error, WriteError) else "timeout"
+            ).inc()
             self._starting = (
                 f"DynamoDB unreachable at {where}: {_cause(error)} (tried {attempt + 1} "
                 f"time{'s' if attempt else ''} in {elapsed:.0f} s; retrying)"

@@ -89,6 +89,11 @@ async def test_dynamodb_down_at_start_waits_not_ready_then_ingests(
         await asyncio.sleep(1.0)  # a few more attempts: still waiting, still alive
         assert not task.done() and not ready.is_set()
         assert (await _get(f"http://127.0.0.1:{port}/readyz"))[0] == 503
+        retried = service.metrics.registry.get_sample_value(
+            "iot_ingest_startup_retries_total", {"cause": "connection"}
+        )
+        assert retried is not None and retried >= 2
+        assert counter(service, "iot_ingest_messages_received_total") == 0  # not subscribed
 
         await proxy.set_down(False)
         await asyncio.wait_for(ready.wait(), 30)
