@@ -56,8 +56,11 @@ __all__ = [
     "TRANSIENT_CAUSES",
     "BatchSink",
     "DynamoClient",
+    "bad_response",
     "classify",
+    "error_answer",
     "is_transient",
+    "json_object",
     "unprocessed_puts",
     "wrap_error",
 ]
