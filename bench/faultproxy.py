@@ -12,6 +12,13 @@ scripted sequence, apply to ``BatchWriteItem`` (or to every operation):
     HTTP 400 ``ProvisionedThroughputExceededException`` or ``ThrottlingException``.
 ``error500``
     HTTP 500 ``InternalServerError``.
+``not_json``
+    HTTP 200 with an HTML body (a captive portal or a confused proxy): not an answer
+    DynamoDB ever gives. Nothing is forwarded.
+``json_list``
+    HTTP 200 with the body ``[]`` (JSON, but not an object). Nothing is forwarded.
+``throttle_text``
+    HTTP 429 with a plain-text body (a gateway's rate limit, not DynamoDB's JSON).
 ``slow``
     delay before forwarding (independent of the other faults).
 ``ok``
@@ -60,7 +67,11 @@ __all__ = ["FaultKind", "FaultProxy", "main"]
 
 logger = logging.getLogger(__name__)
 
-FaultKind = Literal["ok", "unprocessed", "throttle", "error500", "slow"]
+FaultKind = Literal[
+    "ok", "unprocessed", "throttle", "error500", "not_json", "json_list", "throttle_text", "slow"
+]
+# The faults drawn by probability, in drawing order (``slow`` is drawn on its own).
+_DRAWN = ("throttle", "error500", "not_json", "json_list", "throttle_text", "unprocessed")
 FAULT_KINDS: frozenset[str] = frozenset(get_args(FaultKind))
 
 _JSON = "application/x-amz-json-1.0"
@@ -95,6 +106,17 @@ def _aws_json(status: int, payload: dict[str, Any]) -> web.Response:
     return web.Response(status=status, body=body, headers=headers)
 
 
+_BAD_ANSWERS = {
+    "not_json": lambda: web.Response(
+        status=200, text="<html><body>Please log in</body></html>", content_type="text/html"
+    ),
+    "json_list": lambda: web.Response(status=200, body=b"[]", content_type=_JSON),
+    "throttle_text": lambda: web.Response(
+        status=429, text="Too Many Requests", content_type="text/plain"
+    ),
+}
+
+
 class FaultProxy(StartClose):
     """A fault-injecting proxy for the DynamoDB JSON protocol; an async context manager.
 
@@ -108,11 +130,14 @@ class FaultProxy(StartClose):
             (at least one always is).
         throttle: Probability of a throttling error.
         error500: Probability of an HTTP 500.
+        not_json: Probability of a 200 whose body is HTML.
+        json_list: Probability of a 200 whose body is ``[]``.
+        throttle_text: Probability of a 429 with a plain-text body.
         slow: Probability of a delay of ``slow_ms`` before forwarding.
         slow_ms: The delay.
         script: Faults for the next requests in scope, in order, before probabilities
             apply: kinds among ``ok``, ``unprocessed``, ``throttle``, ``error500``,
-            ``slow``.
+            ``not_json``, ``json_list``, ``throttle_text``, ``slow``.
         operations: Operations faults apply to (``X-Amz-Target`` suffixes); ``None``
             for all. Other operations are forwarded untouched.
     """
@@ -128,6 +153,9 @@ class FaultProxy(StartClose):
         unprocessed_share: float = 0.5,
         throttle: float = 0.0,
         error500: float = 0.0,
+        not_json: float = 0.0,
+        json_list: float = 0.0,
+        throttle_text: float = 0.0,
         slow: float = 0.0,
         slow_ms: float = 200.0,
         script: Iterable[str] = (),
@@ -142,6 +170,9 @@ class FaultProxy(StartClose):
         self.unprocessed_share = unprocessed_share
         self.throttle = throttle
         self.error500 = error500
+        self.not_json = not_json
+        self.json_list = json_list
+        self.throttle_text = throttle_text
         self.slow = slow
         self.slow_ms = slow_ms
         self.operations = frozenset(operations) if operations is not None else None
@@ -157,13 +188,13 @@ class FaultProxy(StartClose):
         self._restore: asyncio.Task[None] | None = None
 
     def _check_probabilities(self) -> None:
-        for name in ("unprocessed", "unprocessed_share", "throttle", "error500", "slow"):
+        for name in (*_DRAWN, "unprocessed_share", "slow"):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ValueError(f"{name}={value!r}: a probability must be within [0, 1]")
-        total = self.unprocessed + self.throttle + self.error500
+        total = sum(getattr(self, name) for name in _DRAWN)
         if total > 1.0:
-            raise ValueError(f"unprocessed + throttle + error500 = {total:g} exceeds 1")
+            raise ValueError(f"{' + '.join(_DRAWN)} = {total:g} exceeds 1")
 
     def push_script(self, *kinds: str) -> None:
         """Append faults for the next requests in scope (see ``script``).
@@ -199,7 +230,8 @@ class FaultProxy(StartClose):
     def counters(self) -> dict[str, int]:
         """A snapshot of the counters: ``requests`` (and per operation:
         ``requests.BatchWriteItem``…), ``forwarded_requests``, ``forwarded_items``, ``unprocessed_responses``, ``unprocessed_items``,
-        ``throttle`` (and per exception name), ``error500``, ``slow``,
+        ``throttle`` (and per exception name), ``error500``, ``not_json``, ``json_list``,
+        ``throttle_text``, ``slow``,
         ``down_periods``, ``down_dropped``, ``upstream_errors``."""
         return dict(self._counters)
 
@@ -303,6 +335,9 @@ class FaultProxy(StartClose):
             "unprocessed_share": self.unprocessed_share,
             "throttle": self.throttle,
             "error500": self.error500,
+            "not_json": self.not_json,
+            "json_list": self.json_list,
+            "throttle_text": self.throttle_text,
             "slow": self.slow,
             "slow_ms": self.slow_ms,
             "operations": sorted(self.operations) if self.operations is not None else None,
@@ -338,12 +373,11 @@ class FaultProxy(StartClose):
             return kind == "slow", kind
         delay = self.slow > 0 and self._rng.random() < self.slow
         r = self._rng.random()
-        if r < self.throttle:
-            return delay, "throttle"
-        if r < self.throttle + self.error500:
-            return delay, "error500"
-        if r < self.throttle + self.error500 + self.unprocessed:
-            return delay, "unprocessed"
+        edge = 0.0
+        for kind in _DRAWN:
+            edge += getattr(self, kind)
+            if r < edge:
+                return delay, kind
         return delay, "ok"
 
     def _drop(self, request: web.Request) -> web.Response:
@@ -372,6 +406,9 @@ class FaultProxy(StartClose):
             self._counters["throttle"] += 1
             self._counters["throttle." + exc_type.rpartition("#")[2]] += 1
             return _aws_json(400, {"__type": exc_type, "message": "Injected by the fault proxy"})
+        if kind in ("not_json", "json_list", "throttle_text"):
+            self._counters[kind] += 1
+            return _BAD_ANSWERS[kind]()
         if kind == "error500":
             self._counters["error500"] += 1
             return _aws_json(
@@ -455,6 +492,9 @@ async def _serve(args: argparse.Namespace) -> None:
         unprocessed_share=args.unprocessed_share,
         throttle=args.throttle,
         error500=args.error500,
+        not_json=args.not_json,
+        json_list=args.json_list,
+        throttle_text=args.throttle_text,
         slow=args.slow,
         slow_ms=args.slow_ms,
         script=[k for k in args.script.split(",") if k],
@@ -485,6 +525,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--unprocessed-share", type=float, default=0.5)
     parser.add_argument("--throttle", type=float, default=0.0)
     parser.add_argument("--error500", type=float, default=0.0)
+    parser.add_argument("--not-json", type=float, default=0.0)
+    parser.add_argument("--json-list", type=float, default=0.0)
+    parser.add_argument("--throttle-text", type=float, default=0.0)
     parser.add_argument("--slow", type=float, default=0.0)
     parser.add_argument("--slow-ms", type=float, default=200.0)
     parser.add_argument("--script", default="", help="comma-separated fault kinds, in order")

@@ -136,6 +136,14 @@ class Config(BaseModel):
         "UpdateItem per active sensor per period; 'last seen' may lag by this much). 0: every "
         "flush.",
     )
+    startup_retry_deadline_s: float = Field(
+        300.0,
+        ge=0,
+        description="How long to wait at start for DynamoDB to answer (unreachable, throttled, "
+        "5xx, credentials not there yet), not ready and not subscribed, retrying with the write "
+        "backoff; then exit with an error. 0: wait forever. A missing table, another layout or "
+        "access denied fail at once.",
+    )
     writer: Literal["lean", "botocore"] = Field(
         "lean",
         description="DynamoDB client of the hot path: lean (pre-serialized JSON, cached SigV4) or "

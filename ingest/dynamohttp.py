@@ -8,13 +8,17 @@ credentials from botocore's provider chain (refreshed as botocore decides),
 and :mod:`ingest.httpconn`'s keep-alive pool sized to the write concurrency.
 
 Errors are classified exactly as :func:`ingest.dynamo.wrap_error` does for
-botocore's, so the writer's retry policy is the same on both paths; the
-botocore path stays available (``writer = "botocore"``) for comparison.
+botocore's (see :mod:`ingest.dynamo` for the causes), so the writer's retry
+policy is the same on both paths; the botocore path stays available
+(``writer = "botocore"``) for comparison. Nothing but a
+:class:`~ingest.errors.WriteError` leaves :meth:`LeanDynamoClient.request`: a
+failed credential refresh, a connection or framing problem, a 200 that is not
+a JSON object, an error page that is not DynamoDB's are all
+:class:`~ingest.errors.WriteRetriable` with their cause.
 """
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import ssl
 from typing import Any
@@ -23,9 +27,9 @@ from urllib.parse import urlsplit
 import orjson
 from aiobotocore.session import get_session
 
-from .dynamo import classify
+from .dynamo import error_answer, json_object, unprocessed_puts
 from .errors import WriteRetriable
-from .httpconn import HttpError, HttpPool
+from .httpconn import HttpPool
 from .layout import Item
 from .sigv4 import Credentials, SigV4Signer
 
@@ -84,7 +88,10 @@ class LeanDynamoClient:
         if self._closed:
             raise RuntimeError("LeanDynamoClient is closed; create a new one")
         if self._static is None:
-            self._creds = await get_session().get_credentials()
+            try:
+                self._creds = await get_session().get_credentials()
+            except Exception as exc:
+                raise _credential_error(exc) from exc
             if self._creds is None:
                 raise WriteRetriable(
                     "no AWS credentials found (environment, profile, or instance/task role)",
@@ -113,11 +120,21 @@ class LeanDynamoClient:
     async def _credentials(self) -> Credentials:
         if self._static is not None:
             return self._static
-        frozen = await self._creds.get_frozen_credentials()
+        try:
+            # A refresh (instance or container role, SSO, credential_process) can fail
+            # in any way: botocore propagates whatever its provider raised.
+            frozen = await self._creds.get_frozen_credentials()
+        except Exception as exc:
+            raise _credential_error(exc) from exc
         return Credentials(frozen.access_key, frozen.secret_key, frozen.token)
 
     async def request(self, operation: str, body: bytes) -> dict[str, Any]:
-        """Send one operation with a ready JSON body; return the parsed response."""
+        """Send one operation with a ready JSON body; return the parsed response.
+
+        Raises:
+            WriteRetriable: Anything transient, with its cause (see :mod:`ingest.dynamo`).
+            WriteRejected: DynamoDB refused the request (ValidationException…).
+        """
         if self._http is None:
             raise RuntimeError("LeanDynamoClient is not open")
         headers = self._signer.headers(await self._credentials(), _TARGET + operation, body)
@@ -130,37 +147,27 @@ class LeanDynamoClient:
         ).encode()
         try:
             status, raw = await self._http.post(head, body)
-        except (
-            HttpError,
-            OSError,
-            TimeoutError,
-            EOFError,
-            asyncio.LimitOverrunError,
-            ValueError,
-        ) as exc:
+        except (OSError, TimeoutError) as exc:  # all HttpPool.post raises
             raise WriteRetriable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         if status == 200:
-            result: dict[str, Any] = orjson.loads(raw) if raw else {}
-            return result
-        try:
-            err = orjson.loads(raw)
-            code = str(err.get("__type", "Unknown")).rpartition("#")[2]
-            message = str(err.get("message") or err.get("Message") or "")
-        except orjson.JSONDecodeError:
-            code, message = "Unknown", raw[:200].decode("utf-8", "replace")
-        raise classify(code, status, message)
+            return json_object(operation, status, raw)
+        raise error_answer(status, raw)
 
     async def batch_write(self, items: list[Item]) -> list[Item]:
         """BatchWriteItem of PutRequests; return the items DynamoDB left unprocessed."""
         puts = b",".join([b'{"PutRequest":{"Item":' + orjson.dumps(it) + b"}}" for it in items])
         resp = await self.request("BatchWriteItem", self._prefix + puts + b"]}}")
-        left = resp.get("UnprocessedItems")
-        if not left:
-            return []
-        return [r["PutRequest"]["Item"] for r in left.get(self.table, [])]
+        return unprocessed_puts(resp, self.table)
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """Any operation with a JSON-able payload; ``update_item`` or ``UpdateItem`` alike."""
         if operation[:1].islower():
             operation = "".join(part.title() for part in operation.split("_"))
         return await self.request(operation, orjson.dumps(kwargs))
+
+
+def _credential_error(exc: Exception) -> WriteRetriable:
+    return WriteRetriable(
+        f"cannot get AWS credentials from the provider chain: {type(exc).__name__}: {exc}",
+        cause="credentials",
+    )

@@ -5,6 +5,7 @@
     IngestError
     ├── ConfigError              bad configuration: fail at start, name the key and value
     ├── TableError               the table is missing or its layout differs
+    ├── DynamoUnreachable        DynamoDB did not answer at start within startup_retry_deadline_s
     ├── WriteError               a DynamoDB write failed
     │   ├── WriteRetriable       throttling, 5xx, connection trouble: retry with backoff
     │   └── WriteRejected        the request is invalid: retrying cannot help
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "ConfigError",
     "DeadLetterError",
+    "DynamoUnreachable",
     "IngestError",
     "TableError",
     "WriteError",
@@ -38,6 +40,10 @@ class ConfigError(IngestError):
 
 class TableError(IngestError):
     """The table does not exist, or was created with another layout."""
+
+
+class DynamoUnreachable(IngestError):
+    """DynamoDB did not answer at start (unreachable, throttled, 5xx…) before the deadline."""
 
 
 class WriteError(IngestError):

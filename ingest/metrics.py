@@ -49,6 +49,12 @@ class Metrics:
         self.write_retries = Counter(
             p + "write_retries", "Write retries by cause", ["cause"], registry=r
         )
+        self.startup_retries = Counter(
+            p + "startup_retries",
+            "Start attempts that failed and were retried (DynamoDB not answering), by cause",
+            ["cause"],
+            registry=r,
+        )
         self.unprocessed_items = Counter(
             p + "unprocessed_items", "Items returned as UnprocessedItems", registry=r
         )

@@ -1,8 +1,13 @@
 """The ingest service: every stage under one task group, started and drained in order.
 
-Start: (embedded servers in trial mode) → DynamoDB client, table check →
-health server → task group {receiver, decoder, writers×N, dead-letter spool,
-registry}. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
+Start: (embedded servers in trial mode) → health server → DynamoDB clients,
+table check, known sensors → task group {receiver, decoder, writers×N,
+dead-letter spool, registry}. While DynamoDB does not answer (unreachable,
+throttled, 5xx, credentials not there yet) the start is retried with the write
+backoff for up to ``startup_retry_deadline_s`` (0: forever), with ``/readyz``
+false and saying why, and without subscribing, so the broker keeps the
+session's messages; ``stop`` ends the wait at once. What waiting cannot heal
+(a missing table, another layout, access denied) fails at once. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
 was received, flush the open batch, wait for the writers and the spool, send
 the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
 within ``shutdown_timeout_s``. Whatever is not durable by then stays
@@ -13,9 +18,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import ssl
+import time
+from collections.abc import Awaitable
 from pathlib import Path
+from typing import TypeVar
 from urllib.parse import urlsplit
 
 from . import mqttproto
@@ -24,8 +33,9 @@ from .batcher import Batch, Batcher
 from .codec import Limits, PayloadDecoder
 from .config import Config
 from .deadletters import DeadLetter, DeadLetterSpool
-from .dynamo import DynamoClient
+from .dynamo import DynamoClient, is_transient
 from .dynamohttp import LeanDynamoClient
+from .errors import DynamoUnreachable, WriteError
 from .gctune import tuned_gc
 from .layout import TableLayout
 from .metrics import HealthServer, Metrics
@@ -43,6 +53,8 @@ PACKET_HEADROOM_BYTES = 65_536 + 64
 packet id and properties."""
 
 log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
 
 
 def layout_from_config(cfg: Config) -> TableLayout:
@@ -112,8 +124,11 @@ class IngestService:
         self._receiver: Receiver | None = None
         self._writer: Writer | None = None
         self._spool: DeadLetterSpool | None = None
+        self._starting: str | None = f"starting: checking DynamoDB table {config.table!r}"
 
     def readiness(self) -> tuple[bool, list[str]]:
+        if self._starting is not None:
+            return False, [self._starting]
         reasons = []
         if self._receiver is None or not self._receiver.connected.is_set():
             last = self._receiver.last_error if self._receiver else None
@@ -125,43 +140,122 @@ class IngestService:
         return not reasons, reasons
 
     async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
-        """Run until ``stop`` is set, then drain and return."""
+        """Run until ``stop`` is set, then drain and return.
+
+        Raises:
+            TableError: The table is missing (without ``create_table``), has another
+                layout, or may not be read (access denied).
+            DynamoUnreachable: DynamoDB did not answer within ``startup_retry_deadline_s``.
+        """
         cfg = self.config
-        async with DynamoClient(
-            table=cfg.table,
-            region=cfg.region,
-            endpoint_url=self._endpoint,
-            max_connections=cfg.write_concurrency + 4,
-            aws_access_key_id=cfg.aws_access_key_id,
-            aws_secret_access_key=cfg.aws_secret_access_key,
-        ) as client:
-            if self._create:
-                await create_table(client, self.layout)
-            self.layout = await ensure_layout(client, self.layout)
-            async with contextlib.AsyncExitStack() as stack:
-                hot: DynamoClient | LeanDynamoClient = client
-                if cfg.writer == "lean":
-                    hot = await stack.enter_async_context(
-                        LeanDynamoClient(
-                            table=cfg.table,
-                            region=cfg.region,
-                            endpoint_url=self._endpoint,
-                            max_connections=cfg.write_concurrency + 4,
-                            aws_access_key_id=cfg.aws_access_key_id,
-                            aws_secret_access_key=cfg.aws_secret_access_key,
-                        )
-                    )
-                health = await stack.enter_async_context(
-                    HealthServer(
-                        self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
-                    )
+        async with contextlib.AsyncExitStack() as stack:
+            # First, so that /healthz and /readyz answer while DynamoDB is waited for.
+            health = await stack.enter_async_context(
+                HealthServer(
+                    self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
                 )
-                self.health_port = health.port
-                await self._run_stages(hot, stop, ready)
+            )
+            self.health_port = health.port
+            opened = await self._open_dynamodb(stack, stop)
+            if opened is None:
+                log.info("stopped while waiting for DynamoDB")
+                return
+            hot, known = opened
+            await self._run_stages(hot, known, stop, ready)
+
+    async def _open_dynamodb(
+        self, outer: contextlib.AsyncExitStack, stop: asyncio.Event
+    ) -> tuple[DynamoClient | LeanDynamoClient, set[str]] | None:
+        """Open the clients and check the table, retrying what waiting can heal.
+
+        Returns the hot path's client and the known sensor ids (their clients stay open
+        on ``outer``), or None when ``stop`` was set first.
+        """
+        cfg = self.config
+        limit_s = cfg.startup_retry_deadline_s
+        backoff = Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms)
+        where = self._endpoint or f"https://dynamodb.{cfg.region}.amazonaws.com"
+        started = time.monotonic()
+        error: BaseException | None = None
+        for attempt in itertools.count():
+            elapsed = time.monotonic() - started
+            deadline = asyncio.timeout(None if limit_s == 0 else max(0.0, limit_s - elapsed))
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with deadline:
+                        stopped, opened = await _unless_stopped(self._connect(stack), stop)
+                except (WriteError, TimeoutError) as exc:
+                    if isinstance(exc, WriteError) and not is_transient(exc):
+                        raise
+                    if not deadline.expired():
+                        error = exc
+                else:
+                    if stopped:
+                        return None
+                    assert opened is not None
+                    outer.push_async_callback(stack.pop_all().aclose)
+                    if attempt:
+                        log.info("DynamoDB answered after %.1f s", time.monotonic() - started)
+                    self._starting = None
+                    return opened
+            elapsed = time.monotonic() - started
+            delay = backoff.delay_s(attempt)
+            if deadline.expired() or (limit_s and elapsed + delay >= limit_s):
+                raise DynamoUnreachable(
+                    f"DynamoDB at {where} did not answer for {elapsed:.0f} s "
+                    f"(startup_retry_deadline_s={limit_s:g}): {_cause(error)}. Check "
+                    "dynamodb_endpoint, region, the network and the credentials, or wait "
+                    "longer with a larger startup_retry_deadline_s"
+                ) from error
+            self.metrics.startup_retries.labels(
+                error.cause if isinstance(error, WriteError) else "timeout"
+            ).inc()
+            self._starting = (
+                f"DynamoDB unreachable at {where}: {_cause(error)} (tried {attempt + 1} "
+                f"time{'s' if attempt else ''} in {elapsed:.0f} s; retrying)"
+            )
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("not started: %s", self._starting)
+            if await _stopped_within(stop, delay):
+                return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[DynamoClient | LeanDynamoClient, set[str]]:
+        """One start attempt: clients on ``stack``, the table checked, the known sensors."""
+        cfg = self.config
+        client = await stack.enter_async_context(
+            DynamoClient(
+                table=cfg.table,
+                region=cfg.region,
+                endpoint_url=self._endpoint,
+                max_connections=cfg.write_concurrency + 4,
+                aws_access_key_id=cfg.aws_access_key_id,
+                aws_secret_access_key=cfg.aws_secret_access_key,
+            )
+        )
+        if self._create:
+            await create_table(client, self.layout)
+        self.layout = await ensure_layout(client, self.layout)
+        hot: DynamoClient | LeanDynamoClient = client
+        if cfg.writer == "lean":
+            hot = await stack.enter_async_context(
+                LeanDynamoClient(
+                    table=cfg.table,
+                    region=cfg.region,
+                    endpoint_url=self._endpoint,
+                    max_connections=cfg.write_concurrency + 4,
+                    aws_access_key_id=cfg.aws_access_key_id,
+                    aws_secret_access_key=cfg.aws_secret_access_key,
+                )
+            )
+        return hot, await known_sensor_ids(hot)
 
     async def _run_stages(
         self,
         client: DynamoClient | LeanDynamoClient,
+        known_sensors: set[str],
         stop: asyncio.Event,
         ready: asyncio.Event | None,
     ) -> None:
@@ -217,7 +311,7 @@ class IngestService:
                     max_known_sensors=cfg.max_known_sensors,
                     require_ts=cfg.require_ts,
                 ),
-                known_sensors=await known_sensor_ids(client),
+                known_sensors=known_sensors,
             ),
             layout=self.layout,
             batcher=Batcher(flush_interval_ms=cfg.flush_interval_ms),
@@ -293,3 +387,35 @@ class IngestService:
             m.write_queue_depth.set(write_queue.qsize())
             m.unacked.set(len(acks))
             await asyncio.sleep(1.0)
+
+
+def _cause(error: BaseException | None) -> str:
+    if isinstance(error, WriteError):
+        return f"{error.cause}: {error}"
+    return "no answer" if error is None else f"{type(error).__name__}: {error}"
+
+
+async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> tuple[bool, _T | None]:
+    """Await ``aw`` unless ``stop`` is set first: (True, None) then, ``aw`` cancelled."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            # asyncio.wait never raises the task's CancelledError: a cancellation of our
+            # own caller still propagates.
+            await asyncio.wait([task])
+    if task.cancelled():
+        return True, None
+    return False, task.result()
+
+
+async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
+    """Sleep ``delay_s``, or less if ``stop`` is set meanwhile; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
+    return stop.is_set()

@@ -1,4 +1,11 @@
-"""Table management: create the table (on-demand, TTL on) and check its layout record."""
+"""Table management: create the table (on-demand, TTL on) and check its layout record.
+
+What waiting can heal (DynamoDB unreachable, throttled, a 5xx: see
+:func:`ingest.dynamo.is_transient`) is raised as the client's
+:class:`~ingest.errors.WriteRetriable`, so that a caller may retry; what it
+cannot (a missing table, another layout, access denied) is a
+:class:`~ingest.errors.TableError` naming the table.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +13,7 @@ import asyncio
 import logging
 from typing import Any
 
-from .dynamo import DynamoClient
+from .dynamo import DynamoClient, is_transient
 from .errors import TableError, WriteError
 from .layout import LAYOUT_PK, TableLayout
 
@@ -41,6 +48,8 @@ async def read_layout(client: DynamoClient) -> TableLayout | None:
             ConsistentRead=True,
         )
     except WriteError as exc:
+        if is_transient(exc):
+            raise
         if "ResourceNotFoundException" in str(exc):
             raise TableError(
                 f"table {client.table!r} does not exist: check --table and --region, or create "
@@ -57,7 +66,9 @@ async def _table_status(client: DynamoClient) -> str | None:
     except WriteError as exc:
         if "ResourceNotFoundException" in str(exc):
             return None
-        raise
+        if is_transient(exc):
+            raise
+        raise TableError(f"cannot describe table {client.table!r}: {exc}") from exc
     return str(resp["Table"]["TableStatus"])
 
 
@@ -74,12 +85,20 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
             created = True
             log.info("created table %s (on-demand)", client.table)
         except WriteError as exc:
+            if is_transient(exc):
+                raise
             if "ResourceInUseException" not in str(exc):
                 raise TableError(f"cannot create table {client.table!r}: {exc}") from exc
-    async with asyncio.timeout(wait_s):
-        # Polling a remote state (no event to wait for), bounded by the timeout.
-        while (status := await _table_status(client)) != "ACTIVE":  # noqa: ASYNC110
-            await asyncio.sleep(0.5)
+    try:
+        async with asyncio.timeout(wait_s):
+            # Polling a remote state (no event to wait for), bounded by the timeout.
+            while (status := await _table_status(client)) != "ACTIVE":  # noqa: ASYNC110
+                await asyncio.sleep(0.5)
+    except TimeoutError:
+        raise TableError(
+            f"table {client.table!r} is still {status} after {wait_s:g} s: check it in the "
+            "DynamoDB console, then start again"
+        ) from None
     try:
         ttl = await client.call("describe_time_to_live", TableName=client.table)
         if ttl.get("TimeToLiveDescription", {}).get("TimeToLiveStatus") not in (
@@ -93,8 +112,10 @@ async def create_table(client: DynamoClient, layout: TableLayout, *, wait_s: flo
             )
             log.info("enabled TTL on %s.ttl", client.table)
     except WriteError as exc:
-        if "UnknownOperation" not in str(exc):
+        if is_transient(exc):
             raise
+        if "UnknownOperation" not in str(exc):
+            raise TableError(f"cannot enable TTL on table {client.table!r}: {exc}") from exc
         # dynalite and some other DynamoDB-API servers have no TTL API; AWS always does.
         log.warning("this DynamoDB endpoint has no TTL API (%s): items will not expire", exc)
     await ensure_layout(client, layout)

@@ -3,10 +3,16 @@
 Retry policy (one place, with metrics per cause):
 
 - ``UnprocessedItems`` (a *successful* response that wrote only part of the
-  batch), throttling, 5xx, connection errors and operator-fixable errors
-  (missing table, credentials) are retried with exponential backoff and full
-  jitter, capped per sleep, until ``write_retry_deadline_s`` has passed; what
-  is still unwritten then goes to the dead letters.
+  batch), throttling, 5xx, connection errors, answers that are not DynamoDB's
+  (a 200 that is not a JSON object, an HTML error page), failed credential
+  refreshes and operator-fixable errors (missing table, access denied) are
+  retried with exponential backoff and full jitter, capped per sleep, until
+  ``write_retry_deadline_s`` has passed; what is still unwritten then goes to
+  the dead letters. The causes are :mod:`ingest.dynamo`'s, counted in
+  ``iot_ingest_write_retries_total{cause}``.
+- Any other exception from the sink is retried the same way (cause
+  ``unexpected``): nothing but cancellation leaves :meth:`Writer.write`, so a
+  client's failure never stops the service's task group.
 - A rejected batch (ValidationException…) is split into single-item writes
   so that only the offending items are dead-lettered, each with DynamoDB's
   reason.
@@ -117,39 +123,55 @@ class Writer:
             t0 = time.perf_counter()
             try:
                 left = await self._sink.batch_write(items)
-            except WriteRetriable as exc:
-                m.write_retries.labels(exc.cause).inc()
-                if attempt == 0 or attempt % 10 == 0:
-                    log.warning(
-                        "write of %d items failed (%s), retrying: %s", len(items), exc.cause, exc
+                left_keys = {_key(it) for it in left} if left else set()
+                if not left_keys <= waiting.keys():
+                    # Not the answer to this request (it names items we did not send):
+                    # trusting it could take unwritten items for written ones.
+                    raise WriteRetriable(
+                        f"UnprocessedItems names {len(left_keys - waiting.keys())} items "
+                        "that were not in the request",
+                        cause="bad_response",
                     )
-                self.healthy = False
-                if not await self._retry_or_give_up(waiting, started, attempt, str(exc)):
-                    return
-                attempt += 1
-                continue
+            except WriteRetriable as exc:
+                cause, why = exc.cause, str(exc)
             except WriteError as exc:
                 m.write_rejected.inc()
                 await self._split(waiting, exc)
                 return
-            m.write_seconds.observe(time.perf_counter() - t0)
-            m.write_requests.inc()
-            self.healthy = True
-            left_keys = {_key(it) for it in left}
-            done: list[Pending] = []
-            for key in list(waiting):
-                if key not in left_keys:
-                    done += waiting.pop(key)[1]
-            m.items_written.inc(len(items) - len(left_keys))
-            if done:
-                self._observe_latency(done)
-                self._acks.done(done)
-            if waiting:
-                m.write_retries.labels("unprocessed").inc()
-                m.unprocessed_items.inc(len(waiting))
-                if not await self._retry_or_give_up(waiting, started, attempt, "UnprocessedItems"):
-                    return
-                attempt += 1
+            except Exception as exc:
+                # A sink's error of a type nobody foresaw: no evidence the data is bad, and
+                # raising would stop the service without a drain. Retry it like the others.
+                cause, why = "unexpected", f"{type(exc).__name__}: {exc}"
+                if attempt == 0:
+                    log.error("unexpected error from the DynamoDB client", exc_info=exc)
+            else:
+                m.write_seconds.observe(time.perf_counter() - t0)
+                m.write_requests.inc()
+                self.healthy = True
+                done: list[Pending] = []
+                for key in list(waiting):
+                    if key not in left_keys:
+                        done += waiting.pop(key)[1]
+                m.items_written.inc(len(items) - len(left_keys))
+                if done:
+                    self._observe_latency(done)
+                    self._acks.done(done)
+                if waiting:
+                    m.write_retries.labels("unprocessed").inc()
+                    m.unprocessed_items.inc(len(waiting))
+                    if not await self._retry_or_give_up(
+                        waiting, started, attempt, "UnprocessedItems"
+                    ):
+                        return
+                    attempt += 1
+                continue
+            m.write_retries.labels(cause).inc()
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("write of %d items failed (%s), retrying: %s", len(items), cause, why)
+            self.healthy = False
+            if not await self._retry_or_give_up(waiting, started, attempt, why):
+                return
+            attempt += 1
 
     def _observe_latency(self, done: list[Pending]) -> None:
         now_ms = time.time() * 1000

@@ -184,6 +184,25 @@ async def test_throttling_is_retried_with_backoff(h: Harness) -> None:
     assert h.sent == list(range(1, 11))
 
 
+async def test_an_answer_naming_items_not_sent_is_distrusted_and_retried(h: Harness) -> None:
+    # UnprocessedItems that lists an item this request never carried is not this
+    # request's answer (a desynced connection, a confused proxy): taking the items it
+    # does not list for written could acknowledge readings that never reached the table.
+    batch = h.batch(3)
+    foreign = LAYOUT.to_item(Reading("someone-else", NOW_MS, {"t": 0}))
+
+    def plan(call: int, items: list[Item]) -> list[Item]:
+        return [foreign] if call == 0 else []
+
+    sink = FakeSink(plan)
+    await h.writer(sink).write(batch)
+
+    assert [len(c) for c in sink.calls] == [3, 3]  # the whole batch again
+    assert h.metric("write_retries_total", cause="bad_response") == 1
+    assert h.metric("items_written_total") == 3  # counted once, from the trusted answer
+    assert h.sent == [1, 2, 3]
+
+
 async def test_writer_reports_unhealthy_while_retrying(h: Harness) -> None:
     batch = h.batch(1)
     writer: Writer
