@@ -52,6 +52,11 @@ class Config(BaseModel):
     mqtt_ca_file: Path | None = Field(None, description="CA bundle to verify the broker (TLS).")
     mqtt_cert_file: Path | None = Field(None, description="Client certificate (TLS client auth).")
     mqtt_key_file: Path | None = Field(None, description="Client certificate's private key.")
+    mqtt_alpn: str | None = Field(
+        None,
+        description="TLS ALPN protocols to offer, comma-separated (AWS IoT Core on port 443 "
+        "with a client certificate needs x-amzn-mqtt-ca).",
+    )
     mqtt_client_id: str = Field(
         default_factory=_default_client_id,
         description="Stable client id: the broker keeps this session's messages while the service is down.",

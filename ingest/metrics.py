@@ -117,6 +117,12 @@ class Metrics:
             p + "mqtt_connected", "1 while connected to the broker", registry=r
         )
         self.mqtt_reconnects = Counter(p + "mqtt_reconnects", "Reconnect attempts", registry=r)
+        self.mqtt_resends_dropped = Counter(
+            p + "mqtt_resends_dropped",
+            "PUBLISH copies a broker resent on the same connection while the first was pending "
+            "or done (not tracked twice; counted when the connection ends)",
+            registry=r,
+        )
         self.registry_updates = Counter(
             p + "registry_updates", "Sensor registry item updates", registry=r
         )

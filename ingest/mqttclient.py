@@ -119,8 +119,13 @@ class MqttConnection(asyncio.Protocol):
         self._qos2: set[int] = set()  # QoS 2 PUBLISH received, PUBREC not yet sent
         self._released: set[int] = set()  # PUBREC sent, PUBREL not yet received
         self._close_reason: str | None = None
+        self._seen: set[int] = set()  # packet ids of QoS > 0 PUBLISHes on this connection
         self.session_present = False
         self.broker_receive_maximum = 65535
+        self.keepalive_s = settings.keepalive_s
+        self.shared_subscriptions = True
+        self.wildcard_subscriptions = True
+        self.resends_dropped = 0
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -181,8 +186,22 @@ class MqttConnection(asyncio.Protocol):
                 f"{connack.reason(s.version)}{hint}",
                 retriable=code not in _NOT_RETRIABLE_CONNACK,
             )
+        props = connack.properties
         self.session_present = connack.session_present
-        self.broker_receive_maximum = int(connack.properties.get("receive_maximum", 65535))
+        self.broker_receive_maximum = int(props.get("receive_maximum", 65535))
+        # MQTT 5: a Server Keep Alive replaces ours (MQTT-3.2.2-21), 0 meaning none.
+        self.keepalive_s = int(props.get("server_keep_alive", s.keepalive_s))
+        self._set_tcp_user_timeout()
+        granted_expiry = props.get("session_expiry_interval")
+        if granted_expiry is not None and granted_expiry < s.session_expiry_s:
+            log.warning(
+                "the MQTT broker keeps this session only %d s while we are away (asked for %d s): "
+                "messages published during a longer outage are lost (see docs/brokers.md)",
+                granted_expiry,
+                s.session_expiry_s,
+            )
+        self.shared_subscriptions = bool(props.get("shared_subscription_available", 1))
+        self.wildcard_subscriptions = bool(props.get("wildcard_subscription_available", 1))
         self._state = "open"
         self._schedule_ping()
         return connack
@@ -234,7 +253,23 @@ class MqttConnection(asyncio.Protocol):
         self._transport.write(data)
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
-        """Subscribe; return the granted QoS per filter; raise if any was refused."""
+        """Subscribe; return the granted QoS per filter; raise if any was refused.
+
+        Filters the broker said in CONNACK it cannot serve (MQTT 5: shared or wildcard
+        subscriptions not available) are refused here, before asking, not retried.
+        """
+        for f, _ in filters:
+            if f.startswith("$share/") and not self.shared_subscriptions:
+                raise MqttConnectError(
+                    f"the broker does not support shared subscriptions ({f!r}): run one worker "
+                    "without shared_group, or use a broker that has them (docs/brokers.md)",
+                    retriable=False,
+                )
+            if ("+" in f or "#" in f) and not self.wildcard_subscriptions:
+                raise MqttConnectError(
+                    f"the broker does not support wildcard subscriptions ({f!r})",
+                    retriable=False,
+                )
         pid = self._packet_id()
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         self._pending[pid] = fut
@@ -341,14 +376,14 @@ class MqttConnection(asyncio.Protocol):
     # -- keepalive ------------------------------------------------------------
 
     def _schedule_ping(self) -> None:
-        ka = self.settings.keepalive_s
+        ka = self.keepalive_s
         if ka > 0 and not self._closed.done():
             self._ping_timer = self._loop.call_later(ka / 2, self._ping)
 
     def _ping(self) -> None:
         if self._closed.done() or self._transport is None:
             return
-        if not self._paused and time.monotonic() - self._last_rx > self.settings.keepalive_s * 1.5:
+        if not self._paused and time.monotonic() - self._last_rx > self.keepalive_s * 1.5:
             log.warning(
                 "MQTT broker silent for %.0f s: dropping the connection",
                 time.monotonic() - self._last_rx,
@@ -363,13 +398,18 @@ class MqttConnection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
         self._transport = cast(asyncio.Transport, transport)
-        ka = self.settings.keepalive_s
-        sock = transport.get_extra_info("socket")
-        if ka > 0 and sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
-            # Sent bytes (PINGREQs, PUBACKs) unacknowledged by the peer's TCP for 1.5×
-            # keepalive: the peer is gone, even while we are not reading.
+        self._set_tcp_user_timeout()
+
+    def _set_tcp_user_timeout(self) -> None:
+        """Sent bytes (PINGREQs, PUBACKs) unacknowledged by the peer's TCP for 1.5×
+        keepalive: the peer is gone, even while we are not reading."""
+        t = self._transport
+        sock = t.get_extra_info("socket") if t is not None else None
+        if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
             with contextlib.suppress(OSError):
-                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(ka * 1500))
+                sock.setsockopt(
+                    socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, int(self.keepalive_s * 1500)
+                )
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self._ping_timer is not None:
@@ -414,7 +454,8 @@ class MqttConnection(asyncio.Protocol):
                 except mp.MqttProtocolError as exc:
                     self._protocol_error(str(exc), 0x81)
                     return
-                chunk.append(message)
+                if message is not None:
+                    chunk.append(message)
             else:
                 try:
                     self._control(ptype, body)
@@ -424,7 +465,7 @@ class MqttConnection(asyncio.Protocol):
         if chunk and self._on_messages is not None:
             self._on_messages(chunk)
 
-    def _publish(self, flags: int, body: bytes, qos: int) -> Message:
+    def _publish(self, flags: int, body: bytes, qos: int) -> Message | None:
         if not self._connacked:
             raise mp.MqttProtocolError("PUBLISH before CONNACK")
         if qos == 3:
@@ -445,6 +486,15 @@ class MqttConnection(asyncio.Protocol):
                 topic,
                 self.settings.max_packet_bytes,
             )
+        if qos:
+            if flags & 0x08 and pid in self._seen:
+                # A resend on the same connection (NATS, EMQX, VerneMQ do it on a timer): its
+                # first copy is being written and will be acknowledged. Tracking the copy too
+                # would send a second PUBACK for this id, which the broker may by then have
+                # given to another message, not yet durable.
+                self.resends_dropped += 1
+                return None
+            self._seen.add(pid)
         if qos == 2:
             self._qos2.add(pid)
         return topic, payload, qos, pid

@@ -148,6 +148,8 @@ class Receiver:
                 self._conn = None
                 self.connected.clear()
                 self._m.mqtt_connected.set(0)
+                if conn.resends_dropped:
+                    self._m.mqtt_resends_dropped.inc(conn.resends_dropped)
             if not self._stopping:
                 await asyncio.sleep(self._backoff.delay_s(0))
         await asyncio.Event().wait()  # stopped: idle until the service cancels us

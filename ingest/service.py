@@ -74,6 +74,8 @@ def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
             tls.load_cert_chain(
                 str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None
             )
+        if cfg.mqtt_alpn:
+            tls.set_alpn_protocols([p.strip() for p in cfg.mqtt_alpn.split(",") if p.strip()])
     user, password = cfg.mqtt_credentials()
     return MqttSettings(
         host=parts.hostname or "127.0.0.1",

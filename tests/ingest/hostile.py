@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -169,8 +170,9 @@ class HostileBroker:
             unless it called :meth:`Peer.serve_pings`).
     """
 
-    def __init__(self, script: Script) -> None:
+    def __init__(self, script: Script, *, tls: ssl.SSLContext | None = None) -> None:
         self.script = script
+        self.tls = tls
         self.peers: list[Peer] = []
         self.connected = asyncio.Event()
         self.errors: list[BaseException] = []
@@ -185,7 +187,7 @@ class HostileBroker:
 
     @property
     def url(self) -> str:
-        return f"mqtt://127.0.0.1:{self.port}"
+        return f"{'mqtts' if self.tls else 'mqtt'}://127.0.0.1:{self.port}"
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = Peer(reader, writer, len(self.peers))
@@ -218,7 +220,7 @@ class HostileBroker:
         return self.peers[n - 1]
 
     async def __aenter__(self) -> HostileBroker:
-        self._server = await asyncio.start_server(self._spawn, "127.0.0.1", 0)
+        self._server = await asyncio.start_server(self._spawn, "127.0.0.1", 0, ssl=self.tls)
         return self
 
     async def __aexit__(self, *exc: object) -> None:

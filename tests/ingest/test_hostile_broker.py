@@ -98,7 +98,7 @@ async def test_duplicates_with_dup_inside_one_connection_write_once(
             peer = await broker.wait_peers(1)
             await wait_until(lambda: {7, 8} <= set(peer.acked()), 20, "PUBACKs")
     assert broker.errors == []
-    assert peer.acked()[-1] == 8 and set(peer.acked()) == {7, 8}
+    assert peer.acked() == [7, 8]  # one PUBACK per message: the resend is not tracked twice
     assert sorted(await _stamps(moto_server, unique_name)) == [NOW_MS + 1, NOW_MS + 2]
 
 
@@ -436,3 +436,98 @@ async def test_cancelling_a_connect_in_progress_closes_the_socket() -> None:
             await task
         await asyncio.wait_for(peer.closed.wait(), 5)
         assert not conn.is_open
+
+
+async def test_a_stale_resend_never_acknowledges_the_next_message_with_its_id(
+    moto_server: MotoServer, unique_name: str, tmp_path: Path
+) -> None:
+    """A broker resending on a timer (NATS, EMQX, VerneMQ) after our PUBACK, then reusing the id.
+
+    Tracking the stale copy would send a second PUBACK 7 that the broker takes for the
+    new message 7 before that one is durable.
+    """
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake()
+        await peer.suback()
+        peer.publish(*_reading(unique_name, 1), qos=1, packet_id=7)
+        await peer.wait_acked({7})
+        peer.publish(*_reading(unique_name, 1), qos=1, packet_id=7, dup=True)  # stale resend
+        peer.publish(*_reading(unique_name, 2), qos=1, packet_id=7)  # a new message, id reused
+        peer.publish(*_reading(unique_name, 3), qos=1, packet_id=8)
+        await peer.wait_acked({8})
+        await peer.serve_pings()
+
+    async with HostileBroker(script) as broker:
+        service = IngestService(_config(broker, moto_server, unique_name, tmp_path))
+        async with running(service, drained=False):
+            peer = await broker.wait_peers(1)
+            await wait_until(lambda: 8 in peer.acked(), 20, "PUBACK 8")
+            await asyncio.sleep(0.3)
+    assert broker.errors == []
+    assert peer.acked() == [7, 7, 8]  # the first message, the new one, message 8
+    assert sorted(await _stamps(moto_server, unique_name)) == [NOW_MS + i for i in (1, 2, 3)]
+
+
+def _connack_props(*props: bytes) -> bytes:
+    body = b"".join(props)
+    return bytes((len(body),)) + body
+
+
+async def test_the_brokers_keep_alive_replaces_ours(
+    moto_server: MotoServer, unique_name: str, tmp_path: Path
+) -> None:
+    """MQTT 5 Server Keep Alive (MQTT-3.2.2-21): 5 s from the broker, though we asked for 30."""
+    pinged: list[float] = []
+
+    async def script(peer: Peer) -> None:
+        await peer.handshake(connack_props=_connack_props(b"\x13" + struct.pack("!H", 5)))
+        await peer.suback()
+        t0 = time.monotonic()
+        while True:
+            t, _, _ = await peer.next_packet(timeout_s=20)
+            if t == mp.PINGREQ:
+                pinged.append(time.monotonic() - t0)
+                peer.send(b"\xd0\x00")
+
+    async with HostileBroker(script) as broker:
+        service = IngestService(_config(broker, moto_server, unique_name, tmp_path))
+        async with running(service, drained=False):
+            await wait_until(lambda: len(pinged) >= 2, 15, "two PINGREQs")
+    assert pinged[0] < 4 and pinged[1] - pinged[0] < 4  # every 2.5 s, not every 15 s
+
+
+async def test_a_shorter_session_expiry_granted_by_the_broker_is_said(
+    moto_server: MotoServer, unique_name: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.handshake(connack_props=_connack_props(b"\x11" + struct.pack("!I", 300)))
+        await peer.suback()
+        await peer.serve_pings()
+
+    async with HostileBroker(script) as broker:
+        service = IngestService(_config(broker, moto_server, unique_name, tmp_path))
+        async with running(service, drained=False):
+            pass
+    assert any(
+        "keeps this session only 300 s" in r.getMessage() and r.levelname == "WARNING"
+        for r in caplog.records
+    )
+
+
+async def test_shared_subscription_on_a_broker_without_them_refuses_to_run(
+    moto_server: MotoServer, unique_name: str, tmp_path: Path
+) -> None:
+    async def script(peer: Peer) -> None:
+        await peer.handshake(connack_props=_connack_props(b"\x2a\x00"))
+        await peer.serve_pings()
+
+    async with HostileBroker(script) as broker:
+        cfg = _config(broker, moto_server, unique_name, tmp_path, shared_group="g")
+        with pytest.raises(ExceptionGroup) as info:
+            async with running(IngestService(cfg), drained=False):
+                pass
+    (error,) = info.value.exceptions
+    assert isinstance(error, MqttError) and not error.retriable
+    assert "does not support shared subscriptions" in str(error)
+    assert len(broker.peers) == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ssl
 import subprocess
 import time
 from collections.abc import AsyncIterator
@@ -12,11 +13,12 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from bench.servers import MosquittoServer, free_port
+from bench.servers import MosquittoServer, MotoServer, free_port
 from ingest.mqttclient import MqttConnectError
 from ingest.service import IngestService
 
 from .harness import counter, make_config, read_table, running, wait_until
+from .hostile import HostileBroker, Peer
 
 
 def _run(*args: str, cwd: Path) -> None:
@@ -125,3 +127,35 @@ async def test_wrong_password_fails_fast_with_the_brokers_reason(
     errors = info.value.exceptions
     assert len(errors) == 1 and isinstance(errors[0], MqttConnectError)
     assert "bad user name or password" in str(errors[0]) or "not authorized" in str(errors[0])
+
+
+async def test_alpn_is_offered_as_configured(
+    tmp_path: Path, moto_server: MotoServer, unique_name: str
+) -> None:
+    """AWS IoT Core on port 443 with a client certificate selects MQTT by ALPN x-amzn-mqtt-ca."""
+    pki = tmp_path / "pki"
+    pki.mkdir()
+    await asyncio.to_thread(_make_pki, pki)
+    server_tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_tls.load_cert_chain(str(pki / "server.crt"), str(pki / "server.key"))
+    server_tls.set_alpn_protocols(["x-amzn-mqtt-ca"])
+    selected: list[str | None] = []
+
+    async def script(peer: Peer) -> None:
+        selected.append(peer.writer.get_extra_info("ssl_object").selected_alpn_protocol())
+        await peer.handshake()
+        await peer.suback()
+        await peer.serve_pings()
+
+    async with HostileBroker(script, tls=server_tls) as broker:
+        cfg = make_config(
+            broker_url=broker.url,
+            endpoint=moto_server.endpoint_url,
+            name=unique_name,
+            data_dir=tmp_path / "data",
+            mqtt_ca_file=pki / "ca.crt",
+            mqtt_alpn="x-amzn-mqtt-ca",
+        )
+        async with running(IngestService(cfg), drained=False):
+            pass
+    assert selected == ["x-amzn-mqtt-ca"]
