@@ -45,7 +45,7 @@ flush. A reading whose bucket may already be archived — its bucket ends at or
 before ``now + settle + lookahead - horizon`` — is counted under its sensor and
 bucket, and each flush writes one *late mark* item per such (sensor, bucket)
 (``#late#{p}``, see :mod:`ingest.layout`): ``t`` = the flush time, ``n`` += the
-readings. The archiver re-archives marked buckets and deletes a mark only if its
+readings. The archiver re-archives marked buckets and clears a mark only if its
 ``t`` is unchanged, from an export that started ``settle`` after ``t``. In
 steady traffic no reading is late and this costs one comparison per reading (a
 threshold recomputed at every flush and after every registry write; it looks
