@@ -27,6 +27,21 @@ id can produce (sensor ids never contain ``#``)::
 
 The layout parameters (bucket width, shard count) are stored in the item
 ``pk="#layout", sk=0`` so a reader or a restarted writer uses the same ones.
+
+Beside it, ``pk="#layout", sk=1`` holds the archive policy (written by the
+archiver, read by the ingest's registry, see :class:`ArchivePolicy`)::
+
+    hz N horizon (ms); bw N bucket width (ms); st N settle time (ms);
+    since N when this policy was first recorded (epoch ms)
+
+Late marks (a sensor's bucket received readings once it may already have been
+archived; written by the registry, cleared by the archiver) live under
+partitions no sensor id can produce either::
+
+    pk   S  "#late#{p}"           p = the sensor's registry partition number
+    sk   N  112-bit stable hash of "{sensor_id}#{bucket start}"
+    sid  S  sensor id; b N bucket start (ms); t N last marked at (epoch ms);
+    n    N  late readings counted; ttl N set (and t, n removed) once cleared
 """
 
 from __future__ import annotations
@@ -39,13 +54,17 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "ARCHIVE_POLICY_SK",
     "LAYOUT_PK",
     "REGISTRY_PARTITIONS",
     "SENSOR_ID_PATTERN",
+    "ArchivePolicy",
     "Item",
     "Reading",
     "TableLayout",
     "format_number",
+    "late_mark_key",
+    "late_partition_keys",
     "registry_key",
     "registry_partition_keys",
 ]
@@ -58,7 +77,9 @@ SENSOR_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 
 REGISTRY_PARTITIONS = 8
 LAYOUT_PK = "#layout"
+ARCHIVE_POLICY_SK = 1
 _REGISTRY_PREFIX = "#sensors#"
+_LATE_PREFIX = "#late#"
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
 
@@ -100,6 +121,17 @@ def registry_key(sensor_id: str) -> tuple[str, int]:
 def registry_partition_keys() -> list[str]:
     """Every registry partition key, for listing sensors with Query (never Scan)."""
     return [f"{_REGISTRY_PREFIX}{p}" for p in range(REGISTRY_PARTITIONS)]
+
+
+def late_mark_key(sensor_id: str, bucket_start_ms: int) -> tuple[str, int]:
+    """Return the (pk, sk) of the late mark of one sensor's bucket."""
+    p = _stable_hash(sensor_id) % REGISTRY_PARTITIONS
+    return f"{_LATE_PREFIX}{p}", _stable_hash(f"{sensor_id}#{bucket_start_ms}")
+
+
+def late_partition_keys() -> list[str]:
+    """Every late-mark partition key, for reading the marks with Query (never Scan)."""
+    return [f"{_LATE_PREFIX}{p}" for p in range(REGISTRY_PARTITIONS)]
 
 
 def _bucket_label_format(bucket_ms: int) -> str:
@@ -236,4 +268,61 @@ class TableLayout:
             bucket_ms=int(item["bucket_ms"]["N"]),
             shards=int(item["shards"]["N"]),
             retention_days=int(item["retention_days"]["N"]),
+        )
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ArchivePolicy:
+    """What the archiver does, recorded in the table so that the ingest can follow it.
+
+    Attributes:
+        horizon_ms: A bucket is archived once its end is this far in the past.
+        bucket_ms: The table's bucket width.
+        settle_ms: The longest time a reading may take from decode to durable (write
+            retries included), with clock skew: the ingest marks a reading late from
+            ``settle_ms`` before its bucket passes the horizon, and the archiver clears a
+            late mark only from an export that starts ``settle_ms`` after it was set.
+        since_ms: When this policy was first recorded (epoch ms).
+    """
+
+    horizon_ms: int
+    bucket_ms: int
+    settle_ms: int
+    since_ms: int = 0
+
+    def same_rules(self, other: ArchivePolicy) -> bool:
+        """True when ``other`` is the same policy (recorded at any time)."""
+        return (self.horizon_ms, self.bucket_ms, self.settle_ms) == (
+            other.horizon_ms,
+            other.bucket_ms,
+            other.settle_ms,
+        )
+
+    def late_before(self, now_ms: int, lookahead_ms: int = 0) -> int:
+        """Readings below this timestamp are late: their bucket may be archived by now.
+
+        A reading is late when its bucket ends at or before ``now + settle + lookahead -
+        horizon``, i.e. when its timestamp is below that moment's bucket start (buckets
+        start at multiples of the width).
+        """
+        x = now_ms + self.settle_ms + lookahead_ms - self.horizon_ms
+        return x - x % self.bucket_ms
+
+    def to_item(self) -> Item:
+        return {
+            "pk": {"S": LAYOUT_PK},
+            "sk": {"N": str(ARCHIVE_POLICY_SK)},
+            "hz": {"N": str(self.horizon_ms)},
+            "bw": {"N": str(self.bucket_ms)},
+            "st": {"N": str(self.settle_ms)},
+            "since": {"N": str(self.since_ms)},
+        }
+
+    @classmethod
+    def from_item(cls, item: Item) -> ArchivePolicy:
+        return cls(
+            horizon_ms=int(item["hz"]["N"]),
+            bucket_ms=int(item["bw"]["N"]),
+            settle_ms=int(item["st"]["N"]),
+            since_ms=int(item["since"]["N"]),
         )

@@ -38,6 +38,24 @@ benchmark). "Last seen" in the registry may lag by up to ``refresh_s`` plus
 ``registry_interval_s``; the query API's ``/latest`` reads the table from there
 on, so it still finds the newest reading. The drain at shutdown writes everything.
 
+Late readings (see docs/archival.md, "Late readings"): the archiver records its
+policy (horizon, bucket width, settle time) beside the layout record; the
+registry reads it at start and at most every ``policy_refresh_s`` (10 s) at a
+flush. A reading whose bucket may already be archived — its bucket ends at or
+before ``now + settle + lookahead - horizon`` — is counted under its sensor and
+bucket, and each flush writes one *late mark* item per such (sensor, bucket)
+(``#late#{p}``, see :mod:`ingest.layout`): ``t`` = the flush time, ``n`` += the
+readings. The archiver re-archives marked buckets and clears a mark only if its
+``t`` is unchanged, from an export that started ``settle`` after ``t``. In
+steady traffic no reading is late and this costs one comparison per reading (a
+threshold recomputed at every flush and after every registry write; it looks
+``lookahead_s`` ahead, at most a quarter of the horizon). Before the policy was
+read once (the first moments of a start, or DynamoDB unreachable), readings
+are not classified one by one: each sensor's lowest and highest timestamps
+seen meanwhile are kept, and once the policy is known every bucket of that span
+below the threshold is marked (a superset). A mark that failed retriably is
+retried with the next flush; one refused is logged as an error.
+
 Expressions use placeholders only; no input text is ever spliced into one.
 """
 
@@ -47,15 +65,33 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Any
 
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
 from .errors import WriteError
-from .layout import Reading, format_number, registry_key, registry_partition_keys
+from .layout import (
+    ArchivePolicy,
+    Reading,
+    format_number,
+    late_mark_key,
+    late_partition_keys,
+    registry_key,
+    registry_partition_keys,
+)
 from .metrics import Metrics
+from .table import read_archive_policy
 
-__all__ = ["SensorRegistry", "known_sensor_ids", "registry_items"]
+__all__ = [
+    "LateMark",
+    "SensorRegistry",
+    "clear_late_mark",
+    "known_sensor_ids",
+    "late_marks",
+    "registry_items",
+    "write_late_mark",
+]
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +101,8 @@ _UPDATE = "SET #sid = :sid, #ls = :ls, #m = :m, #fs = if_not_exists(#fs, :fs) AD
 _CONDITION = "attribute_not_exists(#ls) OR (#ls <= :ls AND attribute_exists(#fs))"
 _UNKNOWN_FS = 0
 """``fs`` of items older than the attribute: the planner then looks at the whole window."""
+_NEVER = -(2**63)
+"""The late threshold while no archive policy is recorded: no reading is late."""
 
 
 class _Pending:
@@ -100,6 +138,10 @@ class SensorRegistry:
         refresh_s: Least time between two writes of one sensor's item by this process
             (0: every flush), unless its first-seen time must go down.
         clock: Monotonic clock (injected in tests).
+        wall_clock: Epoch seconds, for the late threshold and the marks (injected in tests).
+        policy_refresh_s: Least time between two reads of the archive policy.
+        lookahead_s: How far ahead the late threshold looks (it is recomputed at every
+            flush and registry write; capped at a quarter of the horizon).
     """
 
     def __init__(
@@ -110,6 +152,9 @@ class SensorRegistry:
         concurrency: int = 8,
         refresh_s: float = 0.0,
         clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+        policy_refresh_s: float = 10.0,
+        lookahead_s: float = 60.0,
     ) -> None:
         self._client = client
         self._m = metrics
@@ -121,11 +166,34 @@ class SensorRegistry:
         self._clock = clock
         # sensor id -> when this process last wrote its item (monotonic seconds)
         self._written_at: dict[str, float] = {}
+        self._wall = wall_clock
+        self._policy_refresh_s = policy_refresh_s
+        self._lookahead_ms = round(lookahead_s * 1000)
+        self._policy: ArchivePolicy | None = None
+        self._policy_read_at: float | None = None  # monotonic; None: never read
+        self._late_before = _NEVER
+        # (sensor id, bucket start) -> late readings seen since the last flush
+        self._late: dict[tuple[str, int], int] = {}
+        # sensor id -> (lowest, highest) timestamp seen before the policy was first read
+        self._unclassified: dict[str, tuple[int, int]] = {}
+
+    @property
+    def archive_policy(self) -> ArchivePolicy | None:
+        """The archive policy as last read from the table (``None``: none recorded, or not yet)."""
+        return self._policy
+
+    @property
+    def late_pending(self) -> int:
+        """Late (sensor, bucket) marks waiting for the next flush."""
+        return len(self._late)
 
     def observe(self, readings: list[Reading]) -> None:
         seen = self._seen
+        late_before = self._late_before
         for r in readings:
             ts = r.ts_ms
+            if ts < late_before:  # its bucket may be archived already: mark it
+                self._note_late(r.sensor_id, ts)
             entry = seen.get(r.sensor_id)
             if entry is None:
                 seen[r.sensor_id] = _Pending(ts, 1, r.metrics)
@@ -136,6 +204,71 @@ class SensorRegistry:
                 entry.metrics = r.metrics
             elif ts < entry.min_ts:
                 entry.min_ts = ts
+
+    def _note_late(self, sensor_id: str, ts_ms: int) -> None:
+        policy = self._policy
+        assert policy is not None  # the threshold is above _NEVER only with a policy
+        key = (sensor_id, ts_ms - ts_ms % policy.bucket_ms)
+        late = self._late
+        late[key] = late.get(key, 0) + 1
+
+    def _update_threshold(self) -> None:
+        policy = self._policy
+        if policy is None:
+            self._late_before = _NEVER
+            return
+        lookahead = min(self._lookahead_ms, policy.horizon_ms // 4)
+        self._late_before = policy.late_before(int(self._wall() * 1000), lookahead)
+
+    async def refresh_policy(self, *, force: bool = False) -> ArchivePolicy | None:
+        """Read the archive policy from the table (at most every ``policy_refresh_s``).
+
+        A failed read is logged and retried at the next flush; until the first read
+        succeeds, each sensor's timestamp span is kept so that nothing goes unmarked.
+        """
+        now = self._clock()
+        if (
+            not force
+            and self._policy_read_at is not None
+            and now - self._policy_read_at < self._policy_refresh_s
+        ):
+            return self._policy
+        try:
+            policy = await read_archive_policy(self._client)
+        except (WriteError, ValueError, KeyError, TypeError) as exc:  # also a malformed record
+            log.warning("cannot read the archive policy (retrying at the next flush): %s", exc)
+            return self._policy
+        first = self._policy_read_at is None
+        changed = policy != self._policy
+        self._policy_read_at = now
+        if changed:
+            log.info("archive policy: %s", policy or "none recorded (no archiver ran yet)")
+        self._policy = policy
+        self._update_threshold()
+        if first or changed:
+            # What was observed since the last flush was classified under the old policy
+            # (or not at all): look at it again under this one.
+            self._stash_unclassified(self._seen)
+            self._classify_unclassified()
+        return policy
+
+    def _stash_unclassified(self, pending: dict[str, _Pending]) -> None:
+        spans = self._unclassified
+        for sid, entry in pending.items():
+            lo, hi = entry.min_ts, entry.last_ts
+            old = spans.get(sid)
+            spans[sid] = (lo, hi) if old is None else (min(lo, old[0]), max(hi, old[1]))
+
+    def _classify_unclassified(self) -> None:
+        spans, self._unclassified = self._unclassified, {}
+        policy = self._policy
+        if policy is None:
+            return
+        bw, late_before, late = policy.bucket_ms, self._late_before, self._late
+        for sid, (lo, hi) in spans.items():
+            last = min(hi - hi % bw, late_before - bw)
+            for bucket in range(lo - lo % bw, last + 1, bw):
+                late.setdefault((sid, bucket), 0)
 
     def __len__(self) -> int:
         return len(self._seen)
@@ -148,27 +281,47 @@ class SensorRegistry:
         """Write pending observations; return the number of sensors fully updated.
 
         Sensors written less than ``refresh_s`` ago wait (unless ``everything``, or
-        their first-seen time must go down). Updates that failed with a retriable
+        their first-seen time must go down). The late marks collected since the last
+        flush are written in any case (one UpdateItem per sensor and bucket), after the
+        archive policy is read again when due. Updates that failed with a retriable
         error (throttling, 5xx, connection) are kept for the next flush.
         """
+        if not everything or self._policy_read_at is None:  # a drain: no extra read
+            await self.refresh_policy()
+        self._update_threshold()
         pending, self._seen = self._seen, {}
+        if self._policy_read_at is None:  # policy never read: keep the spans to classify
+            self._stash_unclassified(pending)
         if not everything and self._refresh_s > 0:
             pending = self._due(pending)
-        if not pending:
+        marks, self._late = self._late, {}
+        if not pending and not marks:
             return 0
         written_at = self._clock()
+        marked_at_ms = int(self._wall() * 1000)
         sem = asyncio.Semaphore(self._concurrency)
         retry: dict[str, _Pending] = {}
+        retry_marks: dict[tuple[str, int], int] = {}
 
         async def one(sid: str, entry: _Pending) -> None:
             async with sem:
                 again = await self._update(sid, entry)
+                self._update_threshold()  # a slow flush must not leave it stale
                 if again is not None:
                     retry[sid] = again
+
+        async def mark(key: tuple[str, int], count: int) -> None:
+            async with sem:
+                if not await self._mark(key, count, marked_at_ms):
+                    retry_marks[key] = count
 
         async with asyncio.TaskGroup() as tg:
             for sid, entry in pending.items():
                 tg.create_task(one(sid, entry), name=f"registry-{sid}")
+            for key, count in marks.items():
+                tg.create_task(mark(key, count), name=f"registry-late-{key[0]}")
+        for key, count in retry_marks.items():
+            self._late[key] = self._late.get(key, 0) + count
         for sid, entry in retry.items():  # with the next flush
             newer = self._seen.get(sid)
             if newer is None:
@@ -197,6 +350,25 @@ class SensorRegistry:
             else:
                 seen[sid] = entry  # nothing was observed since the swap: no merge needed
         return due
+
+    async def _mark(self, key: tuple[str, int], count: int, marked_at_ms: int) -> bool:
+        """Write one late mark; False when it must be retried with the next flush."""
+        sid, bucket = key
+        try:
+            await write_late_mark(self._client, sid, bucket, marked_at_ms, count)
+        except WriteError as exc:
+            if exc.retriable:
+                log.warning("late mark of %s bucket %d failed (retrying): %s", sid, bucket, exc)
+                return False
+            log.error(
+                "late mark of %s bucket %d refused: %d late readings may stay out of the "
+                "archive: %s",
+                sid,
+                bucket,
+                count,
+                exc,
+            )
+        return True
 
     async def _call(self, **kwargs: Any) -> dict[str, Any]:
         return await self._client.call("update_item", TableName=self._client.table, **kwargs)
@@ -305,7 +477,11 @@ class SensorRegistry:
         return None
 
     async def run(self, interval_s: float) -> None:
-        """Flush every ``interval_s`` until cancelled."""
+        """Read the archive policy, then flush every ``interval_s`` until cancelled."""
+        try:
+            await self.refresh_policy(force=True)
+        except Exception:
+            log.exception("reading the archive policy failed")
         while True:
             await asyncio.sleep(interval_s)
             try:
@@ -323,8 +499,20 @@ async def registry_items(
     (:class:`~ingest.errors.WriteError`).
     """
     fields = ("sid", *(n for n in names if n != "sid"))
+    async for it in _partition_items(client, registry_partition_keys(), fields, consistent):
+        if "sid" in it:
+            yield it
+
+
+async def _partition_items(
+    client: DynamoClient | LeanDynamoClient,
+    pks: list[str],
+    fields: tuple[str, ...],
+    consistent: bool,
+) -> AsyncIterator[dict[str, Any]]:
+    """Every item of the partitions ``pks``, projected to ``fields`` (paged Queries)."""
     placeholders = {f"#a{i}": name for i, name in enumerate(fields)}
-    for pk in registry_partition_keys():
+    for pk in pks:
         kwargs: dict[str, Any] = {
             "TableName": client.table,
             "KeyConditionExpression": "#pk = :pk",
@@ -337,12 +525,112 @@ async def registry_items(
         while True:
             resp = await client.call("query", **kwargs)
             for it in resp.get("Items", []):
-                if "sid" in it:
-                    yield it
+                yield it
             last = resp.get("LastEvaluatedKey")
             if not last:
                 break
             kwargs["ExclusiveStartKey"] = last
+
+
+@dataclass(frozen=True, slots=True)
+class LateMark:
+    """A sensor's bucket that received readings after it may have been archived.
+
+    Attributes:
+        sensor_id: The sensor.
+        bucket_start_ms: The bucket.
+        marked_at_ms: When it was last marked (epoch ms, the marking process's clock).
+        readings: Late readings counted (an estimate: retried flushes may count twice).
+    """
+
+    sensor_id: str
+    bucket_start_ms: int
+    marked_at_ms: int
+    readings: int = 0
+
+
+async def write_late_mark(
+    client: DynamoClient | LeanDynamoClient,
+    sensor_id: str,
+    bucket_start_ms: int,
+    marked_at_ms: int,
+    count: int = 0,
+) -> None:
+    """Mark a sensor's bucket late (create the mark, or move its ``t`` and add ``count``).
+
+    Raises:
+        WriteError: the write failed (the client's error).
+    """
+    pk, sk = late_mark_key(sensor_id, bucket_start_ms)
+    await client.call(
+        "update_item",
+        TableName=client.table,
+        Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+        UpdateExpression="SET #sid = :sid, #b = :b, #t = :t ADD #n :n REMOVE #ttl",
+        ExpressionAttributeNames={"#sid": "sid", "#b": "b", "#t": "t", "#n": "n", "#ttl": "ttl"},
+        ExpressionAttributeValues={
+            ":sid": {"S": sensor_id},
+            ":b": {"N": str(bucket_start_ms)},
+            ":t": {"N": str(marked_at_ms)},
+            ":n": {"N": str(count)},
+        },
+    )
+
+
+async def late_marks(client: DynamoClient | LeanDynamoClient) -> list[LateMark]:
+    """Every late mark (a strongly consistent, paged Query per partition; never a Scan).
+
+    Raises:
+        WriteError: a Query failed (the client's error).
+    """
+    out = []
+    async for it in _partition_items(client, late_partition_keys(), ("sid", "b", "t", "n"), True):
+        if "sid" in it and "b" in it and "t" in it:
+            n = int(it["n"]["N"]) if "n" in it else 0
+            out.append(LateMark(it["sid"]["S"], int(it["b"]["N"]), int(it["t"]["N"]), n))
+    return out
+
+
+_CLEARED_TTL_S = 86_400
+"""A cleared mark's item expires (TTL, free) a day later; until then it is skipped."""
+
+
+async def clear_late_mark(
+    client: DynamoClient | LeanDynamoClient, mark: LateMark, *, now_ms: int | None = None
+) -> bool:
+    """Clear a late mark if it is still as read (``t`` unchanged).
+
+    The item is not deleted (that would need ``dynamodb:DeleteItem``, which no role
+    of deploy/iam/ has): ``t`` and ``n`` are removed and a ``ttl`` a day ahead lets
+    DynamoDB delete it for free; :func:`late_marks` skips it meanwhile, and a new
+    mark (:func:`write_late_mark`) removes the ``ttl`` again.
+
+    Returns:
+        True when cleared (or already cleared); False when it was marked again since.
+
+    Raises:
+        WriteError: the update failed for another reason.
+    """
+    pk, sk = late_mark_key(mark.sensor_id, mark.bucket_start_ms)
+    now = time.time() * 1000 if now_ms is None else now_ms
+    try:
+        await client.call(
+            "update_item",
+            TableName=client.table,
+            Key={"pk": {"S": pk}, "sk": {"N": str(sk)}},
+            UpdateExpression="REMOVE #t, #n SET #ttl = :ttl",
+            ConditionExpression="attribute_not_exists(#t) OR #t = :t",
+            ExpressionAttributeNames={"#t": "t", "#n": "n", "#ttl": "ttl"},
+            ExpressionAttributeValues={
+                ":t": {"N": str(mark.marked_at_ms)},
+                ":ttl": {"N": str(int(now // 1000) + _CLEARED_TTL_S)},
+            },
+        )
+    except WriteError as exc:
+        if _is_condition_failure(exc):
+            return False
+        raise
+    return True
 
 
 async def known_sensor_ids(client: DynamoClient | LeanDynamoClient) -> set[str]:

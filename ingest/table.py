@@ -14,10 +14,18 @@ import logging
 from typing import Any
 
 from .dynamo import DynamoClient, is_transient
+from .dynamohttp import LeanDynamoClient
 from .errors import TableError, WriteError
-from .layout import LAYOUT_PK, TableLayout
+from .layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
-__all__ = ["create_table", "create_table_request", "ensure_layout", "read_layout"]
+__all__ = [
+    "create_table",
+    "create_table_request",
+    "ensure_layout",
+    "read_archive_policy",
+    "read_layout",
+    "write_archive_policy",
+]
 
 log = logging.getLogger(__name__)
 
@@ -135,3 +143,28 @@ async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayou
             f"shards={layout.shards}. Keys would not match: use the table's values or a new table."
         )
     return stored
+
+
+_POLICY_KEY = {"pk": {"S": LAYOUT_PK}, "sk": {"N": str(ARCHIVE_POLICY_SK)}}
+
+
+async def read_archive_policy(client: DynamoClient | LeanDynamoClient) -> ArchivePolicy | None:
+    """The archive policy recorded beside the layout record, or None (no archiver ran yet).
+
+    Raises:
+        WriteError: the read failed (the client's error).
+    """
+    resp = await client.call(
+        "get_item", TableName=client.table, Key=_POLICY_KEY, ConsistentRead=True
+    )
+    item = resp.get("Item")
+    return None if item is None else ArchivePolicy.from_item(item)
+
+
+async def write_archive_policy(client: DynamoClient, policy: ArchivePolicy) -> None:
+    """Record the archive policy (replacing the one recorded before).
+
+    Raises:
+        WriteError: the write failed (the client's error).
+    """
+    await client.call("put_item", TableName=client.table, Item=policy.to_item())

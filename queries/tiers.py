@@ -13,11 +13,12 @@ sensor-bucket at a time (:func:`read_bucket`):
 2. the bucket's hot count, compared with the marker's ``rows``: the readings read
    when the sub-range covers the whole bucket, otherwise a ``Select=COUNT``
    Query of the whole bucket (no items transferred);
-3. when the hot tier holds fewer readings than were archived (TTL-deleted,
-   deleted early, or expired and filtered), the bucket's cold readings in the
-   sub-range (:func:`ingest.archive.reader.read_cold`, only this bucket's
-   objects) are merged in by timestamp; the hot reading wins where both hold one,
-   so every timestamp appears once.
+3. when the hot tier may lack archived readings
+   (:func:`ingest.archive.reader.hot_is_complete` is false: fewer hot readings
+   than archived, an early delete started, or the bucket old enough for TTL), the
+   bucket's cold readings in the sub-range (:func:`ingest.archive.reader.read_cold`,
+   only this bucket's objects) are merged in by timestamp; the hot reading wins
+   where both hold one, so every timestamp appears once.
 
 A sensor has at most one reading per millisecond, so the merged stream still has
 strictly increasing timestamps and the raw cursors (a timestamp) stay exact.
@@ -37,7 +38,7 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 
 from ingest.archive.errors import ArchiveError, single_archive_error
 from ingest.archive.manifest import Manifest
-from ingest.archive.reader import archive_markers, read_cold
+from ingest.archive.reader import archive_markers, hot_is_complete, read_cold
 from ingest.layout import Item, Reading, format_number
 
 from .errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
@@ -204,7 +205,7 @@ async def read_bucket(
                 for pk in pks
             ]
         hot_total = sum(t.result() for t in counts)
-    if hot_total >= marker.rows:
+    if hot_is_complete(marker, layout, hot_total, now_s * 1000):
         if descending:
             hot.reverse()
         return hot, HOT

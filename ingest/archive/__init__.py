@@ -11,7 +11,14 @@ docs/archival.md.
 """
 
 from .archiver import Archiver, ArchiveReport, ArchiveSettings
-from .errors import ArchiveConfigError, ArchiveError, SourceError, StorageError, VerifyError
+from .errors import (
+    ArchiveConfigError,
+    ArchiveError,
+    ObjectChanged,
+    SourceError,
+    StorageError,
+    VerifyError,
+)
 from .lifecycle import apply_lifecycle
 from .manifest import MARKER_PREFIX, Manifest
 from .metrics import ArchiveMetrics
@@ -27,6 +34,7 @@ __all__ = [
     "ArchiveSettings",
     "Archiver",
     "Manifest",
+    "ObjectChanged",
     "S3Store",
     "SourceError",
     "StorageError",

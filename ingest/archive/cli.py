@@ -138,6 +138,46 @@ def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
     return min(7 * _DAY_MS, retention_days * _DAY_MS - bucket_ms - _DAY_MS)
 
 
+def _settle_ms(cfg: Any, horizon_ms: int) -> int:
+    """The settle time from the ingest's settings: its write retry deadline, two registry
+    flushes (the policy refresh) and a minute of clock skew, at most a quarter of the horizon."""
+    wanted = int((cfg.write_retry_deadline_s + 2 * cfg.registry_interval_s + 60) * 1000)
+    cap = max(0, horizon_ms // 4)
+    if wanted > cap:
+        log.warning(
+            "the ingest may retry a write for %g s (write_retry_deadline_s), but with a "
+            "horizon of %.3g days late marks can only wait %.3g s (a quarter of it): a reading "
+            "whose write takes longer and lands after its bucket was archived is missed",
+            cfg.write_retry_deadline_s,
+            horizon_ms / _DAY_MS,
+            cap / 1000,
+        )
+        return cap
+    return wanted
+
+
+def _check_late_limit(cfg: Any, layout: Any, settle_ms: int, every_s: float | None) -> None:
+    """Say when a late reading can expire (TTL) before a pass archives it."""
+    margin_ms = settle_ms + round((cfg.registry_interval_s + (every_s or 0)) * 1000)
+    limit_ms = layout.retention_ms - margin_ms
+    late_ms = cfg.max_past_ms if cfg.max_past_ms is not None else layout.retention_ms
+    if late_ms < limit_ms:
+        return
+    explicit = cfg.max_past_ms is not None
+    log.log(
+        logging.WARNING if explicit else logging.INFO,
+        "the ingest accepts readings up to %.3g days old (max_past_ms%s), and their items "
+        "expire (TTL) %d days after their time: one arriving less than %.3g h before that "
+        "may be deleted by TTL before a pass archives it (expired items DynamoDB has not "
+        "deleted yet are still archived); set max_past_ms below %d",
+        late_ms / _DAY_MS,
+        "" if explicit else ", default: the retention",
+        layout.retention_days,
+        margin_ms / 3_600_000,
+        limit_ms,
+    )
+
+
 def _config(args: argparse.Namespace) -> Any:
     from ingest.cli import table_config
 
@@ -219,20 +259,8 @@ def cmd_archive(args: argparse.Namespace) -> int:
                 if args.horizon_days is not None
                 else default_horizon_ms(layout.bucket_ms, layout.retention_days)
             )
-            late_ms = cfg.max_past_ms if cfg.max_past_ms is not None else layout.retention_ms
-            lag_ms = late_ms + round((cfg.registry_interval_s + cfg.registry_refresh_s) * 1000)
-            if lag_ms >= horizon_ms:
-                log.warning(
-                    "the ingest service accepts readings up to %.3g days old (max_past_ms) and "
-                    "records them in the sensor registry within %g s (registry_interval_s + "
-                    "registry_refresh_s), but "
-                    "buckets are archived %.3g days after they close: a reading arriving later "
-                    "than that stays hot only; set max_past_ms below the horizon minus the "
-                    "registry interval",
-                    late_ms / _DAY_MS,
-                    cfg.registry_interval_s + cfg.registry_refresh_s,
-                    horizon_ms / _DAY_MS,
-                )
+            settle_ms = _settle_ms(cfg, horizon_ms)
+            _check_late_limit(cfg, layout, settle_ms, args.every)
             metrics = ArchiveMetrics()
             archiver = Archiver(
                 dynamo,
@@ -242,6 +270,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
                     horizon_ms=horizon_ms,
                     delete_archived=args.delete_archived,
                     concurrency=args.concurrency,
+                    settle_ms=settle_ms,
                 ),
                 metrics=metrics,
             )

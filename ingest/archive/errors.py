@@ -6,6 +6,7 @@
     └── ArchiveError                 base of every archive error
         ├── ArchiveConfigError       bad settings (also a ConfigError): horizon >= retention…
         ├── StorageError             S3 refused or failed: missing bucket, permissions, network
+        │   └── ObjectChanged        a conditional put found the object replaced meanwhile
         ├── SourceError              reading or deleting DynamoDB items failed
         └── VerifyError              the object read back is missing, partial or corrupt
 """
@@ -17,6 +18,7 @@ from ingest.errors import ConfigError, IngestError
 __all__ = [
     "ArchiveConfigError",
     "ArchiveError",
+    "ObjectChanged",
     "SourceError",
     "StorageError",
     "VerifyError",
@@ -39,6 +41,10 @@ class StorageError(ArchiveError):
     def __init__(self, message: str, *, retriable: bool = False) -> None:
         super().__init__(message)
         self.retriable = retriable
+
+
+class ObjectChanged(StorageError):
+    """A conditional put found the object changed (another run replaced it): nothing written."""
 
 
 class SourceError(ArchiveError):

@@ -12,12 +12,16 @@ find a sensor's archived buckets with one Query::
     cs   S  content checksum (SHA-256 hex, see ingest.archive.parquet)
     os   S  SHA-256 hex of the object's bytes      (absent when n = 0)
     at   N  when it was archived, epoch ms
+    dx   N  when an early delete of its items started, epoch ms (absent: none started)
     del  N  when its items were deleted early, epoch ms (absent: not deleted)
 
 Markers have no ``ttl``: they describe the archive, which outlives the table's
 retention. The marker is written only after the object was read back and
 verified; a crash before that leaves no marker, and the next run archives the
-bucket again (same key, same content).
+bucket again (same key, same content). A re-archive (late readings, or a
+corrupt object) replaces the marker only if it is still the one it started
+from (:func:`put_marker` with ``expected``), so overlapping runs never replace
+each other's work; a first archive only if there is none.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ __all__ = [
     "MARKER_PREFIX",
     "Manifest",
     "get_marker",
+    "mark_delete_started",
     "mark_deleted",
     "marker_pk",
     "put_marker",
@@ -70,6 +75,7 @@ class Manifest:
         shard_rows: Readings per shard partition key.
         archived_at_ms: When it was archived.
         deleted_at_ms: When the items were deleted early (None: not deleted).
+        delete_started_ms: When an early delete of the items started (None: none).
     """
 
     sensor_id: str
@@ -85,6 +91,12 @@ class Manifest:
     shard_rows: dict[str, int] = field(default_factory=dict)
     archived_at_ms: int = 0
     deleted_at_ms: int | None = None
+    delete_started_ms: int | None = None
+
+    @property
+    def items_removed(self) -> bool:
+        """True once an early delete of the bucket's items has started (or finished)."""
+        return self.deleted_at_ms is not None or self.delete_started_ms is not None
 
     def to_json(self) -> bytes:
         """The S3 manifest document."""
@@ -110,6 +122,8 @@ class Manifest:
             item["key"] = {"S": self.key}
             item["os"] = {"S": self.object_sha256}
             item["sz"] = {"N": str(self.object_bytes)}
+        if self.delete_started_ms is not None:
+            item["dx"] = {"N": str(self.delete_started_ms)}
         if self.deleted_at_ms is not None:
             item["del"] = {"N": str(self.deleted_at_ms)}
         return item
@@ -128,6 +142,7 @@ class Manifest:
             object_bytes=int(item.get("sz", {"N": "0"})["N"]),
             archived_at_ms=int(item["at"]["N"]),
             deleted_at_ms=int(item["del"]["N"]) if "del" in item else None,
+            delete_started_ms=int(item["dx"]["N"]) if "dx" in item else None,
         )
 
 
@@ -135,16 +150,52 @@ def _source_error(exc: WriteError, action: str) -> SourceError:
     return SourceError(f"DynamoDB {action} failed: {exc}", retriable=exc.retriable)
 
 
-async def put_marker(client: DynamoClient, manifest: Manifest) -> None:
-    """Write (or overwrite) the marker: the bucket is archived and verified."""
+def _unchanged(expected: Manifest | None) -> tuple[str, dict[str, str], dict[str, Any]]:
+    """A condition that holds while the marker is still ``expected`` (absent for ``None``)."""
+    if expected is None:
+        return "attribute_not_exists(#pk)", {"#pk": "pk"}, {}
+    names = {"#at": "at", "#cs": "cs", "#dx": "dx", "#del": "del"}
+    values: dict[str, Any] = {
+        ":at": {"N": str(expected.archived_at_ms)},
+        ":cs": {"S": expected.content_sha256},
+    }
+    parts = ["#at = :at", "#cs = :cs"]
+    for attr, value in (("dx", expected.delete_started_ms), ("del", expected.deleted_at_ms)):
+        if value is None:
+            parts.append(f"attribute_not_exists(#{attr})")
+        else:
+            parts.append(f"#{attr} = :{attr}")
+            values[f":{attr}"] = {"N": str(value)}
+    return " AND ".join(parts), names, values
+
+
+async def put_marker(
+    client: DynamoClient, manifest: Manifest, *, expected: Manifest | None = None
+) -> bool:
+    """Write the marker (the bucket is archived and verified) if it is still ``expected``.
+
+    Args:
+        client: The table's client.
+        manifest: The new marker's content.
+        expected: The marker this write replaces (``None``: there must be none).
+
+    Returns:
+        False when the marker changed meanwhile (another run): nothing was written.
+    """
+    condition, names, values = _unchanged(expected)
+    kwargs: dict[str, Any] = {"ConditionExpression": condition, "ExpressionAttributeNames": names}
+    if values:
+        kwargs["ExpressionAttributeValues"] = values
     try:
-        await client.call("put_item", TableName=client.table, Item=manifest.to_marker())
+        await client.call("put_item", TableName=client.table, Item=manifest.to_marker(), **kwargs)
     except WriteError as exc:
+        if "ConditionalCheckFailed" in str(exc):
+            return False
         raise _source_error(exc, f"marker write for {manifest.sensor_id}") from exc
+    return True
 
 
-async def mark_deleted(client: DynamoClient, manifest: Manifest, deleted_at_ms: int) -> None:
-    """Record on the marker that the bucket's items were deleted early."""
+async def _set_on_marker(client: DynamoClient, manifest: Manifest, attr: str, ms: int) -> None:
     try:
         await client.call(
             "update_item",
@@ -155,11 +206,21 @@ async def mark_deleted(client: DynamoClient, manifest: Manifest, deleted_at_ms: 
             },
             UpdateExpression="SET #d = :d",
             ConditionExpression="attribute_exists(#pk)",
-            ExpressionAttributeNames={"#d": "del", "#pk": "pk"},
-            ExpressionAttributeValues={":d": {"N": str(deleted_at_ms)}},
+            ExpressionAttributeNames={"#d": attr, "#pk": "pk"},
+            ExpressionAttributeValues={":d": {"N": str(ms)}},
         )
     except WriteError as exc:
         raise _source_error(exc, f"marker update for {manifest.sensor_id}") from exc
+
+
+async def mark_delete_started(client: DynamoClient, manifest: Manifest, started_ms: int) -> None:
+    """Record on the marker that an early delete starts: DynamoDB may now lack readings."""
+    await _set_on_marker(client, manifest, "dx", started_ms)
+
+
+async def mark_deleted(client: DynamoClient, manifest: Manifest, deleted_at_ms: int) -> None:
+    """Record on the marker that the bucket's items were deleted early."""
+    await _set_on_marker(client, manifest, "del", deleted_at_ms)
 
 
 async def get_marker(client: DynamoClient, sensor_id: str, bucket_start_ms: int) -> Manifest | None:

@@ -23,7 +23,7 @@ if TYPE_CHECKING:
 
 __all__ = ["BUCKET_OUTCOMES", "ArchiveMetrics", "serve_metrics"]
 
-BUCKET_OUTCOMES = ("archived", "empty", "skipped", "failed")
+BUCKET_OUTCOMES = ("archived", "rearchived", "empty", "skipped", "failed")
 _PASS_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)
 
 
@@ -41,7 +41,8 @@ class ArchiveMetrics:
         p = "iot_archive_"
         self.buckets = Counter(
             p + "buckets",
-            "Buckets looked at by outcome: archived (verified and marked), empty (marked, no "
+            "Buckets looked at by outcome: archived (verified and marked), rearchived (archived "
+            "again with late readings, or replacing a corrupt object), empty (marked, no "
             "object), skipped (already archived), failed (left unmarked)",
             ["outcome"],
             registry=r,
@@ -52,6 +53,17 @@ class ArchiveMetrics:
         self.bytes = Counter(p + "bytes", "Parquet bytes archived (verified objects)", registry=r)
         self.items_deleted = Counter(
             p + "items_deleted", "Items deleted early from DynamoDB after verification", registry=r
+        )
+        self.late_cleared = Counter(
+            p + "late_marks_cleared",
+            "Late marks handled (their bucket archived again) and cleared",
+            registry=r,
+        )
+        self.late_waiting = Gauge(
+            p + "late_marks_waiting",
+            "Late marks left for a later pass at the last pass (younger than the settle time, "
+            "marked again meanwhile, or their bucket not archivable yet)",
+            registry=r,
         )
         self.corrupt_objects = Counter(
             p + "corrupt_objects",
@@ -98,6 +110,9 @@ class ArchiveMetrics:
     def observe_pass(self, report: ArchiveReport, seconds: float) -> None:
         """Record a pass that ran to its end (some buckets may have failed) or was stopped."""
         self.buckets.labels("archived").inc(report.archived)
+        self.buckets.labels("rearchived").inc(report.rearchived)
+        self.late_cleared.inc(report.late)
+        self.late_waiting.set(report.late_waiting)
         self.buckets.labels("empty").inc(report.empty)
         self.buckets.labels("skipped").inc(report.skipped)
         self.buckets.labels("failed").inc(len(report.failed))

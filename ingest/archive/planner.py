@@ -4,9 +4,9 @@ Sensors come from the registry partitions (Query), each with its first-seen and
 last-seen reading times (``fs``, ``ls``; see :mod:`ingest.registry`); a sensor's
 archived buckets from its marker partition (one Query). A bucket ``[start,
 start + bucket_ms)`` is archivable when ``start + bucket_ms <= now - horizon``:
-it is closed and the ingest service no longer accepts readings for it (keep the
-horizon longer than the ingest's ``max_past_ms`` plus its
-``registry_interval_s``). Buckets older than the retention plus ``grace_ms``
+it is closed. Readings that arrive for it later are marked late by the ingest's
+registry, and the archiver archives such buckets again (see
+:mod:`.archiver`). Buckets older than the retention plus ``grace_ms``
 (DynamoDB deletes expired items within about 48 hours) are not looked at: their
 items are gone.
 
@@ -28,7 +28,7 @@ from typing import Any
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.layout import TableLayout
-from ingest.registry import registry_items
+from ingest.registry import LateMark, registry_items
 
 from .errors import ArchiveConfigError, SourceError
 from .manifest import Manifest, query_markers
@@ -57,12 +57,16 @@ class BucketTask:
     Attributes:
         sensor_id: The sensor.
         bucket_start_ms: The bucket's start.
-        marker: Its marker when already archived (then only the early delete is pending).
+        marker: Its marker when already archived (without ``late``: only the early
+            delete is pending).
+        late: Late marks of the bucket to handle: it is archived again (merged with
+            its object, if any) and the marks are cleared.
     """
 
     sensor_id: str
     bucket_start_ms: int
     marker: Manifest | None = None
+    late: tuple[LateMark, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -5,11 +5,14 @@ How the query API merges tiers (hot = DynamoDB, cold = S3):
 1. ``markers = await archive_markers(dynamo, layout, sensor_id, start_ms, end_ms)``:
    the sensor's archived buckets in the range, with their reading counts.
 2. Read the hot tier as today (TTL-expired items filtered out).
-3. For each archived bucket whose hot readings are fewer than ``marker.rows``
-   (expired, TTL-deleted or deleted early), read that bucket's cold readings
-   (:func:`read_cold`) and :func:`merge_tiers`: by timestamp, hot wins where both
-   hold a reading, so there are no duplicates. Buckets whose hot count equals
-   the marker's need no S3 read at all; buckets without a marker are hot only.
+3. For each archived bucket that DynamoDB may no longer hold whole
+   (:func:`hot_is_complete` is false: an early delete started, a reading may
+   have expired, or the hot readings are fewer than ``marker.rows``), read that
+   bucket's cold readings (:func:`read_cold`) and :func:`merge_tiers`: by
+   timestamp, hot wins where both hold a reading, so there are no duplicates.
+   Other archived buckets need no S3 read at all; buckets without a marker are
+   hot only. (A count alone is not enough: late readings written after the
+   archive can make up for deleted ones.)
 
 Streams-consumer parts (``part-….s-….parquet``, see :mod:`.streams`) are read
 by :func:`read_cold` as well; a reading in both kinds of object is returned once.
@@ -30,7 +33,7 @@ from .parquet import decode
 from .paths import date_prefix, parse_key, sensor_prefix
 from .store import S3Store
 
-__all__ = ["archive_markers", "archived_buckets", "merge_tiers", "read_cold"]
+__all__ = ["archive_markers", "archived_buckets", "hot_is_complete", "merge_tiers", "read_cold"]
 
 
 async def archive_markers(
@@ -45,6 +48,28 @@ async def archived_buckets(
 ) -> set[int]:
     """Starts of the sensor's archived buckets overlapping [start_ms, end_ms]."""
     return set(await archive_markers(dynamo, layout, sensor_id, start_ms, end_ms))
+
+
+def hot_is_complete(marker: Manifest, layout: TableLayout, hot_count: int, now_ms: int) -> bool:
+    """True when DynamoDB still holds every reading the marker's object holds.
+
+    Nothing removes an archived reading from DynamoDB but TTL (never before the
+    bucket's start plus the retention), an early delete (``dx``/``del`` on the
+    marker) and a hand-made delete (seen as fewer hot readings than archived).
+    Late readings only add to the hot tier, so the count alone would be fooled by
+    as many late readings as deleted ones.
+
+    Args:
+        marker: The bucket's archive marker.
+        layout: The table's layout (retention).
+        hot_count: The bucket's live readings in DynamoDB.
+        now_ms: The TTL reference time, epoch ms.
+    """
+    return (
+        not marker.items_removed
+        and now_ms < marker.bucket_start_ms + layout.retention_ms
+        and hot_count >= marker.rows
+    )
 
 
 async def read_cold(

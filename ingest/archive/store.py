@@ -6,6 +6,7 @@ import base64
 import hashlib
 import logging
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import aiohttp
@@ -14,16 +15,26 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.awsclient import BotocoreClient
 
-from .errors import StorageError
+from .errors import ObjectChanged, StorageError
 
-__all__ = ["S3Store"]
+__all__ = ["S3Store", "StoredObject"]
 
 log = logging.getLogger(__name__)
 
 _MISSING_BUCKET = frozenset({"NoSuchBucket", "404", "NotFound"})
+_CHANGED = frozenset({"PreconditionFailed", "412", "ConditionalRequestConflict", "409"})
 _DENIED = frozenset(
     {"AccessDenied", "403", "Forbidden", "InvalidAccessKeyId", "SignatureDoesNotMatch"}
 )
+
+
+@dataclass(frozen=True, slots=True)
+class StoredObject:
+    """An object as read: its bytes, its ETag (for a conditional replace) and user metadata."""
+
+    data: bytes
+    etag: str
+    metadata: dict[str, str]
 
 
 class S3Store(BotocoreClient):
@@ -114,24 +125,64 @@ class S3Store(BotocoreClient):
             raise self.wrap(exc, "check the bucket") from exc
 
     async def put(
-        self, key: str, body: bytes, *, content_type: str, metadata: dict[str, str] | None = None
-    ) -> None:
-        """Put an object; S3 checks the body against its MD5 (a torn upload is refused)."""
+        self,
+        key: str,
+        body: bytes,
+        *,
+        content_type: str,
+        metadata: dict[str, str] | None = None,
+        if_match: str | None = None,
+        if_absent: bool = False,
+    ) -> str:
+        """Put an object; S3 checks the body against its MD5 (a torn upload is refused).
+
+        Args:
+            key: The object key.
+            body: Its bytes.
+            content_type: Its Content-Type.
+            metadata: User metadata.
+            if_match: Replace only the object with this ETag (S3 conditional write).
+            if_absent: Write only if there is no object at ``key``.
+
+        Returns:
+            The new object's ETag.
+
+        Raises:
+            ObjectChanged: the condition failed (the object was replaced or created meanwhile).
+            StorageError: S3 refused or failed.
+        """
         md5 = base64.b64encode(hashlib.md5(body, usedforsecurity=False).digest()).decode()
+        kwargs: dict[str, Any] = {}
+        if if_match is not None:
+            kwargs["IfMatch"] = if_match
+        elif if_absent:
+            kwargs["IfNoneMatch"] = "*"
         try:
-            await self.client.put_object(
+            resp = await self.client.put_object(
                 Bucket=self.bucket,
                 Key=key,
                 Body=body,
                 ContentMD5=md5,
                 ContentType=content_type,
                 Metadata=metadata or {},
+                **kwargs,
             )
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if kwargs and code in _CHANGED:
+                raise ObjectChanged(f"s3://{self.bucket}/{key} changed meanwhile ({code})") from exc
+            raise self.wrap(exc, f"put {key}") from exc
         except Exception as exc:
             raise self.wrap(exc, f"put {key}") from exc
+        return str(resp.get("ETag", ""))
 
     async def get(self, key: str) -> bytes | None:
         """An object's bytes, or ``None`` when there is no such key."""
+        obj = await self.get_object(key)
+        return None if obj is None else obj.data
+
+    async def get_object(self, key: str) -> StoredObject | None:
+        """An object's bytes, ETag and metadata, or ``None`` when there is no such key."""
         try:
             resp = await self.client.get_object(Bucket=self.bucket, Key=key)
             async with resp["Body"] as stream:
@@ -142,7 +193,7 @@ class S3Store(BotocoreClient):
             raise self.wrap(exc, f"get {key}") from exc
         except Exception as exc:
             raise self.wrap(exc, f"get {key}") from exc
-        return data
+        return StoredObject(data, str(resp.get("ETag", "")), dict(resp.get("Metadata") or {}))
 
     async def delete(self, key: str) -> None:
         """Delete an object (absent is fine)."""

@@ -1,4 +1,11 @@
-"""Read an archived object back and compare it with its manifest before anything trusts it."""
+"""Read an archived object back and compare it with its manifest before anything trusts it.
+
+:func:`verify_object` checks an object against the marker or manifest that names
+it. :func:`verify_self` checks an object against the checksums it carries itself
+(S3 metadata ``rows`` and ``content-sha256``, written with it): an object that a
+re-archive put before its marker write was interrupted, and that is therefore
+ahead of its marker.
+"""
 
 from __future__ import annotations
 
@@ -12,9 +19,9 @@ from ingest.layout import Reading
 from .errors import VerifyError
 from .manifest import Manifest
 from .parquet import content_checksum, decode
-from .store import S3Store
+from .store import S3Store, StoredObject
 
-__all__ = ["verify_object"]
+__all__ = ["verify_object", "verify_self", "verify_stored"]
 
 
 async def verify_object(store: S3Store, manifest: Manifest) -> list[Reading]:
@@ -27,10 +34,39 @@ async def verify_object(store: S3Store, manifest: Manifest) -> list[Reading]:
         VerifyError: the object is missing, truncated, not Parquet, or holds other readings.
         StorageError: S3 failed.
     """
+    return await verify_stored(store, manifest, await store.get_object(manifest.key))
+
+
+async def verify_self(store: S3Store, key: str, obj: StoredObject, sensor_id: str) -> list[Reading]:
+    """Check an object against the row count and content checksum in its own metadata.
+
+    Raises:
+        VerifyError: it is not readable, or does not hold what its metadata says.
+    """
+    where = f"archived object s3://{store.bucket}/{key}"
+    try:
+        rows = int(obj.metadata["rows"])
+        checksum = obj.metadata["content-sha256"]
+        readings = await asyncio.to_thread(decode, obj.data, sensor_id)
+    except (KeyError, ValueError, pa.ArrowException, OSError) as exc:
+        raise VerifyError(f"{where} is not a readable archive: {exc!r}", key=key) from exc
+    if len(readings) != rows or await asyncio.to_thread(content_checksum, readings) != checksum:
+        raise VerifyError(f"{where} does not hold what its metadata says", key=key)
+    return readings
+
+
+async def verify_stored(
+    store: S3Store, manifest: Manifest, obj: StoredObject | None
+) -> list[Reading]:
+    """Check an object already fetched (``None``: missing) against its manifest.
+
+    Raises:
+        VerifyError: the object is missing, truncated, not Parquet, or holds other readings.
+    """
     key = manifest.key
-    data = await store.get(key)
-    if data is None:
+    if obj is None:
         raise VerifyError(f"archived object s3://{store.bucket}/{key} is missing", key=key)
+    data = obj.data
     if manifest.object_bytes and len(data) != manifest.object_bytes:
         raise VerifyError(
             f"archived object s3://{store.bucket}/{key} is partial: {len(data)} bytes, "

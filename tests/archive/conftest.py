@@ -65,16 +65,21 @@ class ArchiveEnv:
     layout: TableLayout
     endpoint: str
 
-    async def put(self, readings: list[Reading]) -> None:
-        """Write readings (25 per call) and record the sensors in the registry."""
+    async def put(self, readings: list[Reading], *, now_ms: int = NOW_MS) -> SensorRegistry:
+        """Write readings as a running ingest does: observed by a registry that read the
+        archive policy at its start and whose clock says ``now_ms`` (so readings whose
+        bucket may be archived by then are marked late), written (25 per call), then the
+        registry flushed. Returns the registry."""
+        registry = SensorRegistry(self.dynamo, Metrics(), wall_clock=lambda: now_ms / 1000)
+        await registry.refresh_policy()
+        registry.observe(readings)
         items = [self.layout.to_item(r) for r in readings]
         for i in range(0, len(items), 25):
             pending = items[i : i + 25]
             while pending:
                 pending = await self.dynamo.batch_write(pending)
-        registry = SensorRegistry(self.dynamo, Metrics())
-        registry.observe(readings)
         await registry.flush()
+        return registry
 
     def archiver(self, *, now_ms: int = NOW_MS, **settings: object) -> Archiver:
         """An archiver of this table at a fixed clock (horizon: one day)."""

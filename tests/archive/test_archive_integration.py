@@ -156,12 +156,12 @@ async def test_crash_between_write_and_mark_recovers_on_rerun(
     real = archiver_mod.put_marker
     calls = 0
 
-    async def crashing(client: Any, manifest: Manifest) -> None:
+    async def crashing(client: Any, manifest: Manifest, **kwargs: Any) -> bool:
         nonlocal calls
         calls += 1
         if calls > 5 and manifest.rows:
             raise RuntimeError("simulated crash after the object was written")
-        await real(client, manifest)
+        return await real(client, manifest, **kwargs)
 
     monkeypatch.setattr(archiver_mod, "put_marker", crashing)
     with pytest.raises(BaseExceptionGroup) as info:
@@ -233,6 +233,7 @@ async def test_corrupt_object_is_reported_and_rearchived_before_delete(
     report = await env.archiver(grace_ms=0, delete_archived=True).run_once()
     assert report.ok
     assert len(report.corrupt) == 1 and victim in report.corrupt[0]
+    assert report.rearchived == 1
     assert await env.store.get(victim) == good  # re-archived from DynamoDB, same bytes
     assert report.deleted == sum(1 for r in readings if archivable(r))
 
@@ -245,10 +246,10 @@ async def test_persistently_corrupt_upload_leaves_bucket_unmarked_and_items_kept
     await env.put(readings)
     real_put = S3Store.put
 
-    async def torn(self: S3Store, key: str, body: bytes, **kw: Any) -> None:
+    async def torn(self: S3Store, key: str, body: bytes, **kw: Any) -> str:
         if key.endswith(".parquet"):
             body = body[:-7]  # a partial object that S3 accepted
-        await real_put(self, key, body, **kw)
+        return await real_put(self, key, body, **kw)
 
     monkeypatch.setattr(S3Store, "put", torn)
     report = await env.archiver(grace_ms=0, delete_archived=True).run_once()
@@ -364,9 +365,10 @@ async def test_stop_ends_a_pass_between_buckets_and_the_next_pass_finishes(
     stop = asyncio.Event()
     real = archiver_mod.put_marker
 
-    async def stop_after_first(client: Any, manifest: Manifest) -> None:
-        await real(client, manifest)
+    async def stop_after_first(client: Any, manifest: Manifest, **kwargs: Any) -> bool:
+        written = await real(client, manifest, **kwargs)
         stop.set()  # SIGTERM arrives while the first bucket is being marked
+        return written
 
     monkeypatch.setattr(archiver_mod, "put_marker", stop_after_first)
     archiver = env.archiver(grace_ms=0, concurrency=1)

@@ -138,16 +138,20 @@ async def test_pass_work_follows_the_data_span_including_a_backfill(
     assert report.archived + report.empty == span_a + span_b  # one marker per span bucket
     closed = [r for r in a + b if env.layout.bucket_start(r.ts_ms) <= last_archivable]
     assert report.archived == len(closed)  # one reading per bucket
-    # 8 registry partitions, one marker Query per sensor, every shard of each span bucket
-    assert calls.ops["query"] == 8 + 2 + env.layout.shards * (span_a + span_b)
+    # 8 registry and 8 late-mark partitions, one marker Query per sensor, every shard of
+    # each span bucket
+    assert calls.ops["query"] == 8 + 8 + 2 + env.layout.shards * (span_a + span_b)
     assert calls.reading_queries == env.layout.shards * (span_a + span_b)
-    assert calls.ops["put_item"] == span_a + span_b  # markers
+    assert calls.ops["put_item"] == 1 + span_a + span_b  # the archive policy, the markers
+    # The policy is new: the archiver marks what it archives late itself (see test_late.py).
+    assert calls.ops["update_item"] == span_a + span_b
     assert await archived_ts(env, "dev-a") == [r.ts_ms for r in a]
 
-    calls.reset()  # a re-run: nothing but the listing and the marker Queries
+    calls.reset()  # a re-run: nothing but the listings and the marker Queries
     again = await env.archiver(horizon_ms=horizon).run_once()
     assert (again.archived, again.empty, again.skipped) == (0, 0, span_a + span_b)
-    assert calls.ops["query"] == 8 + 2 and calls.ops["put_item"] == 0
+    assert calls.ops["query"] == 8 + 8 + 2 and calls.ops["put_item"] == 0
+    assert calls.ops["get_item"] == 1  # the archive policy, unchanged
 
     # A backfill of dev-a three hours back: only the buckets it adds are looked at.
     backfill = every_other_minute("dev-a", NOW_MS - 180 * MIN_MS, NOW_MS - 170 * MIN_MS)
@@ -235,11 +239,11 @@ async def test_same_archiver_reads_only_the_markers_of_new_buckets(
     first = await archiver.run_once()
     assert first.ok and first.archived > 0
 
-    calls.reset()  # nothing closed since: the registry listing only
+    calls.reset()  # nothing closed since: the registry and late-mark listings only
     second = await archiver.run_once()
     assert (second.archived, second.empty) == (0, 0)
     assert second.skipped == first.archived + first.empty
-    assert calls.ops["query"] == 8
+    assert calls.ops["query"] == 8 + 8
 
     calls.reset()  # one more minute closed: one marker Query per sensor, for it alone
     now += 2 * MIN_MS

@@ -2,7 +2,9 @@
 
 Against moto and dynalite, with the lean client the service uses. A counting
 wrapper around the client records every UpdateItem, so the tests can assert
-what steady traffic costs (one call per sensor per flush).
+what steady traffic costs (one call per sensor per flush). Also its late marks:
+readings whose bucket may already be archived, under the policy the archiver
+records in the table (the archive side is in tests/archive/test_late.py).
 """
 
 from __future__ import annotations
@@ -17,9 +19,9 @@ import pytest_asyncio
 from ingest.dynamo import DynamoClient
 from ingest.dynamohttp import LeanDynamoClient
 from ingest.errors import WriteRetriable
-from ingest.layout import Reading, TableLayout, registry_key
+from ingest.layout import ArchivePolicy, Reading, TableLayout, registry_key
 from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
+from ingest.registry import LateMark, SensorRegistry, clear_late_mark, late_marks, write_late_mark
 from ingest.table import create_table
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
@@ -35,8 +37,16 @@ class CountingClient:
         self.calls: list[dict[str, Any]] = []
         self.fail = 0
         self.fail_lowering = 0
+        self.fail_policy = 0  # GetItem of the archive policy
+        self.fail_marks = 0  # UpdateItem of late marks
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if operation == "get_item" and self.fail_policy:
+            self.fail_policy -= 1
+            raise WriteRetriable("InternalServerError: try again")
+        if operation == "update_item" and self.fail_marks and is_mark(kwargs):
+            self.fail_marks -= 1
+            raise WriteRetriable("ProvisionedThroughputExceededException: slow down")
         if operation == "update_item":
             self.calls.append(kwargs)
             lowering = kwargs.get("ConditionExpression") == "#fs > :fs"
@@ -47,6 +57,10 @@ class CountingClient:
                     self.fail -= 1
                 raise WriteRetriable("ProvisionedThroughputExceededException: slow down")
         return await self.inner.call(operation, **kwargs)
+
+
+def is_mark(update: dict[str, Any]) -> bool:
+    return str(update["Key"]["pk"]["S"]).startswith("#late#")
 
 
 @pytest_asyncio.fixture
@@ -258,3 +272,116 @@ async def test_refresh_period_bounds_writes_per_sensor_and_nothing_is_lost(
     it = await item(client)
     assert (num(it, "ls"), num(it, "n")) == (T0 + 10_000, 9)
     assert num(await item(client, "dev-2"), "n") == 1
+
+
+# -- late marks -----------------------------------------------------------------
+
+HOUR = 3_600_000
+DAY = 24 * HOUR
+POLICY = ArchivePolicy(horizon_ms=DAY, bucket_ms=HOUR, settle_ms=600_000, since_ms=T0 - DAY)
+LATE_BEFORE = T0 - DAY  # bucket_start(T0 + settle + one minute's lookahead - horizon)
+
+
+async def record_policy(client: CountingClient, policy: ArchivePolicy = POLICY) -> None:
+    await client.inner.call("PutItem", TableName=client.table, Item=policy.to_item())
+
+
+def marks_of(found: list[LateMark]) -> list[tuple[str, int, int, int]]:
+    return sorted((m.sensor_id, m.bucket_start_ms, m.marked_at_ms, m.readings) for m in found)
+
+
+async def test_late_readings_are_marked_once_per_bucket_and_steady_traffic_marks_nothing(
+    client: CountingClient,
+) -> None:
+    await record_policy(client)
+    reg = SensorRegistry(client, Metrics(), wall_clock=lambda: T0 / 1000)  # type: ignore[arg-type]
+    assert await reg.refresh_policy() == POLICY
+    assert POLICY.late_before(T0, 60_000) == LATE_BEFORE
+    reg.observe([reading(T0 - 5 * HOUR), reading(T0 - 1_000), reading(LATE_BEFORE, "dev-2")])
+    await reg.flush()
+    assert [c for c in client.calls if is_mark(c)] == []  # nothing is late
+    assert await late_marks(client.inner) == []
+
+    client.calls.clear()  # a gateway back after a day offline: three readings, two buckets
+    reg.observe(
+        [reading(LATE_BEFORE - 1), reading(LATE_BEFORE - 2), reading(LATE_BEFORE - HOUR - 1)]
+    )
+    assert reg.late_pending == 2
+    await reg.flush()
+    assert len([c for c in client.calls if is_mark(c)]) == 2  # one UpdateItem per bucket
+    assert marks_of(await late_marks(client.inner)) == [
+        ("dev-1", LATE_BEFORE - 2 * HOUR, T0, 1),
+        ("dev-1", LATE_BEFORE - HOUR, T0, 2),
+    ]
+
+
+async def test_readings_observed_before_the_policy_is_read_are_marked_too(
+    client: CountingClient,
+) -> None:
+    await record_policy(client)
+    reg = SensorRegistry(client, Metrics(), wall_clock=lambda: T0 / 1000)  # type: ignore[arg-type]
+    # Seen before the first policy read (a service start): a backfill and live traffic.
+    reg.observe([reading(LATE_BEFORE - 3 * HOUR + 5), reading(T0 - 1_000)])
+    client.fail_policy = 1  # and the first read fails
+    await reg.flush()
+    assert reg.archive_policy is None and await late_marks(client.inner) == []
+    await reg.flush()  # read now: every bucket of the span below the threshold (a superset)
+    assert reg.archive_policy == POLICY
+    assert [b for _, b, _, _ in marks_of(await late_marks(client.inner))] == [
+        LATE_BEFORE - 3 * HOUR,
+        LATE_BEFORE - 2 * HOUR,
+        LATE_BEFORE - HOUR,
+    ]
+
+
+async def test_no_policy_recorded_nothing_is_late(client: CountingClient) -> None:
+    reg = SensorRegistry(client, Metrics(), wall_clock=lambda: T0 / 1000)  # type: ignore[arg-type]
+    reg.observe([reading(T0 - 20 * DAY)])
+    await reg.flush()
+    assert reg.archive_policy is None and reg.late_pending == 0
+    assert await late_marks(client.inner) == []
+
+
+@pytest.mark.parametrize("dynamodb_endpoint", ["moto"], indirect=True)
+async def test_failed_mark_is_retried_with_the_next_flush_and_a_new_policy_is_learned(
+    client: CountingClient,
+) -> None:
+    await record_policy(client)
+    mono = [0.0]
+    reg = SensorRegistry(  # type: ignore[arg-type]
+        client, Metrics(), wall_clock=lambda: T0 / 1000, clock=lambda: mono[0]
+    )
+    await reg.refresh_policy()
+    reg.observe([reading(LATE_BEFORE - 1)])
+    client.fail_marks = 1
+    await reg.flush()
+    assert reg.late_pending == 1 and await late_marks(client.inner) == []
+    await reg.flush()
+    assert marks_of(await late_marks(client.inner)) == [("dev-1", LATE_BEFORE - HOUR, T0, 1)]
+
+    shorter = ArchivePolicy(horizon_ms=2 * HOUR, bucket_ms=HOUR, settle_ms=0, since_ms=T0)
+    await record_policy(client, shorter)
+    await reg.flush()  # the policy is read again only after policy_refresh_s
+    assert reg.archive_policy == POLICY
+    reg.observe([reading(T0 - 3 * HOUR)])  # late under the new policy only
+    mono[0] = 10.0
+    await reg.flush()  # reads it first: what was observed since the last flush is marked
+    assert reg.archive_policy == shorter
+    assert [b for _, b, _, _ in marks_of(await late_marks(client.inner))] == [
+        LATE_BEFORE - HOUR,
+        T0 - 3 * HOUR,
+    ]
+
+
+async def test_a_mark_is_cleared_only_if_unchanged_since_it_was_read(
+    client: CountingClient,
+) -> None:
+    await write_late_mark(client.inner, "dev-1", T0, 100, 2)
+    [seen] = await late_marks(client.inner)
+    assert seen == LateMark("dev-1", T0, 100, 2)
+    await write_late_mark(client.inner, "dev-1", T0, 200, 1)  # a new late reading meanwhile
+    assert await clear_late_mark(client.inner, seen) is False
+    [again] = await late_marks(client.inner)
+    assert again == LateMark("dev-1", T0, 200, 3)
+    assert await clear_late_mark(client.inner, again) is True
+    assert await late_marks(client.inner) == []
