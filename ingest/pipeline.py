@@ -167,12 +167,16 @@ class DecodeStage:
         to_item = self._layout.to_item
         add_item = self._batcher.add
         track = self._acks.add
+        registry = self._registry
         n_readings = 0
         for topic, payload, qos, packet_id in chunk:
             readings, rejected = decode(topic, payload, received_ms)
             pending = track(
                 topic, packet_id, qos, epoch, received_ms, len(readings) + len(rejected)
             )
+            if readings and registry is not None:
+                # Before any await: a hold adds units to a message none of which completed.
+                registry.observe(readings, pending)
             for r in readings:
                 full = add_item(to_item(r), pending)
                 if full is not None:
@@ -182,9 +186,6 @@ class DecodeStage:
                 now_ms = int(time.time() * 1000)
                 for rej in rejected:
                     await self._dead.put(_rejection_letter(topic, payload, rej, now_ms), [pending])
-            if readings:
-                n_readings += len(readings)
-                if self._registry is not None:
-                    self._registry.observe(readings)
+            n_readings += len(readings)
         self._m.messages_received.inc(len(chunk))
         self._m.readings_received.inc(n_readings)

@@ -56,6 +56,19 @@ seen meanwhile are kept, and once the policy is known every bucket of that span
 below the threshold is marked (a superset). A mark that failed retriably is
 retried with the next flush; one refused is logged as an error.
 
+What the archiver relies on is durable before the acknowledgement. The planner
+only looks at sensors in the registry, between their first-seen time and now,
+and at buckets marked late; a crash between a PUBACK and the next periodic
+flush would otherwise leave acknowledged readings where no archiver pass ever
+looks. So a message whose readings need a registry write — a sensor this process
+knows no stored first-seen time for (a new sensor: floors of the sensors already
+in the registry are loaded at start), a reading below that first-seen time (a
+backfill), or a late reading — *holds* its acknowledgement: it gets one more
+outstanding unit per such write (:meth:`SensorRegistry.observe`), and the
+registry flushes within ``hold_delay_s`` of the first hold instead of waiting
+for its period, completing the units once the writes are durable. Steady
+traffic of known sensors holds nothing (one dictionary lookup per reading).
+
 Expressions use placeholders only; no input text is ever spliced into one.
 """
 
@@ -68,6 +81,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
+from .acks import AckTracker, Pending
 from .dynamo import DynamoClient
 from .dynamohttp import LeanDynamoClient
 from .errors import WriteError
@@ -88,6 +102,7 @@ __all__ = [
     "SensorRegistry",
     "clear_late_mark",
     "known_sensor_ids",
+    "known_sensors",
     "late_marks",
     "registry_items",
     "write_late_mark",
@@ -142,6 +157,11 @@ class SensorRegistry:
         policy_refresh_s: Least time between two reads of the archive policy.
         lookahead_s: How far ahead the late threshold looks (it is recomputed at every
             flush and registry write; capped at a quarter of the horizon).
+        acks: Completes the units of messages that held their acknowledgement for a
+            registry write (``None``: observations never hold, as in tools and tests).
+        floors: The stored first-seen time of the sensors already in the registry
+            (:func:`known_sensors`), so that their readings hold nothing.
+        hold_delay_s: How long the first held message waits for others to join its flush.
     """
 
     def __init__(
@@ -155,13 +175,21 @@ class SensorRegistry:
         wall_clock: Callable[[], float] = time.time,
         policy_refresh_s: float = 10.0,
         lookahead_s: float = 60.0,
+        acks: AckTracker | None = None,
+        floors: dict[str, int] | None = None,
+        hold_delay_s: float = 0.02,
     ) -> None:
         self._client = client
+        self._acks = acks
+        self._hold_delay_s = hold_delay_s
+        # ("fs", sensor id) or ("late", (sensor id, bucket)) -> messages waiting for that write
+        self._holds: dict[tuple[str, Any], list[Pending]] = {}
+        self._urgent = asyncio.Event()
         self._m = metrics
         self._concurrency = concurrency
         self._seen: dict[str, _Pending] = {}
         # sensor id -> the stored ``fs`` as this process last learned it (it only goes down)
-        self._floors: dict[str, int] = {}
+        self._floors: dict[str, int] = dict(floors or {})
         self._refresh_s = refresh_s
         self._clock = clock
         # sensor id -> when this process last wrote its item (monotonic seconds)
@@ -187,16 +215,30 @@ class SensorRegistry:
         """Late (sensor, bucket) marks waiting for the next flush."""
         return len(self._late)
 
-    def observe(self, readings: list[Reading]) -> None:
+    def observe(self, readings: list[Reading], pending: Pending | None = None) -> None:
+        """Note one message's readings; hold its acknowledgement for what must be durable.
+
+        Call it before any unit of ``pending`` can complete (right after the message
+        is tracked): each registry write the message must wait for adds one unit.
+        """
         seen = self._seen
         late_before = self._late_before
+        floors = self._floors if pending is not None and self._acks is not None else None
+        holds: set[tuple[str, Any]] | None = None
         for r in readings:
             ts = r.ts_ms
+            sid = r.sensor_id
             if ts < late_before:  # its bucket may be archived already: mark it
-                self._note_late(r.sensor_id, ts)
-            entry = seen.get(r.sensor_id)
+                key = self._note_late(sid, ts)
+                if floors is not None:
+                    (holds := holds or set()).add(("late", key))
+            if floors is not None:
+                floor = floors.get(sid)
+                if floor is None or ts < floor:  # new to us, or a backfill: fs first
+                    (holds := holds or set()).add(("fs", sid))
+            entry = seen.get(sid)
             if entry is None:
-                seen[r.sensor_id] = _Pending(ts, 1, r.metrics)
+                seen[sid] = _Pending(ts, 1, r.metrics)
                 continue
             entry.count += 1
             if ts >= entry.last_ts:
@@ -204,13 +246,29 @@ class SensorRegistry:
                 entry.metrics = r.metrics
             elif ts < entry.min_ts:
                 entry.min_ts = ts
+        if holds:
+            assert pending is not None
+            pending.remaining += len(holds)
+            for h in holds:
+                self._holds.setdefault(h, []).append(pending)
+            self._urgent.set()
 
-    def _note_late(self, sensor_id: str, ts_ms: int) -> None:
+    @property
+    def held(self) -> int:
+        """Registry writes that acknowledgements are waiting for."""
+        return len(self._holds)
+
+    def _release(self, done: list[Pending]) -> None:
+        if done and self._acks is not None:
+            self._acks.done(done)
+
+    def _note_late(self, sensor_id: str, ts_ms: int) -> tuple[str, int]:
         policy = self._policy
         assert policy is not None  # the threshold is above _NEVER only with a policy
         key = (sensor_id, ts_ms - ts_ms % policy.bucket_ms)
         late = self._late
         late[key] = late.get(key, 0) + 1
+        return key
 
     def _update_threshold(self) -> None:
         policy = self._policy
@@ -290,12 +348,14 @@ class SensorRegistry:
             await self.refresh_policy()
         self._update_threshold()
         pending, self._seen = self._seen, {}
+        holds, self._holds = self._holds, {}
         if self._policy_read_at is None:  # policy never read: keep the spans to classify
             self._stash_unclassified(pending)
         if not everything and self._refresh_s > 0:
-            pending = self._due(pending)
+            pending = self._due(pending, holds)
         marks, self._late = self._late, {}
         if not pending and not marks:
+            self._carry(holds)
             return 0
         written_at = self._clock()
         marked_at_ms = int(self._wall() * 1000)
@@ -322,6 +382,22 @@ class SensorRegistry:
                 tg.create_task(mark(key, count), name=f"registry-late-{key[0]}")
         for key, count in retry_marks.items():
             self._late[key] = self._late.get(key, 0) + count
+        # Holds complete with the write that made their part durable; the others wait on.
+        released: list[Pending] = []
+        for hold, waiting in holds.items():
+            kind, what = hold
+            failed = what in retry_marks if kind == "late" else what in retry
+            if (
+                failed
+                or (kind == "late" and what not in marks)
+                or (kind == "fs" and what not in pending)
+            ):
+                self._holds.setdefault(hold, []).extend(waiting)
+            else:
+                released += waiting
+        self._release(released)
+        if self._holds:
+            self._urgent.set()
         for sid, entry in retry.items():  # with the next flush
             newer = self._seen.get(sid)
             if newer is None:
@@ -334,7 +410,13 @@ class SensorRegistry:
         self._m.registry_updates.inc(done)
         return done
 
-    def _due(self, pending: dict[str, _Pending]) -> dict[str, _Pending]:
+    def _carry(self, holds: dict[tuple[str, Any], list[Pending]]) -> None:
+        for hold, waiting in holds.items():
+            self._holds.setdefault(hold, []).extend(waiting)
+
+    def _due(
+        self, pending: dict[str, _Pending], holds: dict[tuple[str, Any], list[Pending]]
+    ) -> dict[str, _Pending]:
         """Split off the sensors to write now; the others go back to wait in memory."""
         due: dict[str, _Pending] = {}
         since = self._clock() - self._refresh_s
@@ -345,7 +427,12 @@ class SensorRegistry:
             # Due: never written by this process, written long enough ago, or below the
             # first-seen floor. (A floor stays unknown only where the server returns no
             # attributes, e.g. the bench sink: then the refresh write learns it.)
-            if last is None or last <= since or (floor is not None and entry.min_ts < floor):
+            if (
+                last is None
+                or last <= since
+                or (floor is not None and entry.min_ts < floor)
+                or ("fs", sid) in holds
+            ):
                 due[sid] = entry
             else:
                 seen[sid] = entry  # nothing was observed since the swap: no merge needed
@@ -417,7 +504,11 @@ class SensorRegistry:
             if stored is not None and int(stored.get("ls", {"N": "0"})["N"]) <= entry.last_ts:
                 await self._set_latest(sid, key, values)  # it failed only for the missing fs
         if stored is None or "fs" not in stored:
-            return None  # nothing to learn: the floor is at or below this flush
+            # Nothing returned (a server that returns no attributes, like the bench sink):
+            # the update went through, so trust that ``fs`` is at most this flush's lowest.
+            if learn and stored is None:
+                self._floors[sid] = entry.min_ts
+            return None
         stored_fs = int(stored["fs"]["N"])
         if entry.min_ts >= stored_fs:
             self._floors[sid] = stored_fs
@@ -483,11 +574,20 @@ class SensorRegistry:
         except Exception:
             log.exception("reading the archive policy failed")
         while True:
-            await asyncio.sleep(interval_s)
+            try:
+                async with asyncio.timeout(interval_s):
+                    await self._urgent.wait()
+                await asyncio.sleep(self._hold_delay_s)  # let the other held messages join
+            except TimeoutError:
+                pass
+            self._urgent.clear()
             try:
                 await self.flush()
             except Exception:
                 log.exception("sensor registry flush failed")
+                if self._holds:  # held acknowledgements: retry soon, not in a period
+                    await asyncio.sleep(min(interval_s, 1.0))
+                    self._urgent.set()
 
 
 async def registry_items(
@@ -634,9 +734,20 @@ async def clear_late_mark(
 
 
 async def known_sensor_ids(client: DynamoClient | LeanDynamoClient) -> set[str]:
-    """Every sensor id in the registry (8 paged Queries, never a Scan).
+    """Every sensor id in the registry (8 paged Queries, never a Scan)."""
+    return set(await known_sensors(client))
+
+
+async def known_sensors(client: DynamoClient | LeanDynamoClient) -> dict[str, int]:
+    """Every sensor in the registry with its stored first-seen time (8 paged Queries).
 
     The decoder admits these without counting them against
-    ``max_new_sensors_per_minute``, so a restart does not look like a flood.
+    ``max_new_sensors_per_minute``, so a restart does not look like a flood; the
+    registry starts from their first-seen times, so their readings hold no
+    acknowledgement (see the module's docstring). An item without ``fs`` (older
+    than the attribute) gets 0.
     """
-    return {it["sid"]["S"] async for it in registry_items(client, ("sid",))}
+    return {
+        it["sid"]["S"]: int(it.get("fs", {"N": "0"})["N"])
+        async for it in registry_items(client, ("fs",))
+    }

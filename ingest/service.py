@@ -42,7 +42,7 @@ from .metrics import HealthServer, Metrics
 from .mqttclient import MqttSettings
 from .pipeline import DecodeStage, Inbox
 from .receiver import Receiver
-from .registry import SensorRegistry, known_sensor_ids
+from .registry import SensorRegistry, known_sensors
 from .table import create_table, ensure_layout
 from .writer import Backoff, Writer
 
@@ -167,7 +167,7 @@ class IngestService:
 
     async def _open_dynamodb(
         self, outer: contextlib.AsyncExitStack, stop: asyncio.Event
-    ) -> tuple[DynamoClient | LeanDynamoClient, set[str]] | None:
+    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]] | None:
         """Open the clients and check the table, retrying what waiting can heal.
 
         Returns the hot path's client and the known sensor ids (their clients stay open
@@ -224,7 +224,7 @@ class IngestService:
 
     async def _connect(
         self, stack: contextlib.AsyncExitStack
-    ) -> tuple[DynamoClient | LeanDynamoClient, set[str]]:
+    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]]:
         """One start attempt: clients on ``stack``, the table checked, the known sensors."""
         cfg = self.config
         client = await stack.enter_async_context(
@@ -252,12 +252,12 @@ class IngestService:
                     aws_secret_access_key=cfg.aws_secret_access_key,
                 )
             )
-        return hot, await known_sensor_ids(hot)
+        return hot, await known_sensors(hot)
 
     async def _run_stages(
         self,
         client: DynamoClient | LeanDynamoClient,
-        known_sensors: set[str],
+        known_sensors: dict[str, int],
         stop: asyncio.Event,
         ready: asyncio.Event | None,
     ) -> None:
@@ -279,7 +279,9 @@ class IngestService:
         spool = self._spool = DeadLetterSpool(
             Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
         )
-        registry = SensorRegistry(client, m, refresh_s=cfg.registry_refresh_s)
+        registry = SensorRegistry(
+            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
+        )
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self.mqtt_url),
             subscription=cfg.subscription,
@@ -368,9 +370,10 @@ class IngestService:
                 await decoder.drained.wait()
                 await write_queue.join()
                 await spool.drain()
-                await acks.wait_idle()
+                # Before the acks: a message may hold its acknowledgement for a registry write.
                 with contextlib.suppress(Exception):
                     await registry.flush(everything=True)
+                await acks.wait_idle()
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "

@@ -87,3 +87,62 @@ async def test_late_reading_published_to_the_service_ends_in_s3_once(
             (r.ts_ms, r.metrics["v"]) for r in want
         ]
         assert second.rearchived == 1 and second.late == 1
+
+
+@pytest.mark.timeout(120)
+async def test_what_the_archiver_relies_on_is_durable_before_the_ack(
+    mosquitto: Any, moto_server: MotoServer, unique_name: str, tmp_path: Path
+) -> None:
+    """A crash right after a PUBACK must not lose a late mark, a new sensor's registry item
+    or a lowered first-seen time: the archiver would then never look at those readings.
+
+    The registry's periodic flush is 60 s away here, so only a write made before the
+    acknowledgement can be in the table when the message completes.
+    """
+    from ingest.registry import registry_items
+    from tests.ingest.harness import counter, wait_until
+
+    now_ms = int(time.time() * 1000)
+    bucket = LAYOUT.bucket_start(now_ms - 3 * HOUR_MS)
+    async with open_archive_env(moto_server.endpoint_url, unique_name, LAYOUT) as env:
+        await env.put([Reading(SID, bucket + 60_000, {"v": 1.0})], now_ms=now_ms)
+        assert (await _archiver(env).run_once()).archived == 1  # records the policy too
+        cfg = make_config(
+            broker_url=mosquitto.url,
+            endpoint=moto_server.endpoint_url,
+            name=unique_name,
+            data_dir=tmp_path,
+            create_table=False,
+            bucket_minutes=60,
+            shards=2,
+            retention_days=1,
+            registry_interval_s=60,
+            registry_refresh_s=300,
+        )
+        service = IngestService(cfg)
+
+        async def registry() -> dict[str, int]:
+            return {
+                it["sid"]["S"]: int(it["fs"]["N"])
+                async for it in registry_items(env.dynamo, ("fs",), consistent=True)
+            }
+
+        async def publish_and_wait(sensor: str, ts: int, done: float) -> None:
+            payload = orjson.dumps({"ts": ts, "v": 2.5})
+            await publish(mosquitto.url, [(f"{unique_name}/{sensor}/telemetry", payload)])
+            await wait_until(
+                lambda: counter(service, "iot_ingest_messages_completed_total") >= done,
+                20,
+                "the acknowledgement",
+            )
+
+        async with running(service):
+            await publish_and_wait(SID, bucket + 30 * 60_000, 1)  # late: bucket archived
+            marks = await late_marks(env.dynamo)
+            assert [(m.sensor_id, m.bucket_start_ms) for m in marks] == [(SID, bucket)]
+
+            await publish_and_wait("brand-new", now_ms - 5_000, 2)  # a sensor never seen
+            assert (await registry())["brand-new"] <= now_ms - 5_000
+
+            await publish_and_wait("brand-new", now_ms - 600_000, 3)  # below its first seen
+            assert (await registry())["brand-new"] <= now_ms - 600_000
