@@ -173,7 +173,11 @@ class Config(BaseModel):
         1_000_000, ge=1, description="Distinct sensors one worker tracks."
     )
     max_past_ms: int | None = Field(
-        None, ge=0, description="How far back a timestamp may be (default: the retention period)."
+        None,
+        ge=0,
+        description="How far back a timestamp may be (default: the retention period less one "
+        "day, or less half of it for a one-day retention, so an accepted reading stays in the "
+        "table that long before TTL may delete it: time for the archiver to take it).",
     )
     require_ts: bool = Field(
         False,
@@ -291,9 +295,10 @@ class Config(BaseModel):
 
     @property
     def effective_max_past_ms(self) -> int:
-        return (
-            self.max_past_ms if self.max_past_ms is not None else self.retention_days * 86_400_000
-        )
+        if self.max_past_ms is not None:
+            return self.max_past_ms
+        retention_ms = self.retention_days * 86_400_000
+        return retention_ms - min(86_400_000, retention_ms // 2)
 
     def mqtt_credentials(self) -> tuple[str | None, str | None]:
         """User name and password from the flags, the password file, or the URL."""

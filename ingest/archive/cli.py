@@ -160,7 +160,7 @@ def _check_late_limit(cfg: Any, layout: Any, settle_ms: int, every_s: float | No
     """Say when a late reading can expire (TTL) before a pass archives it."""
     margin_ms = settle_ms + round((cfg.registry_interval_s + (every_s or 0)) * 1000)
     limit_ms = layout.retention_ms - margin_ms
-    late_ms = cfg.max_past_ms if cfg.max_past_ms is not None else layout.retention_ms
+    late_ms = cfg.effective_max_past_ms
     if late_ms < limit_ms:
         return
     explicit = cfg.max_past_ms is not None
@@ -171,7 +171,7 @@ def _check_late_limit(cfg: Any, layout: Any, settle_ms: int, every_s: float | No
         "may be deleted by TTL before a pass archives it (expired items DynamoDB has not "
         "deleted yet are still archived); set max_past_ms below %d",
         late_ms / _DAY_MS,
-        "" if explicit else ", default: the retention",
+        "" if explicit else ", the default",
         layout.retention_days,
         margin_ms / 3_600_000,
         limit_ms,

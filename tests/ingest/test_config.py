@@ -262,8 +262,8 @@ def test_subscription_with_and_without_a_shared_group() -> None:
     assert config_of(shared_group="workers").subscription == "$share/workers/sensors/+/telemetry"
 
 
-def test_max_past_defaults_to_the_retention() -> None:
-    assert config_of(retention_days=7).effective_max_past_ms == 7 * 86_400_000
+def test_max_past_defaults_to_the_retention_less_a_day() -> None:
+    assert config_of(retention_days=7).effective_max_past_ms == 6 * 86_400_000
     assert config_of(retention_days=7, max_past_ms=60_000).effective_max_past_ms == 60_000
 
 
@@ -275,3 +275,14 @@ def test_docs_configuration_md_contains_the_generated_reference() -> None:
 
     assert doc.is_file(), f"{doc} is missing: generate it with `iot-ingest config reference`"
     assert reference_markdown() in doc.read_text()
+
+
+@pytest.mark.parametrize(
+    ("retention_days", "max_past_days"), [(30, 29), (2, 1), (1, 0.5)], ids=["30d", "2d", "1d"]
+)
+def test_default_max_past_leaves_time_before_ttl(retention_days: int, max_past_days: float) -> None:
+    """A reading accepted at the edge of the window must not be due for TTL at once (it would
+    leave the table before any archive pass could take it)."""
+    cfg = Config(retention_days=retention_days)
+    assert cfg.effective_max_past_ms == round(max_past_days * 86_400_000)
+    assert Config(retention_days=retention_days, max_past_ms=5).effective_max_past_ms == 5
