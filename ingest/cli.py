@@ -273,7 +273,7 @@ def _backup_name(value: str) -> str:
     return value
 
 
-def _features_line(features: dict[str, Any], args: argparse.Namespace) -> list[str]:
+def _feature_lines(features: dict[str, Any], args: argparse.Namespace) -> list[str]:
     from .table import TABLE_CLASSES
 
     lines = []
@@ -326,7 +326,7 @@ def cmd_table_create(args: argparse.Namespace) -> int:
         print(
             f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"
         )
-        for line in _features_line(report, args):
+        for line in _feature_lines(report, args):
             print(line)
         return 0
 
