@@ -253,20 +253,132 @@ def cmd_demo(args: argparse.Namespace) -> int:
 # -- table --------------------------------------------------------------------
 
 
+def _region(value: str) -> str:
+    from .table import REGION_PATTERN
+
+    if not REGION_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not an AWS region name (like eu-west-1 or ap-southeast-2)"
+        )
+    return value
+
+
+def _backup_name(value: str) -> str:
+    from .table import BACKUP_NAME_PATTERN
+
+    if not BACKUP_NAME_PATTERN.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"{value!r} is not a backup name: 3 to 255 of the characters A-Z a-z 0-9 _ . -"
+        )
+    return value
+
+
+def _feature_lines(features: dict[str, Any], args: argparse.Namespace) -> list[str]:
+    from .table import TABLE_CLASSES
+
+    lines = []
+    if args.pitr:
+        line = f"  point-in-time recovery: {features['pitr']}"
+        if features.get("pitr_earliest"):
+            line += f", restorable from {features['pitr_earliest']}"
+        if features.get("pitr_days"):
+            line += f", {features['pitr_days']} days"
+        lines.append(line)
+    if args.table_class:
+        wanted = TABLE_CLASSES[args.table_class]
+        reported = features["table_class"]
+        if reported is None and wanted != "STANDARD":
+            lines.append(f"  table class: not reported by this endpoint (asked for {wanted})")
+        else:
+            lines.append(f"  table class: {reported or 'STANDARD'}")
+    if args.replica_region:
+        lines.append(f"  stream: {features['stream']}")
+        replicas = ", ".join(f"{r} {s}" for r, s in features["replicas"].items())
+        lines.append(f"  replicas: {replicas}")
+    return lines
+
+
 def cmd_table_create(args: argparse.Namespace) -> int:
+    from .table import TABLE_CLASSES, TableFeatures
+
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
+    for region in args.replica_region or []:
+        if region == cfg.region:
+            raise ConfigError(
+                f"--replica-region {region} is the table's own region (--region {cfg.region}): "
+                "a replica goes to another region"
+            )
+    features = TableFeatures(
+        pitr=args.pitr,
+        table_class=TABLE_CLASSES[args.table_class] if args.table_class else None,
+        replica_regions=tuple(args.replica_region or ()),
+    )
 
     async def go() -> int:
         from .dynamo import DynamoClient
         from .service import layout_from_config
-        from .table import create_table
+        from .table import create_table, describe_features
 
         async with DynamoClient.from_config(cfg) as client:
-            created = await create_table(client, layout_from_config(cfg))
+            created = await create_table(client, layout_from_config(cfg), features=features)
+            report = await describe_features(client, pitr=args.pitr)
         print(
             f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"
         )
+        for line in _feature_lines(report, args):
+            print(line)
+        return 0
+
+    return run_async(go)
+
+
+def cmd_table_backup_create(args: argparse.Namespace) -> int:
+    cfg = table_config(args)
+
+    async def go() -> int:
+        from .dynamo import DynamoClient
+        from .table import create_backup, default_backup_name
+
+        async with DynamoClient.from_config(cfg) as client:
+            backup = await create_backup(client, args.name or default_backup_name(cfg.table))
+        print(
+            f"backup {backup['name']} of table {cfg.table}: {backup['arn']} "
+            f"({backup['status']}, {backup['created']})"
+        )
+        return 0
+
+    return run_async(go)
+
+
+def cmd_table_backup_list(args: argparse.Namespace) -> int:
+    cfg = table_config(args)
+
+    async def go() -> int:
+        from .dynamo import DynamoClient
+        from .table import list_backups
+
+        async with DynamoClient.from_config(cfg) as client:
+            backups = await list_backups(client)
+        if args.json:
+            for b in backups:
+                print(orjson.dumps(b).decode())
+            return 0
+        rows = [
+            (
+                b["name"],
+                b["created"],
+                "-" if b["size_bytes"] is None else str(b["size_bytes"]),
+                b["status"],
+                b["arn"],
+            )
+            for b in backups
+        ]
+        rows.insert(0, ("NAME", "CREATED", "SIZE", "STATUS", "ARN"))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        for r in rows:
+            print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[4])
+        print(f"{len(backups)} backups of table {cfg.table}", file=sys.stderr)
         return 0
 
     return run_async(go)
@@ -397,9 +509,47 @@ def build_parser() -> argparse.ArgumentParser:
     table = sub.add_parser("table", help="manage the DynamoDB table").add_subparsers(
         dest="table_cmd", required=True
     )
-    p = table.add_parser("create", help="create the table (on-demand) and enable TTL; idempotent")
+    p = table.add_parser(
+        "create",
+        help="create the table (on-demand) and enable TTL, with backups, a table class and "
+        "replicas on request; idempotent",
+    )
     _add_config_flags(p)
+    p.add_argument(
+        "--pitr",
+        action="store_true",
+        help="enable point-in-time recovery (continuous backups, 35 days)",
+    )
+    p.add_argument(
+        "--table-class",
+        choices=["standard", "standard-ia"],
+        help="DynamoDB table class (standard-ia: storage 60%% cheaper, requests 25%% dearer); "
+        "changes an existing table's class",
+    )
+    p.add_argument(
+        "--replica-region",
+        action="append",
+        type=_region,
+        metavar="REGION",
+        help="add a Global Tables replica in REGION (repeatable); turns the stream on "
+        "(NEW_AND_OLD_IMAGES)",
+    )
     p.set_defaults(func=cmd_table_create)
+    backup = table.add_parser("backup", help="on-demand backups").add_subparsers(
+        dest="backup_cmd", required=True
+    )
+    p = backup.add_parser("create", help="make an on-demand backup of the table")
+    add_table_flags(p)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+    p.add_argument("--name", type=_backup_name, help="backup name (default: {table}-{UTC time})")
+    p.set_defaults(func=cmd_table_backup_create)
+    p = backup.add_parser(
+        "list", help="list the table's backups (name, ARN, created, size, status)"
+    )
+    add_table_flags(p)
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+    p.add_argument("--json", action="store_true", help="one JSON object per line")
+    p.set_defaults(func=cmd_table_backup_list)
 
     conf = sub.add_parser("config", help="configuration").add_subparsers(
         dest="config_cmd", required=True
