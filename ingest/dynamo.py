@@ -27,7 +27,9 @@ and the like) is :class:`~ingest.errors.WriteRejected`.
 
 from __future__ import annotations
 
+import html
 import logging
+import re
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -182,6 +184,10 @@ def json_object(operation: str, status: int, raw: bytes) -> dict[str, Any]:
     return result
 
 
+_XML_CODE = re.compile(r"<Code>(.*?)</Code>", re.S)
+_XML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
+
+
 def error_answer(status: int, raw: bytes) -> WriteError:
     """The error for a non-2xx answer with body ``raw`` (both clients)."""
     code, message = "", ""
@@ -193,6 +199,14 @@ def error_answer(status: int, raw: bytes) -> WriteError:
         # DynamoDB's error answers always carry their type; one without is not DynamoDB's.
         code = str(err.get("__type") or "").rpartition("#")[2]
         message = str(err.get("message") or err.get("Message") or "")
+    elif raw.lstrip().startswith(b"<"):
+        # An XML error document (an IAM or gateway layer in front of the endpoint, as moto's
+        # IAM enforcement answers): take its code and message whole, not a cut of the markup.
+        text = raw.decode("utf-8", "replace")
+        found_code = _XML_CODE.search(text)
+        found_message = _XML_MESSAGE.search(text)
+        code = found_code.group(1).strip() if found_code else ""
+        message = html.unescape(found_message.group(1).strip()) if found_message else ""
     if not message:
         message = raw[:200].decode("utf-8", "replace")
     return classify(code, status, message)

@@ -396,3 +396,19 @@ async def test_writer_survives_any_exception_from_its_sink(tmp_path: Path) -> No
         metrics.registry.get_sample_value("iot_ingest_write_retries_total", {"cause": "unexpected"})
         == 2
     )
+
+
+def test_an_xml_error_document_keeps_its_code_and_whole_message() -> None:
+    """IAM layers (and moto's IAM enforcement) answer with XML, not DynamoDB's JSON."""
+    from ingest.dynamo import error_answer
+
+    message = "User: arn:aws:iam::123456789012:user/x is not authorized to perform: " + (
+        "dynamodb:PutItem on resource: arn:aws:dynamodb:us-east-1:123456789012:table/" + "t" * 120
+    )
+    raw = (
+        '<?xml version="1.0" encoding="utf-8"?>\n<ErrorResponse><Errors><Error>'
+        f"<Code>AccessDenied</Code><Message>{message}</Message></Error></Errors></ErrorResponse>"
+    ).encode()
+    err = error_answer(403, raw)
+    assert message in str(err) and "AccessDenied" in str(err)
+    assert not err.retriable

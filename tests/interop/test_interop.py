@@ -259,24 +259,15 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
     msgs, keys = readings(unique_name, start, 0, 60)
     a, b = IngestService(cfgs[0]), IngestService(cfgs[1])
     if broker.traits.shared == "refused":
-        # MQTT 5 says so in CONNACK (Shared Subscription Available = 0); the SUBSCRIBE is
-        # answered with DISCONNECT 0x9E. The service keeps reconnecting, not ready, and
-        # /readyz names the broker's reason (docs/brokers.md): nothing received, nothing lost.
-        stop, ready = asyncio.Event(), asyncio.Event()
-        task = asyncio.create_task(a.run(stop, ready), name="refused-worker")
-        try:
-            await wait_until(
-                lambda: "(0x9e)" in " ".join(a.readiness()[1]).lower(),
-                20,
-                "/readyz to name the broker's DISCONNECT 0x9E (shared subscriptions not supported)",
-            )
-            await publish_to(broker, msgs)
-            await asyncio.sleep(1.0)
-            assert not ready.is_set() and not a.readiness()[0]
-            assert counter(a, RECEIVED) == 0
-        finally:
-            stop.set()
-            await asyncio.wait_for(task, 30)
+        # MQTT 5 says so in CONNACK (Shared Subscription Available = 0): the service refuses
+        # to run, before it subscribes, naming why (docs/brokers.md), rather than
+        # reconnecting forever: nothing received, nothing lost.
+        await publish_to(broker, msgs)
+        with pytest.raises(ExceptionGroup) as info:
+            await asyncio.wait_for(a.run(asyncio.Event(), asyncio.Event()), 30)
+        (error,) = info.value.exceptions
+        assert "does not support shared subscriptions" in str(error)
+        assert counter(a, RECEIVED) == 0
         assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
         await assert_broker_drained(broker, cfgs[0].mqtt_client_id)
         return
