@@ -33,6 +33,8 @@ from ._data import F64, I64, Window
 from ._libs import (
     Compress,
     Decompress,
+    backports_zstd,
+    backports_zstd_funcs,
     numcodecs,
     pcodec,
     pyarrow_zstd,
@@ -304,6 +306,12 @@ def window_candidates() -> tuple[list[Candidate], list[str]]:
     pc, pd = pyarrow_zstd(3)
     out.append(raw_candidate("raw+zstd3(pyarrow)", pc, pd))
     out.append(columnar_candidate("np-dec+zstd3(pyarrow)", pc, pd, decimal=True))
+    if backports_zstd is not None:
+        bc, bd = backports_zstd_funcs(3)
+        out.append(raw_candidate("raw+zstd3(backports.zstd)", bc, bd))
+        out.append(columnar_candidate("np-dec+zstd3(backports.zstd)", bc, bd, decimal=True))
+    else:
+        missing.append("backports.zstd")
     if pyzstd is not None:
         comp = pyzstd.ZstdCompressor(3)
         flush = pyzstd.ZstdCompressor.FLUSH_FRAME

@@ -127,7 +127,8 @@ def _decimals(v: F64) -> tuple[int, I64] | None:
         if digits > 15:
             return None
         scale = 10.0**digits
-        k = np.rint(v * scale)
+        with np.errstate(over="ignore", invalid="ignore"):  # huge values: not decimal
+            k = np.rint(v * scale)
         if float(np.abs(k).max()) >= 2.0**53:
             return None
         ki = k.astype(np.int64)

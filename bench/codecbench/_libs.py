@@ -1,8 +1,9 @@
 """The codec libraries: optional ones imported if installed (None otherwise), zstd helpers.
 
-zstandard, pyzstd, pcodec, numcodecs and msgpack are candidates, not dependencies of
-the project: the bench runs without them and lists what it could not measure.
-pyarrow (a dependency, for the archive's Parquet) always brings a zstd.
+zstandard, pyzstd, backports.zstd (the standard library's ``compression.zstd`` of
+Python 3.14, for 3.9-3.13), pcodec, numcodecs and msgpack are candidates, not
+dependencies of the project: the bench runs without them and lists what it could
+not measure. pyarrow (a dependency, for the archive's Parquet) always brings a zstd.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import pyarrow as pa
 __all__ = [
     "Compress",
     "Decompress",
+    "backports_zstd",
+    "backports_zstd_funcs",
     "msgpack",
     "numcodecs",
     "pcodec",
@@ -38,6 +41,7 @@ pyzstd = _optional("pyzstd")
 pcodec = _optional("pcodec")
 numcodecs = _optional("numcodecs")
 msgpack = _optional("msgpack")
+backports_zstd = _optional("backports.zstd")
 
 Compress = Callable[[bytes], bytes]
 Decompress = Callable[[bytes, int], bytes]
@@ -58,6 +62,25 @@ def zstd_funcs(level: int) -> tuple[Compress, Decompress]:
 
     def decompress(b: bytes, _size: int) -> bytes:
         out: bytes = d.decompress(b)
+        return out
+
+    return compress, decompress
+
+
+def backports_zstd_funcs(level: int) -> tuple[Compress, Decompress]:
+    """The future standard library's zstd: a compressor reused (flushing a frame per
+    call); decompression makes a context per call, as its API offers no reuse."""
+    assert backports_zstd is not None
+    c = backports_zstd.ZstdCompressor(level=level)
+    flush = backports_zstd.ZstdCompressor.FLUSH_FRAME
+    decompress_frame = backports_zstd.decompress
+
+    def compress(b: bytes) -> bytes:
+        out: bytes = c.compress(b, mode=flush)
+        return out
+
+    def decompress(b: bytes, _size: int) -> bytes:
+        out: bytes = decompress_frame(b)
         return out
 
     return compress, decompress

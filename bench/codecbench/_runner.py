@@ -44,12 +44,22 @@ from ._data import (
 )
 from ._journal import JournalCodec, canonical, journal_codecs, rows_of, train_dictionaries
 
-__all__ = ["FULL", "ITEM_OVERHEAD_BYTES", "QUICK", "Plan", "read_units", "rollup", "run"]
+__all__ = [
+    "FULL",
+    "ITEM_OVERHEAD_BYTES",
+    "QUICK",
+    "ROLLUP_STEPS",
+    "Plan",
+    "read_units",
+    "rollup",
+    "run",
+]
 
 ITEM_OVERHEAD_BYTES = 60
 """pk, sk, ttl and attribute names of a packed item (an estimate, for read units)."""
 
 Job = Callable[[], object]
+ROLLUP_STEPS = {"minute": 60_000, "5 minutes": 300_000, "hour": 3_600_000}
 
 
 @contextmanager
@@ -400,7 +410,7 @@ def _rollup_section(
     for precision in PRECISIONS:
         for kind, kind_days in days.items():
             day = cut_windows(kind_days, plan.day, 1, precision)[0]
-            for step, step_ms in (("minute", 60_000), ("hour", 3_600_000)):
+            for step, step_ms in ROLLUP_STEPS.items():
                 table = rollup(day, step_ms)
                 for r in bench.windows(
                     {"precision": precision, "kind": kind, "step": step}, [table]
@@ -512,7 +522,17 @@ def _environment(load_start: tuple[float, float, float], elapsed_s: float) -> di
             if line.startswith("model name"):
                 cpu = line.split(":", 1)[1].strip()
                 break
-    dists = ("numpy", "orjson", "pyarrow", "zstandard", "pyzstd", "pcodec", "numcodecs", "msgpack")
+    dists = (
+        "numpy",
+        "orjson",
+        "pyarrow",
+        "zstandard",
+        "pyzstd",
+        "backports.zstd",
+        "pcodec",
+        "numcodecs",
+        "msgpack",
+    )
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
