@@ -21,13 +21,17 @@ from ._columns import (
     MODE_DELTA,
     MODE_DOD,
     VERSION,
+    ColHead,
+    body_size,
     col_decode,
     float_encode,
     frame,
     int_encode,
     narrow,
+    read_varint,
     unframe,
     unnarrow,
+    varint,
 )
 from ._data import F64, I64, Window
 from ._libs import (
@@ -123,26 +127,31 @@ def columnar_candidate(
     where that is bit-exact, else XOR. Without: Gorilla's transforms (timestamps
     delta-of-delta, every float XOR-ed with the previous one).
 
-    Blob: ``HDR``, one ``COL`` per column (timestamps first), the compressed bodies
-    (their lengths follow from the widths, so none is stored).
+    Blob: ``HDR``, per column (timestamps first) ``COL`` and a varint count of
+    exceptions, then the compressed bodies (their lengths follow from the heads, so
+    none is stored).
     """
 
     def encode(ts: I64, cols: Sequence[F64]) -> bytes:
         heads = [HDR.pack(VERSION, ts.size, len(cols))]
-        h, body = int_encode(ts, MODE_DELTA if decimal else MODE_DOD)
-        heads.append(COL.pack(*h))
-        bodies = [body]
-        for c in cols:
-            h, body = float_encode(c, decimal=decimal)
-            heads.append(COL.pack(*h))
+        bodies = []
+        for h, body in (
+            int_encode(ts, MODE_DELTA if decimal else MODE_DOD),
+            *(float_encode(c, decimal=decimal) for c in cols),
+        ):
+            heads.append(COL.pack(*h[:4]) + varint(h[4]))
             bodies.append(body)
         return b"".join(heads) + compress(b"".join(bodies))
 
     def decode(blob: bytes) -> tuple[I64, list[F64]]:
         _, n, m = HDR.unpack_from(blob)
-        heads = [COL.unpack_from(blob, HDR.size + i * COL.size) for i in range(m + 1)]
-        size = sum(max(n - 1, 0) * h[2] for h in heads)
-        buf = decompress(blob[HDR.size + (m + 1) * COL.size :], size)
+        pos = HDR.size
+        heads: list[ColHead] = []
+        for _ in range(m + 1):
+            mode, decimals, width, first = COL.unpack_from(blob, pos)
+            exceptions, pos = read_varint(blob, pos + COL.size)
+            heads.append((mode, decimals, width, first, exceptions))
+        buf = decompress(blob[pos:], sum(body_size(h, n) for h in heads))
         ts, off = col_decode(heads[0], buf, 0, n)
         cols = []
         for h in heads[1:]:

@@ -8,10 +8,12 @@ all second bytes …) so that zstd sees long runs of equal high bytes:
 - ``MODE_DELTA`` / ``MODE_DOD``: integers (timestamps) as deltas, or deltas of deltas
   (Gorilla's choice; with a jittered clock plain deltas are smaller);
 - ``MODE_DECIMAL``: floats that are exactly ``k / 10**d`` (what a JSON decimal parses
-  to), as the integers ``k``, delta-coded;
+  to), as the integers ``k``, delta-coded; the few that are not (a rollup's sum, a
+  stray value with more digits) as exceptions;
 - ``MODE_XOR``: any other float, as the XOR of its bits with the previous value's.
 
-Each column's header is ``COL`` (mode, decimals, width, first value): 12 bytes.
+Each column's header is ``COL`` (mode, decimals, width, first value: 11 bytes) and
+a varint count of exceptions (decimal columns: values kept as raw bits).
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ __all__ = [
     "MODE_XOR",
     "VERSION",
     "ColHead",
+    "body_size",
     "col_decode",
     "decode_tags",
     "encode_tags",
@@ -51,7 +54,8 @@ __all__ = [
 HDR = struct.Struct("<BIB")
 """Blob header of every candidate: format version, readings, metric columns."""
 COL = struct.Struct("<BBBq")
-"""Column header of the numpy candidates: mode, decimals, byte width, first value."""
+"""Column header of the numpy candidates: mode, decimals, byte width, first value;
+then the number of exceptions as a varint."""
 VERSION = 1
 MODE_DOD, MODE_DELTA, MODE_XOR, MODE_DECIMAL = 0, 1, 2, 3
 _UINTS: dict[int, type[np.unsignedinteger[Any]]] = {
@@ -61,7 +65,8 @@ _UINTS: dict[int, type[np.unsignedinteger[Any]]] = {
     8: np.uint64,
 }
 _ONE = np.uint64(1)
-ColHead = tuple[int, int, int, int]
+ColHead = tuple[int, int, int, int, int]
+"""mode, decimals, byte width, first value (int64, or a float's bits), exceptions."""
 
 
 def _zigzag(x: I64) -> U64:
@@ -97,64 +102,83 @@ def int_encode(x: I64, mode: int) -> tuple[ColHead, bytes]:
     """Integers as their first value and the deltas (``MODE_DELTA``) or deltas of
     deltas (``MODE_DOD``) of the rest, zigzagged, narrowed and byte-shuffled."""
     if x.size == 0:
-        return (mode, 0, 0, 0), b""
+        return (mode, 0, 0, 0, 0), b""
     d = x[1:] - x[:-1]
     if mode == MODE_DOD and d.size:
         d = np.concatenate((d[:1], d[1:] - d[:-1]))
     width, body = narrow(_zigzag(d))
-    return (mode, 0, width, int(x[0])), body
+    return (mode, 0, width, int(x[0]), 0), body
 
 
-def _decimals(v: F64) -> tuple[int, I64] | None:
-    """``(d, k)`` with ``k / 10**d`` bit-identical to ``v`` for every value, or None.
+def _decimals(v: F64) -> tuple[int, I64, I64] | None:
+    """``(d, k, exceptions)``: ``k / 10**d`` is bit-identical to ``v`` everywhere but at
+    the (few) ``exceptions`` indices; None if no ``d`` does that for 15/16 of the values.
 
-    ``d`` is guessed from the shortest repr of a few values (how the JSON wrote
-    them), then checked on the whole column exactly as the decoder computes it: a
-    JSON decimal ``22.54`` parses to the double nearest 22.54, and ``2254 / 100.0``
-    (both exact, IEEE division correctly rounded) is that same double. Anything
-    else (a value with more digits, -0.0, exponents) fails the check, and the caller
-    falls back to XOR.
+    ``d`` is guessed from the shortest repr of a few values (how the JSON wrote them;
+    values with more than 10 decimals are left out of the guess), then checked on the
+    whole column exactly as the decoder computes it: a JSON decimal ``22.54`` parses to
+    the double nearest 22.54, and ``2254 / 100.0`` (both exact, IEEE division correctly
+    rounded) is that same double. A value that is not such a decimal (more digits, a
+    sum, -0.0) becomes an exception, kept as its raw bits; too many, and the caller
+    uses XOR (the idea of ALP, Afroozeh et al., SIGMOD 2023, without its search).
     """
-    d = 0
+    guesses = []
     for x in v[:: max(1, v.size // 4)].tolist():
         text = repr(x)
-        if "e" in text or "n" in text:
-            return None
         frac = text.partition(".")[2]
-        d = max(d, 0 if frac == "0" else len(frac))
-    # A sample whose values all end in 0 under-guesses: try one or two more digits.
-    for digits in (d, d + 1, d + 2) if d <= 6 else (d,):
-        if digits > 15:
-            return None
+        if "e" not in text and "n" not in text and len(frac) <= 10:
+            guesses.append(0 if frac == "0" else len(frac))
+    if not guesses:
+        return None
+    d = max(guesses)
+    best: tuple[int, I64, I64] | None = None
+    for digits in (d, d + 1, d + 2):  # a sample whose values all end in 0 under-guesses
         scale = 10.0**digits
-        with np.errstate(over="ignore", invalid="ignore"):  # huge values: not decimal
-            k = np.rint(v * scale)
-        if float(np.abs(k).max()) >= 2.0**53:
-            return None
-        ki = k.astype(np.int64)
-        if (ki / scale).tobytes() == v.tobytes():
-            return digits, ki
-    return None
+        with np.errstate(all="ignore"):  # huge values overflow: they become exceptions
+            ki = np.rint(v * scale).astype(np.int64)
+        back = ki / scale  # what the decoder computes
+        if back.tobytes() == v.tobytes():
+            return digits, ki, np.empty(0, np.int64)
+        bad = np.flatnonzero(back.view(np.uint64) != v.view(np.uint64))
+        if bad.size <= v.size // 16 and (best is None or bad.size < best[2].size):
+            best = digits, ki, bad
+    return best
 
 
 def float_encode(v: F64, *, decimal: bool) -> tuple[ColHead, bytes]:
-    """A float column: scaled decimal integers (delta-coded) when exact, else Gorilla's
-    XOR of each value's bits with the previous one's."""
+    """A float column: scaled decimal integers (delta-coded, with exceptions) when that is
+    exact for nearly all values, else Gorilla's XOR of each value's bits with the
+    previous one's. Exceptions follow the column's body: their indices (u32) and raw
+    bits (u64); the head's last field counts them."""
     found = _decimals(v) if decimal and v.size else None
     if found is not None:
-        d, k = found
-        (_, _, width, first), body = int_encode(k, MODE_DELTA)
-        return (MODE_DECIMAL, d, width, first), body
+        d, k, bad = found
+        if bad.size:  # an exception repeats the last good k: the deltas stay small
+            good = np.ones(k.size, dtype=np.bool_)
+            good[bad] = False
+            last = np.where(good, np.arange(k.size), 0)
+            np.maximum.accumulate(last, out=last)
+            last[: int(np.argmax(good))] = int(np.argmax(good))
+            k = k[last]
+        (_, _, width, first, _), body = int_encode(k, MODE_DELTA)
+        if bad.size:
+            body += bad.astype("<u4").tobytes() + v[bad].astype("<f8").tobytes()
+        return (MODE_DECIMAL, d, width, first, int(bad.size)), body
     bits = v.view(np.uint64)
     if bits.size == 0:
-        return (MODE_XOR, 0, 0, 0), b""
+        return (MODE_XOR, 0, 0, 0, 0), b""
     width, body = narrow(bits[1:] ^ bits[:-1])
-    return (MODE_XOR, 0, width, int(bits[:1].view(np.int64)[0])), body
+    return (MODE_XOR, 0, width, int(bits[:1].view(np.int64)[0]), 0), body
+
+
+def body_size(head: ColHead, n: int) -> int:
+    """Bytes of a column's body (what :func:`col_decode` reads)."""
+    return max(n - 1, 0) * head[2] + 12 * head[4]
 
 
 def col_decode(head: ColHead, buf: bytes, offset: int, n: int) -> tuple[Any, int]:
     """Inverse of :func:`int_encode` / :func:`float_encode`: ``(array, next offset)``."""
-    mode, decimals, width, first = head
+    mode, decimals, width, first, exceptions = head
     if n == 0:
         return np.empty(0, np.float64 if mode >= MODE_XOR else np.int64), offset
     if width:
@@ -174,9 +198,14 @@ def col_decode(head: ColHead, buf: bytes, offset: int, n: int) -> tuple[Any, int
     x[0] = first
     np.cumsum(d, out=x[1:])
     x[1:] += first
-    if mode == MODE_DECIMAL:
-        return x.astype(np.float64) / 10.0**decimals, offset
-    return x, offset
+    if mode != MODE_DECIMAL:
+        return x, offset
+    values = x / 10.0**decimals
+    if exceptions:
+        idx = np.frombuffer(buf, "<u4", exceptions, offset)
+        values[idx] = np.frombuffer(buf, "<f8", exceptions, offset + 4 * exceptions)
+        offset += 12 * exceptions
+    return values, offset
 
 
 def varint(n: int) -> bytes:

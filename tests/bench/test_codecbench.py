@@ -78,8 +78,18 @@ def _hard_windows() -> list[tuple[np.ndarray, list[np.ndarray]]]:
     random_bits = random_bits[np.isfinite(random_bits)]
     decimals = np.round(rng.normal(20, 5, 300), 2)
     decimals[::37] = -0.0  # a negative zero inside decimal-looking data
+    stray = decimals.copy()  # decimals with a few values that are not: exceptions
+    stray[[5, 77, 200]] = [0.1 + 0.2, 1e300, -(2.0**70)]
     out: list[tuple[np.ndarray, list[np.ndarray]]] = []
-    for values in (edge, random_bits, decimals, np.full(50, 3.25), decimals[:1], decimals[:2]):
+    for values in (
+        edge,
+        random_bits,
+        decimals,
+        stray,
+        np.full(50, 3.25),
+        decimals[:1],
+        decimals[:2],
+    ):
         n = values.size
         ts = 1_795_305_600_000 + np.cumsum(rng.integers(-5, 3_000, n)).astype(np.int64)
         out.append((ts, [values.astype(np.float64), values[::-1].copy()]))
