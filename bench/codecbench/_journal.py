@@ -28,7 +28,7 @@ from ._columns import (
     read_varint,
     varint,
 )
-from ._libs import Compress, msgpack, zstandard, zstd_funcs
+from ._libs import Compress, frame_zstd, msgpack, zstandard
 
 __all__ = [
     "JRow",
@@ -188,27 +188,26 @@ def train_dictionaries(training: Sequence[Reading], chunk: int = 100) -> dict[st
 
 
 def journal_codecs(dicts: Mapping[str, Any]) -> tuple[list[JournalCodec], list[str]]:
-    """The journal encodings (``dicts`` from :func:`train_dictionaries`)."""
-    if zstandard is None:
-        return [], ["zstandard: every journal encoding"]
+    """The journal encodings (``dicts`` from :func:`train_dictionaries`; with zstd from
+    zstandard, else backports.zstd, else pyarrow, named in a suffix)."""
     out: list[JournalCodec] = []
-    missing: list[str] = []
-    c3, d3 = zstd_funcs(3)
-    c1, d1 = zstd_funcs(1)
-    out.append(orjson_journal("orjson-rows+zstd3", c3, lambda b: d3(b, 0), "naive"))
-    out.append(orjson_journal("orjson-rows+zstd1", c1, lambda b: d1(b, 0), ""))
+    missing: list[str] = [] if zstandard is not None else ["zstandard: trained dictionaries"]
+    via, c3, d3 = frame_zstd(3)
+    _, c1, d1 = frame_zstd(1)
+    out.append(orjson_journal(f"orjson-rows+zstd3{via}", c3, d3, "naive"))
+    out.append(orjson_journal(f"orjson-rows+zstd1{via}", c1, d1, ""))
     if msgpack is not None:
-        out.append(msgpack_journal("msgpack-rows+zstd3", c3, lambda b: d3(b, 0), ""))
+        out.append(msgpack_journal(f"msgpack-rows+zstd3{via}", c3, d3, ""))
     else:
         missing.append("msgpack")
     makers = {"orjson": orjson_journal, "msgpack": msgpack_journal}
     for fmt, d in dicts.items():
-        if isinstance(d, str):
+        if isinstance(d, str) or zstandard is None:
             missing.append(f"{fmt} dictionary: {d}")
             continue
         zc = zstandard.ZstdCompressor(level=3, dict_data=d)
         zd = zstandard.ZstdDecompressor(dict_data=d)
         note = f"{len(d.as_bytes()) // 1024} KB dictionary"
         out.append(makers[fmt](f"{fmt}-rows+zstd3+dict", zc.compress, zd.decompress, note))
-    out.append(columnar_journal("grouped-columnar+zstd3", c3, lambda b: d3(b, 0)))
+    out.append(columnar_journal(f"grouped-columnar+zstd3{via}", c3, d3))
     return out, missing

@@ -19,6 +19,7 @@ __all__ = [
     "Decompress",
     "backports_zstd",
     "backports_zstd_funcs",
+    "frame_zstd",
     "msgpack",
     "numcodecs",
     "pcodec",
@@ -99,3 +100,39 @@ def pyarrow_zstd(level: int) -> tuple[Compress, Decompress]:
         return out
 
     return compress, decompress
+
+
+def frame_zstd(level: int) -> tuple[str, Compress, Compress]:
+    """Whichever zstd is installed, as a pair that needs no size to decompress (pyarrow's
+    gets the size as a varint in front): for blobs whose decompressed size is unknown."""
+    if zstandard is not None:
+        c, d = zstd_funcs(level)
+        return "", c, lambda b: d(b, 0)
+    if backports_zstd is not None:
+        c, d = backports_zstd_funcs(level)
+        return "(backports.zstd)", c, lambda b: d(b, 0)
+    pc, pd = pyarrow_zstd(level)
+
+    def compress(b: bytes) -> bytes:
+        return _varint(len(b)) + pc(b)
+
+    def decompress(b: bytes) -> bytes:
+        size = shift = pos = 0
+        while True:
+            byte = b[pos]
+            pos += 1
+            size |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                return pd(b[pos:], size)
+
+    return "(pyarrow)", compress, decompress
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
