@@ -22,9 +22,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .capacity import US_EAST_1_USD_PER_MILLION_WRU
-from .errors import BenchError
-from .scenarios import QUICK_SCENARIOS, SCENARIOS, get_scenario
+from bench.capacity import US_EAST_1_USD_PER_MILLION_WRU
+from bench.errors import BenchError
+from bench.scenarios import QUICK_SCENARIOS, SCENARIOS, get_scenario
 
 __all__ = ["add_commands", "cmd_bench"]
 
@@ -106,7 +106,7 @@ def _all_phases(result: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 async def _run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
-    from .loadrun import LoadSpec, run_bench
+    from bench.loadrun import LoadSpec, run_bench
 
     common: dict[str, Any] = {
         "workers": args.workers,
@@ -184,7 +184,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for e in leaves:
             print(f"iot-ingest bench: {e}", file=sys.stderr)
         return 2
-    from .report import figure_table, write_outputs
+    from bench.report import figure_table, write_outputs
 
     paths = write_outputs(result, out_dir, command, plots=not args.no_plots)
     for name, doc in (result.get("scenarios") or {result["scenario"]: result}).items():

@@ -41,16 +41,15 @@ from typing import Any, Literal
 import aiohttp
 import orjson
 
+from bench import procstat
+from bench.capacity import US_EAST_1_USD_PER_MILLION_WRU, cost_per_million_readings_usd
+from bench.errors import BenchError
+from bench.histogram import percentile_from_sparse
+from bench.processes import ManagedProcess, get_json, get_text, parse_prometheus
+from bench.scenarios import Scenario
+from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
 from ingest.layout import TableLayout
 from ingest.table import create_table_request
-
-from . import procstat
-from .capacity import US_EAST_1_USD_PER_MILLION_WRU, cost_per_million_readings_usd
-from .errors import BenchError
-from .histogram import percentile_from_sparse
-from .processes import ManagedProcess, get_json, get_text, parse_prometheus
-from .scenarios import Scenario
-from .servers import DynaliteServer, MosquittoServer, MotoServer, free_port
 
 __all__ = ["LoadSpec", "Pipeline", "Target", "run_bench", "run_phase"]
 

@@ -21,7 +21,7 @@ from typing import Any, Self
 import aiohttp
 import orjson
 
-from .errors import BenchError
+from bench.errors import BenchError
 
 __all__ = ["ManagedProcess", "get_json", "get_text", "parse_prometheus"]
 

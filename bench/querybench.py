@@ -29,6 +29,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.servers import DynaliteServer, MotoServer
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteRetriable
 from ingest.layout import Reading, TableLayout
@@ -37,8 +38,6 @@ from ingest.writer import Backoff
 from queries.app import create_app
 from queries.server import ApiServer
 from queries.settings import ServeSettings
-
-from .servers import DynaliteServer, MotoServer
 
 __all__ = ["main", "run_query_bench"]
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import orjson
 
-from .scenarios import SCENARIOS
+from bench.scenarios import SCENARIOS
 
 __all__ = ["ROWS", "figure_table", "format_value", "main", "summary_table", "write_outputs"]
 

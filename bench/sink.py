@@ -57,8 +57,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
-from .capacity import item_size_bytes, write_units
-from .histogram import MsHistogram
+from bench.capacity import item_size_bytes, write_units
+from bench.histogram import MsHistogram
 
 __all__ = ["Sink", "main", "make_app"]
 

@@ -6,10 +6,10 @@ decode) using ``codec`` and ``layout`` → ``batcher`` → ``writer`` (via
 for the per-sensor summary; ``service`` wires them; ``cli`` is the entry.
 """
 
-from .config import Config, load_config
-from .errors import ConfigError, IngestError
-from .layout import Reading, TableLayout
-from .service import IngestService
+from ingest.config import Config, load_config
+from ingest.errors import ConfigError, IngestError
+from ingest.layout import Reading, TableLayout
+from ingest.service import IngestService
 
 __version__ = "0.1.0"
 

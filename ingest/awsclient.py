@@ -7,7 +7,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
-from .lifecycle import StartClose
+from ingest.lifecycle import StartClose
 
 __all__ = ["BotocoreClient"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import time
 
-from .acks import Pending
-from .layout import Item
+from ingest.acks import Pending
+from ingest.layout import Item
 
 __all__ = ["MAX_BATCH_ITEMS", "Batch", "Batcher"]
 

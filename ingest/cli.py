@@ -16,9 +16,9 @@ from typing import Any
 
 import orjson
 
-from . import __version__
-from .config import Config, load_config, reference_markdown
-from .errors import ConfigError, IngestError
+from ingest import __version__
+from ingest.config import Config, load_config, reference_markdown
+from ingest.errors import ConfigError, IngestError
 
 __all__ = ["main"]
 
@@ -167,9 +167,9 @@ to stop their embedded servers, before they are cancelled (see :mod:`ingest.life
 
 
 async def _run(cfg: Config, stop: asyncio.Event) -> int:
-    from .embedded import EmbeddedBroker, EmbeddedDynamo
-    from .lifecycle import StopRequested, unless_stopped
-    from .service import IngestService
+    from ingest.embedded import EmbeddedBroker, EmbeddedDynamo
+    from ingest.lifecycle import StopRequested, unless_stopped
+    from ingest.service import IngestService
 
     async with contextlib.AsyncExitStack() as stack:
         mqtt_url = cfg.mqtt_url
@@ -210,7 +210,7 @@ async def _run(cfg: Config, stop: asyncio.Event) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from .lifecycle import run_until_signalled
+    from ingest.lifecycle import run_until_signalled
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -227,8 +227,8 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from .demo import DemoOptions, run_demo
-    from .lifecycle import run_until_signalled
+    from ingest.demo import DemoOptions, run_demo
+    from ingest.lifecycle import run_until_signalled
 
     setup_logging(args.log_level)
     opts = DemoOptions(
@@ -254,7 +254,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _region(value: str) -> str:
-    from .table import REGION_PATTERN
+    from ingest.table import REGION_PATTERN
 
     if not REGION_PATTERN.fullmatch(value):
         raise argparse.ArgumentTypeError(
@@ -264,7 +264,7 @@ def _region(value: str) -> str:
 
 
 def _backup_name(value: str) -> str:
-    from .table import BACKUP_NAME_PATTERN
+    from ingest.table import BACKUP_NAME_PATTERN
 
     if not BACKUP_NAME_PATTERN.fullmatch(value):
         raise argparse.ArgumentTypeError(
@@ -274,7 +274,7 @@ def _backup_name(value: str) -> str:
 
 
 def _feature_lines(features: dict[str, Any], args: argparse.Namespace) -> list[str]:
-    from .table import TABLE_CLASSES
+    from ingest.table import TABLE_CLASSES
 
     lines = []
     if args.pitr:
@@ -299,7 +299,7 @@ def _feature_lines(features: dict[str, Any], args: argparse.Namespace) -> list[s
 
 
 def cmd_table_create(args: argparse.Namespace) -> int:
-    from .table import TABLE_CLASSES, TableFeatures
+    from ingest.table import TABLE_CLASSES, TableFeatures
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -316,9 +316,9 @@ def cmd_table_create(args: argparse.Namespace) -> int:
     )
 
     async def go() -> int:
-        from .dynamo import DynamoClient
-        from .service import layout_from_config
-        from .table import create_table, describe_features
+        from ingest.dynamo import DynamoClient
+        from ingest.service import layout_from_config
+        from ingest.table import create_table, describe_features
 
         async with DynamoClient.from_config(cfg) as client:
             created = await create_table(client, layout_from_config(cfg), features=features)
@@ -337,8 +337,8 @@ def cmd_table_backup_create(args: argparse.Namespace) -> int:
     cfg = table_config(args)
 
     async def go() -> int:
-        from .dynamo import DynamoClient
-        from .table import create_backup, default_backup_name
+        from ingest.dynamo import DynamoClient
+        from ingest.table import create_backup, default_backup_name
 
         async with DynamoClient.from_config(cfg) as client:
             backup = await create_backup(client, args.name or default_backup_name(cfg.table))
@@ -355,8 +355,8 @@ def cmd_table_backup_list(args: argparse.Namespace) -> int:
     cfg = table_config(args)
 
     async def go() -> int:
-        from .dynamo import DynamoClient
-        from .table import list_backups
+        from ingest.dynamo import DynamoClient
+        from ingest.table import list_backups
 
         async with DynamoClient.from_config(cfg) as client:
             backups = await list_backups(client)
@@ -402,7 +402,7 @@ def cmd_config_reference(_: argparse.Namespace) -> int:
 
 
 def cmd_deadletters_list(args: argparse.Namespace) -> int:
-    from .deadletters import TornLine, iter_dead_letters
+    from ingest.deadletters import TornLine, iter_dead_letters
 
     cfg = config_from_args(args)
     n = 0
@@ -428,7 +428,7 @@ def cmd_deadletters_list(args: argparse.Namespace) -> int:
 
 
 def cmd_deadletters_replay(args: argparse.Namespace) -> int:
-    from .replay import ReplayReport, replay
+    from ingest.replay import ReplayReport, replay
 
     cfg = config_from_args(args)
     setup_logging(cfg.log_level, cfg.log_format)
@@ -436,7 +436,7 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
         raise ConfigError("deadletters replay needs --mqtt-url: the broker to re-publish to")
 
     async def go() -> int:
-        from .service import mqtt_settings
+        from ingest.service import mqtt_settings
 
         settings = mqtt_settings(cfg, cfg.mqtt_url or "mqtt://127.0.0.1:1883")
         report = ReplayReport()

@@ -56,7 +56,7 @@ from typing import Any, Literal
 
 import orjson
 
-from .layout import SENSOR_ID_PATTERN, Reading
+from ingest.layout import SENSOR_ID_PATTERN, Reading
 
 __all__ = [
     "SENSOR_ID_RULES",

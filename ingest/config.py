@@ -21,7 +21,7 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import ConfigError
+from ingest.errors import ConfigError
 
 __all__ = ["ENV_PREFIX", "SECRET_KEYS", "Config", "load_config", "reference_markdown"]
 

@@ -66,9 +66,9 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from .acks import AckTracker, Pending
-from .layout import Item, TableLayout
-from .metrics import Metrics
+from ingest.acks import AckTracker, Pending
+from ingest.layout import Item, TableLayout
+from ingest.metrics import Metrics
 
 __all__ = [
     "ACTIVE_NAME",

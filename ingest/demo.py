@@ -37,17 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
-from .config import Config
-from .embedded import EmbeddedBroker, EmbeddedDynamo
-from .lifecycle import StopRequested, unless_stopped
-from .service import IngestService
+from ingest.config import Config
+from ingest.embedded import EmbeddedBroker, EmbeddedDynamo
+from ingest.lifecycle import StopRequested, unless_stopped
+from ingest.service import IngestService
 
 if TYPE_CHECKING:
+    from ingest.archive import Archiver
+    from ingest.archive.metrics import ArchiveMetrics
+    from ingest.layout import TableLayout
     from simulator.run import SimulationConfig
-
-    from .archive import Archiver
-    from .archive.metrics import ArchiveMetrics
-    from .layout import TableLayout
 
 __all__ = ["DemoInfo", "DemoOptions", "run_demo"]
 
@@ -166,14 +165,13 @@ async def _run(
     stack: contextlib.AsyncExitStack,
 ) -> None:
     """The demo; raises :class:`StopRequested` when ``stop`` comes before it is ready."""
+    from ingest.archive.metrics import ArchiveMetrics
+    from ingest.archive.planner import validate_horizon
+    from ingest.service import layout_from_config
     from queries.app import create_app
     from queries.server import ApiServer
     from queries.settings import ServeSettings
     from simulator.run import run_simulation
-
-    from .archive.metrics import ArchiveMetrics
-    from .archive.planner import validate_horizon
-    from .service import layout_from_config
 
     history_ms = round(opts.history_minutes * 60_000)
     mqtt_url, protocol = opts.mqtt_url, opts.mqtt_protocol
@@ -315,9 +313,9 @@ async def _open_archive(
     metrics: ArchiveMetrics,
 ) -> tuple[Archiver, str]:
     """The archive bucket (created on the embedded S3), the archiver, its metrics URL."""
-    from .archive import Archiver, ArchiveSettings, S3Store
-    from .archive.metrics import serve_metrics
-    from .dynamo import DynamoClient
+    from ingest.archive import Archiver, ArchiveSettings, S3Store
+    from ingest.archive.metrics import serve_metrics
+    from ingest.dynamo import DynamoClient
 
     endpoint = cfg.dynamodb_endpoint  # moto serves S3 on the same port
     client = await stack.enter_async_context(DynamoClient.from_config(cfg))

@@ -47,12 +47,12 @@ from botocore.exceptions import (
     UnknownCredentialError,
 )
 
-from .awsclient import BotocoreClient
-from .errors import WriteError, WriteRejected, WriteRetriable
-from .layout import Item
+from ingest.awsclient import BotocoreClient
+from ingest.errors import WriteError, WriteRejected, WriteRetriable
+from ingest.layout import Item
 
 if TYPE_CHECKING:
-    from .config import Config
+    from ingest.config import Config
 
 __all__ = [
     "TRANSIENT_CAUSES",

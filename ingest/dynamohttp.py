@@ -27,11 +27,11 @@ from urllib.parse import urlsplit
 import orjson
 from aiobotocore.session import get_session
 
-from .dynamo import error_answer, json_object, unprocessed_puts
-from .errors import WriteRetriable
-from .httpconn import HttpPool
-from .layout import Item
-from .sigv4 import Credentials, SigV4Signer
+from ingest.dynamo import error_answer, json_object, unprocessed_puts
+from ingest.errors import WriteRetriable
+from ingest.httpconn import HttpPool
+from ingest.layout import Item
+from ingest.sigv4 import Credentials, SigV4Signer
 
 __all__ = ["LeanDynamoClient"]
 

@@ -734,7 +734,7 @@ class EmbeddedBroker(StartClose):
         from amqtt.broker import Broker
         from amqtt.errors import BrokerError
 
-        from ._amqtt import broker_config
+        from ingest._amqtt import broker_config
 
         attempts = 1 if self._port is not None else _START_ATTEMPTS
         for attempt in range(1, attempts + 1):

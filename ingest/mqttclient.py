@@ -35,8 +35,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar, cast
 
-from . import mqttproto as mp
-from .errors import IngestError
+from ingest import mqttproto as mp
+from ingest.errors import IngestError
 
 __all__ = ["Message", "MqttConnectError", "MqttConnection", "MqttError", "MqttSettings"]
 

@@ -20,14 +20,14 @@ import time
 from collections import deque
 from collections.abc import Callable
 
-from .acks import AckTracker
-from .batcher import Batch, Batcher
-from .codec import PayloadDecoder, Rejection
-from .deadletters import DeadLetter, DeadLetterSpool
-from .layout import TableLayout
-from .metrics import Metrics
-from .mqttclient import Message
-from .registry import SensorRegistry
+from ingest.acks import AckTracker
+from ingest.batcher import Batch, Batcher
+from ingest.codec import PayloadDecoder, Rejection
+from ingest.deadletters import DeadLetter, DeadLetterSpool
+from ingest.layout import TableLayout
+from ingest.metrics import Metrics
+from ingest.mqttclient import Message
+from ingest.registry import SensorRegistry
 
 __all__ = ["DecodeStage", "Inbox"]
 

@@ -22,11 +22,11 @@ import functools
 import logging
 import time
 
-from .acks import AckTracker
-from .metrics import Metrics
-from .mqttclient import Message, MqttConnection, MqttError, MqttSettings
-from .pipeline import Inbox
-from .writer import Backoff
+from ingest.acks import AckTracker
+from ingest.metrics import Metrics
+from ingest.mqttclient import Message, MqttConnection, MqttError, MqttSettings
+from ingest.pipeline import Inbox
+from ingest.writer import Backoff
 
 __all__ = ["Receiver"]
 

@@ -81,11 +81,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .acks import AckTracker, Pending
-from .dynamo import DynamoClient
-from .dynamohttp import LeanDynamoClient
-from .errors import WriteError
-from .layout import (
+from ingest.acks import AckTracker, Pending
+from ingest.dynamo import DynamoClient
+from ingest.dynamohttp import LeanDynamoClient
+from ingest.errors import WriteError
+from ingest.layout import (
     ArchivePolicy,
     Reading,
     format_number,
@@ -94,8 +94,8 @@ from .layout import (
     registry_key,
     registry_partition_keys,
 )
-from .metrics import Metrics
-from .table import read_archive_policy
+from ingest.metrics import Metrics
+from ingest.table import read_archive_policy
 
 __all__ = [
     "LateMark",

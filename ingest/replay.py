@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Literal
 
-from .deadletters import (
+from ingest.deadletters import (
     ACTIVE_NAME,
     DeadLetter,
     TornLine,
@@ -60,8 +60,8 @@ from .deadletters import (
     spool_files,
     spool_lock,
 )
-from .errors import DeadLetterError
-from .mqttclient import MqttConnection, MqttSettings
+from ingest.errors import DeadLetterError
+from ingest.mqttclient import MqttConnection, MqttSettings
 
 __all__ = ["PROGRESS_FSYNC_EVERY", "ReplayReport", "replay"]
 

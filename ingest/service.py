@@ -27,24 +27,24 @@ from pathlib import Path
 from typing import TypeVar
 from urllib.parse import urlsplit
 
-from . import mqttproto
-from .acks import AckTracker
-from .batcher import Batch, Batcher
-from .codec import Limits, PayloadDecoder
-from .config import Config
-from .deadletters import DeadLetter, DeadLetterSpool
-from .dynamo import DynamoClient, is_transient
-from .dynamohttp import LeanDynamoClient
-from .errors import DynamoUnreachable, WriteError
-from .gctune import tuned_gc
-from .layout import TableLayout
-from .metrics import HealthServer, Metrics
-from .mqttclient import MqttSettings
-from .pipeline import DecodeStage, Inbox
-from .receiver import Receiver
-from .registry import SensorRegistry, known_sensors
-from .table import create_table, ensure_layout
-from .writer import Backoff, Writer
+from ingest import mqttproto
+from ingest.acks import AckTracker
+from ingest.batcher import Batch, Batcher
+from ingest.codec import Limits, PayloadDecoder
+from ingest.config import Config
+from ingest.deadletters import DeadLetter, DeadLetterSpool
+from ingest.dynamo import DynamoClient, is_transient
+from ingest.dynamohttp import LeanDynamoClient
+from ingest.errors import DynamoUnreachable, WriteError
+from ingest.gctune import tuned_gc
+from ingest.layout import TableLayout
+from ingest.metrics import HealthServer, Metrics
+from ingest.mqttclient import MqttSettings
+from ingest.pipeline import DecodeStage, Inbox
+from ingest.receiver import Receiver
+from ingest.registry import SensorRegistry, known_sensors
+from ingest.table import create_table, ensure_layout
+from ingest.writer import Backoff, Writer
 
 __all__ = ["PACKET_HEADROOM_BYTES", "IngestService", "layout_from_config", "mqtt_settings"]
 

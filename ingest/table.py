@@ -35,10 +35,10 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from .dynamo import DynamoClient, is_transient
-from .dynamohttp import LeanDynamoClient
-from .errors import TableError, WriteError
-from .layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
+from ingest.dynamo import DynamoClient, is_transient
+from ingest.dynamohttp import LeanDynamoClient
+from ingest.errors import TableError, WriteError
+from ingest.layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
 __all__ = [
     "BACKUP_NAME_PATTERN",

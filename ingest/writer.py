@@ -29,13 +29,13 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from .acks import AckTracker, Pending
-from .batcher import Batch
-from .deadletters import DeadLetterSpool
-from .dynamo import BatchSink
-from .errors import WriteError, WriteRetriable
-from .layout import Item
-from .metrics import Metrics
+from ingest.acks import AckTracker, Pending
+from ingest.batcher import Batch
+from ingest.deadletters import DeadLetterSpool
+from ingest.dynamo import BatchSink
+from ingest.errors import WriteError, WriteRetriable
+from ingest.layout import Item
+from ingest.metrics import Metrics
 
 __all__ = ["Backoff", "Writer"]
 

@@ -4,14 +4,14 @@
 in their own loop with :class:`ApiServer`. See ``docs/api.md``.
 """
 
-from .app import create_app
-from .errors import BadParameter, NotFound, QueryError, ReadFailed, ReadUnavailable
-from .pages import Page, read_page
-from .reader import ReadStats, TableReader, query_partition, read_range
-from .sampler import read_series
-from .series import SeriesAccumulator, WindowGrid, choose_step
-from .server import ApiServer
-from .settings import ServeSettings
+from queries.app import create_app
+from queries.errors import BadParameter, NotFound, QueryError, ReadFailed, ReadUnavailable
+from queries.pages import Page, read_page
+from queries.reader import ReadStats, TableReader, query_partition, read_range
+from queries.sampler import read_series
+from queries.series import SeriesAccumulator, WindowGrid, choose_step
+from queries.server import ApiServer
+from queries.settings import ServeSettings
 
 __all__ = [
     "ApiServer",

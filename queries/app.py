@@ -36,17 +36,16 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingest.archive.store import S3Store
 from ingest.dynamo import DynamoClient
-
-from . import grafana, routes
-from .auth import AccessControl
-from .cursor import CursorCodec
-from .errors import QueryError, ReadUnavailable
-from .metricnames import MetricNames
-from .openapi import openapi_document
-from .ratelimit import RateLimiter
-from .reader import ReadStats, TableReader
-from .responses import JSONResponse
-from .settings import ServeSettings
+from queries import grafana, routes
+from queries.auth import AccessControl
+from queries.cursor import CursorCodec
+from queries.errors import QueryError, ReadUnavailable
+from queries.metricnames import MetricNames
+from queries.openapi import openapi_document
+from queries.ratelimit import RateLimiter
+from queries.reader import ReadStats, TableReader
+from queries.responses import JSONResponse
+from queries.settings import ServeSettings
 
 __all__ = ["CONTENT_SECURITY_POLICY", "STATIC_DIR", "SecurityHeaders", "create_app"]
 

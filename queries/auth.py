@@ -22,9 +22,9 @@ import math
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from .apikeys import ANONYMOUS, AuthSettings
-from .ratelimit import RateLimiter
-from .responses import JSONResponse
+from queries.apikeys import ANONYMOUS, AuthSettings
+from queries.ratelimit import RateLimiter
+from queries.responses import JSONResponse
 
 __all__ = ["PUBLIC_PATHS", "AccessControl"]
 

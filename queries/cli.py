@@ -24,8 +24,7 @@ from ingest.cli import add_table_flags, table_config
 
 if TYPE_CHECKING:
     from ingest.config import Config
-
-    from .settings import ServeSettings
+    from queries.settings import ServeSettings
 
 __all__ = ["add_commands"]
 
@@ -168,8 +167,7 @@ def _toml_str(text: str) -> str:
 def cmd_apikey_hash(args: argparse.Namespace) -> int:
     """Print a new token (stderr) and its keys-file entry (stdout)."""
     from ingest.errors import ConfigError
-
-    from .apikeys import ApiKey, generate_token, hash_token
+    from queries.apikeys import ApiKey, generate_token, hash_token
 
     token = sys.stdin.readline().strip() if args.stdin else generate_token()
     try:
@@ -207,9 +205,8 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
             cursor key file.
     """
     from ingest.errors import ConfigError
-
-    from .apikeys import KeysFileError, load_keys_file
-    from .ratelimit import RateLimitSettings
+    from queries.apikeys import KeysFileError, load_keys_file
+    from queries.ratelimit import RateLimitSettings
 
     keys_file = args.api_keys
     if keys_file is None and os.environ.get(KEYS_FILE_ENV):
@@ -250,8 +247,7 @@ def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
         ConfigError: the file is unreadable, empty, or holds a key too short.
     """
     from ingest.errors import ConfigError
-
-    from .cursor import CursorKeyError, load_cursor_keys
+    from queries.cursor import CursorKeyError, load_cursor_keys
 
     path = args.cursor_key_file
     if path is None and os.environ.get(CURSOR_KEY_FILE_ENV):
@@ -268,7 +264,7 @@ def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; return the exit status."""
-    from .server import run
+    from queries.server import run
 
     cfg = table_config(args)
     access = _access_settings(args)
@@ -291,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> ServeSettings:
-    from .settings import ServeSettings
+    from queries.settings import ServeSettings
 
     return ServeSettings(
         table=cfg.table,

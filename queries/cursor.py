@@ -48,7 +48,7 @@ from typing import Any
 
 import orjson
 
-from .errors import BadParameter
+from queries.errors import BadParameter
 
 __all__ = [
     "MAX_CURSOR_CHARS",

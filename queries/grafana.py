@@ -29,14 +29,14 @@ import orjson
 from starlette.requests import Request
 from starlette.routing import Route
 
-from .errors import BadParameter
-from .metricnames import MetricNames
-from .params import AGGREGATIONS, Agg, parse_sensor_id, parse_time
-from .reader import ReadStats
-from .responses import Context, JSONResponse, context, json_response
-from .routes import MIN_MAX_POINTS
-from .sampler import read_series
-from .series import WindowGrid, choose_step
+from queries.errors import BadParameter
+from queries.metricnames import MetricNames
+from queries.params import AGGREGATIONS, Agg, parse_sensor_id, parse_time
+from queries.reader import ReadStats
+from queries.responses import Context, JSONResponse, context, json_response
+from queries.routes import MIN_MAX_POINTS
+from queries.sampler import read_series
+from queries.series import WindowGrid, choose_step
 
 __all__ = ["MAX_BODY_BYTES", "MAX_METRIC_NAMES", "routes"]
 

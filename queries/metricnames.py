@@ -30,9 +30,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.layout import registry_partition_keys
-
-from .apikeys import Principal
-from .reader import ReadStats, TableReader
+from queries.apikeys import Principal
+from queries.reader import ReadStats, TableReader
 
 __all__ = ["MAX_CACHED_NAMES", "MAX_CACHED_SENSORS", "NAMES_TTL_S", "MetricNames"]
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from .auth import PUBLIC_PATHS
-from .params import AGGREGATIONS, FIELDS_FORM, SENSOR_FORM, STEP_FORM, TIME_FORM
-from .settings import ServeSettings
+from queries.auth import PUBLIC_PATHS
+from queries.params import AGGREGATIONS, FIELDS_FORM, SENSOR_FORM, STEP_FORM, TIME_FORM
+from queries.settings import ServeSettings
 
 __all__ = ["openapi_document"]
 

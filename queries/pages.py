@@ -33,9 +33,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.layout import Item
-
-from .reader import ReadStats, TableReader, is_live, partition_query
-from .tiers import HOT, Tier, markers, read_bucket
+from queries.reader import ReadStats, TableReader, is_live, partition_query
+from queries.tiers import HOT, Tier, markers, read_bucket
 
 __all__ = ["MAX_PAGE_ITEMS", "Page", "PartitionStream", "read_page"]
 

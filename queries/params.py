@@ -12,8 +12,7 @@ from datetime import datetime
 from typing import Literal, get_args
 
 from ingest.layout import SENSOR_ID_PATTERN
-
-from .errors import BadParameter
+from queries.errors import BadParameter
 
 __all__ = [
     "AGGREGATIONS",

@@ -41,8 +41,7 @@ from ingest.dynamo import DynamoClient
 from ingest.errors import TableError, WriteError
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
 from ingest.table import read_layout
-
-from .errors import TooManyCalls, wrap_read_error
+from queries.errors import TooManyCalls, wrap_read_error
 
 if TYPE_CHECKING:
     from ingest.archive.store import S3Store

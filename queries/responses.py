@@ -9,11 +9,11 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .apikeys import ANONYMOUS, Principal
-from .cursor import CursorCodec
-from .errors import NotFound
-from .reader import ReadStats, TableReader, default_calls_per_sensor
-from .settings import ServeSettings
+from queries.apikeys import ANONYMOUS, Principal
+from queries.cursor import CursorCodec
+from queries.errors import NotFound
+from queries.reader import ReadStats, TableReader, default_calls_per_sensor
+from queries.settings import ServeSettings
 
 __all__ = ["Context", "JSONResponse", "context", "json_response"]
 

@@ -16,11 +16,10 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 from ingest.layout import REGISTRY_PARTITIONS
-
-from .cursor import fingerprint
-from .errors import BadParameter, NotFound
-from .pages import read_page
-from .params import (
+from queries.cursor import fingerprint
+from queries.errors import BadParameter, NotFound
+from queries.pages import read_page
+from queries.params import (
     Agg,
     format_duration,
     parse_aggs,
@@ -32,12 +31,12 @@ from .params import (
     parse_sensors,
     parse_step,
 )
-from .reader import reading_json
-from .responses import Context, JSONResponse, context, json_response
-from .sampler import SensorSeries, read_series
-from .sensors import get_sensor, latest_reading, list_sensors, sensor_json
-from .series import WindowGrid, choose_step
-from .tiers import tiers_json
+from queries.reader import reading_json
+from queries.responses import Context, JSONResponse, context, json_response
+from queries.sampler import SensorSeries, read_series
+from queries.sensors import get_sensor, latest_reading, list_sensors, sensor_json
+from queries.series import WindowGrid, choose_step
+from queries.tiers import tiers_json
 
 __all__ = ["DEFAULT_SPAN_MS", "MIN_MAX_POINTS", "routes", "series_grid"]
 

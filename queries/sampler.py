@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ingest.layout import Item
-
-from .pages import MAX_PAGE_ITEMS
-from .params import Agg
-from .reader import ReadStats, TableReader, is_live, partition_query
-from .series import SeriesAccumulator, WindowGrid
-from .tiers import HOT, Tier, markers, read_bucket
+from queries.pages import MAX_PAGE_ITEMS
+from queries.params import Agg
+from queries.reader import ReadStats, TableReader, is_live, partition_query
+from queries.series import SeriesAccumulator, WindowGrid
+from queries.tiers import HOT, Tier, markers, read_bucket
 
 __all__ = ["MAX_METRICS", "SensorSeries", "read_series"]
 

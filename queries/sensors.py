@@ -22,9 +22,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.layout import Item, registry_key, registry_partition_keys
-
-from .pages import PartitionStream, read_page
-from .reader import ReadStats, TableReader, reading_json
+from queries.pages import PartitionStream, read_page
+from queries.reader import ReadStats, TableReader, reading_json
 
 __all__ = [
     "MAX_SCANNED_PER_PAGE",

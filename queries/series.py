@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .params import Agg
+from queries.params import Agg
 
 __all__ = ["STEP_LADDER_MS", "SeriesAccumulator", "WindowGrid", "choose_step"]
 

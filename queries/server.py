@@ -22,9 +22,9 @@ from typing import Self
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .app import create_app, open_cold_tier, table_client
-from .reader import TableReader
-from .settings import ServeSettings
+from queries.app import create_app, open_cold_tier, table_client
+from queries.reader import TableReader
+from queries.settings import ServeSettings
 
 __all__ = ["ApiServer", "run", "serve_forever"]
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-from .apikeys import AuthSettings
-from .cursor import MIN_KEY_BYTES
-from .ratelimit import RateLimitSettings
+from queries.apikeys import AuthSettings
+from queries.cursor import MIN_KEY_BYTES
+from queries.ratelimit import RateLimitSettings
 
 __all__ = ["ServeSettings"]
 

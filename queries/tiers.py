@@ -40,9 +40,8 @@ from ingest.archive.errors import ArchiveError, single_archive_error
 from ingest.archive.manifest import Manifest
 from ingest.archive.reader import archive_markers, hot_is_complete, read_cold
 from ingest.layout import Item, Reading, format_number
-
-from .errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
-from .reader import ReadStats, TableReader, is_live, partition_query
+from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
+from queries.reader import ReadStats, TableReader, is_live, partition_query
 
 if TYPE_CHECKING:
     from ingest.dynamo import DynamoClient

@@ -18,15 +18,21 @@ Modules, by role::
 
 from __future__ import annotations
 
-from .errors import BrokerRefused, ManifestError, PublishError, SimConfigError, SimulatorError
-from .faults import FaultConfig
-from .fleet import DeviceGroup, Fleet, load_fleet_file
-from .generator import Outgoing, TrafficGenerator, TrafficOptions
-from .manifest import Manifest, load_manifest, reading_digest, save_manifest
-from .publisher import MemoryPublisher, MqttPublisher, Publisher, PublishStats
-from .run import Progress, RunSummary, SimulationConfig, run_simulation
-from .schedule import RateProfile, Spike
-from .verify import VerifyError, VerifyReport, verify_table
+from simulator.errors import (
+    BrokerRefused,
+    ManifestError,
+    PublishError,
+    SimConfigError,
+    SimulatorError,
+)
+from simulator.faults import FaultConfig
+from simulator.fleet import DeviceGroup, Fleet, load_fleet_file
+from simulator.generator import Outgoing, TrafficGenerator, TrafficOptions
+from simulator.manifest import Manifest, load_manifest, reading_digest, save_manifest
+from simulator.publisher import MemoryPublisher, MqttPublisher, Publisher, PublishStats
+from simulator.run import Progress, RunSummary, SimulationConfig, run_simulation
+from simulator.schedule import RateProfile, Spike
+from simulator.verify import VerifyError, VerifyReport, verify_table
 
 __all__ = [
     "BrokerRefused",

@@ -19,14 +19,14 @@ from typing import Any
 import orjson
 from rich.console import Console
 
-from .errors import SimulatorError
-from .faults import FaultConfig
-from .fleet import Fleet, load_fleet_file
-from .generator import TrafficOptions
-from .manifest import load_manifest
-from .run import PROTOCOL_VERSIONS, Progress, RunSummary, SimulationConfig, run_simulation
-from .schedule import RateProfile, Spike
-from .signals import kind_names
+from simulator.errors import SimulatorError
+from simulator.faults import FaultConfig
+from simulator.fleet import Fleet, load_fleet_file
+from simulator.generator import TrafficOptions
+from simulator.manifest import load_manifest
+from simulator.run import PROTOCOL_VERSIONS, Progress, RunSummary, SimulationConfig, run_simulation
+from simulator.schedule import RateProfile, Spike
+from simulator.signals import kind_names
 
 __all__ = ["add_commands", "main"]
 
@@ -294,7 +294,7 @@ def config_from_args(args: argparse.Namespace) -> SimulationConfig:
 
 
 async def _simulate(config: SimulationConfig, args: argparse.Namespace) -> RunSummary:
-    from .progress import LiveProgress
+    from simulator.progress import LiveProgress
 
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -377,7 +377,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
         )
     elif not args.quiet:
-        from .progress import print_summary
+        from simulator.progress import print_summary
 
         print_summary(summary, Console(stderr=True))
     return EXIT_OK if summary.complete else EXIT_FAIL
@@ -388,7 +388,7 @@ def simulate_command(args: argparse.Namespace) -> int:
 
 def verify_command(args: argparse.Namespace) -> int:
     """``iot-ingest verify``: exit 0 when the table holds exactly the valid readings, else 1."""
-    from .verify import format_report, verify_table
+    from simulator.verify import format_report, verify_table
 
     try:
         manifest = load_manifest(args.manifest)

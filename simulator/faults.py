@@ -37,7 +37,7 @@ from enum import IntEnum
 import numpy as np
 import numpy.typing as npt
 
-from .errors import SimConfigError
+from simulator.errors import SimConfigError
 
 __all__ = ["Fault", "FaultConfig", "FaultInjector", "MalformedKind"]
 

@@ -32,9 +32,8 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.layout import SENSOR_ID_PATTERN
-
-from .errors import SimConfigError
-from .signals import KINDS
+from simulator.errors import SimConfigError
+from simulator.signals import KINDS
 
 __all__ = ["DeviceGroup", "Fleet", "load_fleet_file"]
 

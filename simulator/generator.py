@@ -25,12 +25,11 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.layout import SENSOR_ID_PATTERN
-
-from .errors import SimConfigError
-from .faults import Fault, FaultConfig, FaultInjector, MalformedKind
-from .fleet import MAX_DEVICE_RATE_PER_S, Fleet
-from .manifest import Manifest, ManifestBuilder
-from .payloads import (
+from simulator.errors import SimConfigError
+from simulator.faults import Fault, FaultConfig, FaultInjector, MalformedKind
+from simulator.fleet import MAX_DEVICE_RATE_PER_S, Fleet
+from simulator.manifest import Manifest, ManifestBuilder
+from simulator.payloads import (
     ReadingDict,
     batch_payload,
     malformed_payload,
@@ -39,8 +38,8 @@ from .payloads import (
     reading_dicts,
     reading_payload,
 )
-from .schedule import RateProfile, TickSchedule
-from .signals import KINDS, SignalModel, kind_names, make_model
+from simulator.schedule import RateProfile, TickSchedule
+from simulator.signals import KINDS, SignalModel, kind_names, make_model
 
 __all__ = ["GATEWAY_ID_SEPARATORS", "Mode", "Outgoing", "TrafficGenerator", "TrafficOptions"]
 

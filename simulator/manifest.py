@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from .errors import ManifestError
+from simulator.errors import ManifestError
 
 __all__ = [
     "MANIFEST_FORMAT",

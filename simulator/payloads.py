@@ -15,7 +15,7 @@ from typing import Any
 
 import orjson
 
-from .faults import MalformedKind
+from simulator.faults import MalformedKind
 
 __all__ = [
     "ReadingDict",

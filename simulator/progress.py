@@ -9,7 +9,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from .run import Progress, RunSummary
+from simulator.run import Progress, RunSummary
 
 __all__ = ["LiveProgress", "print_summary"]
 

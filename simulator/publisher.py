@@ -31,8 +31,7 @@ from typing import Protocol, Self, cast
 from urllib.parse import unquote, urlsplit
 
 from ingest import mqttproto as mp
-
-from .errors import BrokerRefused, PublishError, SimConfigError
+from simulator.errors import BrokerRefused, PublishError, SimConfigError
 
 __all__ = [
     "BrokerAddress",

@@ -22,12 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest import mqttproto as mp
-
-from .errors import SimConfigError
-from .fleet import Fleet
-from .generator import Outgoing, TrafficGenerator, TrafficOptions
-from .manifest import Manifest, save_manifest
-from .publisher import MqttPublisher, Publisher, parse_mqtt_url
+from simulator.errors import SimConfigError
+from simulator.fleet import Fleet
+from simulator.generator import Outgoing, TrafficGenerator, TrafficOptions
+from simulator.manifest import Manifest, save_manifest
+from simulator.publisher import MqttPublisher, Publisher, parse_mqtt_url
 
 __all__ = ["Progress", "RunSummary", "SimulationConfig", "run_simulation"]
 

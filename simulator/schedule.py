@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 import numpy.typing as npt
 
-from .errors import SimConfigError
+from simulator.errors import SimConfigError
 
 __all__ = ["RateProfile", "Spike", "TickSchedule"]
 

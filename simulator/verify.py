@@ -25,9 +25,8 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.layout import LAYOUT_PK, Item, TableLayout, registry_partition_keys
-
-from .errors import SimulatorError
-from .manifest import Manifest, reading_digest
+from simulator.errors import SimulatorError
+from simulator.manifest import Manifest, reading_digest
 
 __all__ = ["SensorDiff", "VerifyError", "VerifyReport", "format_report", "verify_table"]
 

@@ -8,9 +8,8 @@ import pytest
 
 from bench.servers import MosquittoServer
 from ingest.mqttclient import MqttConnection, MqttSettings
-
-from .drain import assert_drained, session_backlog
-from .ingest.harness import publish
+from tests.drain import assert_drained, session_backlog
+from tests.ingest.harness import publish
 
 
 def _settings(server: MosquittoServer, client_id: str) -> MqttSettings:

@@ -57,8 +57,8 @@ reading for windows of 60 / 300 / 3,600 / 86,400 readings (pcodec 7.3 / 4.7 /
 full-precision doubles take 21-26 bytes per reading whatever the codec.
 """
 
-from ._candidates import Candidate, window_candidates
-from ._report import main, render
-from ._runner import run
+from bench.codecbench._candidates import Candidate, window_candidates
+from bench.codecbench._report import main, render
+from bench.codecbench._runner import run
 
 __all__ = ["Candidate", "main", "render", "run", "window_candidates"]

@@ -1,3 +1,3 @@
-from . import main
+from bench.codecbench import main
 
 raise SystemExit(main())

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ._columns import (
+from bench.codecbench._columns import (
     COL,
     HDR,
     MODE_DELTA,
@@ -33,8 +33,8 @@ from ._columns import (
     unnarrow,
     varint,
 )
-from ._data import F64, I64, Window
-from ._libs import (
+from bench.codecbench._data import F64, I64, Window
+from bench.codecbench._libs import (
     Compress,
     Decompress,
     backports_zstd,

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ._data import F64, I64, U64
+from bench.codecbench._data import F64, I64, U64
 
 __all__ = [
     "COL",

@@ -15,9 +15,7 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ingest.layout import Reading
-
-from ._columns import (
+from bench.codecbench._columns import (
     MODE_DELTA,
     ColHead,
     col_decode,
@@ -28,7 +26,8 @@ from ._columns import (
     read_varint,
     varint,
 )
-from ._libs import Compress, frame_zstd, msgpack, zstandard
+from bench.codecbench._libs import Compress, frame_zstd, msgpack, zstandard
+from ingest.layout import Reading
 
 __all__ = [
     "JRow",

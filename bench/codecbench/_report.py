@@ -10,10 +10,9 @@ from typing import Any
 
 import orjson
 
+from bench.codecbench._data import PRECISIONS
+from bench.codecbench._runner import ITEM_OVERHEAD_BYTES, ROLLUP_STEPS, run
 from simulator.signals import KINDS, kind_names
-
-from ._data import PRECISIONS
-from ._runner import ITEM_OVERHEAD_BYTES, ROLLUP_STEPS, run
 
 __all__ = ["main", "render"]
 

@@ -26,12 +26,9 @@ from typing import Any
 import numpy as np
 import orjson
 
-from ingest.layout import Reading
-from simulator.signals import KINDS, kind_names
-
-from ._candidates import Candidate, window_candidates, window_mismatch
-from ._columns import decode_tags, encode_tags, missing_figures
-from ._data import (
+from bench.codecbench._candidates import Candidate, window_candidates, window_mismatch
+from bench.codecbench._columns import decode_tags, encode_tags, missing_figures
+from bench.codecbench._data import (
     DROPOUT_RATE,
     F64,
     JITTER_MS,
@@ -42,7 +39,15 @@ from ._data import (
     journal_readings,
     simulate_devices,
 )
-from ._journal import JournalCodec, canonical, journal_codecs, rows_of, train_dictionaries
+from bench.codecbench._journal import (
+    JournalCodec,
+    canonical,
+    journal_codecs,
+    rows_of,
+    train_dictionaries,
+)
+from ingest.layout import Reading
+from simulator.signals import KINDS, kind_names
 
 __all__ = [
     "FULL",

@@ -10,8 +10,8 @@ storage-class rule), ``metrics`` (Prometheus ``iot_archive_*``), ``cli``. See
 docs/archival.md.
 """
 
-from .archiver import Archiver, ArchiveReport, ArchiveSettings
-from .errors import (
+from ingest.archive.archiver import Archiver, ArchiveReport, ArchiveSettings
+from ingest.archive.errors import (
     ArchiveConfigError,
     ArchiveError,
     ObjectChanged,
@@ -19,11 +19,11 @@ from .errors import (
     StorageError,
     VerifyError,
 )
-from .lifecycle import apply_lifecycle
-from .manifest import MARKER_PREFIX, Manifest
-from .metrics import ArchiveMetrics
-from .reader import archive_markers, archived_buckets, merge_tiers, read_cold
-from .store import S3Store
+from ingest.archive.lifecycle import apply_lifecycle
+from ingest.archive.manifest import MARKER_PREFIX, Manifest
+from ingest.archive.metrics import ArchiveMetrics
+from ingest.archive.reader import archive_markers, archived_buckets, merge_tiers, read_cold
+from ingest.archive.store import S3Store
 
 __all__ = [
     "MARKER_PREFIX",

@@ -56,14 +56,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.layout import ArchivePolicy, Reading, TableLayout
-from ingest.registry import LateMark, clear_late_mark, late_marks, write_late_mark
-from ingest.table import read_archive_policy, write_archive_policy
-
-from .deleter import delete_keys
-from .errors import (
+from ingest.archive.deleter import delete_keys
+from ingest.archive.errors import (
     ArchiveConfigError,
     ArchiveError,
     ObjectChanged,
@@ -71,18 +65,18 @@ from .errors import (
     VerifyError,
     single_archive_error,
 )
-from .exporter import export_bucket
-from .manifest import (
+from ingest.archive.exporter import export_bucket
+from ingest.archive.manifest import (
     Manifest,
     get_marker,
     mark_delete_started,
     mark_deleted,
     put_marker,
 )
-from .metrics import ArchiveMetrics
-from .parquet import content_checksum, encode
-from .paths import data_key, manifest_key
-from .planner import (
+from ingest.archive.metrics import ArchiveMetrics
+from ingest.archive.parquet import content_checksum, encode
+from ingest.archive.paths import data_key, manifest_key
+from ingest.archive.planner import (
     DAY_MS,
     DEFAULT_GRACE_MS,
     BucketTask,
@@ -94,8 +88,13 @@ from .planner import (
     plan_sensor,
     validate_horizon,
 )
-from .store import S3Store, StoredObject
-from .verify import verify_object, verify_self, verify_stored
+from ingest.archive.store import S3Store, StoredObject
+from ingest.archive.verify import verify_object, verify_self, verify_stored
+from ingest.dynamo import DynamoClient
+from ingest.errors import WriteError
+from ingest.layout import ArchivePolicy, Reading, TableLayout
+from ingest.registry import LateMark, clear_late_mark, late_marks, write_late_mark
+from ingest.table import read_archive_policy, write_archive_policy
 
 __all__ = ["DEFAULT_SETTLE_MS", "ArchiveReport", "ArchiveSettings", "Archiver"]
 

@@ -191,7 +191,7 @@ def _dynamo(cfg: Any) -> Any:
 
 
 def _check_loop_flags(args: argparse.Namespace) -> None:
-    from .errors import ArchiveConfigError
+    from ingest.archive.errors import ArchiveConfigError
 
     if not args.s3_bucket:
         raise ArchiveConfigError("--s3-bucket is required: the S3 bucket of the archive")
@@ -208,9 +208,8 @@ async def _run_loop(
     loop: Callable[[asyncio.Event], Awaitable[None]],
 ) -> None:
     """Run ``loop(stop)`` until SIGINT/SIGTERM, with the metrics server when asked."""
+    from ingest.archive.metrics import serve_metrics
     from ingest.cli import install_stop_signals
-
-    from .metrics import serve_metrics
 
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -228,7 +227,7 @@ async def _run_loop(
 
 
 def _store(args: argparse.Namespace, cfg: Any) -> Any:
-    from .store import S3Store
+    from ingest.archive.store import S3Store
 
     return S3Store(
         bucket=args.s3_bucket,
@@ -242,11 +241,10 @@ def _store(args: argparse.Namespace, cfg: Any) -> Any:
 
 def cmd_archive(args: argparse.Namespace) -> int:
     """One archive pass (exit 1 if a bucket failed), or the loop with ``--every``."""
+    from ingest.archive.archiver import Archiver, ArchiveSettings
+    from ingest.archive.metrics import ArchiveMetrics
     from ingest.cli import run_async
     from queries.reader import TableReader
-
-    from .archiver import Archiver, ArchiveSettings
-    from .metrics import ArchiveMetrics
 
     _check_loop_flags(args)
     cfg = _config(args)
@@ -291,11 +289,10 @@ def cmd_archive(args: argparse.Namespace) -> int:
 
 def cmd_streams(args: argparse.Namespace) -> int:
     """One poll of the table's stream (prints the readings archived), or the loop with --every."""
+    from ingest.archive.metrics import ArchiveMetrics
+    from ingest.archive.streams import StreamArchiver, StreamsClient, find_stream_arn
     from ingest.cli import run_async
     from queries.reader import TableReader
-
-    from .metrics import ArchiveMetrics
-    from .streams import StreamArchiver, StreamsClient, find_stream_arn
 
     _check_loop_flags(args)
     cfg = _config(args)
@@ -336,9 +333,8 @@ def cmd_streams(args: argparse.Namespace) -> int:
 
 def cmd_lifecycle(args: argparse.Namespace) -> int:
     """Put the lifecycle rule; print the bucket's rules."""
+    from ingest.archive.lifecycle import apply_lifecycle
     from ingest.cli import run_async
-
-    from .lifecycle import apply_lifecycle
 
     cfg = _config(args)
 

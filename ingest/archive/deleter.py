@@ -13,11 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
+from ingest.archive.errors import SourceError, single_archive_error
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.writer import Backoff
-
-from .errors import SourceError, single_archive_error
 
 __all__ = ["BATCH_SIZE", "delete_keys"]
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
+from ingest.archive.errors import SourceError, single_archive_error
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.layout import Item, TableLayout
 from queries.reader import query_partition
-
-from .errors import SourceError, single_archive_error
 
 __all__ = ["export_bucket"]
 

@@ -31,11 +31,10 @@ from typing import Any
 
 import orjson
 
+from ingest.archive.errors import SourceError
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.layout import Item
-
-from .errors import SourceError
 
 __all__ = [
     "MARKER_PREFIX",

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from ingest.metrics import HealthServer
 
 if TYPE_CHECKING:
-    from .archiver import ArchiveReport
+    from ingest.archive.archiver import ArchiveReport
 
 __all__ = ["BUCKET_OUTCOMES", "ArchiveMetrics", "serve_metrics"]
 

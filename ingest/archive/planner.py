@@ -25,13 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from ingest.archive.errors import ArchiveConfigError, SourceError
+from ingest.archive.manifest import Manifest, query_markers
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.layout import TableLayout
 from ingest.registry import LateMark, registry_items
-
-from .errors import ArchiveConfigError, SourceError
-from .manifest import Manifest, query_markers
 
 __all__ = [
     "DAY_MS",

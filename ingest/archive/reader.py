@@ -24,14 +24,13 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterable
 
+from ingest.archive.errors import VerifyError
+from ingest.archive.manifest import Manifest, query_markers
+from ingest.archive.parquet import decode
+from ingest.archive.paths import date_prefix, parse_key, sensor_prefix
+from ingest.archive.store import S3Store
 from ingest.dynamo import DynamoClient
 from ingest.layout import Reading, TableLayout
-
-from .errors import VerifyError
-from .manifest import Manifest, query_markers
-from .parquet import decode
-from .paths import date_prefix, parse_key, sensor_prefix
-from .store import S3Store
 
 __all__ = ["archive_markers", "archived_buckets", "hot_is_complete", "merge_tiers", "read_cold"]
 

@@ -13,9 +13,8 @@ import aiohttp
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ingest.archive.errors import ObjectChanged, StorageError
 from ingest.awsclient import BotocoreClient
-
-from .errors import ObjectChanged, StorageError
 
 __all__ = ["S3Store", "StoredObject"]
 

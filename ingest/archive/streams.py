@@ -35,16 +35,21 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
+from ingest.archive.errors import (
+    ArchiveConfigError,
+    ArchiveError,
+    SourceError,
+    StorageError,
+    VerifyError,
+)
+from ingest.archive.metrics import ArchiveMetrics
+from ingest.archive.parquet import content_checksum, decode, encode
+from ingest.archive.paths import data_key
+from ingest.archive.store import S3Store
 from ingest.awsclient import BotocoreClient
 from ingest.dynamo import DynamoClient
 from ingest.errors import WriteError
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
-
-from .errors import ArchiveConfigError, ArchiveError, SourceError, StorageError, VerifyError
-from .metrics import ArchiveMetrics
-from .parquet import content_checksum, decode, encode
-from .paths import data_key
-from .store import S3Store
 
 __all__ = ["StreamArchiver", "StreamsClient", "find_stream_arn", "is_ttl_delete"]
 

@@ -14,12 +14,11 @@ import hashlib
 
 import pyarrow as pa
 
+from ingest.archive.errors import VerifyError
+from ingest.archive.manifest import Manifest
+from ingest.archive.parquet import content_checksum, decode
+from ingest.archive.store import S3Store, StoredObject
 from ingest.layout import Reading
-
-from .errors import VerifyError
-from .manifest import Manifest
-from .parquet import content_checksum, decode
-from .store import S3Store, StoredObject
 
 __all__ = ["verify_object", "verify_self", "verify_stored"]
 

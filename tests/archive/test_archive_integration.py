@@ -26,8 +26,7 @@ from ingest.archive import archiver as archiver_mod
 from ingest.archive.manifest import query_markers
 from ingest.archive.paths import parse_key
 from ingest.layout import Reading
-
-from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
+from tests.archive.conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
 
 SENSORS = ["dev-a", "dev-b", "dev-c"]
 FIRST_MS = NOW_MS - 45 * HOUR_MS

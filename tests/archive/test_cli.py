@@ -12,8 +12,7 @@ from bench.servers import MotoServer
 from ingest.archive.cli import add_commands
 from ingest.archive.errors import ArchiveConfigError
 from ingest.layout import Reading, TableLayout
-
-from .conftest import bucket_name, seed_table_and_bucket
+from tests.archive.conftest import bucket_name, seed_table_and_bucket
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -13,8 +13,7 @@ from ingest.archive.lifecycle import RULE_ID
 from ingest.dynamo import DynamoClient
 from ingest.layout import Reading
 from ingest.writer import Backoff
-
-from .conftest import NOW_MS, ArchiveEnv
+from tests.archive.conftest import NOW_MS, ArchiveEnv
 
 
 async def test_delete_resends_unprocessed_and_throttled_with_backoff(

@@ -27,9 +27,8 @@ from ingest.registry import SensorRegistry, late_marks
 from ingest.table import read_archive_policy
 from queries.pages import read_page
 from queries.reader import TableReader
-
-from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
-from .test_archive_integration import all_objects, decode_all
+from tests.archive.conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
+from tests.archive.test_archive_integration import all_objects, decode_all
 
 SID = "late-1"
 B1 = NOW_MS - 36 * HOUR_MS  # archivable at NOW_MS (ends a day and 9 hours before)

@@ -23,9 +23,8 @@ from ingest.registry import late_marks
 from ingest.service import IngestService
 from queries.pages import read_page
 from queries.reader import TableReader
+from tests.archive.conftest import open_archive_env
 from tests.ingest.harness import make_config, publish, running
-
-from .conftest import open_archive_env
 
 SID = "late-svc"
 HOUR_MS = 3_600_000

@@ -17,8 +17,7 @@ from ingest.archive import S3Store, StorageError
 from ingest.archive.metrics import ArchiveMetrics, serve_metrics
 from ingest.embedded import free_port
 from ingest.layout import Reading, TableLayout
-
-from .conftest import BUCKET_MS, NOW_MS, ArchiveEnv, bucket_name, seed_table_and_bucket
+from tests.archive.conftest import BUCKET_MS, NOW_MS, ArchiveEnv, bucket_name, seed_table_and_bucket
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -21,8 +21,14 @@ from ingest.archive.planner import SensorSpan, Window, archive_window, clip_wind
 from ingest.layout import Reading, TableLayout, registry_key
 from ingest.metrics import Metrics
 from ingest.registry import SensorRegistry
-
-from .conftest import BUCKET_MS, DAY_MS, HORIZON_MS, NOW_MS, ArchiveEnv, open_archive_env
+from tests.archive.conftest import (
+    BUCKET_MS,
+    DAY_MS,
+    HORIZON_MS,
+    NOW_MS,
+    ArchiveEnv,
+    open_archive_env,
+)
 
 MIN_MS = 60_000
 MINUTE_LAYOUT = TableLayout(bucket_ms=MIN_MS, shards=2, retention_days=2)

@@ -21,8 +21,7 @@ from ingest.archive import ArchiveConfigError, read_cold
 from ingest.archive.cli import add_commands
 from ingest.archive.streams import StreamArchiver, find_stream_arn, is_ttl_delete
 from ingest.layout import Reading
-
-from .conftest import LAYOUT, NOW_MS, ArchiveEnv
+from tests.archive.conftest import LAYOUT, NOW_MS, ArchiveEnv
 
 _OLD = {"pk": {"S": "dev-1#2026-11-22#0"}, "sk": {"N": "1"}, "m": {"M": {}}}
 

@@ -40,9 +40,8 @@ from simulator.generator import Mode, TrafficOptions
 from simulator.manifest import Manifest
 from simulator.run import RunSummary, SimulationConfig, run_simulation
 from simulator.verify import VerifyReport, format_report, verify_table
-
-from ..drain import assert_drained
-from ..ingest.harness import AWS
+from tests.drain import assert_drained
+from tests.ingest.harness import AWS
 
 FULL = os.environ.get("CHAOS_FULL", "") not in ("", "0")
 """Long variants (``CHAOS_FULL=1``): minute-long outages, the 20-minute soak."""

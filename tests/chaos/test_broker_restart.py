@@ -25,9 +25,8 @@ from typing import Any, Literal
 import pytest
 
 from ingest.service import IngestService
-
-from ..ingest.harness import counter, make_config, running
-from .conftest import FULL, sim_config, simulate, verify_until
+from tests.chaos.conftest import FULL, sim_config, simulate, verify_until
+from tests.ingest.harness import counter, make_config, running
 
 pytestmark = pytest.mark.chaos
 

@@ -16,9 +16,16 @@ from typing import Any
 import pytest
 
 from ingest.service import IngestService
-
-from ..ingest.harness import counter, make_config, running, wait_until
-from .conftest import FULL, Worker, sim_config, simulate, verify, verify_until, worker_options
+from tests.chaos.conftest import (
+    FULL,
+    Worker,
+    sim_config,
+    simulate,
+    verify,
+    verify_until,
+    worker_options,
+)
+from tests.ingest.harness import counter, make_config, running, wait_until
 
 pytestmark = pytest.mark.chaos
 

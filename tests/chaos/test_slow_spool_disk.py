@@ -40,8 +40,7 @@ import pytest
 
 from ingest.deadletters import SLOW_WRITE_S, STALLED_WRITE_S, iter_dead_letters
 from ingest.service import IngestService
-
-from ..ingest.harness import counter, make_config, publish, running, wait_until
+from tests.ingest.harness import counter, make_config, publish, running, wait_until
 
 pytestmark = pytest.mark.chaos
 

@@ -18,8 +18,15 @@ from typing import Any
 import pytest
 
 from ingest.deadletters import iter_dead_letters
-
-from .conftest import DATA_FAULTS, FULL, Worker, sim_config, simulate, verify_until, worker_options
+from tests.chaos.conftest import (
+    DATA_FAULTS,
+    FULL,
+    Worker,
+    sim_config,
+    simulate,
+    verify_until,
+    worker_options,
+)
 
 pytestmark = pytest.mark.chaos
 

@@ -26,8 +26,7 @@ import pytest
 
 from ingest.deadletters import TornLine, iter_dead_letters
 from ingest.service import IngestService
-
-from ..ingest.harness import counter, make_config, publish, running, wait_until
+from tests.ingest.harness import counter, make_config, publish, running, wait_until
 
 pytestmark = pytest.mark.chaos
 

@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import FULL, Worker, sim_config, simulate, verify_until, worker_options
+from tests.chaos.conftest import FULL, Worker, sim_config, simulate, verify_until, worker_options
 
 pytestmark = pytest.mark.chaos
 

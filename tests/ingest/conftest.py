@@ -9,8 +9,7 @@ from typing import Any
 import pytest
 
 from ingest.config import Config
-
-from .harness import make_config
+from tests.ingest.harness import make_config
 
 
 @pytest.fixture

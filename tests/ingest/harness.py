@@ -15,8 +15,7 @@ from ingest.layout import Reading
 from ingest.mqttclient import MqttConnection, MqttSettings
 from ingest.service import IngestService, mqtt_settings
 from queries.reader import read_range
-
-from ..drain import assert_drained
+from tests.drain import assert_drained
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 

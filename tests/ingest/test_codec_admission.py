@@ -14,8 +14,7 @@ import orjson
 from ingest.codec import Limits, PayloadDecoder
 from ingest.config import Config
 from ingest.service import IngestService
-
-from .harness import counter, publish, running, wait_until
+from tests.ingest.harness import counter, publish, running, wait_until
 
 NOW = int(time.time() * 1000)
 

@@ -25,8 +25,7 @@ from ingest.dynamo import DynamoClient
 from ingest.errors import ConfigError
 from ingest.registry import known_sensor_ids
 from ingest.service import IngestService
-
-from .harness import AWS, counter, make_config, publish, read_table, running, wait_until
+from tests.ingest.harness import AWS, counter, make_config, publish, read_table, running, wait_until
 
 
 def _config(

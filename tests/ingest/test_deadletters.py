@@ -22,9 +22,8 @@ from ingest.acks import AckTracker, Pending
 from ingest.cli import main as cli_main
 from ingest.deadletters import DeadLetter, DeadLetterSpool, TornLine, iter_dead_letters
 from ingest.metrics import Metrics
-
-from .harness import wait_until
-from .spoolkit import DAY_MS, FILE, TOPIC, Disk, letter, torn_spool
+from tests.ingest.harness import wait_until
+from tests.ingest.spoolkit import DAY_MS, FILE, TOPIC, Disk, letter, torn_spool
 
 
 class Spool:

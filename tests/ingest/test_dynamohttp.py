@@ -30,8 +30,7 @@ from ingest.errors import WriteRejected, WriteRetriable
 from ingest.layout import Item, Reading, TableLayout
 from ingest.metrics import Metrics
 from ingest.writer import Backoff, Writer
-
-from .credentials import CredentialEndpoint, container_credentials
+from tests.ingest.credentials import CredentialEndpoint, container_credentials
 
 TABLE = "crafted"
 NOW_MS = 1_763_780_000_000

@@ -24,9 +24,8 @@ from ingest.embedded import (
     render_mosquitto_conf,
 )
 from ingest.mqttclient import Message, MqttConnection, MqttSettings
-
-from .harness import wait_until
-from .processes import process, still_running, wait_gone
+from tests.ingest.harness import wait_until
+from tests.ingest.processes import process, still_running, wait_gone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 Roundtrip = Callable[[str, str, list[bytes]], Awaitable[list[bytes]]]

@@ -22,9 +22,8 @@ from bench.servers import free_port
 from ingest.config import Config
 from ingest.layout import TableLayout
 from ingest.service import IngestService
-
-from ..drain import assert_drained
-from .harness import AWS, counter, publish, read_table, running, wait_until
+from tests.drain import assert_drained
+from tests.ingest.harness import AWS, counter, publish, read_table, running, wait_until
 
 
 def _messages(

@@ -40,9 +40,8 @@ from ingest.config import Config
 from ingest.dynamo import DynamoClient
 from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout, registry_key
 from ingest.service import IngestService, layout_from_config
-
-from ..conftest import REGION
-from .harness import AWS, counter, make_config, publish, running, wait_until
+from tests.conftest import REGION
+from tests.ingest.harness import AWS, counter, make_config, publish, running, wait_until
 
 SENSORS = 4
 PER_SENSOR = 50

@@ -24,9 +24,8 @@ from ingest.layout import TableLayout
 from ingest.mqttclient import MqttError
 from ingest.pipeline import Inbox
 from ingest.service import IngestService
-
-from .harness import counter, make_config, read_table, running, wait_until
-from .hostile import HostileBroker, Peer, packet, publish_packet
+from tests.ingest.harness import counter, make_config, read_table, running, wait_until
+from tests.ingest.hostile import HostileBroker, Peer, packet, publish_packet
 
 NOW_MS = int(time.time() * 1000) - 30_000
 

@@ -17,8 +17,7 @@ from hypothesis import strategies as st
 
 from ingest import mqttproto as mp
 from ingest.mqttclient import Message, MqttConnection, MqttSettings
-
-from .hostile import packet, publish_packet
+from tests.ingest.hostile import packet, publish_packet
 
 
 class _Transport:

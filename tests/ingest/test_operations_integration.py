@@ -18,8 +18,7 @@ from ingest.layout import registry_key, registry_partition_keys
 from ingest.mqttclient import MqttConnection, MqttSettings
 from ingest.service import IngestService
 from queries.reader import query_partition
-
-from .harness import AWS, counter, publish, running, wait_until
+from tests.ingest.harness import AWS, counter, publish, running, wait_until
 
 
 async def test_health_metrics_and_registry(

@@ -16,8 +16,7 @@ import orjson
 from ingest.config import Config
 from ingest.deadletters import iter_dead_letters
 from ingest.service import IngestService
-
-from .harness import counter, publish, read_table, running, wait_until
+from tests.ingest.harness import counter, publish, read_table, running, wait_until
 
 
 def _single(prefix: str, sid: str, ts: int, value: float) -> tuple[str, bytes]:

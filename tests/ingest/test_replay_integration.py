@@ -28,9 +28,8 @@ from ingest.deadletters import DeadLetter, iter_dead_letters, scan_letters
 from ingest.mqttclient import MqttConnection, MqttSettings
 from ingest.replay import replay
 from ingest.service import IngestService
-
-from .harness import counter, running, wait_until
-from .spoolkit import FILE, TOPIC, letter, torn_spool
+from tests.ingest.harness import counter, running, wait_until
+from tests.ingest.spoolkit import FILE, TOPIC, letter, torn_spool
 
 
 def broker_settings(url: str, client_id: str) -> MqttSettings:

@@ -16,9 +16,8 @@ import pytest_asyncio
 from bench.servers import MosquittoServer, MotoServer, free_port
 from ingest.mqttclient import MqttConnectError
 from ingest.service import IngestService
-
-from .harness import counter, make_config, read_table, running, wait_until
-from .hostile import HostileBroker, Peer
+from tests.ingest.harness import counter, make_config, read_table, running, wait_until
+from tests.ingest.hostile import HostileBroker, Peer
 
 
 def _run(*args: str, cwd: Path) -> None:

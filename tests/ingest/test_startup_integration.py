@@ -31,10 +31,9 @@ from ingest.embedded import free_port
 from ingest.errors import TableError
 from ingest.service import IngestService, layout_from_config
 from ingest.table import create_table
-
-from .harness import AWS, counter, make_config, publish, read_table, wait_until
-from .test_dynamohttp import CraftedDynamo, reply
-from .test_write_faults_integration import broker_redelivers
+from tests.ingest.harness import AWS, counter, make_config, publish, read_table, wait_until
+from tests.ingest.test_dynamohttp import CraftedDynamo, reply
+from tests.ingest.test_write_faults_integration import broker_redelivers
 
 
 async def _get(url: str) -> tuple[int, Any]:

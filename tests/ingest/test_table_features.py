@@ -25,9 +25,8 @@ from ingest.errors import TableError, WriteRejected
 from ingest.layout import LAYOUT_PK, Reading, TableLayout
 from ingest.table import TableFeatures, create_table, create_table_request
 from queries.reader import read_range
-
-from ..conftest import REGION
-from .harness import AWS
+from tests.conftest import REGION
+from tests.ingest.harness import AWS
 
 NEW_AND_OLD = {"StreamEnabled": True, "StreamViewType": "NEW_AND_OLD_IMAGES"}
 HOUR_MS = 3_600_000

@@ -18,8 +18,7 @@ from ingest.dynamo import DynamoClient
 from ingest.layout import Reading
 from ingest.table import read_layout
 from queries.reader import read_range
-
-from .processes import Cli, path_without, trial_env
+from tests.ingest.processes import Cli, path_without, trial_env
 
 SHUTDOWN_S = 15.0  # shutdown_timeout_s's default
 MARGIN_S = 5.0

@@ -22,10 +22,9 @@ from bench.faultproxy import FaultProxy
 from ingest.config import Config
 from ingest.mqttclient import MqttConnection, MqttSettings
 from ingest.service import IngestService
-
-from .credentials import CredentialEndpoint, container_credentials
-from .harness import counter, publish, wait_until
-from .test_faults_integration import _assert_table_holds, _messages
+from tests.ingest.credentials import CredentialEndpoint, container_credentials
+from tests.ingest.harness import counter, publish, wait_until
+from tests.ingest.test_faults_integration import _assert_table_holds, _messages
 
 
 async def broker_redelivers(broker_url: str, client_id: str, wait_s: float = 1.0) -> int:

@@ -21,9 +21,8 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import REPO_ROOT
-
-from ..conftest import _start
-from .brokers import BROKERS, InteropBroker, Pki
+from tests.conftest import _start
+from tests.interop.brokers import BROKERS, InteropBroker, Pki
 
 ARTIFACTS = REPO_ROOT / "test-artifacts"
 FIGURES_FILE = ARTIFACTS / "interop.jsonl"

@@ -38,11 +38,10 @@ from ingest.embedded import ServerNotInstalledError
 from ingest.layout import TableLayout
 from ingest.mqttclient import Message, MqttConnection
 from ingest.service import IngestService
-
-from ..chaos.conftest import Worker
-from ..drain import assert_drained, session_backlog
-from ..ingest.harness import counter, make_config, read_table, running, wait_until
-from .brokers import InteropBroker
+from tests.chaos.conftest import Worker
+from tests.drain import assert_drained, session_backlog
+from tests.ingest.harness import counter, make_config, read_table, running, wait_until
+from tests.interop.brokers import InteropBroker
 
 RECEIVED = "iot_ingest_messages_received_total"
 COMPLETED = "iot_ingest_messages_completed_total"
@@ -381,7 +380,7 @@ async def test_a_missing_broker_program_says_run_make_test_deps(
     pki: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """No silent skip: a broker that is not installed fails its tests, naming the fix."""
-    from . import brokers
+    from tests.interop import brokers
 
     monkeypatch.setattr(brokers, "AEDES_JS", tmp_path / "no-aedes" / "aedes.js")
     monkeypatch.setattr(shutil, "which", lambda _name: None)  # and no ejabberd under /usr/lib:

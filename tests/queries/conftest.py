@@ -24,8 +24,7 @@ from queries.app import create_app
 from queries.reader import TableReader
 from queries.server import ApiServer
 from queries.settings import ServeSettings
-
-from .harness import HOUR_MS, Api, TestTable, dynamo_client
+from tests.queries.harness import HOUR_MS, Api, TestTable, dynamo_client
 
 
 @pytest_asyncio.fixture

@@ -15,8 +15,7 @@ import pytest
 
 from ingest.layout import Reading, TableLayout
 from queries.reader import default_calls_per_sensor, legal_fanout
-
-from .harness import HOUR_MS, Api, RecordingClient, TestTable, ms_now
+from tests.queries.harness import HOUR_MS, Api, RecordingClient, TestTable, ms_now
 
 
 @pytest.fixture

@@ -17,8 +17,7 @@ import pytest
 
 from ingest.embedded import free_port
 from ingest.layout import Reading
-
-from .harness import TestTable, ms_now
+from tests.queries.harness import TestTable, ms_now
 
 
 @pytest.fixture

@@ -22,8 +22,7 @@ from hypothesis import strategies as st
 
 from ingest.layout import REGISTRY_PARTITIONS, Reading, TableLayout
 from queries.cursor import CursorCodec, fingerprint
-
-from .harness import Api, RecordingClient, TestTable, ms_now
+from tests.queries.harness import Api, RecordingClient, TestTable, ms_now
 
 
 @pytest.fixture

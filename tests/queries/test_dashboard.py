@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from ingest.layout import Reading
-
-from .harness import Api, TestTable
+from tests.queries.harness import Api, TestTable
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"
 

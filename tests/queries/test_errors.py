@@ -15,8 +15,7 @@ from queries.errors import ReadFailed, ReadUnavailable, wrap_read_error
 from queries.reader import TableReader
 from queries.server import ApiServer
 from queries.settings import ServeSettings
-
-from .harness import HOUR_MS, Api, TestTable, ms_now
+from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 DAY_MS = 24 * HOUR_MS
 

@@ -6,8 +6,7 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from ingest.layout import Reading
-
-from .harness import HOUR_MS, Api, TestTable, ms_now
+from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 
 def _iso(ms: int) -> str:

@@ -12,8 +12,7 @@ from collections.abc import Awaitable, Callable
 from ingest.layout import Reading, TableLayout
 from queries.pages import read_page
 from queries.reader import ReadStats, TableReader, read_range
-
-from .harness import HOUR_MS, Api, RecordingClient, TestTable, expired, ms_now
+from tests.queries.harness import HOUR_MS, Api, RecordingClient, TestTable, expired, ms_now
 
 
 def _spread(sensor: str, start_ms: int, span_ms: int, n: int, seed: int) -> list[Reading]:

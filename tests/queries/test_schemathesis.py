@@ -48,8 +48,7 @@ from queries.ratelimit import RateLimitSettings
 from queries.reader import TableReader
 from queries.server import ApiServer
 from queries.settings import ServeSettings
-
-from .harness import ms_now
+from tests.queries.harness import ms_now
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))
 TOKEN = generate_token()

@@ -17,8 +17,7 @@ from ingest.layout import Reading
 from queries.apikeys import ApiKey, AuthSettings, generate_token, hash_token
 from queries.app import CONTENT_SECURITY_POLICY
 from queries.ratelimit import RateLimitSettings
-
-from .harness import HOUR_MS, Api, TestTable, ms_now
+from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 SITE_A = generate_token()
 ALL = generate_token()

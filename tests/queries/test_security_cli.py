@@ -14,8 +14,7 @@ import pytest
 
 from ingest.embedded import free_port
 from queries.apikeys import load_keys_file
-
-from .harness import TestTable
+from tests.queries.harness import TestTable
 
 CLI = [sys.executable, "-m", "ingest.cli"]
 

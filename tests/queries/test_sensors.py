@@ -5,8 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 from ingest.layout import Reading
-
-from .harness import Api, RecordingClient, TestTable, ms_now
+from tests.queries.harness import Api, RecordingClient, TestTable, ms_now
 
 
 async def test_sensor_list_pages_through_the_registry_exactly_once(

@@ -15,8 +15,7 @@ from hypothesis import strategies as st
 from ingest.layout import Reading
 from queries.params import AGGREGATIONS
 from queries.series import STEP_LADDER_MS, SeriesAccumulator, WindowGrid, choose_step
-
-from .harness import HOUR_MS, Api, TestTable, ms_now
+from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 
 def reference(

@@ -31,8 +31,7 @@ from queries.reader import TableReader
 from queries.server import ApiServer
 from queries.settings import ServeSettings
 from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, open_archive_env
-
-from .harness import RecordingClient
+from tests.queries.harness import RecordingClient
 
 CREDS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 NOW_MS = (time.time_ns() // 1_000_000) // BUCKET_MS * BUCKET_MS

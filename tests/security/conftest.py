@@ -41,8 +41,7 @@ import pytest_asyncio
 from aiobotocore.session import get_session
 
 from bench.servers import MotoServer
-
-from ..conftest import REGION
+from tests.conftest import REGION
 
 IAM_DIR = Path(__file__).resolve().parents[2] / "deploy" / "iam"
 ACCOUNT = "123456789012"  # moto's default account

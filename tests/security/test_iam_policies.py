@@ -40,10 +40,9 @@ from ingest.registry import SensorRegistry
 from ingest.service import IngestService
 from ingest.table import create_table, create_table_request
 from queries.reader import read_range
-
-from ..conftest import REGION
-from ..ingest.harness import counter, make_config, publish, running, wait_until
-from .conftest import IAM_DIR, PREFIX, ROLES, IamAws, Key, load_policy
+from tests.conftest import REGION
+from tests.ingest.harness import counter, make_config, publish, running, wait_until
+from tests.security.conftest import IAM_DIR, PREFIX, ROLES, IamAws, Key, load_policy
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 DAY_MS = 86_400_000

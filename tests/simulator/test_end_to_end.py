@@ -18,8 +18,7 @@ from simulator.fleet import Fleet
 from simulator.generator import Mode, TrafficOptions
 from simulator.run import SimulationConfig, run_simulation
 from simulator.verify import format_report, verify_table
-
-from ..ingest.harness import counter, make_config, running, wait_until
+from tests.ingest.harness import counter, make_config, running, wait_until
 
 FAULTS = FaultConfig(
     duplicate_rate=0.03,

@@ -13,8 +13,7 @@ from ingest.codec import Limits, PayloadDecoder
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
 from simulator.generator import Mode, TrafficGenerator, TrafficOptions
-
-from .helpers import START_TS_MS, decode_messages, generate_all, payload_readings
+from tests.simulator.helpers import START_TS_MS, decode_messages, generate_all, payload_readings
 
 DEVICES = 20
 

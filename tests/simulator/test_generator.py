@@ -15,8 +15,7 @@ from simulator.fleet import Fleet
 from simulator.generator import TrafficGenerator, TrafficOptions
 from simulator.schedule import RateProfile, Spike, TickSchedule
 from simulator.signals import KINDS
-
-from .helpers import START_TS_MS, decode_messages, generate_all, payload_readings
+from tests.simulator.helpers import START_TS_MS, decode_messages, generate_all, payload_readings
 
 ALL_KINDS = tuple(KINDS)
 

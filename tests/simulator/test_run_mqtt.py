@@ -18,8 +18,7 @@ from simulator.generator import TrafficOptions
 from simulator.manifest import load_manifest
 from simulator.publisher import MemoryPublisher
 from simulator.run import SimulationConfig, run_simulation
-
-from .helpers import Subscriber, assert_matches_manifest, decode_messages
+from tests.simulator.helpers import Subscriber, assert_matches_manifest, decode_messages
 
 FAULTS = FaultConfig(
     duplicate_rate=0.03,

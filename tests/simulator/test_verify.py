@@ -19,8 +19,7 @@ from simulator.fleet import Fleet
 from simulator.generator import TrafficOptions
 from simulator.manifest import Manifest, save_manifest
 from simulator.verify import format_report, verify_table
-
-from .helpers import generate_all
+from tests.simulator.helpers import generate_all
 
 # 1 s before a bucket boundary of the 1-hour layout (the last one: items must not have expired),
 # so the run spans two buckets.
