@@ -7,7 +7,7 @@ traffic and machine. Deliberately ordinary, and correct on valid data:
   they arrive (before anything is stored), and queued without bound;
 * ``json.loads(payload, parse_float=Decimal)`` (the boto3 idiom: the type
   serializer refuses floats), one reading or ``{"readings": [...]}``;
-* one item per reading, keys from :class:`ingest.layout.TableLayout` (the same
+* one item per reading, keys from :class:`ingest.storage.layout.TableLayout` (the same
   key layout, so the sink and ``verify`` see the same keys), values converted
   with boto3's ``TypeSerializer``;
 * boto3-style batching: collect 25 items, ``batch_write_item`` with an
@@ -45,7 +45,7 @@ from urllib.parse import urlsplit
 
 from aiohttp import web
 
-from ingest.layout import TableLayout
+from ingest.storage.layout import TableLayout
 
 __all__ = [
     "BaselineConfig",

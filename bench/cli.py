@@ -1,6 +1,6 @@
 """The ``iot-ingest bench`` command: end-to-end load runs with a report.
 
-``ingest.cli`` calls :func:`add_commands` when this package is installed::
+``ingest.cli.main`` calls :func:`add_commands` when this package is installed::
 
     iot-ingest bench --scenario gateway --duration 60 [--output DIR] [--workers N]
                      [--rate R] [--target sink|moto|dynalite] [--no-baseline]
@@ -25,6 +25,7 @@ from typing import Any
 from bench.capacity import US_EAST_1_USD_PER_MILLION_WRU
 from bench.errors import BenchError
 from bench.scenarios import QUICK_SCENARIOS, SCENARIOS, get_scenario
+from ingest.core.aio import leaf_exceptions
 
 __all__ = ["add_commands", "cmd_bench"]
 
@@ -87,12 +88,6 @@ def _setup_logging() -> None:
         logger.handlers[:] = [handler]
         logger.setLevel(logging.INFO)
         logger.propagate = False
-
-
-def _leaves(exc: BaseException) -> list[BaseException]:
-    if isinstance(exc, BaseExceptionGroup):
-        return [leaf for e in exc.exceptions for leaf in _leaves(e)]
-    return [exc]
 
 
 def _all_phases(result: dict[str, Any]) -> list[dict[str, Any]]:
@@ -176,9 +171,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 130
     except Exception as exc:
         # Servers that cannot start raise the ingest package's errors; ours is BenchError.
-        from ingest.errors import IngestError
+        from ingest.core.errors import IngestError
 
-        leaves = _leaves(exc)
+        leaves = leaf_exceptions(exc)
         if not all(isinstance(e, BenchError | IngestError) for e in leaves):
             raise
         for e in leaves:

@@ -5,8 +5,8 @@
     BenchError            a load run cannot go on (a process failed to start or died,
                           a deadline passed, a publisher printed no summary)
 
-Server start-up failures keep their own types (:class:`ingest.embedded.ServerStartError`,
-:class:`~ingest.embedded.ServerNotInstalledError`, whose message says to run
+Server start-up failures keep their own types (:class:`ingest.trial.servers.ServerStartError`,
+:class:`~ingest.trial.servers.ServerNotInstalledError`, whose message says to run
 ``make test-deps``).
 """
 

@@ -61,7 +61,7 @@ from typing import Any, Literal, get_args
 import aiohttp
 from aiohttp import web
 
-from ingest.lifecycle import StartClose
+from ingest.core.lifecycle import StartClose
 
 __all__ = ["FaultKind", "FaultProxy", "main"]
 

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ingest.core.aio import run
 from simulator.manifest import ManifestBuilder, save_manifest
 from simulator.publisher import MqttPublisher, parse_mqtt_url
 
@@ -243,9 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     args = parser.parse_args(argv)
     try:
-        import uvloop
-
-        return int(uvloop.run(_main(args)))
+        return run(_main(args))
     except KeyboardInterrupt:
         return 130
 

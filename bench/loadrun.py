@@ -48,8 +48,8 @@ from bench.histogram import percentile_from_sparse
 from bench.processes import ManagedProcess, get_json, get_text, parse_prometheus
 from bench.scenarios import Scenario
 from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
-from ingest.layout import TableLayout
-from ingest.table import create_table_request
+from ingest.storage.layout import TableLayout
+from ingest.storage.table import create_table_request
 
 __all__ = ["LoadSpec", "Pipeline", "Target", "run_bench", "run_phase"]
 

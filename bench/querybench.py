@@ -30,14 +30,14 @@ import aiohttp
 import orjson
 
 from bench.servers import DynaliteServer, MotoServer
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteRetriable
-from ingest.layout import Reading, TableLayout
-from ingest.table import create_table
-from ingest.writer import Backoff
-from queries.app import create_app
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from ingest.core.errors import WriteRetriable
+from ingest.core.retry import Backoff
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.table import create_table
+from queries.api.app import create_app
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
 
 __all__ = ["main", "run_query_bench"]
 

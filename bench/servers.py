@@ -7,11 +7,11 @@ request (bounded deadline), and is an async context manager exposing ``url`` (an
     async with MosquittoServer() as broker, DynaliteServer() as dynamo:
         ...  # broker.url == "mqtt://127.0.0.1:PORT", dynamo.endpoint_url == "http://..."
 
-A missing program raises :class:`~ingest.embedded.ServerNotInstalledError` whose message
+A missing program raises :class:`~ingest.trial.servers.ServerNotInstalledError` whose message
 says to run ``make test-deps``; a server that does not come up raises
-:class:`~ingest.embedded.ServerStartError` quoting the tail of its output.
+:class:`~ingest.trial.servers.ServerStartError` quoting the tail of its output.
 
-The process handling is shared with the trial mode's servers in :mod:`ingest.embedded`:
+The process handling is shared with the trial mode's servers in :mod:`ingest.trial.servers`:
 each server runs in a session of its own and dies with the process that started it, so
 a test run killed by a timeout (or SIGKILL) leaves no server behind on the machine.
 """
@@ -22,7 +22,7 @@ import asyncio
 import shutil
 from pathlib import Path
 
-from ingest.embedded import (
+from ingest.trial.servers import (
     MosquittoProcess,
     MotoProcess,
     ServerNotInstalledError,

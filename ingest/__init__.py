@@ -6,20 +6,6 @@ decode) using ``codec`` and ``layout`` → ``batcher`` → ``writer`` (via
 for the per-sensor summary; ``service`` wires them; ``cli`` is the entry.
 """
 
-from ingest.config import Config, load_config
-from ingest.errors import ConfigError, IngestError
-from ingest.layout import Reading, TableLayout
-from ingest.service import IngestService
-
 __version__ = "0.1.0"
 
-__all__ = [
-    "Config",
-    "ConfigError",
-    "IngestError",
-    "IngestService",
-    "Reading",
-    "TableLayout",
-    "__version__",
-    "load_config",
-]
+__all__ = ["__version__"]

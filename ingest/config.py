@@ -11,6 +11,7 @@ The reference in docs/configuration.md is generated from this module
 
 from __future__ import annotations
 
+import argparse
 import os
 import socket
 import tomllib
@@ -21,7 +22,8 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ingest.errors import ConfigError
+from ingest.core.errors import ConfigError
+from ingest.core.logs import setup_logging
 
 __all__ = ["ENV_PREFIX", "SECRET_KEYS", "Config", "load_config", "reference_markdown"]
 
@@ -399,3 +401,59 @@ def reference_markdown() -> str:
         desc = (f.description or "").replace("|", "\\|")
         rows.append(f"| `{name}` | `{ENV_PREFIX}{name.upper()}` | {default} | {desc} |")
     return "\n".join(rows) + "\n"
+
+
+_FLAG_HELP_SKIP = frozenset({"aws_secret_access_key", "mqtt_password"})
+
+
+def add_config_flags(p: argparse.ArgumentParser) -> None:
+    """One flag per config key (--mqtt-url …); flags override environment and file."""
+    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
+    for name, field in Config.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        help_text = (field.description or "") + f" [env IOT_INGEST_{name.upper()}]"
+        if field.annotation is bool:
+            p.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text
+            )
+        elif name in _FLAG_HELP_SKIP:
+            p.add_argument(flag, dest=name, default=None, help=argparse.SUPPRESS)
+        else:
+            p.add_argument(flag, dest=name, default=None, help=help_text)
+
+
+def add_table_flags(p: argparse.ArgumentParser, *, table: bool = True) -> None:
+    """The config flags of commands that only read or manage a table (serve, archive)."""
+    p.add_argument("--config", type=Path, help="TOML config file (or IOT_INGEST_CONFIG)")
+    if table:
+        p.add_argument("--table", help="DynamoDB table name [env IOT_INGEST_TABLE]")
+        p.add_argument(
+            "--dynamodb-endpoint", help="DynamoDB endpoint URL [env IOT_INGEST_DYNAMODB_ENDPOINT]"
+        )
+    p.add_argument("--region", help="AWS region [env IOT_INGEST_REGION]")
+    p.add_argument(
+        "--aws-access-key-id", help="explicit AWS key id [env IOT_INGEST_AWS_ACCESS_KEY_ID]"
+    )
+    p.add_argument("--aws-secret-access-key", help=argparse.SUPPRESS)
+
+
+def table_config(args: argparse.Namespace) -> Config:
+    """The config of a command built with :func:`add_table_flags` (logging set up from it)."""
+    cfg = load_config(
+        file=args.config,
+        flags={
+            "table": getattr(args, "table", None),
+            "dynamodb_endpoint": getattr(args, "dynamodb_endpoint", None),
+            "region": args.region,
+            "aws_access_key_id": args.aws_access_key_id,
+            "aws_secret_access_key": args.aws_secret_access_key,
+            "log_level": args.log_level,
+        },
+    )
+    setup_logging(cfg.log_level, cfg.log_format)
+    return cfg
+
+
+def config_from_args(args: argparse.Namespace) -> Config:
+    flags = {name: getattr(args, name, None) for name in Config.model_fields}
+    return load_config(file=getattr(args, "config", None), flags=flags)

@@ -38,14 +38,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from ingest.config import Config
-from ingest.embedded import EmbeddedBroker, EmbeddedDynamo
-from ingest.lifecycle import StopRequested, unless_stopped
-from ingest.service import IngestService
+from ingest.core.lifecycle import StopRequested, unless_stopped
+from ingest.pipeline.service import IngestService
+from ingest.trial.servers import EmbeddedBroker, EmbeddedDynamo
 
 if TYPE_CHECKING:
-    from ingest.archive import Archiver
+    from ingest.archive.archiver import Archiver
     from ingest.archive.metrics import ArchiveMetrics
-    from ingest.layout import TableLayout
+    from ingest.storage.layout import TableLayout
     from simulator.run import SimulationConfig
 
 __all__ = ["DemoInfo", "DemoOptions", "run_demo"]
@@ -167,10 +167,10 @@ async def _run(
     """The demo; raises :class:`StopRequested` when ``stop`` comes before it is ready."""
     from ingest.archive.metrics import ArchiveMetrics
     from ingest.archive.planner import validate_horizon
-    from ingest.service import layout_from_config
-    from queries.app import create_app
-    from queries.server import ApiServer
-    from queries.settings import ServeSettings
+    from ingest.pipeline.service import layout_from_config
+    from queries.api.app import create_app
+    from queries.api.server import ApiServer
+    from queries.api.settings import ServeSettings
     from simulator.run import run_simulation
 
     history_ms = round(opts.history_minutes * 60_000)
@@ -313,9 +313,10 @@ async def _open_archive(
     metrics: ArchiveMetrics,
 ) -> tuple[Archiver, str]:
     """The archive bucket (created on the embedded S3), the archiver, its metrics URL."""
-    from ingest.archive import Archiver, ArchiveSettings, S3Store
+    from ingest.archive.archiver import Archiver, ArchiveSettings
     from ingest.archive.metrics import serve_metrics
-    from ingest.dynamo import DynamoClient
+    from ingest.storage.archive.store import S3Store
+    from ingest.storage.dynamo import DynamoClient
 
     endpoint = cfg.dynamodb_endpoint  # moto serves S3 on the same port
     client = await stack.enter_async_context(DynamoClient.from_config(cfg))

@@ -20,11 +20,11 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingest.cli import add_table_flags, table_config
+from ingest.config import add_table_flags, table_config
 
 if TYPE_CHECKING:
     from ingest.config import Config
-    from queries.settings import ServeSettings
+    from queries.api.settings import ServeSettings
 
 __all__ = ["add_commands"]
 
@@ -166,8 +166,8 @@ def _toml_str(text: str) -> str:
 
 def cmd_apikey_hash(args: argparse.Namespace) -> int:
     """Print a new token (stderr) and its keys-file entry (stdout)."""
-    from ingest.errors import ConfigError
-    from queries.apikeys import ApiKey, generate_token, hash_token
+    from ingest.core.errors import ConfigError
+    from queries.api.apikeys import ApiKey, generate_token, hash_token
 
     token = sys.stdin.readline().strip() if args.stdin else generate_token()
     try:
@@ -204,9 +204,9 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
         ConfigError: no keys and no ``--no-auth``; both; a bad keys file, origin or
             cursor key file.
     """
-    from ingest.errors import ConfigError
-    from queries.apikeys import KeysFileError, load_keys_file
-    from queries.ratelimit import RateLimitSettings
+    from ingest.core.errors import ConfigError
+    from queries.api.apikeys import KeysFileError, load_keys_file
+    from queries.api.ratelimit import RateLimitSettings
 
     keys_file = args.api_keys
     if keys_file is None and os.environ.get(KEYS_FILE_ENV):
@@ -246,8 +246,8 @@ def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
     Raises:
         ConfigError: the file is unreadable, empty, or holds a key too short.
     """
-    from ingest.errors import ConfigError
-    from queries.cursor import CursorKeyError, load_cursor_keys
+    from ingest.core.errors import ConfigError
+    from queries.api.cursor import CursorKeyError, load_cursor_keys
 
     path = args.cursor_key_file
     if path is None and os.environ.get(CURSOR_KEY_FILE_ENV):
@@ -264,7 +264,7 @@ def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
 
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; return the exit status."""
-    from queries.server import run
+    from queries.api.server import run
 
     cfg = table_config(args)
     access = _access_settings(args)
@@ -279,7 +279,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         settings = _settings(cfg, args, access)
     except ValueError as exc:
-        from ingest.errors import ConfigError
+        from ingest.core.errors import ConfigError
 
         raise ConfigError(f"serve: {exc}") from None
     run(settings, host=args.host, port=args.port, log_level=cfg.log_level)
@@ -287,7 +287,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> ServeSettings:
-    from queries.settings import ServeSettings
+    from queries.api.settings import ServeSettings
 
     return ServeSettings(
         table=cfg.table,

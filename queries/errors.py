@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.errors import WriteError
+from ingest.core.errors import WriteError
 
 __all__ = [
     "ArchiveReadFailed",
@@ -137,7 +137,7 @@ class ReadUnavailable(ReadFailed):
 
 
 def wrap_read_error(exc: WriteError) -> ReadFailed:
-    """Map the DynamoDB client's error (``ingest.errors.WriteError``) to the read-side tree."""
+    """Map the DynamoDB client's error (``ingest.core.errors.WriteError``) to the read-side tree."""
     if exc.retriable:
         return ReadUnavailable(f"DynamoDB read failed, try again later ({exc.cause}): {exc}")
     return ReadFailed(f"DynamoDB rejected the read ({exc.cause}): {exc}")

@@ -12,13 +12,13 @@ import logging
 import signal
 import sys
 import time
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import orjson
 from rich.console import Console
 
+from ingest.core.aio import leaf_exceptions, run
 from simulator.errors import SimulatorError
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet, load_fleet_file
@@ -330,22 +330,6 @@ async def _simulate(config: SimulationConfig, args: argparse.Namespace) -> RunSu
     return summary
 
 
-def _run(coro: Coroutine[Any, Any, Any]) -> Any:
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover - uvloop is a dependency except on Windows
-        return asyncio.run(coro)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
-        return runner.run(coro)
-
-
-def _leaves(group: BaseExceptionGroup[Any]) -> list[BaseException]:
-    out: list[BaseException] = []
-    for e in group.exceptions:
-        out.extend(_leaves(e) if isinstance(e, BaseExceptionGroup) else [e])
-    return out
-
-
 def _error(message: str) -> int:
     Console(stderr=True).print(f"[red]error:[/] {message}", highlight=False)
     return EXIT_USAGE
@@ -361,7 +345,7 @@ def simulate_command(args: argparse.Namespace) -> int:
             and not args.quiet
         ):
             Console(stderr=True).print("no --duration or --count-limit: running until Ctrl-C")
-        summary: RunSummary = _run(_simulate(config, args))
+        summary: RunSummary = run(_simulate(config, args))
     except (asyncio.CancelledError, KeyboardInterrupt):
         Console(stderr=True).print("aborted: no manifest written")
         return EXIT_INTERRUPTED
@@ -371,7 +355,7 @@ def simulate_command(args: argparse.Namespace) -> int:
         errors, rest = group.split(SimulatorError)
         if errors is None or rest is not None:
             raise
-        return _error("; ".join(str(e) for e in _leaves(errors)))
+        return _error("; ".join(str(e) for e in leaf_exceptions(errors)))
     if args.json:
         sys.stdout.write(
             orjson.dumps(summary.to_dict(), option=orjson.OPT_INDENT_2).decode() + "\n"
@@ -392,7 +376,7 @@ def verify_command(args: argparse.Namespace) -> int:
 
     try:
         manifest = load_manifest(args.manifest)
-        report = _run(
+        report = run(
             verify_table(
                 manifest,
                 table=args.table,

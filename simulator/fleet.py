@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from ingest.layout import SENSOR_ID_PATTERN
+from ingest.storage.layout import SENSOR_ID_PATTERN
 from simulator.errors import SimConfigError
 from simulator.signals import KINDS
 

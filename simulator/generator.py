@@ -24,7 +24,7 @@ from typing import Any, Literal, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from ingest.layout import SENSOR_ID_PATTERN
+from ingest.storage.layout import SENSOR_ID_PATTERN
 from simulator.errors import SimConfigError
 from simulator.faults import Fault, FaultConfig, FaultInjector, MalformedKind
 from simulator.fleet import MAX_DEVICE_RATE_PER_S, Fleet

@@ -7,7 +7,7 @@ bounded queue is full), :meth:`~Publisher.wait_room` for backpressure and
 transport with these methods fits (:class:`MemoryPublisher` is one for tests).
 
 :class:`MqttPublisher` is the real one: one :class:`asyncio.Protocol` per
-connection that writes PUBLISH packets (encoded by :mod:`ingest.mqttproto`)
+connection that writes PUBLISH packets (encoded by :mod:`ingest.mqtt.proto`)
 straight to the socket and counts PUBACKs in ``data_received``. There is no
 task per connection and no future per message, which is what lets one process
 hold thousands of device connections or push 100k+ readings/s through a few
@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol, Self, cast
 from urllib.parse import unquote, urlsplit
 
-from ingest import mqttproto as mp
+from ingest.mqtt import proto as mp
 from simulator.errors import BrokerRefused, PublishError, SimConfigError
 
 __all__ = [

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from ingest import mqttproto as mp
+from ingest.mqtt import proto as mp
 from simulator.errors import SimConfigError
 from simulator.fleet import Fleet
 from simulator.generator import Outgoing, TrafficGenerator, TrafficOptions

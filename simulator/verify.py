@@ -2,7 +2,7 @@
 
 For each sensor of the manifest, every shard partition of every bucket its
 readings may fall in is read with Query (never Scan); the items are mapped
-back to readings with :class:`ingest.layout.TableLayout` and summarised like
+back to readings with :class:`ingest.storage.layout.TableLayout` and summarised like
 the manifest (count, first and last timestamp, checksum of digests). Any
 difference fails the check. Manifests written with ``--manifest-readings``
 also let verify name the exact timestamps missing, unexpected or changed.
@@ -24,7 +24,7 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest.layout import LAYOUT_PK, Item, TableLayout, registry_partition_keys
+from ingest.storage.layout import LAYOUT_PK, Item, TableLayout, registry_partition_keys
 from simulator.errors import SimulatorError
 from simulator.manifest import Manifest, reading_digest
 
@@ -100,7 +100,7 @@ class VerifyReport:
         Point it at the spool of the run (``{data_dir}/deadletters``): letters from
         other runs there would count too.
         """
-        from ingest.deadletters import iter_dead_letters
+        from ingest.storage.spool import iter_dead_letters
 
         self.dead_letters_expected = int(manifest["invalid"].get("messages", 0))
         self.dead_letters_found = sum(

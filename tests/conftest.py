@@ -33,7 +33,7 @@ from aiobotocore.session import get_session
 
 from bench.faultproxy import FaultProxy
 from bench.servers import DynaliteServer, MosquittoServer, MotoServer
-from ingest.embedded import ServerNotInstalledError, ServerProcess
+from ingest.trial.servers import ServerNotInstalledError, ServerProcess
 
 _S = TypeVar("_S", bound=ServerProcess)
 

@@ -7,7 +7,7 @@ import asyncio
 import pytest
 
 from bench.servers import MosquittoServer
-from ingest.mqttclient import MqttConnection, MqttSettings
+from ingest.mqtt.client import MqttConnection, MqttSettings
 from tests.drain import assert_drained, session_backlog
 from tests.ingest.harness import publish
 

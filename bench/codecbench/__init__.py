@@ -27,7 +27,7 @@ Data (all from the simulator's models, never invented):
   readings of 3,000 sensors (all four kinds, 1 Hz, gateway batches with the
   simulator's duplicates and late readings) in arrival order, produced by
   :class:`simulator.generator.TrafficGenerator` and decoded by
-  :class:`ingest.codec.PayloadDecoder` exactly as the service does;
+  :class:`ingest.pipeline.codec.PayloadDecoder` exactly as the service does;
 - rollups: per minute and per hour, count/min/max/sum/first/last of each metric
   over the day window (sum by ``math.fsum``, so it is the same whatever the order).
 

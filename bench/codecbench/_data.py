@@ -6,7 +6,7 @@ values from :mod:`simulator.signals`, a clock jitter the simulator does not mode
 (the schedule is exact to the ms), sorted by time and one reading per timestamp, as a
 writer would store them. Each precision passes through orjson and back, as the
 published JSON would. Journal chunks come from :class:`simulator.generator.TrafficGenerator`
-in gateway mode, decoded by :class:`ingest.codec.PayloadDecoder` as the service does.
+in gateway mode, decoded by :class:`ingest.pipeline.codec.PayloadDecoder` as the service does.
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from ingest.codec import Limits, PayloadDecoder
-from ingest.layout import Reading
+from ingest.pipeline.codec import Limits, PayloadDecoder
+from ingest.storage.layout import Reading
 from simulator import signals
 from simulator.faults import FaultConfig, FaultInjector
 from simulator.fleet import DeviceGroup, Fleet

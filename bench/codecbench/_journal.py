@@ -1,6 +1,6 @@
 """Journal chunks: one flush of an ingest worker (many sensors, arrival order) as one blob.
 
-Row formats (orjson as it serializes the :class:`ingest.layout.Reading` dataclass, or
+Row formats (orjson as it serializes the :class:`ingest.storage.layout.Reading` dataclass, or
 msgpack rows), zstd with and without a trained dictionary, against a columnar form
 grouped by schema and sensor. Decoding gives rows back; :func:`canonical` compares
 them as a multiset with bit-identical values (and int vs float kept).
@@ -27,7 +27,7 @@ from bench.codecbench._columns import (
     varint,
 )
 from bench.codecbench._libs import Compress, frame_zstd, msgpack, zstandard
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
 
 __all__ = [
     "JRow",

@@ -46,7 +46,7 @@ from bench.codecbench._journal import (
     rows_of,
     train_dictionaries,
 )
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
 from simulator.signals import KINDS, kind_names
 
 __all__ = [

@@ -10,38 +10,4 @@ storage-class rule), ``metrics`` (Prometheus ``iot_archive_*``), ``cli``. See
 docs/archival.md.
 """
 
-from ingest.archive.archiver import Archiver, ArchiveReport, ArchiveSettings
-from ingest.archive.errors import (
-    ArchiveConfigError,
-    ArchiveError,
-    ObjectChanged,
-    SourceError,
-    StorageError,
-    VerifyError,
-)
-from ingest.archive.lifecycle import apply_lifecycle
-from ingest.archive.manifest import MARKER_PREFIX, Manifest
-from ingest.archive.metrics import ArchiveMetrics
-from ingest.archive.reader import archive_markers, archived_buckets, merge_tiers, read_cold
-from ingest.archive.store import S3Store
-
-__all__ = [
-    "MARKER_PREFIX",
-    "ArchiveConfigError",
-    "ArchiveError",
-    "ArchiveMetrics",
-    "ArchiveReport",
-    "ArchiveSettings",
-    "Archiver",
-    "Manifest",
-    "ObjectChanged",
-    "S3Store",
-    "SourceError",
-    "StorageError",
-    "VerifyError",
-    "apply_lifecycle",
-    "archive_markers",
-    "archived_buckets",
-    "merge_tiers",
-    "read_cold",
-]
+__all__: list[str] = []

@@ -1,9 +1,9 @@
 """The archive step: closed buckets past the horizon → Parquet in S3 → verified → marked.
 
 Each pass first records the archive policy in the table (horizon, bucket width,
-settle time; :class:`ingest.layout.ArchivePolicy`, beside the layout record),
+settle time; :class:`ingest.storage.layout.ArchivePolicy`, beside the layout record),
 which the ingest's registry reads to tell late readings; then it reads the late
-marks (:func:`ingest.registry.late_marks`) and, for each sensor (from the
+marks (:func:`ingest.storage.registry.late_marks`) and, for each sensor (from the
 registry) and each bucket the planner hands out or a late mark names:
 
 1. For a bucket archived before (a late mark, or a corrupt object), read its
@@ -54,28 +54,11 @@ import hashlib
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 from ingest.archive.deleter import delete_keys
-from ingest.archive.errors import (
-    ArchiveConfigError,
-    ArchiveError,
-    ObjectChanged,
-    SourceError,
-    VerifyError,
-    single_archive_error,
-)
 from ingest.archive.exporter import export_bucket
-from ingest.archive.manifest import (
-    Manifest,
-    get_marker,
-    mark_delete_started,
-    mark_deleted,
-    put_marker,
-)
-from ingest.archive.metrics import ArchiveMetrics
-from ingest.archive.parquet import content_checksum, encode
-from ingest.archive.paths import data_key, manifest_key
+from ingest.archive.metrics import ArchiveMetrics, ArchiveReport
 from ingest.archive.planner import (
     DAY_MS,
     DEFAULT_GRACE_MS,
@@ -88,13 +71,30 @@ from ingest.archive.planner import (
     plan_sensor,
     validate_horizon,
 )
-from ingest.archive.store import S3Store, StoredObject
 from ingest.archive.verify import verify_object, verify_self, verify_stored
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.layout import ArchivePolicy, Reading, TableLayout
-from ingest.registry import LateMark, clear_late_mark, late_marks, write_late_mark
-from ingest.table import read_archive_policy, write_archive_policy
+from ingest.core.errors import WriteError
+from ingest.storage.archive.errors import (
+    ArchiveConfigError,
+    ArchiveError,
+    ObjectChanged,
+    SourceError,
+    VerifyError,
+    single_archive_error,
+)
+from ingest.storage.archive.manifest import (
+    Manifest,
+    get_marker,
+    mark_delete_started,
+    mark_deleted,
+    put_marker,
+)
+from ingest.storage.archive.parquet import content_checksum, encode
+from ingest.storage.archive.paths import data_key, manifest_key
+from ingest.storage.archive.store import S3Store, StoredObject
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import ArchivePolicy, Reading, TableLayout
+from ingest.storage.registry import LateMark, clear_late_mark, late_marks, write_late_mark
+from ingest.storage.table import read_archive_policy, write_archive_policy
 
 __all__ = ["DEFAULT_SETTLE_MS", "ArchiveReport", "ArchiveSettings", "Archiver"]
 
@@ -145,59 +145,6 @@ class ArchiveSettings:
         if self.settle_ms is not None:
             return self.settle_ms
         return max(0, min(DEFAULT_SETTLE_MS, self.horizon_ms // 4))
-
-
-@dataclass(slots=True)
-class ArchiveReport:
-    """What one pass did.
-
-    Attributes:
-        sensors: Sensors looked at.
-        archived: Buckets archived and verified in this pass.
-        rearchived: Archived buckets written again (late readings merged in, or a
-            corrupt object replaced), verified.
-        empty: Buckets found empty (marked, no object).
-        skipped: Buckets already archived.
-        rows: Readings added to the archive in this pass.
-        bytes: Parquet bytes written in this pass (verified objects).
-        deleted: Items deleted early in this pass.
-        late: Late marks handled and cleared.
-        late_waiting: Late marks left for a later pass (younger than the settle time, or
-            their bucket not archivable yet).
-        corrupt: Verification failures found (each was archived again).
-        failed: Buckets that could not be archived, with the reason (left unmarked).
-        stopped: The pass was stopped before it looked at every bucket (the rest is
-            done by the next one).
-    """
-
-    sensors: int = 0
-    archived: int = 0
-    rearchived: int = 0
-    empty: int = 0
-    skipped: int = 0
-    rows: int = 0
-    bytes: int = 0
-    deleted: int = 0
-    late: int = 0
-    late_waiting: int = 0
-    corrupt: list[str] = field(default_factory=list)
-    failed: list[str] = field(default_factory=list)
-    stopped: bool = False
-
-    @property
-    def ok(self) -> bool:
-        """True when no bucket failed."""
-        return not self.failed
-
-    def summary(self) -> str:
-        """One line for logs and the CLI."""
-        return (
-            f"{self.sensors} sensors: {self.archived} buckets archived ({self.rows} readings), "
-            f"{self.rearchived} re-archived, {self.empty} empty, {self.skipped} already "
-            f"archived, {self.deleted} items deleted, {self.late} late marks cleared "
-            f"({self.late_waiting} waiting), {len(self.corrupt)} corrupt objects re-archived, "
-            f"{len(self.failed)} failed" + (" (stopped early)" if self.stopped else "")
-        )
 
 
 @dataclass(frozen=True, slots=True)

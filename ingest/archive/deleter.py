@@ -2,7 +2,7 @@
 
 Only keys read back from a verified archive object are deleted, 25 per call;
 ``UnprocessedItems`` and retriable errors are resent after a full-jitter backoff
-(:class:`ingest.writer.Backoff`) until a deadline. A delete of an absent key is a
+(:class:`ingest.core.retry.Backoff`) until a deadline. A delete of an absent key is a
 no-op in DynamoDB, so a re-run after a crash mid-delete is harmless.
 """
 
@@ -13,10 +13,10 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from ingest.archive.errors import SourceError, single_archive_error
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.writer import Backoff
+from ingest.core.errors import WriteError
+from ingest.core.retry import Backoff
+from ingest.storage.archive.errors import SourceError, single_archive_error
+from ingest.storage.dynamo import DynamoClient
 
 __all__ = ["BATCH_SIZE", "delete_keys"]
 

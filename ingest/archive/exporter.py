@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.archive.errors import SourceError, single_archive_error
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.layout import Item, TableLayout
-from queries.reader import query_partition
+from ingest.core.errors import WriteError
+from ingest.storage.archive.errors import SourceError, single_archive_error
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Item, TableLayout
+from ingest.storage.reads import query_partition
 
 __all__ = ["export_bucket"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from ingest.archive.errors import ArchiveConfigError
-from ingest.archive.store import S3Store
+from ingest.storage.archive.errors import ArchiveConfigError
+from ingest.storage.archive.store import S3Store
 
 __all__ = ["INSTANT_CLASSES", "RULE_ID", "STORAGE_CLASSES", "apply_lifecycle", "lifecycle_rule"]
 

@@ -4,7 +4,7 @@ One :class:`ArchiveMetrics` per archiver process, with its own registry (tests
 run several side by side). The :class:`~.archiver.Archiver` records each pass
 (buckets by outcome, readings, bytes, early deletes, duration, last success);
 the :class:`~.streams.StreamArchiver` its polls. :func:`serve_metrics` serves
-them with the ingest service's :class:`~ingest.metrics.HealthServer`
+them with the ingest service's :class:`~ingest.core.metrics.HealthServer`
 (``/metrics``, ``/healthz``, ``/readyz``) when ``iot-ingest archive --every …
 --metrics-port P`` runs.
 """
@@ -12,14 +12,11 @@ them with the ingest service's :class:`~ingest.metrics.HealthServer`
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from ingest.metrics import HealthServer
-
-if TYPE_CHECKING:
-    from ingest.archive.archiver import ArchiveReport
+from ingest.core.metrics import HealthServer
 
 __all__ = ["BUCKET_OUTCOMES", "ArchiveMetrics", "serve_metrics"]
 
@@ -166,3 +163,56 @@ def serve_metrics(metrics: ArchiveMetrics, *, host: str, port: int) -> HealthSer
     """``/metrics``, ``/healthz``, ``/readyz`` for the archive (an async context manager),
     on the ingest service's server."""
     return HealthServer(metrics, metrics.health, host=host, port=port)
+
+
+@dataclass(slots=True)
+class ArchiveReport:
+    """What one pass did.
+
+    Attributes:
+        sensors: Sensors looked at.
+        archived: Buckets archived and verified in this pass.
+        rearchived: Archived buckets written again (late readings merged in, or a
+            corrupt object replaced), verified.
+        empty: Buckets found empty (marked, no object).
+        skipped: Buckets already archived.
+        rows: Readings added to the archive in this pass.
+        bytes: Parquet bytes written in this pass (verified objects).
+        deleted: Items deleted early in this pass.
+        late: Late marks handled and cleared.
+        late_waiting: Late marks left for a later pass (younger than the settle time, or
+            their bucket not archivable yet).
+        corrupt: Verification failures found (each was archived again).
+        failed: Buckets that could not be archived, with the reason (left unmarked).
+        stopped: The pass was stopped before it looked at every bucket (the rest is
+            done by the next one).
+    """
+
+    sensors: int = 0
+    archived: int = 0
+    rearchived: int = 0
+    empty: int = 0
+    skipped: int = 0
+    rows: int = 0
+    bytes: int = 0
+    deleted: int = 0
+    late: int = 0
+    late_waiting: int = 0
+    corrupt: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    stopped: bool = False
+
+    @property
+    def ok(self) -> bool:
+        """True when no bucket failed."""
+        return not self.failed
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        return (
+            f"{self.sensors} sensors: {self.archived} buckets archived ({self.rows} readings), "
+            f"{self.rearchived} re-archived, {self.empty} empty, {self.skipped} already "
+            f"archived, {self.deleted} items deleted, {self.late} late marks cleared "
+            f"({self.late_waiting} waiting), {len(self.corrupt)} corrupt objects re-archived, "
+            f"{len(self.failed)} failed" + (" (stopped early)" if self.stopped else "")
+        )

@@ -1,7 +1,7 @@
 """Which buckets to archive: closed, past the horizon, not yet archived (no Scan anywhere).
 
 Sensors come from the registry partitions (Query), each with its first-seen and
-last-seen reading times (``fs``, ``ls``; see :mod:`ingest.registry`); a sensor's
+last-seen reading times (``fs``, ``ls``; see :mod:`ingest.pipeline.registry`); a sensor's
 archived buckets from its marker partition (one Query). A bucket ``[start,
 start + bucket_ms)`` is archivable when ``start + bucket_ms <= now - horizon``:
 it is closed. Readings that arrive for it later are marked late by the ingest's
@@ -25,12 +25,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.archive.errors import ArchiveConfigError, SourceError
-from ingest.archive.manifest import Manifest, query_markers
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.layout import TableLayout
-from ingest.registry import LateMark, registry_items
+from ingest.core.errors import WriteError
+from ingest.storage.archive.errors import ArchiveConfigError, SourceError
+from ingest.storage.archive.manifest import Manifest, query_markers
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import TableLayout
+from ingest.storage.registry import LateMark, registry_items
 
 __all__ = [
     "DAY_MS",

@@ -35,21 +35,21 @@ import orjson
 from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest.archive.errors import (
+from ingest.archive.metrics import ArchiveMetrics
+from ingest.aws.client import BotocoreClient
+from ingest.core.errors import WriteError
+from ingest.storage.archive.errors import (
     ArchiveConfigError,
     ArchiveError,
     SourceError,
     StorageError,
     VerifyError,
 )
-from ingest.archive.metrics import ArchiveMetrics
-from ingest.archive.parquet import content_checksum, decode, encode
-from ingest.archive.paths import data_key
-from ingest.archive.store import S3Store
-from ingest.awsclient import BotocoreClient
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteError
-from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout
+from ingest.storage.archive.parquet import content_checksum, decode, encode
+from ingest.storage.archive.paths import data_key
+from ingest.storage.archive.store import S3Store
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import LAYOUT_PK, Item, Reading, TableLayout
 
 __all__ = ["StreamArchiver", "StreamsClient", "find_stream_arn", "is_ttl_delete"]
 

@@ -14,11 +14,11 @@ import hashlib
 
 import pyarrow as pa
 
-from ingest.archive.errors import VerifyError
-from ingest.archive.manifest import Manifest
-from ingest.archive.parquet import content_checksum, decode
-from ingest.archive.store import S3Store, StoredObject
-from ingest.layout import Reading
+from ingest.storage.archive.errors import VerifyError
+from ingest.storage.archive.manifest import Manifest
+from ingest.storage.archive.parquet import content_checksum, decode
+from ingest.storage.archive.store import S3Store, StoredObject
+from ingest.storage.layout import Reading
 
 __all__ = ["verify_object", "verify_self", "verify_stored"]
 

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 import pytest_asyncio
 
 from bench.servers import MotoServer
-from ingest.archive import Archiver, ArchiveSettings, S3Store
-from ingest.dynamo import DynamoClient
-from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from ingest.table import create_table
+from ingest.archive.archiver import Archiver, ArchiveSettings
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.archive.store import S3Store
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.table import create_table
 
 HOUR_MS = 3_600_000
 DAY_MS = 86_400_000
@@ -93,7 +94,7 @@ class ArchiveEnv:
         )
 
     async def count_items(self, sensor_id: str, bucket_start_ms: int) -> int:
-        from queries.reader import query_partition
+        from ingest.storage.reads import query_partition
 
         total = 0
         for pk in self.layout.partition_keys(sensor_id, bucket_start_ms):

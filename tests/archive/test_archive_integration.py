@@ -12,20 +12,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from ingest.archive import (
-    ArchiveConfigError,
-    ArchiveMetrics,
-    Manifest,
-    S3Store,
-    StorageError,
-    archived_buckets,
-    merge_tiers,
-    read_cold,
-)
 from ingest.archive import archiver as archiver_mod
-from ingest.archive.manifest import query_markers
-from ingest.archive.paths import parse_key
-from ingest.layout import Reading
+from ingest.archive.metrics import ArchiveMetrics
+from ingest.storage.archive.errors import ArchiveConfigError, StorageError
+from ingest.storage.archive.manifest import Manifest, query_markers
+from ingest.storage.archive.paths import parse_key
+from ingest.storage.archive.reader import archived_buckets, merge_tiers, read_cold
+from ingest.storage.archive.store import S3Store
+from ingest.storage.layout import Reading
 from tests.archive.conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
 
 SENSORS = ["dev-a", "dev-b", "dev-c"]

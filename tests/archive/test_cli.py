@@ -9,9 +9,9 @@ import time
 import pytest
 
 from bench.servers import MotoServer
-from ingest.archive.cli import add_commands
-from ingest.archive.errors import ArchiveConfigError
-from ingest.layout import Reading, TableLayout
+from ingest.cli.archive import add_commands
+from ingest.storage.archive.errors import ArchiveConfigError
+from ingest.storage.layout import Reading, TableLayout
 from tests.archive.conftest import bucket_name, seed_table_and_bucket
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 import pytest
 
-from ingest.archive import ArchiveConfigError, apply_lifecycle
 from ingest.archive.deleter import delete_keys
-from ingest.archive.lifecycle import RULE_ID
-from ingest.dynamo import DynamoClient
-from ingest.layout import Reading
-from ingest.writer import Backoff
+from ingest.archive.lifecycle import RULE_ID, apply_lifecycle
+from ingest.core.retry import Backoff
+from ingest.storage.archive.errors import ArchiveConfigError
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading
 from tests.archive.conftest import NOW_MS, ArchiveEnv
 
 

@@ -1,10 +1,10 @@
 """Late readings on moto DynamoDB + moto S3: a reading written after its bucket was archived.
 
-The ingest side is the real :class:`~ingest.registry.SensorRegistry` (it reads the
+The ingest side is the real :class:`~ingest.pipeline.registry.SensorRegistry` (it reads the
 archive policy the archiver records and marks late buckets); the archiver runs on a
 fixed clock. Each test checks, from the outside, that every reading ends in S3
 exactly once (one object per bucket, decoded), that the late marks are gone, and
-that the tiered read path (``queries.pages.read_page``, what the HTTP API serves)
+that the tiered read path (``queries.read.pages.read_page``, what the HTTP API serves)
 returns every reading once — with and without the early delete, across a late
 write racing the archiver, an ingest that does not know the policy yet, and a
 crash at each step of a re-archive.
@@ -17,16 +17,18 @@ from typing import Any
 
 import pytest
 
-from ingest.archive import S3Store, read_cold
 from ingest.archive import archiver as archiver_mod
-from ingest.archive.manifest import get_marker
-from ingest.archive.paths import parse_key
-from ingest.layout import ArchivePolicy, Reading
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry, late_marks
-from ingest.table import read_archive_policy
-from queries.pages import read_page
-from queries.reader import TableReader
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.archive.manifest import get_marker
+from ingest.storage.archive.paths import parse_key
+from ingest.storage.archive.reader import read_cold
+from ingest.storage.archive.store import S3Store
+from ingest.storage.layout import ArchivePolicy, Reading
+from ingest.storage.registry import late_marks
+from ingest.storage.table import read_archive_policy
+from queries.read.pages import read_page
+from queries.read.reader import TableReader
 from tests.archive.conftest import BUCKET_MS, DAY_MS, HORIZON_MS, HOUR_MS, NOW_MS, ArchiveEnv
 from tests.archive.test_archive_integration import all_objects, decode_all
 

@@ -17,12 +17,13 @@ import orjson
 import pytest
 
 from bench.servers import MotoServer
-from ingest.archive import Archiver, ArchiveSettings, read_cold
-from ingest.layout import Reading, TableLayout
-from ingest.registry import late_marks
-from ingest.service import IngestService
-from queries.pages import read_page
-from queries.reader import TableReader
+from ingest.archive.archiver import Archiver, ArchiveSettings
+from ingest.pipeline.service import IngestService
+from ingest.storage.archive.reader import read_cold
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.registry import late_marks
+from queries.read.pages import read_page
+from queries.read.reader import TableReader
 from tests.archive.conftest import open_archive_env
 from tests.ingest.harness import make_config, publish, running
 
@@ -98,7 +99,7 @@ async def test_what_the_archiver_relies_on_is_durable_before_the_ack(
     The registry's periodic flush is 60 s away here, so only a write made before the
     acknowledgement can be in the table when the message completes.
     """
-    from ingest.registry import registry_items
+    from ingest.storage.registry import registry_items
     from tests.ingest.harness import counter, wait_until
 
     now_ms = int(time.time() * 1000)

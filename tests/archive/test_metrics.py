@@ -13,10 +13,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import MotoServer
-from ingest.archive import S3Store, StorageError
 from ingest.archive.metrics import ArchiveMetrics, serve_metrics
-from ingest.embedded import free_port
-from ingest.layout import Reading, TableLayout
+from ingest.storage.archive.errors import StorageError
+from ingest.storage.archive.store import S3Store
+from ingest.storage.layout import Reading, TableLayout
+from ingest.trial.servers import free_port
 from tests.archive.conftest import BUCKET_MS, NOW_MS, ArchiveEnv, bucket_name, seed_table_and_bucket
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]

@@ -7,11 +7,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.archive.errors import ArchiveConfigError
-from ingest.archive.parquet import content_checksum, decode, encode, to_table
-from ingest.archive.paths import data_key, manifest_key, parse_key
 from ingest.archive.planner import archive_window, validate_horizon
-from ingest.layout import Reading, TableLayout
+from ingest.storage.archive.errors import ArchiveConfigError
+from ingest.storage.archive.parquet import content_checksum, decode, encode, to_table
+from ingest.storage.archive.paths import data_key, manifest_key, parse_key
+from ingest.storage.layout import Reading, TableLayout
 
 DAY = 86_400_000
 names = st.text(st.characters(codec="utf-8", exclude_characters="\x00"), min_size=1, max_size=8)

@@ -15,12 +15,13 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
-from ingest.archive import Archiver, ArchiveSettings, read_cold
-from ingest.archive.manifest import query_markers
+from ingest.archive.archiver import Archiver, ArchiveSettings
 from ingest.archive.planner import SensorSpan, Window, archive_window, clip_window
-from ingest.layout import Reading, TableLayout, registry_key
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.archive.manifest import query_markers
+from ingest.storage.archive.reader import read_cold
+from ingest.storage.layout import Reading, TableLayout, registry_key
 from tests.archive.conftest import (
     BUCKET_MS,
     DAY_MS,

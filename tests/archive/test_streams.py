@@ -17,10 +17,11 @@ import pytest
 from aiobotocore.session import get_session
 from botocore.exceptions import ClientError
 
-from ingest.archive import ArchiveConfigError, read_cold
-from ingest.archive.cli import add_commands
 from ingest.archive.streams import StreamArchiver, find_stream_arn, is_ttl_delete
-from ingest.layout import Reading
+from ingest.cli.archive import add_commands
+from ingest.storage.archive.errors import ArchiveConfigError
+from ingest.storage.archive.reader import read_cold
+from ingest.storage.layout import Reading
 from tests.archive.conftest import LAYOUT, NOW_MS, ArchiveEnv
 
 _OLD = {"pk": {"S": "dev-1#2026-11-22#0"}, "sk": {"N": "1"}, "m": {"M": {}}}

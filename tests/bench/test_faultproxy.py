@@ -14,7 +14,7 @@ from botocore.exceptions import ClientError, ConnectionClosedError, EndpointConn
 
 from bench.faultproxy import FaultProxy
 from bench.servers import MotoServer
-from ingest.table import create_table_request
+from ingest.storage.table import create_table_request
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
 ProxyFactory = Callable[..., Awaitable[FaultProxy]]

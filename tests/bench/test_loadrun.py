@@ -24,7 +24,7 @@ from bench.hotsensor import timeline
 from bench.processes import parse_prometheus
 from bench.servers import MosquittoServer, free_port
 from bench.sink import Sink, make_app
-from ingest.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout
 from simulator.publisher import MqttPublisher, parse_mqtt_url
 
 TABLE = "bench-t"

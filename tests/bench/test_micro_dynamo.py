@@ -9,7 +9,7 @@ hook answers instead of the server):
 * ``botocore-serialize``: botocore's validating JSON serializer alone;
 * ``botocore-sigv4``: botocore's ``SigV4Auth`` on a ready body;
 * ``lean``: the hot path's own body building and cached SigV4 signer
-  (:mod:`ingest.sigv4`), when the package has it.
+  (:mod:`ingest.aws.sigv4`), when the package has it.
 
 Run with ``--benchmark-enable`` to measure (see test_micro_ingest.py).
 """
@@ -25,7 +25,7 @@ import orjson
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from ingest.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout
 
 TABLE = "bench-readings"
 NOW_MS = int(time.time() * 1000)
@@ -128,7 +128,7 @@ def test_botocore_sigv4_sign_only(benchmark: BenchmarkFixture) -> None:
 
 @pytest.mark.benchmark(group="request")
 def test_lean_body_and_sigv4(benchmark: BenchmarkFixture) -> None:
-    sigv4 = pytest.importorskip("ingest.sigv4", reason="the lean writer is not in this commit")
+    sigv4 = pytest.importorskip("ingest.aws.sigv4", reason="the lean writer is not in this commit")
     signer = sigv4.SigV4Signer(host="dynamodb.us-east-1.amazonaws.com", region="us-east-1")
     creds = sigv4.Credentials("bench", "bench", None)
     prefix = b'{"RequestItems":{' + orjson.dumps(TABLE) + b":["

@@ -19,16 +19,17 @@ import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from ingest.acks import AckTracker, Pending
-from ingest.batcher import Batch, Batcher
-from ingest.codec import Limits, PayloadDecoder
-from ingest.dynamohttp import LeanDynamoClient
-from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.mqttclient import Message
-from ingest.pipeline import DecodeStage, Inbox
-from ingest.registry import SensorRegistry
-from ingest.writer import Backoff, Writer
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.mqtt.client import Message
+from ingest.pipeline.acks import AckTracker, Pending
+from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.codec import Limits, PayloadDecoder
+from ingest.pipeline.decode import DecodeStage, Inbox
+from ingest.pipeline.registry import SensorRegistry
+from ingest.pipeline.writer import Writer
+from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.layout import Reading, TableLayout
 
 NOW_MS = int(time.time() * 1000)
 

@@ -2,7 +2,7 @@
 
 ``read_range`` merges the shards of a bucket with ``heapq.merge`` on the sort
 key; the series endpoint folds DynamoDB pages into per-window aggregates
-(:class:`queries.sampler.SensorSeries`, :class:`queries.series.SeriesAccumulator`).
+(:class:`queries.read.sampler.SensorSeries`, :class:`queries.read.series.SeriesAccumulator`).
 Run with ``--benchmark-enable`` to measure (see test_micro_ingest.py).
 """
 
@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
 
-from ingest.layout import Reading, TableLayout
-from queries.sampler import SensorSeries
-from queries.series import SeriesAccumulator, WindowGrid
+from ingest.storage.layout import Reading, TableLayout
+from queries.read.sampler import SensorSeries
+from queries.read.series import SeriesAccumulator, WindowGrid
 
 START_MS = 1_795_000_000_000
 LAYOUT = TableLayout()

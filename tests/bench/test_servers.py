@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 
 from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
-from ingest.embedded import ServerNotInstalledError, ServerStartError, probe_mqtt
-from ingest.table import create_table_request
+from ingest.storage.table import create_table_request
+from ingest.trial.servers import ServerNotInstalledError, ServerStartError, probe_mqtt
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
 

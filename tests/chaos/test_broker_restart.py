@@ -24,7 +24,7 @@ from typing import Any, Literal
 
 import pytest
 
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
 from tests.chaos.conftest import FULL, sim_config, simulate, verify_until
 from tests.ingest.harness import counter, make_config, running
 

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
 from tests.chaos.conftest import (
     FULL,
     Worker,

@@ -38,8 +38,9 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.deadletters import SLOW_WRITE_S, STALLED_WRITE_S, iter_dead_letters
-from ingest.service import IngestService
+from ingest.pipeline.deadletters import SLOW_WRITE_S, STALLED_WRITE_S
+from ingest.pipeline.service import IngestService
+from ingest.storage.spool import iter_dead_letters
 from tests.ingest.harness import counter, make_config, publish, running, wait_until
 
 pytestmark = pytest.mark.chaos
@@ -157,7 +158,7 @@ async def test_slow_spool_fsync_is_reported_and_nothing_is_acknowledged_before_i
     caplog: pytest.LogCaptureFixture,
     figure: Callable[..., None],
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ingest.deadletters")
+    caplog.set_level(logging.WARNING, logger="ingest.pipeline.deadletters")
     cfg = make_config(
         broker_url=mosquitto.url,
         endpoint=moto_server.endpoint_url,

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from ingest.deadletters import iter_dead_letters
+from ingest.storage.spool import iter_dead_letters
 from tests.chaos.conftest import (
     DATA_FAULTS,
     FULL,

@@ -24,8 +24,8 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.deadletters import TornLine, iter_dead_letters
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
+from ingest.storage.spool import TornLine, iter_dead_letters
 from tests.ingest.harness import counter, make_config, publish, running, wait_until
 
 pytestmark = pytest.mark.chaos

@@ -10,11 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from ingest.config import Config
-from ingest.dynamo import DynamoClient
-from ingest.layout import Reading
-from ingest.mqttclient import MqttConnection, MqttSettings
-from ingest.service import IngestService, mqtt_settings
-from queries.reader import read_range
+from ingest.mqtt.client import MqttConnection, MqttSettings
+from ingest.pipeline.service import IngestService, mqtt_settings
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading
+from ingest.storage.reads import read_range
 from tests.drain import assert_drained
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}

@@ -19,7 +19,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
-from ingest import mqttproto as mp
+from ingest.mqtt import proto as mp
 
 __all__ = ["HostileBroker", "Peer", "Script"]
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.deadletters import DeadLetter
+from ingest.storage.spool import DeadLetter
 
 TOPIC = "sensors/dev-1/telemetry"
 DAY_MS = 1_763_780_000_000  # 2025-11-22

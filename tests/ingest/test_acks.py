@@ -1,4 +1,4 @@
-"""Unit tests of ingest.acks: PUBACKs in arrival order, only once the data is durable."""
+"""Unit tests of ingest.pipeline.acks: PUBACKs in arrival order, only once the data is durable."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.acks import AckTracker, Pending
+from ingest.pipeline.acks import AckTracker, Pending
 
 TOPIC = "sensors/dev-1/telemetry"
 

@@ -1,4 +1,4 @@
-"""Unit tests of ingest.batcher: BatchWriteItem-sized batches without duplicate keys."""
+"""Unit tests of ingest.pipeline.batcher: BatchWriteItem-sized batches without duplicate keys."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ingest.batcher
-from ingest.acks import Pending
-from ingest.batcher import MAX_BATCH_ITEMS, Batch, Batcher
-from ingest.layout import Item
+import ingest.pipeline.batcher
+from ingest.pipeline.acks import Pending
+from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch, Batcher
+from ingest.storage.layout import Item
 
 
 def item(pk: str, sk: int, value: int = 0) -> Item:
@@ -131,7 +131,7 @@ class FakeClock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     clock = FakeClock()
-    monkeypatch.setattr(ingest.batcher, "time", SimpleNamespace(monotonic=clock.monotonic))
+    monkeypatch.setattr(ingest.pipeline.batcher, "time", SimpleNamespace(monotonic=clock.monotonic))
     return clock
 
 

@@ -1,4 +1,4 @@
-"""Unit tests of ingest.codec: payload bytes → readings, or rejections with a reason."""
+"""Unit tests of ingest.pipeline.codec: payload bytes → readings, or rejections with a reason."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import Limits, PayloadDecoder, Rejection, SensorIdRule
-from ingest.layout import SENSOR_ID_PATTERN, Reading, TableLayout
+from ingest.pipeline.codec import Limits, PayloadDecoder, Rejection, SensorIdRule
+from ingest.storage.layout import SENSOR_ID_PATTERN, Reading, TableLayout
 
 
 def dumps(doc: Any) -> bytes:

@@ -11,9 +11,9 @@ from collections.abc import Callable
 
 import orjson
 
-from ingest.codec import Limits, PayloadDecoder
 from ingest.config import Config
-from ingest.service import IngestService
+from ingest.pipeline.codec import Limits, PayloadDecoder
+from ingest.pipeline.service import IngestService
 from tests.ingest.harness import counter, publish, running, wait_until
 
 NOW = int(time.time() * 1000)

@@ -18,13 +18,13 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.cli import build_parser, config_from_args
-from ingest.config import Config, load_config
-from ingest.deadletters import iter_dead_letters
-from ingest.dynamo import DynamoClient
-from ingest.errors import ConfigError
-from ingest.registry import known_sensor_ids
-from ingest.service import IngestService
+from ingest.cli.main import build_parser
+from ingest.config import Config, config_from_args, load_config
+from ingest.core.errors import ConfigError
+from ingest.pipeline.service import IngestService
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.registry import known_sensor_ids
+from ingest.storage.spool import iter_dead_letters
 from tests.ingest.harness import AWS, counter, make_config, publish, read_table, running, wait_until
 
 

@@ -3,7 +3,7 @@
 DynamoDB numbers have magnitudes from 1E-130 to
 9.9999999999999999999999999999999999999E+125 and at most 38 digits. The codec
 decides on the float it holds, and the item carries that float's shortest form
-(``ingest.layout.format_number``): these tests check the decision against that
+(``ingest.storage.layout.format_number``): these tests check the decision against that
 form, and against dynalite, which enforces DynamoDB's limits.
 """
 
@@ -17,11 +17,11 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.codec import Limits, PayloadDecoder, Rejection
-from ingest.dynamo import DynamoClient
-from ingest.errors import WriteRejected
-from ingest.layout import Reading, TableLayout, format_number
-from ingest.table import create_table
+from ingest.core.errors import WriteRejected
+from ingest.pipeline.codec import Limits, PayloadDecoder, Rejection
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading, TableLayout, format_number
+from ingest.storage.table import create_table
 
 NOW_MS = int(time.time() * 1000)
 TOPIC = "sensors/dev-1/telemetry"

@@ -18,8 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.codec import Limits, PayloadDecoder, Rejection
-from ingest.layout import Reading
+from ingest.pipeline.codec import Limits, PayloadDecoder, Rejection
+from ingest.storage.layout import Reading
 
 
 def dumps(doc: Any) -> bytes:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from ingest.config import Config, load_config, reference_markdown
-from ingest.errors import ConfigError
+from ingest.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 

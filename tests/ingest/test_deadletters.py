@@ -18,10 +18,11 @@ from pathlib import Path
 import pytest
 import pytest_asyncio
 
-from ingest.acks import AckTracker, Pending
-from ingest.cli import main as cli_main
-from ingest.deadletters import DeadLetter, DeadLetterSpool, TornLine, iter_dead_letters
-from ingest.metrics import Metrics
+from ingest.cli.main import main as cli_main
+from ingest.core.metrics import Metrics
+from ingest.pipeline.acks import AckTracker, Pending
+from ingest.pipeline.deadletters import DeadLetterSpool
+from ingest.storage.spool import DeadLetter, TornLine, iter_dead_letters
 from tests.ingest.harness import wait_until
 from tests.ingest.spoolkit import DAY_MS, FILE, TOPIC, Disk, letter, torn_spool
 

@@ -11,8 +11,9 @@ import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import free_port
-from ingest.archive import Manifest, S3Store
 from ingest.demo import DemoInfo, DemoOptions, run_demo
+from ingest.storage.archive.manifest import Manifest
+from ingest.storage.archive.store import S3Store
 
 
 async def archived_buckets(http: aiohttp.ClientSession, url: str) -> float:

@@ -2,8 +2,8 @@
 
 A crafted DynamoDB-API server on loopback (a few lines of asyncio: what real servers
 never do — a 200 that is not JSON, ``[]``, a throttling page in HTML, a truncated
-body) answers the lean client (:mod:`ingest.dynamohttp`) and the botocore one
-(:mod:`ingest.dynamo`); both must raise the same :class:`WriteRetriable` cause, so the
+body) answers the lean client (:mod:`ingest.storage.dynamohttp`) and the botocore one
+(:mod:`ingest.storage.dynamo`); both must raise the same :class:`WriteRetriable` cause, so the
 writer retries instead of dead-lettering or letting the error stop the service. A fake
 container-credentials endpoint (tests/ingest/credentials.py) makes botocore's
 credential refresh fail for real.
@@ -22,14 +22,16 @@ import orjson
 import pytest
 import pytest_asyncio
 
-from ingest.acks import AckTracker
-from ingest.deadletters import DeadLetterSpool, iter_dead_letters
-from ingest.dynamo import DynamoClient
-from ingest.dynamohttp import LeanDynamoClient
-from ingest.errors import WriteRejected, WriteRetriable
-from ingest.layout import Item, Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.writer import Backoff, Writer
+from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.pipeline.acks import AckTracker
+from ingest.pipeline.deadletters import DeadLetterSpool
+from ingest.pipeline.writer import Writer
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.spool import iter_dead_letters
 from tests.ingest.credentials import CredentialEndpoint, container_credentials
 
 TABLE = "crafted"
@@ -399,7 +401,7 @@ async def test_writer_survives_any_exception_from_its_sink(tmp_path: Path) -> No
 
 def test_an_xml_error_document_keeps_its_code_and_whole_message() -> None:
     """IAM layers (and moto's IAM enforcement) answer with XML, not DynamoDB's JSON."""
-    from ingest.dynamo import error_answer
+    from ingest.storage.dynamo import error_answer
 
     message = "User: arn:aws:iam::123456789012:user/x is not authorized to perform: " + (
         "dynamodb:PutItem on resource: arn:aws:dynamodb:us-east-1:123456789012:table/" + "t" * 120

@@ -13,8 +13,9 @@ from typing import Any
 
 import pytest
 
-from ingest import mqttproto
-from ingest.embedded import (
+from ingest.mqtt import proto as mqttproto
+from ingest.mqtt.client import Message, MqttConnection, MqttSettings
+from ingest.trial.servers import (
     MOSQUITTO_CONF_PATH,
     EmbeddedBroker,
     EmbeddedDynamo,
@@ -23,7 +24,6 @@ from ingest.embedded import (
     probe_mqtt,
     render_mosquitto_conf,
 )
-from ingest.mqttclient import Message, MqttConnection, MqttSettings
 from tests.ingest.harness import wait_until
 from tests.ingest.processes import process, still_running, wait_gone
 
@@ -34,8 +34,8 @@ Roundtrip = Callable[[str, str, list[bytes]], Awaitable[list[bytes]]]
 def test_packaged_mosquitto_conf_is_the_deploy_one() -> None:
     deploy = (REPO_ROOT / "deploy" / "mosquitto.conf").read_bytes()
     assert MOSQUITTO_CONF_PATH.read_bytes() == deploy, (
-        "ingest/mosquitto.conf must be a copy of deploy/mosquitto.conf: "
-        "cp deploy/mosquitto.conf ingest/mosquitto.conf"
+        "ingest/trial/mosquitto.conf must be the symlink to deploy/mosquitto.conf: "
+        "ln -sf ../../deploy/mosquitto.conf ingest/trial/mosquitto.conf"
     )
 
 
@@ -94,7 +94,7 @@ async def test_mosquitto_backend_persists_under_data_dir(tmp_path: Path) -> None
 async def test_auto_falls_back_to_amqtt_with_a_warning(
     caplog: pytest.LogCaptureFixture, mqtt_qos1_roundtrip: Roundtrip, unique_name: str
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ingest.embedded")
+    caplog.set_level(logging.WARNING, logger="ingest.trial.servers")
     async with EmbeddedBroker(mosquitto_binary="no-such-mosquitto") as broker:
         assert broker.backend == "amqtt"
         got = await mqtt_qos1_roundtrip(broker.url, f"t/{unique_name}", [b"x"])
@@ -124,7 +124,7 @@ async def test_embedded_dynamo_answers_create_table(
     caplog: pytest.LogCaptureFixture,
     unique_name: str,
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ingest.embedded")
+    caplog.set_level(logging.WARNING, logger="ingest.trial.servers")
     async with EmbeddedDynamo() as dynamo:
         assert dynamo.endpoint_url == dynamo.url == f"http://127.0.0.1:{dynamo.port}"
         async with dynamodb_client(dynamo.endpoint_url) as client:
@@ -147,7 +147,7 @@ async def test_embedded_dynamo_answers_create_table(
 async def test_broker_says_which_protocols_it_speaks_and_trial_clients_follow(
     backend: Any, spoken: tuple[str, ...], tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.WARNING, logger="ingest.embedded")
+    caplog.set_level(logging.WARNING, logger="ingest.trial.servers")
     async with EmbeddedBroker(data_dir=tmp_path / "broker", backend=backend) as broker:
         assert broker.protocols == spoken
         assert broker.protocol_for("3.1.1") == "3.1.1"
@@ -248,7 +248,7 @@ async def test_amqtt_forgets_in_flight_messages_when_the_connection_ends(
 
 _PARENT = """
 import asyncio, sys
-from ingest.embedded import MosquittoProcess
+from ingest.trial.servers import MosquittoProcess
 
 async def main():
     async with MosquittoProcess(data_dir=sys.argv[1]) as broker:

@@ -20,8 +20,8 @@ import orjson
 
 from bench.servers import free_port
 from ingest.config import Config
-from ingest.layout import TableLayout
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
+from ingest.storage.layout import TableLayout
 from tests.drain import assert_drained
 from tests.ingest.harness import AWS, counter, publish, read_table, running, wait_until
 

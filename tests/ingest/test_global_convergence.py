@@ -14,7 +14,7 @@ twice, each with its own topic, MQTT session and table on moto, fed the same rea
   with messages unacknowledged, and a new process gets them redelivered by the broker.
 
 The registry's UpdateItem is not faulted here: a throttled first-seen lowering is kept
-"for the next flush", and the flush at shutdown is the last one (ingest/service.py
+"for the next flush", and the flush at shutdown is the last one (ingest/pipeline/service.py
 ``_drain``), so ``fs`` can stay too high in any one table, replicated or not. That is
 a registry bug of its own (reported with #14), not a convergence property.
 
@@ -37,9 +37,9 @@ from typing import Any
 import orjson
 
 from ingest.config import Config
-from ingest.dynamo import DynamoClient
-from ingest.layout import LAYOUT_PK, Item, Reading, TableLayout, registry_key
-from ingest.service import IngestService, layout_from_config
+from ingest.pipeline.service import IngestService, layout_from_config
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import LAYOUT_PK, Item, Reading, TableLayout, registry_key
 from tests.conftest import REGION
 from tests.ingest.harness import AWS, counter, make_config, publish, running, wait_until
 

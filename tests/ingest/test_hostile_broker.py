@@ -18,12 +18,12 @@ import orjson
 import pytest
 
 from bench.servers import MotoServer
-from ingest import mqttproto as mp
 from ingest.config import Config
-from ingest.layout import TableLayout
-from ingest.mqttclient import MqttError
-from ingest.pipeline import Inbox
-from ingest.service import IngestService
+from ingest.mqtt import proto as mp
+from ingest.mqtt.client import MqttError
+from ingest.pipeline.decode import Inbox
+from ingest.pipeline.service import IngestService
+from ingest.storage.layout import TableLayout
 from tests.ingest.harness import counter, make_config, read_table, running, wait_until
 from tests.ingest.hostile import HostileBroker, Peer, packet, publish_packet
 
@@ -419,7 +419,7 @@ async def test_a_broker_refusing_the_protocol_version_says_which_setting_to_chan
 
 async def test_cancelling_a_connect_in_progress_closes_the_socket() -> None:
     """A stop while connecting (the broker accepted TCP, never answers) leaves no socket open."""
-    from ingest.mqttclient import MqttConnection, MqttSettings
+    from ingest.mqtt.client import MqttConnection, MqttSettings
 
     async def script(peer: Peer) -> None:
         await peer.expect(mp.CONNECT)

@@ -11,7 +11,7 @@ import pytest
 import pytest_asyncio
 import uvloop
 
-from ingest.httpconn import HttpError, HttpPool
+from ingest.aws.httpconn import HttpError, HttpPool
 
 Reply = bytes | list[bytes | float] | None
 Handler = Callable[[bytes, int], Reply]

@@ -1,4 +1,4 @@
-"""Unit tests of ingest.layout: keys, shards, buckets, TTL and the item round trip."""
+"""Unit tests of ingest.storage.layout: keys, shards, buckets, TTL and the item round trip."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.layout import (
+from ingest.storage.layout import (
     LAYOUT_PK,
     REGISTRY_PARTITIONS,
     SENSOR_ID_PATTERN,

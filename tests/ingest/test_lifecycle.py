@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from ingest.lifecycle import CANCEL_GRACE_S, StopRequested, run_until_signalled, unless_stopped
+from ingest.core.lifecycle import CANCEL_GRACE_S, StopRequested, run_until_signalled, unless_stopped
 
 
 async def test_a_step_is_abandoned_when_stop_is_set_and_cleans_up() -> None:
@@ -95,7 +95,7 @@ async def test_a_command_past_its_deadline_is_cancelled_and_exits_1() -> None:
 
 _STUBBORN = """
 import asyncio
-from ingest.lifecycle import run_until_signalled
+from ingest.core.lifecycle import run_until_signalled
 
 async def stubborn(stop):
     print("up", flush=True)

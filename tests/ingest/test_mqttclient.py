@@ -15,8 +15,8 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest import mqttproto as mp
-from ingest.mqttclient import Message, MqttConnection, MqttSettings
+from ingest.mqtt import proto as mp
+from ingest.mqtt.client import Message, MqttConnection, MqttSettings
 from tests.ingest.hostile import packet, publish_packet
 
 
@@ -128,11 +128,11 @@ def test_is_open_is_false_as_soon_as_the_transport_closes() -> None:
 
 def test_republishing_dead_letters_on_a_closing_connection_drops_them_quietly() -> None:
     """Dead-letter copies are best effort: a closing connection must not raise into the spool."""
-    from ingest.acks import AckTracker
-    from ingest.metrics import Metrics
-    from ingest.pipeline import Inbox
-    from ingest.receiver import Receiver
-    from ingest.writer import Backoff
+    from ingest.core.metrics import Metrics
+    from ingest.core.retry import Backoff
+    from ingest.pipeline.acks import AckTracker
+    from ingest.pipeline.decode import Inbox
+    from ingest.pipeline.receiver import Receiver
 
     async def run() -> bytes:
         settings = MqttSettings(host="x", port=1, client_id="c")

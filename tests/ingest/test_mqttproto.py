@@ -1,4 +1,4 @@
-"""Unit tests of ingest.mqttproto: framing, PUBLISH round trips, CONNACK/SUBACK parsing."""
+"""Unit tests of ingest.mqtt.proto: framing, PUBLISH round trips, CONNACK/SUBACK parsing."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.mqttproto import (
+from ingest.mqtt.proto import (
     CONNACK,
     HEAD_BYTES,
     PINGRESP,

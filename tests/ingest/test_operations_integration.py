@@ -11,13 +11,13 @@ import aiohttp
 import orjson
 import pytest
 
-from ingest.cli import main as cli_main
+from ingest.cli.main import main as cli_main
 from ingest.config import Config
-from ingest.dynamo import DynamoClient
-from ingest.layout import registry_key, registry_partition_keys
-from ingest.mqttclient import MqttConnection, MqttSettings
-from ingest.service import IngestService
-from queries.reader import query_partition
+from ingest.mqtt.client import MqttConnection, MqttSettings
+from ingest.pipeline.service import IngestService
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import registry_key, registry_partition_keys
+from ingest.storage.reads import query_partition
 from tests.ingest.harness import AWS, counter, publish, running, wait_until
 
 
@@ -163,7 +163,7 @@ async def test_broker_restart_reconnects_and_resumes(
 def test_tuned_gc_freezes_the_startup_heap_and_restores_everything() -> None:
     import gc
 
-    from ingest.gctune import tuned_gc
+    from ingest.core.gctune import tuned_gc
 
     before = gc.get_threshold()
     with tuned_gc(10_000):

@@ -14,8 +14,8 @@ from typing import Any
 import orjson
 
 from ingest.config import Config
-from ingest.deadletters import iter_dead_letters
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
+from ingest.storage.spool import iter_dead_letters
 from tests.ingest.harness import counter, publish, read_table, running, wait_until
 
 

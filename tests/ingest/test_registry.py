@@ -16,13 +16,14 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
-from ingest.dynamo import DynamoClient
-from ingest.dynamohttp import LeanDynamoClient
-from ingest.errors import WriteRetriable
-from ingest.layout import ArchivePolicy, Reading, TableLayout, registry_key
-from ingest.metrics import Metrics
-from ingest.registry import LateMark, SensorRegistry, clear_late_mark, late_marks, write_late_mark
-from ingest.table import create_table
+from ingest.core.errors import WriteRetriable
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.layout import ArchivePolicy, Reading, TableLayout, registry_key
+from ingest.storage.registry import LateMark, clear_late_mark, late_marks, write_late_mark
+from ingest.storage.table import create_table
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
 T0 = 1_795_348_800_000

@@ -22,12 +22,12 @@ from pathlib import Path
 import orjson
 import pytest
 
-from ingest.cli import main as cli_main
+from ingest.cli.main import main as cli_main
 from ingest.config import Config
-from ingest.deadletters import DeadLetter, iter_dead_letters, scan_letters
-from ingest.mqttclient import MqttConnection, MqttSettings
-from ingest.replay import replay
-from ingest.service import IngestService
+from ingest.mqtt.client import MqttConnection, MqttSettings
+from ingest.pipeline.replay import replay
+from ingest.pipeline.service import IngestService
+from ingest.storage.spool import DeadLetter, iter_dead_letters, scan_letters
 from tests.ingest.harness import counter, running, wait_until
 from tests.ingest.spoolkit import FILE, TOPIC, letter, torn_spool
 

@@ -14,8 +14,8 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MosquittoServer, MotoServer, free_port
-from ingest.mqttclient import MqttConnectError
-from ingest.service import IngestService
+from ingest.mqtt.client import MqttConnectError
+from ingest.pipeline.service import IngestService
 from tests.ingest.harness import counter, make_config, read_table, running, wait_until
 from tests.ingest.hostile import HostileBroker, Peer
 
@@ -77,7 +77,7 @@ async def test_tls_and_password_ingest(
     now = int(time.time() * 1000) - 5000
     async with running(service):
         # Publish over the plain listener (also password-protected) with the same account.
-        from ingest.mqttclient import MqttConnection, MqttSettings
+        from ingest.mqtt.client import MqttConnection, MqttSettings
 
         pub = MqttConnection(
             MqttSettings(

@@ -10,7 +10,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials as BotoCredentials
 
-from ingest.sigv4 import Credentials, SigV4Signer
+from ingest.aws.sigv4 import Credentials, SigV4Signer
 
 NOW = dt.datetime(2026, 11, 22, 3, 15, 7, tzinfo=dt.UTC)
 

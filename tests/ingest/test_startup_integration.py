@@ -26,11 +26,11 @@ import pytest
 
 from bench.faultproxy import FaultProxy
 from ingest.config import Config
-from ingest.dynamo import DynamoClient
-from ingest.embedded import free_port
-from ingest.errors import TableError
-from ingest.service import IngestService, layout_from_config
-from ingest.table import create_table
+from ingest.core.errors import TableError
+from ingest.pipeline.service import IngestService, layout_from_config
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.table import create_table
+from ingest.trial.servers import free_port
 from tests.ingest.harness import AWS, counter, make_config, publish, read_table, wait_until
 from tests.ingest.test_dynamohttp import CraftedDynamo, reply
 from tests.ingest.test_write_faults_integration import broker_redelivers

@@ -136,7 +136,7 @@ async def test_run_stuck_connecting_stops_on_the_first_signal(tmp_path: Path) ->
             cli.signal(signal.SIGINT)
             assert await cli.wait(DEADLINE_S) == 0, cli.text
             assert still_running(servers) == {}, cli.text
-    assert "ingest.service: stopped" in cli.text, cli.text
+    assert "ingest.pipeline.service: stopped" in cli.text, cli.text
 
 
 async def test_sigkill_to_run_in_trial_mode_leaves_no_server_behind(tmp_path: Path) -> None:

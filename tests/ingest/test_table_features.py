@@ -19,12 +19,12 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.cli import main as cli_main
-from ingest.dynamo import DynamoClient
-from ingest.errors import TableError, WriteRejected
-from ingest.layout import LAYOUT_PK, Reading, TableLayout
-from ingest.table import TableFeatures, create_table, create_table_request
-from queries.reader import read_range
+from ingest.cli.main import main as cli_main
+from ingest.core.errors import TableError, WriteRejected
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import LAYOUT_PK, Reading, TableLayout
+from ingest.storage.reads import read_range
+from ingest.storage.table import TableFeatures, create_table, create_table_request
 from tests.conftest import REGION
 from tests.ingest.harness import AWS
 

@@ -14,10 +14,10 @@ import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import free_port
-from ingest.dynamo import DynamoClient
-from ingest.layout import Reading
-from ingest.table import read_layout
-from queries.reader import read_range
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading
+from ingest.storage.reads import read_range
+from ingest.storage.table import read_layout
 from tests.ingest.processes import Cli, path_without, trial_env
 
 SHUTDOWN_S = 15.0  # shutdown_timeout_s's default
@@ -109,7 +109,7 @@ async def test_run_without_mosquitto_writes_a_published_reading_and_acknowledges
         assert await cli.wait(SHUTDOWN_S + MARGIN_S) == 0, cli.text
     text = cli.text
     assert "the embedded broker speaks MQTT 3.1.1 only" in text, text
-    assert "ingest.service: stopped" in text, text
+    assert "ingest.pipeline.service: stopped" in text, text
     for trouble in TROUBLE:
         assert trouble not in text, text
 

@@ -20,8 +20,8 @@ import pytest
 
 from bench.faultproxy import FaultProxy
 from ingest.config import Config
-from ingest.mqttclient import MqttConnection, MqttSettings
-from ingest.service import IngestService
+from ingest.mqtt.client import MqttConnection, MqttSettings
+from ingest.pipeline.service import IngestService
 from tests.ingest.credentials import CredentialEndpoint, container_credentials
 from tests.ingest.harness import counter, publish, wait_until
 from tests.ingest.test_faults_integration import _assert_table_holds, _messages

@@ -1,4 +1,4 @@
-"""Unit tests of ingest.writer: retries until durable, dead letters, acks; and Backoff.
+"""Unit tests of ingest.pipeline.writer: retries until durable, dead letters, acks; and Backoff.
 
 The sink is a fake implementing the writer's ``BatchSink`` Protocol; the dead-letter
 spool is the real one on a temporary directory; ``sleep`` is injected to record the
@@ -22,15 +22,17 @@ import pytest_asyncio
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import ingest.writer
-from ingest.acks import AckTracker
-from ingest.batcher import Batch
-from ingest.deadletters import DeadLetter, DeadLetterSpool, iter_dead_letters
-from ingest.dynamo import BatchSink
-from ingest.errors import WriteRejected, WriteRetriable
-from ingest.layout import Item, Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.writer import Backoff, Writer
+import ingest.pipeline.writer
+from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.pipeline.acks import AckTracker
+from ingest.pipeline.batcher import Batch
+from ingest.pipeline.deadletters import DeadLetterSpool
+from ingest.pipeline.writer import Writer
+from ingest.storage.dynamo import BatchSink
+from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.spool import DeadLetter, iter_dead_letters
 
 TOPIC = "sensors/gw-1/telemetry"
 NOW_MS = 1_763_780_000_000
@@ -120,7 +122,7 @@ async def h(tmp_path: Path) -> AsyncIterator[Harness]:
 def fake_clock(h: Harness, monkeypatch: pytest.MonkeyPatch) -> Harness:
     """Make the writer's deadline clock advance only by the recorded sleeps."""
     clock = SimpleNamespace(monotonic=lambda: h.now, perf_counter=time.perf_counter, time=time.time)
-    monkeypatch.setattr(ingest.writer, "time", clock)
+    monkeypatch.setattr(ingest.pipeline.writer, "time", clock)
     return h
 
 

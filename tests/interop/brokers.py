@@ -4,7 +4,7 @@ Every broker here has a private scratch directory (config, data, log; removed by
 ``close()``), a plain listener, and with ``tls=True`` a TLS listener too (the test
 CA's server certificate for ``127.0.0.1``). :class:`Traits` says what the tests need
 to know: the MQTT version the broker speaks, whether it has shared subscriptions, and
-the credentials it wants. The process handling is :class:`ingest.embedded.ServerProcess`'s
+the credentials it wants. The process handling is :class:`ingest.trial.servers.ServerProcess`'s
 (a free port, a real MQTT CONNECT as readiness probe, SIGTERM then SIGKILL on stop);
 a missing program raises :class:`ServerNotInstalledError` naming ``make test-deps``.
 
@@ -40,9 +40,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 from bench.servers import REPO_ROOT, MosquittoServer
-from ingest import mqttproto
-from ingest.embedded import ServerNotInstalledError, ServerProcess, free_port
-from ingest.mqttclient import MqttSettings
+from ingest.mqtt import proto as mqttproto
+from ingest.mqtt.client import MqttSettings
+from ingest.trial.servers import ServerNotInstalledError, ServerProcess, free_port
 
 __all__ = [
     "BROKERS",

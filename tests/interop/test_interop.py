@@ -34,10 +34,10 @@ import orjson
 import pytest
 
 from ingest.config import Config
-from ingest.embedded import ServerNotInstalledError
-from ingest.layout import TableLayout
-from ingest.mqttclient import Message, MqttConnection
-from ingest.service import IngestService
+from ingest.mqtt.client import Message, MqttConnection
+from ingest.pipeline.service import IngestService
+from ingest.storage.layout import TableLayout
+from ingest.trial.servers import ServerNotInstalledError
 from tests.chaos.conftest import Worker
 from tests.drain import assert_drained, session_backlog
 from tests.ingest.harness import counter, make_config, read_table, running, wait_until

@@ -17,13 +17,13 @@ from typing import Any
 import aiohttp
 import pytest_asyncio
 
-from ingest.dynamo import DynamoClient
-from ingest.layout import TableLayout
-from ingest.table import create_table
-from queries.app import create_app
-from queries.reader import TableReader
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import TableLayout
+from ingest.storage.table import create_table
+from queries.api.app import create_app
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
+from queries.read.reader import TableReader
 from tests.queries.harness import HOUR_MS, Api, TestTable, dynamo_client
 
 

@@ -8,11 +8,11 @@ from typing import Any
 
 import aiohttp
 
-from ingest.dynamo import DynamoClient
-from ingest.layout import Item, Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from queries.reader import TableReader
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Item, Reading, TableLayout
+from queries.read.reader import TableReader
 
 
 def dynamo_client(

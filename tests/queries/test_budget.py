@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from ingest.layout import Reading, TableLayout
-from queries.reader import default_calls_per_sensor, legal_fanout
+from ingest.storage.layout import Reading, TableLayout
+from queries.read.reader import default_calls_per_sensor, legal_fanout
 from tests.queries.harness import HOUR_MS, Api, RecordingClient, TestTable, ms_now
 
 

@@ -15,8 +15,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ingest.embedded import free_port
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
+from ingest.trial.servers import free_port
 from tests.queries.harness import TestTable, ms_now
 
 

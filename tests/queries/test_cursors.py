@@ -20,8 +20,8 @@ import pytest_asyncio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from ingest.layout import REGISTRY_PARTITIONS, Reading, TableLayout
-from queries.cursor import CursorCodec, fingerprint
+from ingest.storage.layout import REGISTRY_PARTITIONS, Reading, TableLayout
+from queries.api.cursor import CursorCodec, fingerprint
 from tests.queries.harness import Api, RecordingClient, TestTable, ms_now
 
 

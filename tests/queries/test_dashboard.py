@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
 from tests.queries.harness import Api, TestTable
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "test-artifacts"

@@ -8,13 +8,13 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ingest.errors import WriteRejected, WriteRetriable
-from ingest.layout import Reading, TableLayout
-from queries.app import create_app
+from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.storage.layout import Reading, TableLayout
+from queries.api.app import create_app
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
 from queries.errors import ReadFailed, ReadUnavailable, wrap_read_error
-from queries.reader import TableReader
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from queries.read.reader import TableReader
 from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 DAY_MS = 24 * HOUR_MS

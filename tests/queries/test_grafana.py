@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
 from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 

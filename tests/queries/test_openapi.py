@@ -9,12 +9,12 @@ from unittest.mock import MagicMock
 import aiohttp
 from starlette.routing import Mount, Route
 
-from ingest.layout import TableLayout
-from queries.app import create_app
-from queries.openapi import openapi_document
-from queries.reader import TableReader
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from ingest.storage.layout import TableLayout
+from queries.api.app import create_app
+from queries.api.openapi import openapi_document
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
+from queries.read.reader import TableReader
 
 
 def _refs(node: Any) -> list[str]:

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from queries.cursor import CursorCodec, CursorKeyError, fingerprint, load_cursor_keys
+from queries.api.cursor import CursorCodec, CursorKeyError, fingerprint, load_cursor_keys
 from queries.errors import BadParameter
-from queries.params import parse_range, parse_step, parse_time
+from queries.read.params import parse_range, parse_step, parse_time
 
 
 @pytest.mark.parametrize(

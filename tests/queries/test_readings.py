@@ -9,9 +9,10 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-from ingest.layout import Reading, TableLayout
-from queries.pages import read_page
-from queries.reader import ReadStats, TableReader, read_range
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.reads import read_range
+from queries.read.pages import read_page
+from queries.read.reader import ReadStats, TableReader
 from tests.queries.harness import HOUR_MS, Api, RecordingClient, TestTable, expired, ms_now
 
 

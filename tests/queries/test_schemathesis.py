@@ -36,18 +36,18 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from ingest.dynamo import DynamoClient
-from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from ingest.table import create_table
-from queries.apikeys import ApiKey, AuthSettings, generate_token, hash_token
-from queries.app import create_app
-from queries.openapi import openapi_document
-from queries.ratelimit import RateLimitSettings
-from queries.reader import TableReader
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.table import create_table
+from queries.api.apikeys import ApiKey, AuthSettings, generate_token, hash_token
+from queries.api.app import create_app
+from queries.api.openapi import openapi_document
+from queries.api.ratelimit import RateLimitSettings
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
+from queries.read.reader import TableReader
 from tests.queries.harness import ms_now
 
 MAX_EXAMPLES = int(os.environ.get("SCHEMATHESIS_MAX_EXAMPLES", "12"))

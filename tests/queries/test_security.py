@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from ingest.layout import Reading
-from queries.apikeys import ApiKey, AuthSettings, generate_token, hash_token
-from queries.app import CONTENT_SECURITY_POLICY
-from queries.ratelimit import RateLimitSettings
+from ingest.storage.layout import Reading
+from queries.api.apikeys import ApiKey, AuthSettings, generate_token, hash_token
+from queries.api.app import CONTENT_SECURITY_POLICY
+from queries.api.ratelimit import RateLimitSettings
 from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 SITE_A = generate_token()
@@ -222,9 +222,9 @@ async def test_a_narrow_scope_pages_through_a_large_registry(
     serve_api: Callable[..., Awaitable[Api]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import queries.sensors
+    import queries.read.sensors
 
-    monkeypatch.setattr(queries.sensors, "MAX_SCANNED_PER_PAGE", 5)
+    monkeypatch.setattr(queries.read.sensors, "MAX_SCANNED_PER_PAGE", 5)
     table = await make_table()
     ids = [f"other-{i:02d}" for i in range(40)] + ["site-a-x", "site-a-y", "site-a-z"]
     readings = [Reading(s, ms_now() - 1000, {"v": 1}) for s in ids]
@@ -352,9 +352,9 @@ async def test_grafana_name_lists_for_a_scoped_key_do_not_walk_the_registry_each
     """Grafana asks for metric names on every editor load and variable refresh. A narrow key
     over a large registry used to read the whole registry each time; the names now come
     from one registry read shared by every key for a short TTL."""
-    import queries.metricnames
+    import queries.api.metricnames
 
-    monkeypatch.setattr(queries.metricnames, "NAMES_TTL_S", 1.0)
+    monkeypatch.setattr(queries.api.metricnames, "NAMES_TTL_S", 1.0)
     table = await make_table()
     others = [Reading(f"other-{i:04d}", ms_now() - 1000, {"v": 1, "w": 2}) for i in range(600)]
     mine = [Reading(s, ms_now() - 1000, {"v": 1}) for s in ("site-a-x", "site-a-y")]
@@ -398,9 +398,9 @@ async def test_grafana_names_snapshot_is_bounded(
     serve_api: Callable[..., Awaitable[Api]],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import queries.metricnames
+    import queries.api.metricnames
 
-    monkeypatch.setattr(queries.metricnames, "MAX_CACHED_SENSORS", 80)
+    monkeypatch.setattr(queries.api.metricnames, "MAX_CACHED_SENSORS", 80)
     table = await make_table()
     await table.register([Reading(f"b-{i:03d}", ms_now(), {"v": 1}) for i in range(200)])
     api = await serve_api(table, auth=AUTH)

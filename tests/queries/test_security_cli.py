@@ -12,8 +12,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from ingest.embedded import free_port
-from queries.apikeys import load_keys_file
+from ingest.trial.servers import free_port
+from queries.api.apikeys import load_keys_file
 from tests.queries.harness import TestTable
 
 CLI = [sys.executable, "-m", "ingest.cli"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from queries.apikeys import (
+from queries.api.apikeys import (
     ApiKey,
     AuthSettings,
     KeysFileError,
@@ -16,8 +16,8 @@ from queries.apikeys import (
     hash_token,
     load_keys_file,
 )
-from queries.ratelimit import RateLimiter, RateLimitSettings, TokenBucket
-from queries.settings import ServeSettings
+from queries.api.ratelimit import RateLimiter, RateLimitSettings, TokenBucket
+from queries.api.settings import ServeSettings
 
 
 def test_tokens_are_random_and_hashed_with_sha256() -> None:

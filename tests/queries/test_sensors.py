@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable
 
-from ingest.layout import Reading
+from ingest.storage.layout import Reading
 from tests.queries.harness import Api, RecordingClient, TestTable, ms_now
 
 

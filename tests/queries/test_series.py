@@ -12,9 +12,9 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.layout import Reading
-from queries.params import AGGREGATIONS
-from queries.series import STEP_LADDER_MS, SeriesAccumulator, WindowGrid, choose_step
+from ingest.storage.layout import Reading
+from queries.read.params import AGGREGATIONS
+from queries.read.series import STEP_LADDER_MS, SeriesAccumulator, WindowGrid, choose_step
 from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 

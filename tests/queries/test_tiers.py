@@ -23,13 +23,13 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
-from ingest.dynamo import DynamoClient
-from ingest.layout import Item, Reading
-from ingest.table import create_table
-from queries.app import create_app
-from queries.reader import TableReader
-from queries.server import ApiServer
-from queries.settings import ServeSettings
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Item, Reading
+from ingest.storage.table import create_table
+from queries.api.app import create_app
+from queries.api.server import ApiServer
+from queries.api.settings import ServeSettings
+from queries.read.reader import TableReader
 from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, open_archive_env
 from tests.queries.harness import RecordingClient
 
@@ -304,7 +304,7 @@ async def test_series_across_the_boundary_equals_a_table_that_never_expired(
 def test_serve_takes_the_archive_options_of_iot_ingest_archive() -> None:
     from types import SimpleNamespace
 
-    from ingest.cli import build_parser
+    from ingest.cli.main import build_parser
     from queries.cli import _settings
 
     cfg: Any = SimpleNamespace(

@@ -29,17 +29,17 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
-from ingest.archive import S3Store
-from ingest.archive.errors import StorageError
-from ingest.dynamo import DynamoClient
-from ingest.embedded import free_port
-from ingest.errors import WriteError
-from ingest.layout import Reading, TableLayout
-from ingest.metrics import Metrics
-from ingest.registry import SensorRegistry
-from ingest.service import IngestService
-from ingest.table import create_table, create_table_request
-from queries.reader import read_range
+from ingest.core.errors import WriteError
+from ingest.core.metrics import Metrics
+from ingest.pipeline.registry import SensorRegistry
+from ingest.pipeline.service import IngestService
+from ingest.storage.archive.errors import StorageError
+from ingest.storage.archive.store import S3Store
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.reads import read_range
+from ingest.storage.table import create_table, create_table_request
+from ingest.trial.servers import free_port
 from tests.conftest import REGION
 from tests.ingest.harness import counter, make_config, publish, running, wait_until
 from tests.security.conftest import IAM_DIR, PREFIX, ROLES, IamAws, Key, load_policy

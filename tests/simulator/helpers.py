@@ -12,7 +12,7 @@ from typing import Any
 
 import orjson
 
-from ingest.codec import Limits, PayloadDecoder
+from ingest.pipeline.codec import Limits, PayloadDecoder
 from simulator.fleet import Fleet
 from simulator.generator import TrafficGenerator, TrafficOptions
 from simulator.manifest import Manifest, reading_digest

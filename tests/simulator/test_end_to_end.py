@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ingest.deadletters import iter_dead_letters
-from ingest.service import IngestService
+from ingest.pipeline.service import IngestService
+from ingest.storage.spool import iter_dead_letters
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
 from simulator.generator import Mode, TrafficOptions

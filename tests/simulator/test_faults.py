@@ -9,7 +9,7 @@ from typing import Any
 import orjson
 import pytest
 
-from ingest.codec import Limits, PayloadDecoder
+from ingest.pipeline.codec import Limits, PayloadDecoder
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
 from simulator.generator import Mode, TrafficGenerator, TrafficOptions

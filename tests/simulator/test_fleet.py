@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from ingest.layout import SENSOR_ID_PATTERN
+from ingest.storage.layout import SENSOR_ID_PATTERN
 from simulator.errors import SimConfigError
 from simulator.fleet import Fleet, load_fleet_file
 

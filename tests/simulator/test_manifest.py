@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ingest.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout
 from simulator.errors import ManifestError
 from simulator.manifest import (
     ManifestBuilder,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from ingest.codec import Limits, PayloadDecoder
-from ingest.layout import Item, Reading, TableLayout, registry_key
+from ingest.pipeline.codec import Limits, PayloadDecoder
+from ingest.storage.layout import Item, Reading, TableLayout, registry_key
 from simulator.cli import main
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet

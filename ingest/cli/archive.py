@@ -1,0 +1,348 @@
+"""``iot-ingest archive``: archive closed buckets to S3 (one pass, or every N seconds).
+
+Also ``iot-ingest archive streams``: archive what TTL deletes, from the table's
+DynamoDB stream (one poll, or every N seconds), and ``iot-ingest archive
+lifecycle``: put the S3 lifecycle rule that moves old archive objects to a
+colder storage class. The table, region, DynamoDB endpoint and credentials come
+from the same configuration as ``iot-ingest run`` (config file <
+``IOT_INGEST_*`` environment < flags); S3 options are this command's flags.
+With ``--every``, ``--metrics-port`` serves ``/metrics`` (``iot_archive_*``),
+``/healthz`` and ``/readyz``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from ingest.config import add_table_flags
+
+__all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "cmd_streams", "default_horizon_ms"]
+
+log = logging.getLogger("ingest.archive")
+
+_DAY_MS = 86_400_000
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65_535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
+    return value
+
+
+def _add_common(p: argparse.ArgumentParser, *, table: bool, require_bucket: bool = True) -> None:
+    add_table_flags(p, table=table)
+    # Not required=True on ``archive`` itself: argparse would demand it before a subcommand.
+    p.add_argument("--s3-bucket", required=require_bucket, help="S3 bucket of the archive")
+    p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS's)")
+    p.add_argument(
+        "--s3-prefix", default="archive", help="key prefix of the archive (default: archive)"
+    )
+    p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
+
+
+def _add_loop(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--every", type=_positive_float, metavar="SECONDS", help=f"{what} every SECONDS")
+    p.add_argument(
+        "--metrics-port",
+        type=_port,
+        metavar="PORT",
+        help="with --every: serve /metrics (iot_archive_*), /healthz, /readyz on PORT (0: any)",
+    )
+    p.add_argument(
+        "--metrics-host", default="127.0.0.1", help="address of --metrics-port (127.0.0.1)"
+    )
+
+
+def add_commands(subparsers: Any) -> None:
+    """Add ``archive`` (and ``archive streams``, ``archive lifecycle``) to ``iot-ingest``."""
+    p = subparsers.add_parser(
+        "archive",
+        help="archive closed buckets to S3 as Parquet (before their TTL)",
+        description="Archive every closed bucket older than the horizon to S3 (Parquet), "
+        "verify it, mark it archived; optionally delete the archived items early. "
+        "Idempotent: re-run it, or run it with --every.",
+    )
+    _add_common(p, table=True, require_bucket=False)
+    p.add_argument(
+        "--horizon-days",
+        type=_positive_float,
+        help="archive a bucket this many days after it closed (default: 7, or less when the "
+        "retention is short); must leave the bucket time before its TTL",
+    )
+    p.add_argument(
+        "--delete-archived",
+        action="store_true",
+        help="delete the verified items from DynamoDB instead of waiting for their TTL",
+    )
+    _add_loop(p, "run a pass")
+    p.add_argument(
+        "--concurrency", type=_positive_int, default=4, help="sensors at once (default 4)"
+    )
+    p.set_defaults(func=cmd_archive)
+    sub = p.add_subparsers(dest="archive_cmd", metavar="SUBCOMMAND")
+    st = sub.add_parser(
+        "streams",
+        help="archive readings as TTL deletes them, from the table's DynamoDB stream",
+        description="Read the table's stream (view type OLD_IMAGE or NEW_AND_OLD_IMAGES) from "
+        "the last checkpoint and write the readings TTL deleted to the archive's layout; "
+        "run it at least every 24 hours (stream retention), e.g. with --every.",
+    )
+    _add_common(st, table=True)
+    _add_loop(st, "poll the stream")
+    st.add_argument(
+        "--include-user-deletes",
+        action="store_true",
+        help="archive every REMOVE, not only TTL's (emulators whose stream records carry no "
+        "userIdentity; also archives DeleteItem calls and --delete-archived's deletes)",
+    )
+    st.set_defaults(func=cmd_streams)
+    lc = sub.add_parser(
+        "lifecycle",
+        help="put the S3 lifecycle rule moving old archive objects to a colder class",
+    )
+    _add_common(lc, table=False)
+    lc.add_argument(
+        "--days", type=_positive_int, required=True, help="move objects this many days old"
+    )
+    lc.add_argument(
+        "--storage-class",
+        default="GLACIER_IR",
+        help="target class (default GLACIER_IR: still instantly readable by the query API)",
+    )
+    lc.set_defaults(func=cmd_lifecycle)
+
+
+def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
+    """Seven days, or (retention - bucket width - one day) when that is shorter."""
+    return min(7 * _DAY_MS, retention_days * _DAY_MS - bucket_ms - _DAY_MS)
+
+
+def _settle_ms(cfg: Any, horizon_ms: int) -> int:
+    """The settle time from the ingest's settings: its write retry deadline, two registry
+    flushes (the policy refresh) and a minute of clock skew, at most a quarter of the horizon."""
+    wanted = int((cfg.write_retry_deadline_s + 2 * cfg.registry_interval_s + 60) * 1000)
+    cap = max(0, horizon_ms // 4)
+    if wanted > cap:
+        log.warning(
+            "the ingest may retry a write for %g s (write_retry_deadline_s), but with a "
+            "horizon of %.3g days late marks can only wait %.3g s (a quarter of it): a reading "
+            "whose write takes longer and lands after its bucket was archived is missed",
+            cfg.write_retry_deadline_s,
+            horizon_ms / _DAY_MS,
+            cap / 1000,
+        )
+        return cap
+    return wanted
+
+
+def _check_late_limit(cfg: Any, layout: Any, settle_ms: int, every_s: float | None) -> None:
+    """Say when a late reading can expire (TTL) before a pass archives it."""
+    margin_ms = settle_ms + round((cfg.registry_interval_s + (every_s or 0)) * 1000)
+    limit_ms = layout.retention_ms - margin_ms
+    late_ms = cfg.effective_max_past_ms
+    if late_ms < limit_ms:
+        return
+    explicit = cfg.max_past_ms is not None
+    log.log(
+        logging.WARNING if explicit else logging.INFO,
+        "the ingest accepts readings up to %.3g days old (max_past_ms%s), and their items "
+        "expire (TTL) %d days after their time: one arriving less than %.3g h before that "
+        "may be deleted by TTL before a pass archives it (expired items DynamoDB has not "
+        "deleted yet are still archived); set max_past_ms below %d",
+        late_ms / _DAY_MS,
+        "" if explicit else ", the default",
+        layout.retention_days,
+        margin_ms / 3_600_000,
+        limit_ms,
+    )
+
+
+def _config(args: argparse.Namespace) -> Any:
+    from ingest.config import table_config
+
+    return table_config(args)
+
+
+def _dynamo(cfg: Any) -> Any:
+    from ingest.storage.dynamo import DynamoClient
+
+    return DynamoClient.from_config(cfg)
+
+
+def _check_loop_flags(args: argparse.Namespace) -> None:
+    from ingest.storage.archive.errors import ArchiveConfigError
+
+    if not args.s3_bucket:
+        raise ArchiveConfigError("--s3-bucket is required: the S3 bucket of the archive")
+    if args.metrics_port is not None and args.every is None:
+        raise ArchiveConfigError(
+            f"--metrics-port {args.metrics_port} needs --every: a single pass exits before "
+            "anything could scrape it (its summary is printed instead)"
+        )
+
+
+async def _run_loop(
+    args: argparse.Namespace,
+    metrics: Any,
+    loop: Callable[[asyncio.Event], Awaitable[None]],
+) -> None:
+    """Run ``loop(stop)`` until SIGINT/SIGTERM, with the metrics server when asked."""
+    from ingest.archive.metrics import serve_metrics
+    from ingest.core.aio import install_stop_signals
+
+    stop = asyncio.Event()
+    install_stop_signals(stop)
+    async with contextlib.AsyncExitStack() as stack:
+        if args.metrics_port is not None:
+            server = await stack.enter_async_context(
+                serve_metrics(metrics, host=args.metrics_host, port=args.metrics_port)
+            )
+            print(
+                f"archive metrics on http://{args.metrics_host}:{server.port}/metrics",
+                file=sys.stderr,
+                flush=True,
+            )
+        await loop(stop)
+
+
+def _store(args: argparse.Namespace, cfg: Any) -> Any:
+    from ingest.storage.archive.store import S3Store
+
+    return S3Store(
+        bucket=args.s3_bucket,
+        prefix=args.s3_prefix,
+        region=cfg.region,
+        endpoint_url=args.s3_endpoint,
+        aws_access_key_id=cfg.aws_access_key_id,
+        aws_secret_access_key=cfg.aws_secret_access_key,
+    )
+
+
+def cmd_archive(args: argparse.Namespace) -> int:
+    """One archive pass (exit 1 if a bucket failed), or the loop with ``--every``."""
+    from ingest.archive.archiver import Archiver, ArchiveSettings
+    from ingest.archive.metrics import ArchiveMetrics
+    from ingest.core.aio import run_async
+    from queries.read.reader import TableReader
+
+    _check_loop_flags(args)
+    cfg = _config(args)
+
+    async def go() -> int:
+        async with _dynamo(cfg) as dynamo, _store(args, cfg) as store:
+            layout = (await TableReader.load(dynamo)).layout
+            horizon_ms = (
+                round(args.horizon_days * _DAY_MS)
+                if args.horizon_days is not None
+                else default_horizon_ms(layout.bucket_ms, layout.retention_days)
+            )
+            settle_ms = _settle_ms(cfg, horizon_ms)
+            _check_late_limit(cfg, layout, settle_ms, args.every)
+            metrics = ArchiveMetrics()
+            archiver = Archiver(
+                dynamo,
+                store,
+                layout,
+                ArchiveSettings(
+                    horizon_ms=horizon_ms,
+                    delete_archived=args.delete_archived,
+                    concurrency=args.concurrency,
+                    settle_ms=settle_ms,
+                ),
+                metrics=metrics,
+            )
+            if args.every is not None:
+                every_s: float = args.every
+                await _run_loop(args, metrics, lambda stop: archiver.run_every(every_s, stop))
+                return 0
+            report = await archiver.run_once()
+            print(report.summary())
+            for line in report.corrupt:
+                print(f"corrupt (re-archived): {line}", file=sys.stderr)
+            for line in report.failed:
+                print(f"failed: {line}", file=sys.stderr)
+            return 0 if report.ok else 1
+
+    return run_async(go)
+
+
+def cmd_streams(args: argparse.Namespace) -> int:
+    """One poll of the table's stream (prints the readings archived), or the loop with --every."""
+    from ingest.archive.metrics import ArchiveMetrics
+    from ingest.archive.streams import StreamArchiver, StreamsClient, find_stream_arn
+    from ingest.core.aio import run_async
+    from queries.read.reader import TableReader
+
+    _check_loop_flags(args)
+    cfg = _config(args)
+
+    async def go() -> int:
+        async with (
+            _dynamo(cfg) as dynamo,
+            _store(args, cfg) as store,
+            StreamsClient(
+                region=cfg.region,
+                endpoint_url=cfg.dynamodb_endpoint,
+                aws_access_key_id=cfg.aws_access_key_id,
+                aws_secret_access_key=cfg.aws_secret_access_key,
+            ) as streams,
+        ):
+            layout = (await TableReader.load(dynamo)).layout
+            arn = await find_stream_arn(dynamo)
+            metrics = ArchiveMetrics()
+            consumer = StreamArchiver(
+                streams.client,
+                arn,
+                store,
+                layout,
+                include_user_deletes=args.include_user_deletes,
+                metrics=metrics,
+            )
+            if args.every is not None:
+                every_s: float = args.every
+                await _run_loop(args, metrics, lambda stop: consumer.run_every(every_s, stop))
+                return 0
+            await store.check()
+            n = await consumer.poll_once()
+            print(f"{n} readings archived from the stream of {cfg.table}")
+            return 0
+
+    return run_async(go)
+
+
+def cmd_lifecycle(args: argparse.Namespace) -> int:
+    """Put the lifecycle rule; print the bucket's rules."""
+    from ingest.archive.lifecycle import apply_lifecycle
+    from ingest.core.aio import run_async
+
+    cfg = _config(args)
+
+    async def go() -> int:
+        async with _store(args, cfg) as store:
+            rules = await apply_lifecycle(store, days=args.days, storage_class=args.storage_class)
+        for rule in rules:
+            print(f"{rule.get('ID')}: {rule.get('Filter')} → {rule.get('Transitions')}")
+        return 0
+
+    return run_async(go)

@@ -1,0 +1,168 @@
+"""The receive stage: one MQTT session, kept alive across reconnects.
+
+A stable client id and a persistent session (clean start off, a session
+expiry in MQTT 5) make the broker keep our QoS 1 messages while we are away
+and redeliver unacknowledged ones when we return. Reconnects back off
+exponentially with full jitter, capped. A refusal that retrying cannot fix
+(bad credentials, not authorised, a subscription granted only QoS 0) stops the
+service with the broker's reason.
+
+Each connection is its own ack epoch, begun *before* CONNECT: a broker resends
+its in-flight messages right after CONNACK, before SUBACK, and those must be
+stamped with the new connection (and acknowledged on it), or the broker keeps
+them in flight forever. The inbox bound holds from the first byte too: the
+connection is the receiver's current one from the start, so a burst during
+connect pauses it like any other.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.mqtt.client import Message, MqttConnection, MqttError, MqttSettings
+from ingest.pipeline.acks import AckTracker
+from ingest.pipeline.decode import Inbox
+
+__all__ = ["Receiver"]
+
+log = logging.getLogger(__name__)
+
+
+class Receiver:
+    """Keeps one subscription alive and feeds the inbox.
+
+    Args:
+        settings: MQTT connection settings.
+        subscription: Topic filter (possibly ``$share/GROUP/…``).
+        inbox: Where message chunks go.
+        acks: Ack tracker (its epochs follow our connections).
+        metrics: Metrics.
+        backoff: Reconnect backoff.
+    """
+
+    def __init__(
+        self,
+        *,
+        settings: MqttSettings,
+        subscription: str,
+        inbox: Inbox,
+        acks: AckTracker,
+        metrics: Metrics,
+        backoff: Backoff,
+    ) -> None:
+        self._settings = settings
+        self._subscription = subscription
+        self._inbox = inbox
+        self._acks = acks
+        self._m = metrics
+        self._backoff = backoff
+        self._conn: MqttConnection | None = None
+        self._stopping = False
+        self._paused = False
+        self.connected = asyncio.Event()
+        self.last_error: str | None = None
+
+    def _on_messages(self, epoch: int, chunk: list[Message]) -> None:
+        self._inbox.put(epoch, int(time.time() * 1000), chunk)
+        if self._inbox.full and not self._paused and self._conn is not None:
+            self._paused = True
+            self._conn.pause_reading()
+
+    def maybe_resume(self) -> None:
+        """Resume reading once the inbox has drained below half (called by the decoder)."""
+        if self._paused and self._inbox.messages <= self._inbox.resume_below and not self._stopping:
+            self._paused = False
+            if self._conn is not None:
+                self._conn.resume_reading()
+
+    def send_acks(self, packet_ids: list[int]) -> None:
+        """PUBACKs for the current connection (the tracker filters older epochs)."""
+        if self._conn is not None:
+            self._conn.ack(packet_ids)
+
+    def republish(self, topic: str, payloads: list[bytes]) -> None:
+        """Best-effort QoS 0 copies (dead letters) on the current connection, if any.
+
+        Best effort means a connection closing under us drops the copies (they stay
+        in the spool, which is what the acknowledgement promised), never an error.
+        """
+        conn = self._conn
+        if conn is None or not conn.is_open:
+            return
+        try:
+            for p in payloads:
+                conn.publish_nowait(topic, p)
+        except MqttError as exc:
+            log.info("dead-letter copies to %r not published: %s", topic, exc)
+
+    async def run(self) -> None:
+        """Connect, subscribe, wait for the connection to drop, reconnect; until stopped."""
+        attempt = 0
+        s = self._settings
+        first = True
+        while not self._stopping:
+            if not first:
+                self._m.mqtt_reconnects.inc()
+            first = False
+            epoch = self._acks.new_epoch()
+            conn = MqttConnection(s, functools.partial(self._on_messages, epoch))
+            self._conn, self._paused = conn, False
+            try:
+                await conn.open()
+                await conn.subscribe([(self._subscription, 1)])
+            except MqttError as exc:
+                self._conn = None
+                await conn.close()
+                if not exc.retriable:
+                    raise
+                self.last_error = str(exc)
+                delay = self._backoff.delay_s(attempt)
+                log.warning("MQTT connect failed (%s); retrying in %.2f s", exc, delay)
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            attempt = 0
+            self.last_error = None
+            self._m.mqtt_connected.set(1)
+            self.connected.set()
+            log.info(
+                "subscribed to %r on %s:%d as %r (MQTT %s, session present: %s)",
+                self._subscription,
+                s.host,
+                s.port,
+                s.client_id,
+                "5" if s.version == 5 else "3.1.1",
+                conn.session_present,
+            )
+            try:
+                await conn.wait_closed()
+            except MqttError as exc:
+                self.last_error = str(exc)
+                log.warning("%s; reconnecting", exc)
+            finally:
+                self._conn = None
+                self.connected.clear()
+                self._m.mqtt_connected.set(0)
+                if conn.resends_dropped:
+                    self._m.mqtt_resends_dropped.inc(conn.resends_dropped)
+            if not self._stopping:
+                await asyncio.sleep(self._backoff.delay_s(0))
+        await asyncio.Event().wait()  # stopped: idle until the service cancels us
+
+    def stop_intake(self) -> None:
+        """Stop reading new messages and stop reconnecting (acks still go out)."""
+        self._stopping = True
+        if self._conn is not None:
+            self._conn.pause_reading()
+
+    async def close(self) -> None:
+        """DISCONNECT, keeping the persistent session; safe to call twice."""
+        self._stopping = True
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            await conn.close()

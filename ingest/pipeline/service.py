@@ -1,0 +1,429 @@
+"""The ingest service: every stage under one task group, started and drained in order.
+
+Start: (embedded servers in trial mode) → health server → DynamoDB clients,
+table check, known sensors → task group {receiver, decoder, writers×N,
+dead-letter spool, registry}. While DynamoDB does not answer (unreachable,
+throttled, 5xx, credentials not there yet) the start is retried with the write
+backoff for up to ``startup_retry_deadline_s`` (0: forever), with ``/readyz``
+false and saying why, and without subscribing, so the broker keeps the
+session's messages; ``stop`` ends the wait at once. What waiting cannot heal
+(a missing table, another layout, access denied) fails at once. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
+was received, flush the open batch, wait for the writers and the spool, send
+the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
+within ``shutdown_timeout_s``. Whatever is not durable by then stays
+unacknowledged, and the broker redelivers it on the next start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import ssl
+import time
+from collections.abc import Awaitable
+from pathlib import Path
+from typing import TypeVar
+from urllib.parse import urlsplit
+
+from ingest.config import Config
+from ingest.core.errors import DynamoUnreachable, WriteError
+from ingest.core.gctune import tuned_gc
+from ingest.core.metrics import HealthServer, Metrics
+from ingest.core.retry import Backoff
+from ingest.mqtt import proto as mqttproto
+from ingest.mqtt.client import MqttSettings
+from ingest.pipeline.acks import AckTracker
+from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.codec import Limits, PayloadDecoder
+from ingest.pipeline.deadletters import DeadLetterSpool
+from ingest.pipeline.decode import DecodeStage, Inbox
+from ingest.pipeline.receiver import Receiver
+from ingest.pipeline.registry import SensorRegistry
+from ingest.pipeline.writer import Writer
+from ingest.storage.dynamo import DynamoClient, is_transient
+from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.layout import TableLayout
+from ingest.storage.registry import known_sensors
+from ingest.storage.spool import DeadLetter
+from ingest.storage.table import create_table, ensure_layout
+
+__all__ = ["PACKET_HEADROOM_BYTES", "IngestService", "layout_from_config", "mqtt_settings"]
+
+PACKET_HEADROOM_BYTES = 65_536 + 64
+"""MQTT packet bytes allowed beyond ``max_message_bytes``: a topic (≤ 65,535 bytes), the
+packet id and properties."""
+
+log = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+
+def layout_from_config(cfg: Config) -> TableLayout:
+    return TableLayout(
+        bucket_ms=cfg.bucket_minutes * 60_000, shards=cfg.shards, retention_days=cfg.retention_days
+    )
+
+
+def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
+    """Connection settings from the config and the (possibly embedded) broker URL."""
+    parts = urlsplit(url)
+    tls_wanted = parts.scheme in ("mqtts", "ssl") or cfg.mqtt_ca_file is not None
+    tls: ssl.SSLContext | None = None
+    if tls_wanted:
+        tls = ssl.create_default_context(cafile=str(cfg.mqtt_ca_file) if cfg.mqtt_ca_file else None)
+        if cfg.mqtt_cert_file:
+            tls.load_cert_chain(
+                str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None
+            )
+        if cfg.mqtt_alpn:
+            tls.set_alpn_protocols([p.strip() for p in cfg.mqtt_alpn.split(",") if p.strip()])
+    user, password = cfg.mqtt_credentials()
+    return MqttSettings(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or (8883 if tls else 1883),
+        client_id=cfg.mqtt_client_id,
+        version=mqttproto.V5 if cfg.mqtt_protocol == "5" else mqttproto.V311,
+        tls=tls,
+        username=user,
+        password=password,
+        keepalive_s=cfg.mqtt_keepalive_s,
+        clean_start=False,
+        session_expiry_s=cfg.mqtt_session_expiry_s,
+        receive_maximum=cfg.mqtt_receive_maximum,
+        # Room for the topic and properties around the largest payload accepted; a larger
+        # payload arrives truncated and is refused as oversize (never buffered whole).
+        max_packet_bytes=cfg.max_message_bytes + PACKET_HEADROOM_BYTES,
+    )
+
+
+class IngestService:
+    """One ingest worker.
+
+    Args:
+        config: Validated configuration.
+        mqtt_url: Broker URL (defaults to ``config.mqtt_url``; the CLI passes the embedded one).
+        dynamodb_endpoint: DynamoDB endpoint (defaults to ``config.dynamodb_endpoint``).
+        create_table: Create the table if missing (defaults to ``config.create_table``).
+    """
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        mqtt_url: str | None = None,
+        dynamodb_endpoint: str | None = None,
+        create_table: bool | None = None,
+    ) -> None:
+        self.config = config
+        url = mqtt_url or config.mqtt_url
+        if url is None:
+            raise ValueError("IngestService needs a broker URL (the CLI starts an embedded one)")
+        self.mqtt_url = url
+        self._endpoint = dynamodb_endpoint or config.dynamodb_endpoint
+        self._create = config.create_table if create_table is None else create_table
+        self.metrics = Metrics()
+        self.layout = layout_from_config(config)
+        self.health_port: int | None = None
+        self._receiver: Receiver | None = None
+        self._writer: Writer | None = None
+        self._spool: DeadLetterSpool | None = None
+        self._starting: str | None = f"starting: checking DynamoDB table {config.table!r}"
+
+    def readiness(self) -> tuple[bool, list[str]]:
+        if self._starting is not None:
+            return False, [self._starting]
+        reasons = []
+        if self._receiver is None or not self._receiver.connected.is_set():
+            last = self._receiver.last_error if self._receiver else None
+            reasons.append(f"not connected to the MQTT broker{': ' + last if last else ''}")
+        if self._writer is not None and not self._writer.healthy:
+            reasons.append("DynamoDB writes are failing (retrying)")
+        if self._spool is not None and not self._spool.healthy:
+            reasons.append(f"dead-letter spool cannot write: {self._spool.last_error}")
+        return not reasons, reasons
+
+    async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+        """Run until ``stop`` is set, then drain and return.
+
+        Raises:
+            TableError: The table is missing (without ``create_table``), has another
+                layout, or may not be read (access denied).
+            DynamoUnreachable: DynamoDB did not answer within ``startup_retry_deadline_s``.
+        """
+        cfg = self.config
+        async with contextlib.AsyncExitStack() as stack:
+            # First, so that /healthz and /readyz answer while DynamoDB is waited for.
+            health = await stack.enter_async_context(
+                HealthServer(
+                    self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
+                )
+            )
+            self.health_port = health.port
+            opened = await self._open_dynamodb(stack, stop)
+            if opened is None:
+                log.info("stopped while waiting for DynamoDB")
+                return
+            hot, known = opened
+            await self._run_stages(hot, known, stop, ready)
+
+    async def _open_dynamodb(
+        self, outer: contextlib.AsyncExitStack, stop: asyncio.Event
+    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]] | None:
+        """Open the clients and check the table, retrying what waiting can heal.
+
+        Returns the hot path's client and the known sensor ids (their clients stay open
+        on ``outer``), or None when ``stop`` was set first.
+        """
+        cfg = self.config
+        limit_s = cfg.startup_retry_deadline_s
+        backoff = Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms)
+        where = self._endpoint or f"https://dynamodb.{cfg.region}.amazonaws.com"
+        started = time.monotonic()
+        error: BaseException | None = None
+        for attempt in itertools.count():
+            elapsed = time.monotonic() - started
+            deadline = asyncio.timeout(None if limit_s == 0 else max(0.0, limit_s - elapsed))
+            async with contextlib.AsyncExitStack() as stack:
+                try:
+                    async with deadline:
+                        stopped, opened = await _unless_stopped(self._connect(stack), stop)
+                except (WriteError, TimeoutError) as exc:
+                    if isinstance(exc, WriteError) and not is_transient(exc):
+                        raise
+                    if not deadline.expired():
+                        error = exc
+                else:
+                    if stopped:
+                        return None
+                    assert opened is not None
+                    outer.push_async_callback(stack.pop_all().aclose)
+                    if attempt:
+                        log.info("DynamoDB answered after %.1f s", time.monotonic() - started)
+                    self._starting = None
+                    return opened
+            elapsed = time.monotonic() - started
+            delay = backoff.delay_s(attempt)
+            if deadline.expired() or (limit_s and elapsed + delay >= limit_s):
+                raise DynamoUnreachable(
+                    f"DynamoDB at {where} did not answer for {elapsed:.0f} s "
+                    f"(startup_retry_deadline_s={limit_s:g}): {_cause(error)}. Check "
+                    "dynamodb_endpoint, region, the network and the credentials, or wait "
+                    "longer with a larger startup_retry_deadline_s"
+                ) from error
+            self.metrics.startup_retries.labels(
+                error.cause if isinstance(error, WriteError) else "timeout"
+            ).inc()
+            self._starting = (
+                f"DynamoDB unreachable at {where}: {_cause(error)} (tried {attempt + 1} "
+                f"time{'s' if attempt else ''} in {elapsed:.0f} s; retrying)"
+            )
+            if attempt == 0 or attempt % 10 == 0:
+                log.warning("not started: %s", self._starting)
+            if await _stopped_within(stop, delay):
+                return None
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _connect(
+        self, stack: contextlib.AsyncExitStack
+    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]]:
+        """One start attempt: clients on ``stack``, the table checked, the known sensors."""
+        cfg = self.config
+        client = await stack.enter_async_context(
+            DynamoClient(
+                table=cfg.table,
+                region=cfg.region,
+                endpoint_url=self._endpoint,
+                max_connections=cfg.write_concurrency + 4,
+                aws_access_key_id=cfg.aws_access_key_id,
+                aws_secret_access_key=cfg.aws_secret_access_key,
+            )
+        )
+        if self._create:
+            await create_table(client, self.layout)
+        self.layout = await ensure_layout(client, self.layout)
+        hot: DynamoClient | LeanDynamoClient = client
+        if cfg.writer == "lean":
+            hot = await stack.enter_async_context(
+                LeanDynamoClient(
+                    table=cfg.table,
+                    region=cfg.region,
+                    endpoint_url=self._endpoint,
+                    max_connections=cfg.write_concurrency + 4,
+                    aws_access_key_id=cfg.aws_access_key_id,
+                    aws_secret_access_key=cfg.aws_secret_access_key,
+                )
+            )
+        return hot, await known_sensors(hot)
+
+    async def _run_stages(
+        self,
+        client: DynamoClient | LeanDynamoClient,
+        known_sensors: dict[str, int],
+        stop: asyncio.Event,
+        ready: asyncio.Event | None,
+    ) -> None:
+        cfg, m = self.config, self.metrics
+        receiver: Receiver | None = None
+
+        def send_acks(ids: list[int]) -> None:
+            if receiver is not None:
+                receiver.send_acks(ids)
+
+        acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
+        inbox = Inbox(cfg.inbox_max_messages)
+        write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
+
+        def republish(entries: list[DeadLetter]) -> None:
+            if cfg.deadletter_topic and receiver is not None:
+                receiver.republish(cfg.deadletter_topic, [e.to_json() for e in entries])
+
+        spool = self._spool = DeadLetterSpool(
+            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
+        )
+        registry = SensorRegistry(
+            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
+        )
+        receiver = self._receiver = Receiver(
+            settings=mqtt_settings(cfg, self.mqtt_url),
+            subscription=cfg.subscription,
+            inbox=inbox,
+            acks=acks,
+            metrics=m,
+            backoff=Backoff(base_ms=cfg.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt_reconnect_max_ms),
+        )
+        writer = self._writer = Writer(
+            sink=client,
+            acks=acks,
+            deadletters=spool,
+            metrics=m,
+            backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
+            deadline_s=cfg.write_retry_deadline_s,
+        )
+        decoder = DecodeStage(
+            inbox=inbox,
+            decoder=PayloadDecoder(
+                sensor_topic_level=cfg.topic_sensor_level,
+                sensor_id_rule=cfg.sensor_id_rule,
+                sensor_id_separator=cfg.sensor_id_separator,
+                limits=Limits(
+                    max_message_bytes=cfg.max_message_bytes,
+                    max_readings_per_message=cfg.max_readings_per_message,
+                    max_metrics_per_reading=cfg.max_metrics_per_reading,
+                    max_tag_length=cfg.max_tag_length,
+                    max_past_ms=cfg.effective_max_past_ms,
+                    max_future_ms=cfg.max_future_ms,
+                    max_new_sensors_per_minute=cfg.max_new_sensors_per_minute,
+                    max_known_sensors=cfg.max_known_sensors,
+                    require_ts=cfg.require_ts,
+                ),
+                known_sensors=known_sensors,
+            ),
+            layout=self.layout,
+            batcher=Batcher(flush_interval_ms=cfg.flush_interval_ms),
+            write_queue=write_queue,
+            acks=acks,
+            deadletters=spool,
+            registry=registry,
+            metrics=m,
+            on_drained=receiver.maybe_resume,
+        )
+
+        async with asyncio.TaskGroup() as tg:
+            tasks = [
+                tg.create_task(receiver.run(), name="receiver"),
+                tg.create_task(decoder.run(), name="decoder"),
+                tg.create_task(spool.run(), name="deadletters"),
+                tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
+                tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
+            ]
+            tasks += [
+                tg.create_task(writer.run(write_queue), name=f"writer-{i}")
+                for i in range(cfg.write_concurrency)
+            ]
+            connected = tg.create_task(receiver.connected.wait(), name="wait-connected")
+            stopped = tg.create_task(stop.wait(), name="wait-stop")
+            await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
+            if ready is not None and connected.done():
+                ready.set()
+                log.info("ingest ready: %s → table %s", cfg.subscription, cfg.table)
+            with tuned_gc(cfg.gc_young_threshold):
+                await stopped
+            connected.cancel()
+            await self._drain(receiver, decoder, write_queue, spool, registry, acks)
+            for t in tasks:
+                t.cancel()
+
+    async def _drain(
+        self,
+        receiver: Receiver,
+        decoder: DecodeStage,
+        write_queue: asyncio.Queue[Batch],
+        spool: DeadLetterSpool,
+        registry: SensorRegistry,
+        acks: AckTracker,
+    ) -> None:
+        log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
+        receiver.stop_intake()
+        decoder.stopping = True
+        decoder.inbox.put(0, 0, [])  # wake the decoder
+        try:
+            async with asyncio.timeout(self.config.shutdown_timeout_s):
+                await decoder.drained.wait()
+                await write_queue.join()
+                await spool.drain()
+                # Before the acks: a message may hold its acknowledgement for a registry write.
+                with contextlib.suppress(Exception):
+                    await registry.flush(everything=True)
+                await acks.wait_idle()
+        except TimeoutError:
+            log.warning(
+                "shutdown deadline passed with %d messages not durable: they stay unacknowledged "
+                "and the broker will redeliver them",
+                len(acks),
+            )
+        await receiver.close()
+        log.info("stopped")
+
+    async def _gauges(
+        self, inbox: Inbox, write_queue: asyncio.Queue[Batch], acks: AckTracker
+    ) -> None:
+        m = self.metrics
+        while True:
+            m.inbox_depth.set(inbox.messages)
+            m.write_queue_depth.set(write_queue.qsize())
+            m.unacked.set(len(acks))
+            await asyncio.sleep(1.0)
+
+
+def _cause(error: BaseException | None) -> str:
+    if isinstance(error, WriteError):
+        return f"{error.cause}: {error}"
+    return "no answer" if error is None else f"{type(error).__name__}: {error}"
+
+
+async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> tuple[bool, _T | None]:
+    """Await ``aw`` unless ``stop`` is set first: (True, None) then, ``aw`` cancelled."""
+    task = asyncio.ensure_future(aw)
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopper.cancel()
+        if not task.done():
+            task.cancel()
+            # asyncio.wait never raises the task's CancelledError: a cancellation of our
+            # own caller still propagates.
+            await asyncio.wait([task])
+    if task.cancelled():
+        return True, None
+    return False, task.result()
+
+
+async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
+    """Sleep ``delay_s``, or less if ``stop`` is set meanwhile; whether it was."""
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(delay_s):
+            await stop.wait()
+    return stop.is_set()

@@ -1,0 +1,149 @@
+"""Reads a sensor's readings into downsampled series, page by page, never the whole range at once.
+
+Every shard of every bucket in the windows' span is a job; a pool of workers (at
+most the reader's concurrency per sensor, and the reader's semaphore across all
+requests) queries them, and each DynamoDB page is folded into the per-metric
+:class:`~queries.read.series.SeriesAccumulator` as it arrives. Order does not matter
+to the accumulators, so no merge is needed: memory is the windows plus the pages
+in flight (at most ``MAX_PAGE_ITEMS`` items each).
+
+With a cold tier, buckets the archive holds are left out of the pool and read
+afterwards one at a time by :func:`queries.read.tiers.read_bucket` (hot and cold
+merged: one bucket of one sensor in memory); ``SensorSeries.tiers`` says which
+tier served each bucket of the windows' span.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ingest.storage.layout import Item
+from ingest.storage.reads import partition_query
+from queries.read.pages import MAX_PAGE_ITEMS
+from queries.read.params import Agg
+from queries.read.reader import ReadStats, TableReader, is_live
+from queries.read.series import SeriesAccumulator, WindowGrid
+from queries.read.tiers import HOT, Tier, markers, read_bucket
+
+__all__ = ["MAX_METRICS", "SensorSeries", "read_series"]
+
+MAX_METRICS = 64
+"""Most metrics in one sensor's series when no ``fields`` are given (others are omitted)."""
+
+
+@dataclass(slots=True)
+class SensorSeries:
+    """One sensor's downsampled metrics.
+
+    Attributes:
+        metrics: Accumulator per metric name.
+        omitted: Metric names seen beyond :data:`MAX_METRICS` (not aggregated).
+        tiers: Each bucket of the windows' span, ascending, and the tier that served it.
+    """
+
+    metrics: dict[str, SeriesAccumulator] = field(default_factory=dict)
+    omitted: set[str] = field(default_factory=set)
+    tiers: list[tuple[int, Tier]] = field(default_factory=list)
+
+    def fold(self, items: list[Item], grid: WindowGrid, aggs: tuple[Agg, ...], now_s: int) -> None:
+        """Fold one DynamoDB page of items into the accumulators (expired items dropped)."""
+        columns: dict[str, tuple[list[int], list[float]]] = {}
+        for it in items:
+            metrics = it.get("m")
+            if metrics is None or not is_live(it, now_s):
+                continue
+            ts = int(it["sk"]["N"])
+            for name, value in metrics["M"].items():
+                number = value.get("N")
+                if number is None:
+                    continue
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = ([], [])
+                col[0].append(ts)
+                col[1].append(float(number))
+        for name, (ts_list, values) in columns.items():
+            acc = self.metrics.get(name)
+            if acc is None:
+                if len(self.metrics) >= MAX_METRICS:
+                    self.omitted.add(name)
+                    continue
+                acc = self.metrics[name] = SeriesAccumulator(grid, aggs)
+            acc.add(np.array(ts_list, dtype=np.int64), np.array(values, dtype=np.float64))
+
+
+async def read_series(
+    reader: TableReader,
+    sensor_id: str,
+    grid: WindowGrid,
+    aggs: tuple[Agg, ...],
+    *,
+    fields: Sequence[str] | None,
+    stats: ReadStats,
+    now_s: int | None = None,
+) -> SensorSeries:
+    """Aggregate a sensor's unexpired readings in the grid's windows.
+
+    Args:
+        reader: The table reader.
+        sensor_id: The sensor.
+        grid: The windows (the read covers all of them).
+        aggs: The aggregations wanted.
+        fields: Metric names (projection); ``None``: every metric (up to ``MAX_METRICS``).
+        stats: Accumulates read units.
+        now_s: The TTL reference time (default: now).
+    """
+    layout = reader.layout
+    now = reader.now_s() if now_s is None else now_s
+    first_ms, last_ms = grid.origin_ms, grid.end_ms - 1
+    buckets = layout.bucket_starts(first_ms, last_ms)
+    archived = await markers(reader, sensor_id, first_ms, last_ms, stats)
+    jobs: deque[tuple[str, int, int]] = deque(
+        (pk, max(first_ms, bucket), min(last_ms, bucket + layout.bucket_ms - 1))
+        for bucket in buckets
+        if bucket not in archived
+        for pk in layout.partition_keys(sensor_id, bucket)
+    )
+    series = SensorSeries()
+    if fields is not None:
+        for name in fields:
+            series.metrics[name] = SeriesAccumulator(grid, aggs)
+
+    async def worker() -> None:
+        while jobs:
+            pk, lo, hi = jobs.popleft()
+            kwargs = partition_query(
+                reader.table, pk, lo, hi, fields=fields, now_s=now, limit=MAX_PAGE_ITEMS
+            )
+            while True:
+                resp = await reader.call("query", stats, **kwargs)
+                series.fold(resp.get("Items", []), grid, aggs, now)
+                last = resp.get("LastEvaluatedKey")
+                if not last:
+                    break
+                kwargs["ExclusiveStartKey"] = last
+
+    async with asyncio.TaskGroup() as tg:
+        for i in range(min(len(jobs), reader.concurrency)):
+            tg.create_task(worker(), name=f"series-{sensor_id}-{i}")
+    served: dict[int, Tier] = {}
+    for bucket, marker in sorted(archived.items()):
+        items, served[bucket] = await read_bucket(
+            reader,
+            sensor_id,
+            bucket,
+            marker,
+            first_ms,
+            last_ms,
+            fields=fields,
+            now_s=now,
+            stats=stats,
+        )
+        series.fold(items, grid, aggs, now)
+    series.tiers = [(b, served.get(b, HOT)) for b in buckets]
+    return series

@@ -1,0 +1,242 @@
+"""Tiered reads: archived buckets read from DynamoDB (hot) and the S3 archive (cold), merged.
+
+With a cold tier configured (``TableReader.cold``, from ``serve --s3-bucket``),
+the raw pages (:mod:`queries.read.pages`) and the series (:mod:`queries.read.sampler`) ask
+for the sensor's archive markers in the range first (one Query,
+:func:`ingest.storage.archive.reader.archive_markers`, made through
+:meth:`~queries.read.reader.TableReader.call` so it is counted and capped like the rest). A bucket without a marker (or
+with an empty one) is read as before, hot only. A marked bucket is read here, one
+sensor-bucket at a time (:func:`read_bucket`):
+
+1. its hot readings in the wanted sub-range, every shard, TTL-expired items
+   dropped (the bucket is held in memory: one bucket of one sensor);
+2. the bucket's hot count, compared with the marker's ``rows``: the readings read
+   when the sub-range covers the whole bucket, otherwise a ``Select=COUNT``
+   Query of the whole bucket (no items transferred);
+3. when the hot tier may lack archived readings
+   (:func:`ingest.storage.archive.reader.hot_is_complete` is false: fewer hot readings
+   than archived, an early delete started, or the bucket old enough for TTL), the
+   bucket's cold readings in the sub-range (:func:`ingest.storage.archive.reader.read_cold`,
+   only this bucket's objects) are merged in by timestamp; the hot reading wins
+   where both hold one, so every timestamp appears once.
+
+A sensor has at most one reading per millisecond, so the merged stream still has
+strictly increasing timestamps and the raw cursors (a timestamp) stay exact.
+
+Each bucket a response covers gets a tier: ``hot`` (DynamoDB only), ``cold``
+(read from the archive, nothing from DynamoDB) or ``hot+cold`` (both contributed
+readings). Every archive object fetched counts in the request's ``cold_objects``
+(``X-Cold-Objects`` header).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Literal, cast
+
+from ingest.storage.archive.errors import ArchiveError, single_archive_error
+from ingest.storage.archive.manifest import Manifest
+from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
+from ingest.storage.layout import Item, Reading, format_number
+from ingest.storage.reads import partition_query
+from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
+from queries.read.reader import ReadStats, TableReader, is_live
+
+if TYPE_CHECKING:
+    from ingest.storage.dynamo import DynamoClient
+
+__all__ = ["BOTH", "COLD", "HOT", "Tier", "markers", "read_bucket", "tiers_json"]
+
+Tier = Literal["hot", "cold", "hot+cold"]
+HOT: Tier = "hot"
+COLD: Tier = "cold"
+BOTH: Tier = "hot+cold"
+
+
+def _archive_error(exc: ArchiveError) -> ReadFailed:
+    if getattr(exc, "retriable", False):
+        return ArchiveUnavailable(f"archive read failed, try again later: {exc}")
+    return ArchiveReadFailed(f"archive read failed: {exc}")
+
+
+async def markers(
+    reader: TableReader, sensor_id: str, start_ms: int, end_ms: int, stats: ReadStats
+) -> dict[int, Manifest]:
+    """The sensor's non-empty archived buckets overlapping [start_ms, end_ms] (none: no cold tier).
+
+    Raises:
+        ReadFailed: the marker Query failed.
+    """
+    if reader.cold is None or end_ms < start_ms:
+        return {}
+    # Through the reader like every other call: the semaphore, the read units, the budget.
+    client = cast("DynamoClient", _ReaderCalls(reader, stats))
+    try:
+        found = await archive_markers(client, reader.layout, sensor_id, start_ms, end_ms)
+    except ArchiveError as exc:
+        raise _archive_error(exc) from exc
+    return {b: m for b, m in found.items() if m.rows > 0}
+
+
+class _ReaderCalls:
+    """:meth:`TableReader.call` for one request, in the shape of the client that
+    :func:`ingest.storage.archive.reader.archive_markers` calls (``table`` and ``call``).
+
+    Its failures are the read path's (``ReadFailed``, ``TooManyCalls``): they pass
+    through ``archive_markers``, which wraps only the DynamoDB client's own errors.
+    """
+
+    __slots__ = ("_reader", "_stats")
+
+    def __init__(self, reader: TableReader, stats: ReadStats) -> None:
+        self._reader = reader
+        self._stats = stats
+
+    @property
+    def table(self) -> str:
+        return self._reader.table
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        return await self._reader.call(operation, self._stats, **kwargs)
+
+
+async def _shard_items(
+    reader: TableReader, kwargs: dict[str, object], stats: ReadStats, now_s: int
+) -> list[Item]:
+    items: list[Item] = []
+    while True:
+        resp = await reader.call("query", stats, **kwargs)
+        items += [it for it in resp.get("Items", ()) if is_live(it, now_s)]
+        last = resp.get("LastEvaluatedKey")
+        if not last:
+            return items
+        kwargs["ExclusiveStartKey"] = last
+
+
+async def _shard_count(reader: TableReader, kwargs: dict[str, object], stats: ReadStats) -> int:
+    kwargs["Select"] = "COUNT"
+    total = 0
+    while True:
+        resp = await reader.call("query", stats, **kwargs)
+        total += int(resp.get("Count", 0) or 0)
+        last = resp.get("LastEvaluatedKey")
+        if not last:
+            return total
+        kwargs["ExclusiveStartKey"] = last
+
+
+def _cold_item(reading: Reading, fields: Sequence[str] | None) -> Item:
+    """An archived reading as the hot tier's item (``sk`` and ``m``; no ``ttl``)."""
+    metrics = reading.metrics
+    if fields is not None:
+        metrics = {k: metrics[k] for k in fields if k in metrics}
+    return {
+        "sk": {"N": str(reading.ts_ms)},
+        "m": {"M": {k: {"N": format_number(v)} for k, v in metrics.items()}},
+    }
+
+
+async def read_bucket(
+    reader: TableReader,
+    sensor_id: str,
+    bucket: int,
+    marker: Manifest,
+    lo: int,
+    hi: int,
+    *,
+    fields: Sequence[str] | None,
+    now_s: int,
+    stats: ReadStats,
+    descending: bool = False,
+) -> tuple[list[Item], Tier]:
+    """One archived bucket's readings with lo <= ts <= hi, hot and cold merged, in order.
+
+    Args:
+        reader: The table reader (its ``cold`` store must be set).
+        sensor_id: The sensor.
+        bucket: The bucket's start.
+        marker: The bucket's archive marker.
+        lo: First timestamp (inclusive), inside the bucket or before it.
+        hi: Last timestamp (inclusive), inside the bucket or after it.
+        fields: Metric names wanted (``None``: all).
+        now_s: The TTL reference time.
+        stats: Accumulates read units and cold objects.
+        descending: Newest first.
+
+    Returns:
+        The items (``sk`` and ``m`` at least) and which tier served them.
+
+    Raises:
+        ReadFailed: DynamoDB or the archive failed.
+    """
+    layout = reader.layout
+    store = reader.cold
+    assert store is not None, "read_bucket needs a cold tier"
+    last = bucket + layout.bucket_ms - 1
+    lo, hi = max(lo, bucket), min(hi, last)
+    pks = layout.partition_keys(sensor_id, bucket)
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(
+                _shard_items(
+                    reader,
+                    partition_query(reader.table, pk, lo, hi, fields=fields, now_s=now_s),
+                    stats,
+                    now_s,
+                ),
+                name="tier-hot",
+            )
+            for pk in pks
+        ]
+    hot = list(heapq.merge(*(t.result() for t in tasks), key=lambda it: int(it["sk"]["N"])))
+    if lo == bucket and hi == last:
+        hot_total = len(hot)
+    else:
+        async with asyncio.TaskGroup() as tg:
+            counts = [
+                tg.create_task(
+                    _shard_count(
+                        reader, partition_query(reader.table, pk, bucket, last, now_s=now_s), stats
+                    ),
+                    name="tier-count",
+                )
+                for pk in pks
+            ]
+        hot_total = sum(t.result() for t in counts)
+    if hot_is_complete(marker, layout, hot_total, now_s * 1000):
+        if descending:
+            hot.reverse()
+        return hot, HOT
+
+    def counted(_key: str) -> None:
+        stats.cold_objects = (stats.cold_objects or 0) + 1
+
+    try:
+        cold = await read_cold(
+            store, layout, sensor_id, lo, hi, buckets=[bucket], concurrency=2, on_get=counted
+        )
+    except ArchiveError as exc:
+        raise _archive_error(exc) from exc
+    except BaseExceptionGroup as group:  # read_cold fetches objects in a task group
+        found = single_archive_error(group)
+        if found is None:
+            raise
+        raise _archive_error(found) from group
+    by_ts: dict[int, Item] = {r.ts_ms: _cold_item(r, fields) for r in cold}
+    added = len(by_ts.keys() - {int(it["sk"]["N"]) for it in hot})
+    by_ts.update((int(it["sk"]["N"]), it) for it in hot)
+    merged = [by_ts[t] for t in sorted(by_ts, reverse=descending)]
+    if not hot:
+        tier = COLD
+    elif added:
+        tier = BOTH
+    else:
+        tier = HOT
+    return merged, tier
+
+
+def tiers_json(tiers: Sequence[tuple[int, Tier]]) -> list[dict[str, object]]:
+    """The response's ``tiers`` field: which tier served each bucket covered."""
+    return [{"bucket_start": b, "tier": t} for b, t in tiers]
