@@ -25,6 +25,7 @@ from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.storage.layout import LAYOUT_PK, Item, TableLayout, registry_partition_keys
+from ingest.storage.reads import query_pages
 from simulator.errors import SimulatorError
 from simulator.manifest import Manifest, reading_digest
 
@@ -154,18 +155,18 @@ class _Reader:
             "KeyConditionExpression": "pk = :pk",
             "ExpressionAttributeValues": {":pk": {"S": pk}},
         }
-        while True:
-            async with self.gate:
-                self.queries += 1
-                try:
-                    page = await self.client.query(**kwargs)
-                except (ClientError, BotoCoreError) as exc:
-                    raise _verify_error(self.table, exc) from exc
+        async for page in query_pages(self._call, kwargs):
             items += page.get("Items", [])
-            last = page.get("LastEvaluatedKey")
-            if not last:
-                return items
-            kwargs["ExclusiveStartKey"] = last
+        return items
+
+    async def _call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        async with self.gate:
+            self.queries += 1
+            try:
+                resp: dict[str, Any] = await getattr(self.client, operation)(**kwargs)
+            except (ClientError, BotoCoreError) as exc:
+                raise _verify_error(self.table, exc) from exc
+            return resp
 
     async def layout(self) -> TableLayout | None:
         try:

@@ -1,18 +1,47 @@
-"""Whole-range reads of the table: one Query per partition, every page followed.
+"""Reads of the table: the one pager, and whole-range reads (one Query per partition).
 
-The API reads through :class:`queries.read.reader.TableReader` (accounting, limits); these
-plain reads serve the archiver's export and the checks and tests.
+Every paged Query in the project goes through :func:`query_pages` (or :func:`follow`, for
+a reader that fetches one page at a time): a page may be empty and still continue, and
+only a page without ``LastEvaluatedKey`` ends the Query. The API reads through
+:class:`queries.read.reader.TableReader` (accounting, limits) by passing its ``call``;
+the whole-range reads below serve the archiver's export, the checks and the tests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, Reading, TableLayout
+
+Caller = Callable[..., Awaitable[dict[str, Any]]]
+"""``call(operation, **kwargs) -> response``: a DynamoDB client's ``call``, or a reader's."""
+
+
+def follow(kwargs: dict[str, Any], resp: dict[str, Any]) -> bool:
+    """Point the Query ``kwargs`` at the page after ``resp``; ``False`` if ``resp`` was the last."""
+    last = resp.get("LastEvaluatedKey")
+    if not last:
+        return False
+    kwargs["ExclusiveStartKey"] = last
+    return True
+
+
+async def query_pages(call: Caller, kwargs: dict[str, Any]) -> AsyncIterator[dict[str, Any]]:
+    """Every page of one Query, in order, following ``LastEvaluatedKey``.
+
+    ``kwargs`` is advanced before each page is yielded, so a caller that stops early holds
+    the arguments of the next page.
+    """
+    while True:
+        resp = await call("query", **kwargs)
+        more = follow(kwargs, resp)
+        yield resp
+        if not more:
+            return
 
 
 def partition_query(
@@ -74,13 +103,9 @@ async def query_partition(
     """All items of one partition with start_ms <= sk <= end_ms, in sk order (TTL not applied)."""
     items: list[Item] = []
     kwargs = partition_query(client.table, pk, start_ms, end_ms, descending=descending)
-    while True:
-        resp = await client.call("query", **kwargs)
+    async for resp in query_pages(client.call, kwargs):
         items += resp.get("Items", [])
-        last = resp.get("LastEvaluatedKey")
-        if not last:
-            return items
-        kwargs["ExclusiveStartKey"] = last
+    return items
 
 
 async def read_range(

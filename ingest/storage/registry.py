@@ -18,6 +18,7 @@ from ingest.storage.layout import (
     late_partition_keys,
     registry_partition_keys,
 )
+from ingest.storage.reads import query_pages
 
 
 async def registry_items(
@@ -52,14 +53,9 @@ async def _partition_items(
         }
         if consistent:
             kwargs["ConsistentRead"] = True
-        while True:
-            resp = await client.call("query", **kwargs)
+        async for resp in query_pages(client.call, kwargs):
             for it in resp.get("Items", []):
                 yield it
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                break
-            kwargs["ExclusiveStartKey"] = last
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import functools
 import logging
 import math
 import time
@@ -30,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.storage.layout import registry_partition_keys
+from ingest.storage.reads import query_pages
 from queries.api.apikeys import Principal
 from queries.read.reader import ReadStats, TableReader
 
@@ -139,19 +141,16 @@ async def _read_registry(
             "ProjectionExpression": "#sid, #m",
         }
         found: list[tuple[str, tuple[str, ...]]] = []
-        while len(found) < per_partition:
-            resp = await reader.call("query", stats, **kwargs)
+        async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
             for item in resp.get("Items", ()):
                 sid = item.get("sid", {}).get("S")
                 if sid is None:
                     continue
                 names = sorted(item.get("m", {}).get("M", {}))
                 found.append((sid, tuple(interned.setdefault(n, n) for n in names)))
-            last = resp.get("LastEvaluatedKey")
-            if not last:
-                return found, True
-            kwargs["ExclusiveStartKey"] = last
-        return found[:per_partition], False
+            if len(found) >= per_partition and "LastEvaluatedKey" in resp:
+                return found[:per_partition], False
+        return found, True
 
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(read(pk), name="grafana-names") for pk in partitions]

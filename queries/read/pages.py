@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingest.storage.layout import Item
-from ingest.storage.reads import partition_query
+from ingest.storage.reads import follow, partition_query
 from queries.read.reader import ReadStats, TableReader, is_live
 from queries.read.tiers import HOT, Tier, markers, read_bucket
 
@@ -71,11 +71,7 @@ class PartitionStream:
             resp = await self.reader.call("query", stats, **self.kwargs)
             now_s = self.now_s
             self.buf.extend(it for it in resp.get("Items", ()) if is_live(it, now_s))
-            last = resp.get("LastEvaluatedKey")
-            if last:
-                self.kwargs["ExclusiveStartKey"] = last
-            else:
-                self.done = True
+            self.done = not follow(self.kwargs, resp)
 
 
 @dataclass(slots=True)

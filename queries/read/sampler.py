@@ -16,6 +16,7 @@ tier served each bucket of the windows' span.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ingest.storage.layout import Item
-from ingest.storage.reads import partition_query
+from ingest.storage.reads import partition_query, query_pages
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
 from queries.read.reader import ReadStats, TableReader, is_live
@@ -120,13 +121,8 @@ async def read_series(
             kwargs = partition_query(
                 reader.table, pk, lo, hi, fields=fields, now_s=now, limit=MAX_PAGE_ITEMS
             )
-            while True:
-                resp = await reader.call("query", stats, **kwargs)
+            async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
                 series.fold(resp.get("Items", []), grid, aggs, now)
-                last = resp.get("LastEvaluatedKey")
-                if not last:
-                    break
-                kwargs["ExclusiveStartKey"] = last
 
     async with asyncio.TaskGroup() as tg:
         for i in range(min(len(jobs), reader.concurrency)):

@@ -32,6 +32,7 @@ readings). Every archive object fetched counts in the request's ``cold_objects``
 from __future__ import annotations
 
 import asyncio
+import functools
 import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
@@ -40,7 +41,7 @@ from ingest.storage.archive.errors import ArchiveError, single_archive_error
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
 from ingest.storage.layout import Item, Reading, format_number
-from ingest.storage.reads import partition_query
+from ingest.storage.reads import partition_query, query_pages
 from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
 from queries.read.reader import ReadStats, TableReader, is_live
 
@@ -106,25 +107,17 @@ async def _shard_items(
     reader: TableReader, kwargs: dict[str, object], stats: ReadStats, now_s: int
 ) -> list[Item]:
     items: list[Item] = []
-    while True:
-        resp = await reader.call("query", stats, **kwargs)
+    async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
         items += [it for it in resp.get("Items", ()) if is_live(it, now_s)]
-        last = resp.get("LastEvaluatedKey")
-        if not last:
-            return items
-        kwargs["ExclusiveStartKey"] = last
+    return items
 
 
 async def _shard_count(reader: TableReader, kwargs: dict[str, object], stats: ReadStats) -> int:
     kwargs["Select"] = "COUNT"
     total = 0
-    while True:
-        resp = await reader.call("query", stats, **kwargs)
+    async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
         total += int(resp.get("Count", 0) or 0)
-        last = resp.get("LastEvaluatedKey")
-        if not last:
-            return total
-        kwargs["ExclusiveStartKey"] = last
+    return total
 
 
 def _cold_item(reading: Reading, fields: Sequence[str] | None) -> Item:

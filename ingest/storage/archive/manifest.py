@@ -35,6 +35,7 @@ from ingest.core.errors import WriteError
 from ingest.storage.archive.errors import SourceError
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item
+from ingest.storage.reads import query_pages
 
 __all__ = [
     "MARKER_PREFIX",
@@ -253,15 +254,11 @@ async def query_markers(
         "ConsistentRead": True,
     }
     out: dict[int, Manifest] = {}
-    while True:
-        try:
-            resp = await client.call("query", **kwargs)
-        except WriteError as exc:
-            raise _source_error(exc, f"marker query for {sensor_id}") from exc
-        for item in resp.get("Items", []):
-            m = Manifest.from_marker(item)
-            out[m.bucket_start_ms] = m
-        last = resp.get("LastEvaluatedKey")
-        if not last:
-            return out
-        kwargs["ExclusiveStartKey"] = last
+    try:
+        async for resp in query_pages(client.call, kwargs):
+            for item in resp.get("Items", []):
+                m = Manifest.from_marker(item)
+                out[m.bucket_start_ms] = m
+    except WriteError as exc:
+        raise _source_error(exc, f"marker query for {sensor_id}") from exc
+    return out
