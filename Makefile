@@ -54,6 +54,7 @@ run: deps
 lint: deps
 	$(BIN)/ruff check ingest simulator queries bench tests
 	$(BIN)/ruff format --check ingest simulator queries bench tests
+	$(BIN)/lint-imports --no-cache
 
 typecheck: deps
 	$(BIN)/mypy

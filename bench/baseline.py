@@ -48,6 +48,8 @@ from aiohttp import web
 from ingest.storage.layout import TableLayout
 
 __all__ = [
+    "BATCH_ITEMS",
+    "FLUSH_EVERY_S",
     "BaselineConfig",
     "BaselineStats",
     "NaiveConverter",

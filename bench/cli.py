@@ -27,7 +27,7 @@ from bench.errors import BenchError
 from bench.scenarios import QUICK_SCENARIOS, SCENARIOS, get_scenario
 from ingest.core.aio import leaf_exceptions
 
-__all__ = ["add_commands", "cmd_bench"]
+__all__ = ["RESULTS_DIR", "add_commands", "cmd_bench"]
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 

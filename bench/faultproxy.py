@@ -63,7 +63,7 @@ from aiohttp import web
 
 from ingest.core.lifecycle import StartClose
 
-__all__ = ["FaultKind", "FaultProxy", "main"]
+__all__ = ["FAULT_KINDS", "FaultKind", "FaultProxy", "main"]
 
 logger = logging.getLogger(__name__)
 

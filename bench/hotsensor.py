@@ -35,7 +35,7 @@ from ingest.core.aio import run
 from simulator.manifest import ManifestBuilder, save_manifest
 from simulator.publisher import MqttPublisher, parse_mqtt_url
 
-__all__ = ["HotTimeline", "main", "timeline"]
+__all__ = ["GATEWAY_ID", "SENSOR_ID", "HotTimeline", "main", "publish", "timeline"]
 
 GATEWAY_ID = "gw-hot"
 SENSOR_ID = f"{GATEWAY_ID}:hot-00000"  # under its gateway's id: the service's default rule

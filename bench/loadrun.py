@@ -47,11 +47,23 @@ from bench.errors import BenchError
 from bench.histogram import percentile_from_sparse
 from bench.processes import ManagedProcess, get_json, get_text, parse_prometheus
 from bench.scenarios import Scenario
-from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
+from bench.servers import DynaliteServer, MosquittoServer, MotoServer
 from ingest.storage.layout import TableLayout
 from ingest.storage.table import create_table_request
+from ingest.trial.servers import free_port
 
-__all__ = ["LoadSpec", "Pipeline", "Target", "run_bench", "run_phase"]
+__all__ = [
+    "GROUP",
+    "TABLE",
+    "TOPIC",
+    "LoadSpec",
+    "Pipeline",
+    "Target",
+    "environment",
+    "phase_figures",
+    "run_bench",
+    "run_phase",
+]
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,7 @@ from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
 
-__all__ = ["main", "run_query_bench"]
+__all__ = ["KEY_ID", "SECRET", "SENSOR", "main", "run_query_bench"]
 
 KEY_ID, SECRET = "bench", "bench"
 SENSOR = "bench-sensor-1"

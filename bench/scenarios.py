@@ -31,7 +31,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-__all__ = ["QUICK_SCENARIOS", "SCENARIOS", "Scenario", "get_scenario"]
+__all__ = ["QUICK_SCENARIOS", "SCENARIOS", "Mode", "Scenario", "get_scenario"]
 
 Mode = Literal["device", "gateway", "hot-sensor"]
 

@@ -27,20 +27,16 @@ from ingest.trial.servers import (
     MotoProcess,
     ServerNotInstalledError,
     ServerProcess,
-    ServerStartError,
-    free_port,
     probe_dynamodb,
 )
 
 __all__ = [
     "DEPLOY_MOSQUITTO_CONF",
     "DYNALITE_BIN",
+    "REPO_ROOT",
     "DynaliteServer",
     "MosquittoServer",
     "MotoServer",
-    "ServerNotInstalledError",
-    "ServerStartError",
-    "free_port",
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent

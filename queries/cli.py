@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from ingest.config import Config
     from queries.api.settings import ServeSettings
 
-__all__ = ["add_commands"]
+__all__ = ["CURSOR_KEY_FILE_ENV", "KEYS_FILE_ENV", "add_commands", "cmd_apikey_hash", "cmd_serve"]
 
 log = logging.getLogger(__name__)
 

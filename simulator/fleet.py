@@ -35,7 +35,7 @@ from ingest.storage.layout import SENSOR_ID_PATTERN
 from simulator.errors import SimConfigError
 from simulator.signals import KINDS
 
-__all__ = ["DeviceGroup", "Fleet", "load_fleet_file"]
+__all__ = ["MAX_DEVICE_RATE_PER_S", "DeviceGroup", "Fleet", "load_fleet_file"]
 
 MAX_DEVICE_RATE_PER_S = 500.0
 """Highest rate of one device (after spikes): readings of a device stay >= 2 ms apart, so

@@ -34,9 +34,13 @@ from simulator.errors import ManifestError
 
 __all__ = [
     "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "FloatArray",
+    "IntArray",
     "Manifest",
     "ManifestBuilder",
     "SensorRecord",
+    "U64Array",
     "digest_readings",
     "load_manifest",
     "metric_hash",

@@ -21,7 +21,7 @@ import numpy.typing as npt
 
 from simulator.errors import SimConfigError
 
-__all__ = ["RateProfile", "Spike", "TickSchedule"]
+__all__ = ["FloatArray", "IntArray", "RateProfile", "Spike", "TickSchedule"]
 
 IntArray = npt.NDArray[np.int64]
 FloatArray = npt.NDArray[np.float64]

@@ -45,6 +45,7 @@ __all__ = [
     "cut_windows",
     "full_precision",
     "journal_readings",
+    "json_roundtrip",
     "simulate_devices",
 ]
 

@@ -33,7 +33,10 @@ __all__ = [
     "JRow",
     "JournalCodec",
     "canonical",
+    "columnar_journal",
     "journal_codecs",
+    "msgpack_journal",
+    "orjson_journal",
     "rows_of",
     "train_dictionaries",
 ]

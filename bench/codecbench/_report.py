@@ -14,7 +14,7 @@ from bench.codecbench._data import PRECISIONS
 from bench.codecbench._runner import ITEM_OVERHEAD_BYTES, ROLLUP_STEPS, run
 from simulator.signals import KINDS, kind_names
 
-__all__ = ["main", "render"]
+__all__ = ["HOT", "READ_BUDGET_BYTES", "Row", "main", "render"]
 
 HOT = "vibration@1kHz"
 READ_BUDGET_BYTES = 80 * 1024

@@ -96,7 +96,7 @@ from ingest.storage.layout import ArchivePolicy, Reading, TableLayout
 from ingest.storage.registry import LateMark, clear_late_mark, late_marks, write_late_mark
 from ingest.storage.table import read_archive_policy, write_archive_policy
 
-__all__ = ["DEFAULT_SETTLE_MS", "ArchiveReport", "ArchiveSettings", "Archiver"]
+__all__ = ["DEFAULT_SETTLE_MS", "PARQUET_CONTENT_TYPE", "ArchiveSettings", "Archiver"]
 
 log = logging.getLogger(__name__)
 

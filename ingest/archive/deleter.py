@@ -18,7 +18,7 @@ from ingest.core.retry import Backoff
 from ingest.storage.archive.errors import SourceError, single_archive_error
 from ingest.storage.dynamo import DynamoClient
 
-__all__ = ["BATCH_SIZE", "delete_keys"]
+__all__ = ["BATCH_SIZE", "Key", "delete_keys"]
 
 log = logging.getLogger(__name__)
 

@@ -18,7 +18,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from ingest.core.metrics import HealthServer
 
-__all__ = ["BUCKET_OUTCOMES", "ArchiveMetrics", "serve_metrics"]
+__all__ = ["BUCKET_OUTCOMES", "ArchiveMetrics", "ArchiveReport", "serve_metrics"]
 
 BUCKET_OUTCOMES = ("archived", "rearchived", "empty", "skipped", "failed")
 _PASS_BUCKETS = (0.1, 0.5, 1, 5, 10, 30, 60, 300, 900, 1800, 3600, 7200)

@@ -34,6 +34,7 @@ from ingest.storage.registry import LateMark, registry_items
 
 __all__ = [
     "DAY_MS",
+    "DEFAULT_GRACE_MS",
     "BucketTask",
     "SensorPlan",
     "SensorSpan",

@@ -49,7 +49,7 @@ from ingest.storage.archive.parquet import content_checksum, decode, encode
 from ingest.storage.archive.paths import data_key
 from ingest.storage.archive.store import S3Store
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import LAYOUT_PK, Item, Reading, TableLayout
+from ingest.storage.layout import Item, Reading, TableLayout, is_reserved_pk
 
 __all__ = ["StreamArchiver", "StreamsClient", "find_stream_arn", "is_ttl_delete"]
 
@@ -67,7 +67,7 @@ def is_ttl_delete(record: dict[str, Any], *, include_user_deletes: bool = False)
     if record.get("eventName") != "REMOVE":
         return False
     old = record.get("dynamodb", {}).get("OldImage")
-    if not old or "pk" not in old or old["pk"]["S"].startswith("#") or old["pk"]["S"] == LAYOUT_PK:
+    if not old or "pk" not in old or is_reserved_pk(old["pk"]["S"]):
         return False
     identity = record.get("userIdentity") or {}
     return include_user_deletes or all(identity.get(k) == v for k, v in _SERVICE.items())

@@ -1,1 +1,3 @@
 """ingest.aws."""
+
+__all__: list[str] = []

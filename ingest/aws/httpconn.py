@@ -37,7 +37,7 @@ import ssl
 from collections import deque
 from typing import cast
 
-__all__ = ["HttpError", "HttpPool"]
+__all__ = ["MAX_BODY_BYTES", "MAX_HEAD_BYTES", "HttpError", "HttpPool"]
 
 log = logging.getLogger(__name__)
 

@@ -1,1 +1,3 @@
 """ingest.cli."""
+
+__all__: list[str] = []

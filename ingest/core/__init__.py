@@ -1,1 +1,3 @@
 """ingest.core."""
+
+__all__: list[str] = []

@@ -8,6 +8,8 @@ import signal
 from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
+__all__ = ["install_stop_signals", "leaf_exceptions", "run", "run_async"]
+
 T = TypeVar("T")
 
 

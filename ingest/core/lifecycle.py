@@ -29,13 +29,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-__all__ = [
-    "CANCEL_GRACE_S",
-    "StartClose",
-    "StopRequested",
-    "run_until_signalled",
-    "unless_stopped",
-]
+__all__ = ["CANCEL_GRACE_S", "StartClose", "StopRequested", "run_until_signalled", "unless_stopped"]
 
 log = logging.getLogger(__name__)
 

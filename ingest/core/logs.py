@@ -9,6 +9,8 @@ from typing import Any
 
 import orjson
 
+__all__ = ["setup_logging"]
+
 
 class _JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:

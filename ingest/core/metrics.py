@@ -16,7 +16,7 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-__all__ = ["HealthServer", "Metrics"]
+__all__ = ["Exposition", "HealthServer", "Metrics"]
 
 log = logging.getLogger(__name__)
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import random
 
+__all__ = ["Backoff"]
+
 
 class Backoff:
     """Exponential backoff with full jitter: sleep U(0, min(cap, base * 2**attempt)).

@@ -1,1 +1,3 @@
 """ingest.mqtt."""
+
+__all__: list[str] = []

@@ -13,12 +13,16 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
+    "AUTH",
     "CONNACK",
+    "CONNACK_V5_REASONS",
+    "CONNACK_V311_REASONS",
     "CONNECT",
     "DISCONNECT",
     "DISCONNECT_REASONS",
     "HEAD_BYTES",
     "PINGREQ",
+    "PINGREQ_PACKET",
     "PINGRESP",
     "PUBACK",
     "PUBCOMP",
@@ -28,6 +32,8 @@ __all__ = [
     "SUBACK",
     "SUBSCRIBE",
     "TRUNCATED",
+    "UNSUBACK",
+    "UNSUBSCRIBE",
     "V5",
     "V311",
     "Connack",

@@ -1,1 +1,3 @@
 """ingest.pipeline."""
+
+__all__: list[str] = []

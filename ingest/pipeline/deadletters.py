@@ -69,11 +69,7 @@ from ingest.storage.spool import (
     write_all,
 )
 
-__all__ = [
-    "SLOW_WRITE_S",
-    "STALLED_WRITE_S",
-    "DeadLetterSpool",
-]
+__all__ = ["SLOW_WRITE_S", "STALLED_WRITE_S", "DeadLetterSpool"]
 
 log = logging.getLogger(__name__)
 

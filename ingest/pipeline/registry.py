@@ -94,9 +94,7 @@ from ingest.storage.layout import (
 from ingest.storage.registry import write_late_mark
 from ingest.storage.table import read_archive_policy
 
-__all__ = [
-    "SensorRegistry",
-]
+__all__ = ["SensorRegistry"]
 
 log = logging.getLogger(__name__)
 

@@ -37,7 +37,7 @@ from ingest.pipeline.deadletters import DeadLetterSpool
 from ingest.storage.dynamo import BatchSink
 from ingest.storage.layout import Item
 
-__all__ = ["Backoff", "Writer"]
+__all__ = ["Writer"]
 
 log = logging.getLogger(__name__)
 

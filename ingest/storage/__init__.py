@@ -1,1 +1,3 @@
 """ingest.storage."""
+
+__all__: list[str] = []

@@ -55,12 +55,15 @@ if TYPE_CHECKING:
     from ingest.config import Config
 
 __all__ = [
+    "OPERATIONAL_CODES",
+    "THROTTLE_CODES",
     "TRANSIENT_CAUSES",
     "BatchSink",
     "DynamoClient",
     "bad_response",
     "classify",
     "error_answer",
+    "is_condition_failure",
     "is_transient",
     "json_object",
     "unprocessed_puts",

@@ -56,6 +56,7 @@ from typing import Any
 __all__ = [
     "ARCHIVE_POLICY_SK",
     "LAYOUT_PK",
+    "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
     "SENSOR_ID_PATTERN",
     "ArchivePolicy",
@@ -63,8 +64,11 @@ __all__ = [
     "Reading",
     "TableLayout",
     "format_number",
+    "is_reserved_pk",
     "late_mark_key",
     "late_partition_keys",
+    "marker_pk",
+    "marker_sensor_id",
     "registry_key",
     "registry_partition_keys",
 ]
@@ -80,6 +84,7 @@ LAYOUT_PK = "#layout"
 ARCHIVE_POLICY_SK = 1
 _REGISTRY_PREFIX = "#sensors#"
 _LATE_PREFIX = "#late#"
+MARKER_PREFIX = "#archive#"
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
 
@@ -132,6 +137,22 @@ def late_mark_key(sensor_id: str, bucket_start_ms: int) -> tuple[str, int]:
 def late_partition_keys() -> list[str]:
     """Every late-mark partition key, for reading the marks with Query (never Scan)."""
     return [f"{_LATE_PREFIX}{p}" for p in range(REGISTRY_PARTITIONS)]
+
+
+def marker_pk(sensor_id: str) -> str:
+    """The partition key of a sensor's archive markers."""
+    return f"{MARKER_PREFIX}{sensor_id}"
+
+
+def marker_sensor_id(pk: str) -> str:
+    """The sensor id of an archive marker's partition key (the inverse of :func:`marker_pk`)."""
+    return pk.removeprefix(MARKER_PREFIX)
+
+
+def is_reserved_pk(pk: str) -> bool:
+    """Whether a partition key is one of the table's own records (layout, registry, late
+    marks, archive markers: all start with ``#``, which a sensor id cannot), not readings."""
+    return pk.startswith("#")
 
 
 def _bucket_label_format(bucket_ms: int) -> str:

@@ -17,6 +17,8 @@ from typing import Any
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, Reading, TableLayout
 
+__all__ = ["Caller", "follow", "partition_query", "query_pages", "query_partition", "read_range"]
+
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """``call(operation, **kwargs) -> response``: a DynamoDB client's ``call``, or a reader's."""
 

@@ -20,6 +20,16 @@ from ingest.storage.layout import (
 )
 from ingest.storage.reads import query_pages
 
+__all__ = [
+    "LateMark",
+    "clear_late_mark",
+    "known_sensor_ids",
+    "known_sensors",
+    "late_marks",
+    "registry_items",
+    "write_late_mark",
+]
+
 
 async def registry_items(
     client: DynamoClient | LeanDynamoClient, names: tuple[str, ...], *, consistent: bool = False

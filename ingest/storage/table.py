@@ -45,6 +45,7 @@ __all__ = [
     "REGION_PATTERN",
     "TABLE_CLASSES",
     "BackupInfo",
+    "Sleep",
     "TableFeatures",
     "create_backup",
     "create_table",

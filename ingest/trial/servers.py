@@ -62,11 +62,13 @@ from ingest.core.lifecycle import StartClose
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "MOSQUITTO_CONF_PATH",
     "EmbeddedBroker",
     "EmbeddedDynamo",
     "EmbeddedServerError",
     "MosquittoProcess",
     "MotoProcess",
+    "MqttProtocol",
     "ServerNotInstalledError",
     "ServerProcess",
     "ServerStartError",

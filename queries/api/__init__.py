@@ -1,1 +1,3 @@
 """queries.api."""
+
+__all__: list[str] = []

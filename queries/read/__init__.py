@@ -1,1 +1,3 @@
 """queries.read."""
+
+__all__: list[str] = []

@@ -22,9 +22,10 @@ from bench.capacity import item_size_bytes, number_size_bytes, write_units
 from bench.histogram import MsHistogram, percentile_from_sparse
 from bench.hotsensor import timeline
 from bench.processes import parse_prometheus
-from bench.servers import MosquittoServer, free_port
+from bench.servers import MosquittoServer
 from bench.sink import Sink, make_app
 from ingest.storage.layout import Reading, TableLayout
+from ingest.trial.servers import free_port
 from simulator.publisher import MqttPublisher, parse_mqtt_url
 
 TABLE = "bench-t"

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from bench.servers import DynaliteServer, MosquittoServer, MotoServer, free_port
+from bench.servers import DynaliteServer, MosquittoServer, MotoServer
 from ingest.storage.table import create_table_request
-from ingest.trial.servers import ServerNotInstalledError, ServerStartError, probe_mqtt
+from ingest.trial.servers import ServerNotInstalledError, ServerStartError, free_port, probe_mqtt
 
 ClientFactory = Callable[..., AbstractAsyncContextManager[Any]]
 

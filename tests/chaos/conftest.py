@@ -33,7 +33,8 @@ import pytest_asyncio
 
 from bench.processes import parse_prometheus
 from bench.procstat import sample
-from bench.servers import REPO_ROOT, free_port
+from bench.servers import REPO_ROOT
+from ingest.trial.servers import free_port
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
 from simulator.generator import Mode, TrafficOptions

@@ -10,10 +10,10 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.servers import free_port
 from ingest.demo import DemoInfo, DemoOptions, run_demo
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.store import S3Store
+from ingest.trial.servers import free_port
 
 
 async def archived_buckets(http: aiohttp.ClientSession, url: str) -> float:
@@ -42,7 +42,7 @@ async def test_demo_serves_live_data_archives_to_s3_and_stops_cleanly(tmp_path: 
     )
     demo = asyncio.create_task(run_demo(opts, stop, ready, on_ready=infos.append))
     try:
-        async with asyncio.timeout(50):  # the whole run, shutdown aside
+        async with asyncio.timeout(120):  # the whole run, shutdown aside (generous: a bound, not a target)
             await asyncio.wait(
                 [demo, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
             )

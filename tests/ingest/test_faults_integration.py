@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import orjson
 
-from bench.servers import free_port
 from ingest.config import Config
 from ingest.pipeline.service import IngestService
 from ingest.storage.layout import TableLayout
+from ingest.trial.servers import free_port
 from tests.drain import assert_drained
 from tests.ingest.harness import AWS, counter, publish, read_table, running, wait_until
 

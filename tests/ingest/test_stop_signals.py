@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from bench.servers import free_port
+from ingest.trial.servers import free_port
 from tests.ingest.processes import Cli, descendants, still_running, trial_env, wait_gone
 
 SHUTDOWN_S = 15.0  # the demo's stop budget (shutdown_timeout_s's default)

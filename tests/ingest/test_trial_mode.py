@@ -13,11 +13,11 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
-from bench.servers import free_port
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading
 from ingest.storage.reads import read_range
 from ingest.storage.table import read_layout
+from ingest.trial.servers import free_port
 from tests.ingest.processes import Cli, path_without, trial_env
 
 SHUTDOWN_S = 15.0  # shutdown_timeout_s's default

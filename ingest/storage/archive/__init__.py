@@ -1,1 +1,3 @@
 """ingest.storage.archive."""
+
+__all__: list[str] = []

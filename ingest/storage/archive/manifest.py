@@ -34,27 +34,20 @@ import orjson
 from ingest.core.errors import WriteError
 from ingest.storage.archive.errors import SourceError
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Item
+from ingest.storage.layout import Item, marker_pk, marker_sensor_id
 from ingest.storage.reads import query_pages
 
 __all__ = [
-    "MARKER_PREFIX",
+    "FORMAT_VERSION",
     "Manifest",
     "get_marker",
     "mark_delete_started",
     "mark_deleted",
-    "marker_pk",
     "put_marker",
     "query_markers",
 ]
 
-MARKER_PREFIX = "#archive#"
 FORMAT_VERSION = 1
-
-
-def marker_pk(sensor_id: str) -> str:
-    """The partition key of a sensor's archive markers."""
-    return f"{MARKER_PREFIX}{sensor_id}"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -132,7 +125,7 @@ class Manifest:
     def from_marker(cls, item: Item) -> Manifest:
         """The manifest summary a marker item holds (no per-shard counts)."""
         return cls(
-            sensor_id=item["pk"]["S"].removeprefix(MARKER_PREFIX),
+            sensor_id=marker_sensor_id(item["pk"]["S"]),
             bucket_start_ms=int(item["sk"]["N"]),
             bucket_ms=int(item.get("bw", {"N": "0"})["N"]),
             rows=int(item["n"]["N"]),

@@ -31,14 +31,7 @@ import pyarrow.parquet as pq
 
 from ingest.storage.layout import Reading
 
-__all__ = [
-    "TS_TYPE",
-    "content_checksum",
-    "decode",
-    "encode",
-    "from_table",
-    "to_table",
-]
+__all__ = ["TS_TYPE", "content_checksum", "decode", "encode", "from_table", "to_table"]
 
 TS_TYPE = pa.timestamp("ms", tz="UTC")
 _METRIC = "m_"
