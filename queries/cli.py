@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ingest.config import add_table_flags, table_config
+from ingest.core.argtypes import positive_int
 
 if TYPE_CHECKING:
     from ingest.config import Config
@@ -36,13 +37,6 @@ CURSOR_KEY_FILE_ENV = "IOT_INGEST_CURSOR_KEY_FILE"
 _DAY_MS = 86_400_000
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
 def add_commands(subparsers: Any) -> None:
     """Add ``serve`` to the ``iot-ingest`` command's subparsers."""
     p = subparsers.add_parser(
@@ -56,25 +50,25 @@ def add_commands(subparsers: Any) -> None:
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.add_argument(
         "--max-range-days",
-        type=_positive_int,
+        type=positive_int,
         default=31,
         help="longest time range of one request, days (default 31)",
     )
     p.add_argument(
         "--max-points",
-        type=_positive_int,
+        type=positive_int,
         default=10_000,
         help="most windows of one series (default 10000)",
     )
     p.add_argument(
         "--query-concurrency",
-        type=_positive_int,
+        type=positive_int,
         default=16,
         help="DynamoDB calls in flight across all requests (default 16)",
     )
     p.add_argument(
         "--max-calls-per-sensor",
-        type=_positive_int,
+        type=positive_int,
         default=None,
         help="most DynamoDB calls one request may make per sensor it reads, a 422 past it "
         "(default: 16 per partition of the widest legal range, from the table's layout: "
@@ -114,7 +108,7 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument(
         "--rate-limit-burst",
-        type=_positive_int,
+        type=positive_int,
         default=100,
         help="requests a key may make at once after being idle (default 100)",
     )
@@ -150,7 +144,7 @@ def add_commands(subparsers: Any) -> None:
         help="sensor-id prefix this key may read; repeatable; '*' for every sensor",
     )
     h.add_argument("--rate-per-s", type=float, help="this key's own rate limit")
-    h.add_argument("--burst", type=_positive_int, help="this key's own burst")
+    h.add_argument("--burst", type=positive_int, help="this key's own burst")
     h.add_argument(
         "--stdin",
         action="store_true",

@@ -19,6 +19,7 @@ import orjson
 from rich.console import Console
 
 from ingest.core.aio import leaf_exceptions, run
+from ingest.core.argtypes import fraction, positive_float
 from simulator.errors import SimulatorError
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet, load_fleet_file
@@ -43,20 +44,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _rate(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"a rate between 0 and 1, got {text}")
-    return value
 
 
 def _kinds(text: str) -> list[str]:
@@ -97,7 +84,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     g = p.add_argument_group("fleet")
     g.add_argument("--devices", type=int, default=100, help="number of devices (default 100)")
     g.add_argument(
-        "--rate", type=_positive_float, help="total readings/s of the fleet (default 1 per device)"
+        "--rate", type=positive_float, help="total readings/s of the fleet (default 1 per device)"
     )
     g.add_argument(
         "--kinds",
@@ -134,7 +121,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
     g = p.add_argument_group("schedule")
-    g.add_argument("--duration", type=_positive_float, help="seconds to run")
+    g.add_argument("--duration", type=positive_float, help="seconds to run")
     g.add_argument("--count-limit", type=int, help="stop after this many readings")
     g.add_argument(
         "--ramp-s", type=float, default=0.0, help="linear ramp-up from 0 over this many seconds"
@@ -147,7 +134,7 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
         help="rate burst, e.g. 30:30:10 (repeatable)",
     )
     g.add_argument(
-        "--tick-ms", type=_positive_float, default=10.0, help="scheduling tick (default 10 ms)"
+        "--tick-ms", type=positive_float, default=10.0, help="scheduling tick (default 10 ms)"
     )
     g.add_argument("--seed", type=int, default=1, help="random seed (default 1)")
     g.add_argument(
@@ -162,34 +149,36 @@ def _add_simulate(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     )
 
     g = p.add_argument_group("faults (rates are per reading, 0..1)")
-    g.add_argument("--fault-duplicates", type=_rate, default=0.0, help="readings sent twice")
+    g.add_argument("--fault-duplicates", type=fraction, default=0.0, help="readings sent twice")
     g.add_argument(
-        "--fault-late", type=_rate, default=0.0, help="readings held back (out of order)"
+        "--fault-late", type=fraction, default=0.0, help="readings held back (out of order)"
     )
-    g.add_argument("--late-max-s", type=_positive_float, default=5.0, help="largest hold-back")
+    g.add_argument("--late-max-s", type=positive_float, default=5.0, help="largest hold-back")
     g.add_argument(
-        "--fault-skew", type=_rate, default=0.0, help="fraction of devices with a skewed clock"
-    )
-    g.add_argument(
-        "--skew-max-s", type=_positive_float, default=60.0, help="largest clock offset (±)"
+        "--fault-skew", type=fraction, default=0.0, help="fraction of devices with a skewed clock"
     )
     g.add_argument(
-        "--fault-malformed", type=_rate, default=0.0, help="readings sent as malformed payloads"
+        "--skew-max-s", type=positive_float, default=60.0, help="largest clock offset (±)"
     )
-    g.add_argument("--fault-missing", type=_rate, default=0.0, help="readings sent without metrics")
     g.add_argument(
-        "--fault-oversize", type=_rate, default=0.0, help="readings sent as oversize messages"
+        "--fault-malformed", type=fraction, default=0.0, help="readings sent as malformed payloads"
+    )
+    g.add_argument(
+        "--fault-missing", type=fraction, default=0.0, help="readings sent without metrics"
+    )
+    g.add_argument(
+        "--fault-oversize", type=fraction, default=0.0, help="readings sent as oversize messages"
     )
     g.add_argument(
         "--oversize-bytes", type=int, default=300_000, help="size of an oversize message"
     )
     g.add_argument(
         "--fault-dropout",
-        type=_rate,
+        type=fraction,
         default=0.0,
         help="chance per reading that a device goes silent",
     )
-    g.add_argument("--dropout-s", type=_positive_float, default=10.0, help="length of a silence")
+    g.add_argument("--dropout-s", type=positive_float, default=10.0, help="length of a silence")
 
     g = p.add_argument_group("output")
     g.add_argument("--manifest", type=Path, help="write the run manifest (JSON) here")

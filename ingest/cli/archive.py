@@ -21,33 +21,13 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from ingest.config import add_table_flags
+from ingest.core.argtypes import port, positive_float, positive_int
 
 __all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "cmd_streams", "default_horizon_ms"]
 
 log = logging.getLogger("ingest.archive")
 
 _DAY_MS = 86_400_000
-
-
-def _positive_float(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
-    return value
-
-
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _port(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65_535:
-        raise argparse.ArgumentTypeError(f"must be 0..65535, got {value}")
-    return value
 
 
 def _add_common(p: argparse.ArgumentParser, *, table: bool, require_bucket: bool = True) -> None:
@@ -62,10 +42,10 @@ def _add_common(p: argparse.ArgumentParser, *, table: bool, require_bucket: bool
 
 
 def _add_loop(p: argparse.ArgumentParser, what: str) -> None:
-    p.add_argument("--every", type=_positive_float, metavar="SECONDS", help=f"{what} every SECONDS")
+    p.add_argument("--every", type=positive_float, metavar="SECONDS", help=f"{what} every SECONDS")
     p.add_argument(
         "--metrics-port",
-        type=_port,
+        type=port,
         metavar="PORT",
         help="with --every: serve /metrics (iot_archive_*), /healthz, /readyz on PORT (0: any)",
     )
@@ -86,7 +66,7 @@ def add_commands(subparsers: Any) -> None:
     _add_common(p, table=True, require_bucket=False)
     p.add_argument(
         "--horizon-days",
-        type=_positive_float,
+        type=positive_float,
         help="archive a bucket this many days after it closed (default: 7, or less when the "
         "retention is short); must leave the bucket time before its TTL",
     )
@@ -97,7 +77,7 @@ def add_commands(subparsers: Any) -> None:
     )
     _add_loop(p, "run a pass")
     p.add_argument(
-        "--concurrency", type=_positive_int, default=4, help="sensors at once (default 4)"
+        "--concurrency", type=positive_int, default=4, help="sensors at once (default 4)"
     )
     p.set_defaults(func=cmd_archive)
     sub = p.add_subparsers(dest="archive_cmd", metavar="SUBCOMMAND")
@@ -123,7 +103,7 @@ def add_commands(subparsers: Any) -> None:
     )
     _add_common(lc, table=False)
     lc.add_argument(
-        "--days", type=_positive_int, required=True, help="move objects this many days old"
+        "--days", type=positive_int, required=True, help="move objects this many days old"
     )
     lc.add_argument(
         "--storage-class",

@@ -83,8 +83,7 @@ from typing import Any
 from ingest.core.errors import WriteError
 from ingest.core.metrics import Metrics
 from ingest.pipeline.acks import AckTracker, Pending
-from ingest.storage.dynamo import DynamoClient, is_condition_failure
-from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.dynamo import TableClient, is_condition_failure
 from ingest.storage.layout import (
     ArchivePolicy,
     Reading,
@@ -150,7 +149,7 @@ class SensorRegistry:
 
     def __init__(
         self,
-        client: DynamoClient | LeanDynamoClient,
+        client: TableClient,
         metrics: Metrics,
         *,
         concurrency: int = 8,

@@ -42,7 +42,7 @@ from ingest.pipeline.decode import DecodeStage, Inbox
 from ingest.pipeline.receiver import Receiver
 from ingest.pipeline.registry import SensorRegistry
 from ingest.pipeline.writer import Writer
-from ingest.storage.dynamo import DynamoClient, is_transient
+from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
 from ingest.storage.dynamohttp import LeanDynamoClient
 from ingest.storage.layout import TableLayout
 from ingest.storage.registry import known_sensors
@@ -170,7 +170,7 @@ class IngestService:
 
     async def _open_dynamodb(
         self, outer: contextlib.AsyncExitStack, stop: asyncio.Event
-    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]] | None:
+    ) -> tuple[TableClient, dict[str, int]] | None:
         """Open the clients and check the table, retrying what waiting can heal.
 
         Returns the hot path's client and the known sensor ids (their clients stay open
@@ -227,7 +227,7 @@ class IngestService:
 
     async def _connect(
         self, stack: contextlib.AsyncExitStack
-    ) -> tuple[DynamoClient | LeanDynamoClient, dict[str, int]]:
+    ) -> tuple[TableClient, dict[str, int]]:
         """One start attempt: clients on ``stack``, the table checked, the known sensors."""
         cfg = self.config
         client = await stack.enter_async_context(
@@ -243,7 +243,7 @@ class IngestService:
         if self._create:
             await create_table(client, self.layout)
         self.layout = await ensure_layout(client, self.layout)
-        hot: DynamoClient | LeanDynamoClient = client
+        hot: TableClient = client
         if cfg.writer == "lean":
             hot = await stack.enter_async_context(
                 LeanDynamoClient(
@@ -259,7 +259,7 @@ class IngestService:
 
     async def _run_stages(
         self,
-        client: DynamoClient | LeanDynamoClient,
+        client: TableClient,
         known_sensors: dict[str, int],
         stop: asyncio.Event,
         ready: asyncio.Event | None,

@@ -60,6 +60,7 @@ __all__ = [
     "TRANSIENT_CAUSES",
     "BatchSink",
     "DynamoClient",
+    "TableClient",
     "bad_response",
     "classify",
     "error_answer",
@@ -121,6 +122,18 @@ class BatchSink(Protocol):
 
     async def batch_write(self, items: list[Item]) -> list[Item]:
         """Put items; return those DynamoDB left unprocessed. Raise WriteError."""
+        ...
+
+
+class TableClient(BatchSink, Protocol):
+    """A DynamoDB client bound to one table, as the stages use it: either implementation
+    (:class:`DynamoClient` on aiobotocore, or :class:`ingest.storage.dynamohttp.LeanDynamoClient`,
+    the lean HTTP writer) fits."""
+
+    table: str
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        """One DynamoDB operation (botocore's snake_case name). Raise WriteError."""
         ...
 
 

@@ -11,8 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ingest.core.errors import WriteError
-from ingest.storage.dynamo import DynamoClient, is_condition_failure
-from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.dynamo import TableClient, is_condition_failure
 from ingest.storage.layout import (
     late_mark_key,
     late_partition_keys,
@@ -32,7 +31,7 @@ __all__ = [
 
 
 async def registry_items(
-    client: DynamoClient | LeanDynamoClient, names: tuple[str, ...], *, consistent: bool = False
+    client: TableClient, names: tuple[str, ...], *, consistent: bool = False
 ) -> AsyncIterator[dict[str, Any]]:
     """Every registry item with a sensor id, projected to ``names`` (``sid`` always).
 
@@ -46,7 +45,7 @@ async def registry_items(
 
 
 async def _partition_items(
-    client: DynamoClient | LeanDynamoClient,
+    client: TableClient,
     pks: list[str],
     fields: tuple[str, ...],
     consistent: bool,
@@ -86,7 +85,7 @@ class LateMark:
 
 
 async def write_late_mark(
-    client: DynamoClient | LeanDynamoClient,
+    client: TableClient,
     sensor_id: str,
     bucket_start_ms: int,
     marked_at_ms: int,
@@ -113,7 +112,7 @@ async def write_late_mark(
     )
 
 
-async def late_marks(client: DynamoClient | LeanDynamoClient) -> list[LateMark]:
+async def late_marks(client: TableClient) -> list[LateMark]:
     """Every late mark (a strongly consistent, paged Query per partition; never a Scan).
 
     Raises:
@@ -131,7 +130,7 @@ _CLEARED_TTL_S = 86_400
 
 
 async def clear_late_mark(
-    client: DynamoClient | LeanDynamoClient, mark: LateMark, *, now_ms: int | None = None
+    client: TableClient, mark: LateMark, *, now_ms: int | None = None
 ) -> bool:
     """Clear a late mark if it is still as read (``t`` unchanged).
 
@@ -168,12 +167,12 @@ async def clear_late_mark(
     return True
 
 
-async def known_sensor_ids(client: DynamoClient | LeanDynamoClient) -> set[str]:
+async def known_sensor_ids(client: TableClient) -> set[str]:
     """Every sensor id in the registry (8 paged Queries, never a Scan)."""
     return set(await known_sensors(client))
 
 
-async def known_sensors(client: DynamoClient | LeanDynamoClient) -> dict[str, int]:
+async def known_sensors(client: TableClient) -> dict[str, int]:
     """Every sensor in the registry with its stored first-seen time (8 paged Queries).
 
     The decoder admits these without counting them against

@@ -36,8 +36,7 @@ from dataclasses import dataclass
 from typing import Any, TypedDict
 
 from ingest.core.errors import TableError, WriteError
-from ingest.storage.dynamo import DynamoClient, is_transient
-from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
 from ingest.storage.layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
 __all__ = [
@@ -434,7 +433,7 @@ async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayou
 _POLICY_KEY = {"pk": {"S": LAYOUT_PK}, "sk": {"N": str(ARCHIVE_POLICY_SK)}}
 
 
-async def read_archive_policy(client: DynamoClient | LeanDynamoClient) -> ArchivePolicy | None:
+async def read_archive_policy(client: TableClient) -> ArchivePolicy | None:
     """The archive policy recorded beside the layout record, or None (no archiver ran yet).
 
     Raises:

@@ -42,7 +42,9 @@ async def test_demo_serves_live_data_archives_to_s3_and_stops_cleanly(tmp_path: 
     )
     demo = asyncio.create_task(run_demo(opts, stop, ready, on_ready=infos.append))
     try:
-        async with asyncio.timeout(120):  # the whole run, shutdown aside (generous: a bound, not a target)
+        async with asyncio.timeout(
+            120
+        ):  # the whole run, shutdown aside (generous: a bound, not a target)
             await asyncio.wait(
                 [demo, asyncio.create_task(ready.wait())], return_when="FIRST_COMPLETED"
             )

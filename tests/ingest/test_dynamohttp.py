@@ -28,7 +28,7 @@ from ingest.core.retry import Backoff
 from ingest.pipeline.acks import AckTracker
 from ingest.pipeline.deadletters import DeadLetterSpool
 from ingest.pipeline.writer import Writer
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import DynamoClient, TableClient
 from ingest.storage.dynamohttp import LeanDynamoClient
 from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.spool import iter_dead_letters
@@ -144,7 +144,7 @@ def items(n: int = 3) -> list[Item]:
 @pytest_asyncio.fixture(params=["lean", "botocore"])
 async def client(
     request: pytest.FixtureRequest, crafted: CraftedDynamo
-) -> AsyncIterator[LeanDynamoClient | DynamoClient]:
+) -> AsyncIterator[TableClient]:
     kwargs: dict[str, Any] = {
         "table": TABLE,
         "region": "us-east-1",
@@ -152,7 +152,7 @@ async def client(
         "aws_access_key_id": "test",
         "aws_secret_access_key": "test",
     }
-    c: LeanDynamoClient | DynamoClient
+    c: TableClient
     c = (
         LeanDynamoClient(timeout_s=2, **kwargs)
         if request.param == "lean"
@@ -213,7 +213,7 @@ CASES = [
 
 @pytest.mark.parametrize(("action", "cause"), CASES)
 async def test_a_bad_answer_is_retriable_with_its_cause(
-    client: LeanDynamoClient | DynamoClient, crafted: CraftedDynamo, action: Action, cause: str
+    client: TableClient, crafted: CraftedDynamo, action: Action, cause: str
 ) -> None:
     # After a fresh connection, so the lean client's stale-connection retry is not involved.
     crafted.script = [action]
@@ -226,7 +226,7 @@ async def test_a_bad_answer_is_retriable_with_its_cause(
 
 
 async def test_dynamodb_validation_errors_are_still_rejections(
-    client: LeanDynamoClient | DynamoClient, crafted: CraftedDynamo
+    client: TableClient, crafted: CraftedDynamo
 ) -> None:
     crafted.script = [
         reply(
@@ -240,7 +240,7 @@ async def test_dynamodb_validation_errors_are_still_rejections(
 
 
 async def test_json_throttling_and_429_json_are_throttled(
-    client: LeanDynamoClient | DynamoClient, crafted: CraftedDynamo
+    client: TableClient, crafted: CraftedDynamo
 ) -> None:
     crafted.script = [
         reply(
