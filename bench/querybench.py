@@ -30,6 +30,7 @@ import aiohttp
 import orjson
 
 from bench.servers import DynaliteServer, MotoServer
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteRetriable
 from ingest.core.retry import Backoff
 from ingest.storage.dynamo import DynamoClient
@@ -105,10 +106,12 @@ async def run_query_bench(target: str, hours: int, repeat: int) -> list[dict[str
         client = await stack.enter_async_context(
             DynamoClient(
                 table=table,
-                region="us-east-1",
-                endpoint_url=server.endpoint_url,
-                aws_access_key_id=KEY_ID,
-                aws_secret_access_key=SECRET,
+                aws=AwsSettings(
+                    region="us-east-1",
+                    endpoint_url=server.endpoint_url,
+                    aws_access_key_id=KEY_ID,
+                    aws_secret_access_key=SECRET,
+                ),
             )
         )
         await create_table(client, layout)

@@ -22,20 +22,11 @@ from urllib.parse import unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import ConfigError
 from ingest.core.logs import setup_logging
 
-__all__ = [
-    "ENV_PREFIX",
-    "SECRET_KEYS",
-    "Config",
-    "add_config_flags",
-    "add_table_flags",
-    "config_from_args",
-    "load_config",
-    "reference_markdown",
-    "table_config",
-]
+__all__ = ["ENV_PREFIX", "SECRET_KEYS", "Config", "add_config_flags", "add_table_flags", "config_from_args", "load_config", "reference_markdown", "table_config"]
 
 ENV_PREFIX = "IOT_INGEST_"
 SECRET_KEYS = frozenset({"mqtt_password", "aws_secret_access_key"})
@@ -227,6 +218,16 @@ class Config(BaseModel):
         None, description="Explicit AWS key (default: provider chain)."
     )
     aws_secret_access_key: str | None = Field(None, description="Explicit AWS secret (secret).")
+
+    @property
+    def aws(self) -> AwsSettings:
+        """The AWS clients' settings: ``region``, ``dynamodb_endpoint`` and the ``aws_*`` keys."""
+        return AwsSettings(
+            region=self.region,
+            endpoint_url=self.dynamodb_endpoint,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
 
     @field_validator("mqtt_url")
     @classmethod

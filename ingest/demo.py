@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from ingest.aws.settings import AwsSettings
 from ingest.config import Config
 from ingest.core.lifecycle import StopRequested, unless_stopped
 from ingest.pipeline.service import IngestService
@@ -323,9 +324,9 @@ async def _open_archive(
     store = await stack.enter_async_context(
         S3Store(
             bucket=opts.s3_bucket,
-            endpoint_url=endpoint,
-            aws_access_key_id=_KEY,
-            aws_secret_access_key=_KEY,
+            aws=AwsSettings(
+                endpoint_url=endpoint, aws_access_key_id=_KEY, aws_secret_access_key=_KEY
+            ),
         )
     )
     await store.client.create_bucket(Bucket=store.bucket)

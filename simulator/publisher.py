@@ -33,14 +33,7 @@ from urllib.parse import unquote, urlsplit
 from ingest.mqtt import proto as mp
 from simulator.errors import BrokerRefused, PublishError, SimConfigError
 
-__all__ = [
-    "BrokerAddress",
-    "MemoryPublisher",
-    "MqttPublisher",
-    "PublishStats",
-    "Publisher",
-    "parse_mqtt_url",
-]
+__all__ = ["BrokerAddress", "MemoryPublisher", "MqttPublisher", "PublishStats", "Publisher", "parse_mqtt_url"]
 
 log = logging.getLogger(__name__)
 

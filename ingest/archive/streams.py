@@ -37,6 +37,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.archive.metrics import ArchiveMetrics
 from ingest.aws.client import BotocoreClient
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteError
 from ingest.storage.archive.errors import (
     ArchiveConfigError,
@@ -77,20 +78,14 @@ class StreamsClient(BotocoreClient):
     """An aiobotocore ``dynamodbstreams`` client (``.client``), as an async context manager.
 
     Args:
-        region: AWS region.
-        endpoint_url: Endpoint (None: AWS's). DynamoDB emulators serve streams on
-            their DynamoDB endpoint.
-        aws_access_key_id: Explicit credentials (None: the standard provider chain).
-        aws_secret_access_key: Explicit credentials.
+        aws: Region, endpoint (DynamoDB emulators serve streams on their DynamoDB
+            endpoint) and credentials.
     """
 
     def __init__(
         self,
         *,
-        region: str,
-        endpoint_url: str | None = None,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
+        aws: AwsSettings,
     ) -> None:
         super().__init__(
             "dynamodbstreams",
@@ -99,10 +94,7 @@ class StreamsClient(BotocoreClient):
                 connect_timeout=5,
                 read_timeout=30,
             ),
-            region=region,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
+            aws=aws,
         )
 
 

@@ -7,6 +7,7 @@ from typing import Any
 from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.lifecycle import StartClose
 
 __all__ = ["BotocoreClient"]
@@ -18,10 +19,7 @@ class BotocoreClient(StartClose):
     Args:
         service: Botocore service name (``dynamodb``, ``s3``).
         config: The client's AioConfig.
-        region: AWS region.
-        endpoint_url: Endpoint (None: AWS's).
-        aws_access_key_id: Explicit credentials (None: the standard provider chain).
-        aws_secret_access_key: Explicit credentials.
+        aws: Region, endpoint and credentials.
     """
 
     def __init__(
@@ -29,19 +27,11 @@ class BotocoreClient(StartClose):
         service: str,
         *,
         config: AioConfig,
-        region: str,
-        endpoint_url: str | None,
-        aws_access_key_id: str | None,
-        aws_secret_access_key: str | None,
+        aws: AwsSettings,
     ) -> None:
         self._service = service
-        self._kwargs: dict[str, Any] = {
-            "region_name": region,
-            "endpoint_url": endpoint_url,
-            "aws_access_key_id": aws_access_key_id,
-            "aws_secret_access_key": aws_secret_access_key,
-            "config": config,
-        }
+        self.aws = aws
+        self._kwargs: dict[str, Any] = {**aws.client_kwargs(), "config": config}
         self._cm: Any = None
         self.client: Any = None
         self._closed = False

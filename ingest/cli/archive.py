@@ -212,10 +212,7 @@ def _store(args: argparse.Namespace, cfg: Any) -> Any:
     return S3Store(
         bucket=args.s3_bucket,
         prefix=args.s3_prefix,
-        region=cfg.region,
-        endpoint_url=args.s3_endpoint,
-        aws_access_key_id=cfg.aws_access_key_id,
-        aws_secret_access_key=cfg.aws_secret_access_key,
+        aws=cfg.aws.with_endpoint(args.s3_endpoint),
     )
 
 
@@ -281,12 +278,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
         async with (
             _dynamo(cfg) as dynamo,
             _store(args, cfg) as store,
-            StreamsClient(
-                region=cfg.region,
-                endpoint_url=cfg.dynamodb_endpoint,
-                aws_access_key_id=cfg.aws_access_key_id,
-                aws_secret_access_key=cfg.aws_secret_access_key,
-            ) as streams,
+            StreamsClient(aws=cfg.aws) as streams,
         ):
             layout = (await TableReader.load(dynamo)).layout
             arn = await find_stream_arn(dynamo)

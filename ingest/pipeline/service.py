@@ -233,11 +233,8 @@ class IngestService:
         client = await stack.enter_async_context(
             DynamoClient(
                 table=cfg.table,
-                region=cfg.region,
-                endpoint_url=self._endpoint,
                 max_connections=cfg.write_concurrency + 4,
-                aws_access_key_id=cfg.aws_access_key_id,
-                aws_secret_access_key=cfg.aws_secret_access_key,
+                aws=cfg.aws.with_endpoint(self._endpoint),
             )
         )
         if self._create:
@@ -248,11 +245,8 @@ class IngestService:
             hot = await stack.enter_async_context(
                 LeanDynamoClient(
                     table=cfg.table,
-                    region=cfg.region,
-                    endpoint_url=self._endpoint,
                     max_connections=cfg.write_concurrency + 4,
-                    aws_access_key_id=cfg.aws_access_key_id,
-                    aws_secret_access_key=cfg.aws_secret_access_key,
+                    aws=cfg.aws.with_endpoint(self._endpoint),
                 )
             )
         return hot, await known_sensors(hot)

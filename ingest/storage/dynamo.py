@@ -48,28 +48,14 @@ from botocore.exceptions import (
 )
 
 from ingest.aws.client import BotocoreClient
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteError, WriteRejected, WriteRetriable
 from ingest.storage.layout import Item
 
 if TYPE_CHECKING:
     from ingest.config import Config
 
-__all__ = [
-    "OPERATIONAL_CODES",
-    "THROTTLE_CODES",
-    "TRANSIENT_CAUSES",
-    "BatchSink",
-    "DynamoClient",
-    "TableClient",
-    "bad_response",
-    "classify",
-    "error_answer",
-    "is_condition_failure",
-    "is_transient",
-    "json_object",
-    "unprocessed_puts",
-    "wrap_error",
-]
+__all__ = ["OPERATIONAL_CODES", "THROTTLE_CODES", "TRANSIENT_CAUSES", "BatchSink", "DynamoClient", "TableClient", "bad_response", "classify", "error_answer", "is_condition_failure", "is_transient", "json_object", "unprocessed_puts", "wrap_error"]
 
 log = logging.getLogger(__name__)
 
@@ -259,34 +245,21 @@ class DynamoClient(BotocoreClient):
 
     Args:
         table: Table name.
-        region: AWS region.
-        endpoint_url: Endpoint (None: AWS's, from the region).
+        aws: Region, endpoint and credentials.
         max_connections: Connection pool size (size it to the write concurrency).
-        aws_access_key_id: Explicit credentials (None: the standard provider chain).
-        aws_secret_access_key: Explicit credentials.
     """
 
     @classmethod
     def from_config(cls, cfg: Config, *, max_connections: int = 16) -> DynamoClient:
         """The client of ``cfg``'s table, endpoint, region and credentials."""
-        return cls(
-            table=cfg.table,
-            region=cfg.region,
-            endpoint_url=cfg.dynamodb_endpoint,
-            max_connections=max_connections,
-            aws_access_key_id=cfg.aws_access_key_id,
-            aws_secret_access_key=cfg.aws_secret_access_key,
-        )
+        return cls(table=cfg.table, aws=cfg.aws, max_connections=max_connections)
 
     def __init__(
         self,
         *,
         table: str,
-        region: str,
-        endpoint_url: str | None = None,
+        aws: AwsSettings,
         max_connections: int = 16,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
     ) -> None:
         super().__init__(
             "dynamodb",
@@ -297,10 +270,7 @@ class DynamoClient(BotocoreClient):
                 read_timeout=30,
                 tcp_keepalive=True,
             ),
-            region=region,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
+            aws=aws,
         )
         self.table = table
 

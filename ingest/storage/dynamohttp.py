@@ -28,6 +28,7 @@ import orjson
 from aiobotocore.session import get_session
 
 from ingest.aws.httpconn import HttpPool
+from ingest.aws.settings import AwsSettings
 from ingest.aws.sigv4 import Credentials, SigV4Signer
 from ingest.core.errors import WriteRetriable
 from ingest.storage.dynamo import error_answer, json_object, unprocessed_puts
@@ -45,11 +46,9 @@ class LeanDynamoClient:
 
     Args:
         table: Table name.
-        region: AWS region.
-        endpoint_url: Endpoint (None: ``https://dynamodb.{region}.amazonaws.com``).
+        aws: Region, endpoint (``None``: ``https://dynamodb.{region}.amazonaws.com``) and
+            credentials (none given: botocore's provider chain).
         max_connections: Connection pool size.
-        aws_access_key_id: Explicit credentials (None: botocore's provider chain).
-        aws_secret_access_key: Explicit credentials.
         timeout_s: Total timeout of one request.
     """
 
@@ -57,26 +56,23 @@ class LeanDynamoClient:
         self,
         *,
         table: str,
-        region: str,
-        endpoint_url: str | None = None,
+        aws: AwsSettings,
         max_connections: int = 16,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
         timeout_s: float = 30.0,
     ) -> None:
         self.table = table
-        self.url = (endpoint_url or f"https://dynamodb.{region}.amazonaws.com").rstrip("/") + "/"
+        region = aws.region
+        self.url = (aws.endpoint_url or f"https://dynamodb.{region}.amazonaws.com").rstrip(
+            "/"
+        ) + "/"
         parts = urlsplit(self.url)
         default_port = 443 if parts.scheme == "https" else 80
         host = parts.hostname or ""
         self._host_header = host if parts.port in (None, default_port) else f"{host}:{parts.port}"
         self._signer = SigV4Signer(host=self._host_header, region=region)
         self._origin = (host, parts.port or default_port, parts.scheme == "https")
-        self._static = (
-            Credentials(aws_access_key_id, aws_secret_access_key, None)
-            if aws_access_key_id and aws_secret_access_key
-            else None
-        )
+        static = aws.static_credentials
+        self._static = Credentials(*static, None) if static else None
         self._creds: Any = None
         self._max_connections = max_connections
         self._timeout_s = timeout_s

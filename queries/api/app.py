@@ -47,14 +47,7 @@ from queries.api.settings import ServeSettings
 from queries.errors import QueryError, ReadUnavailable
 from queries.read.reader import ReadStats, TableReader
 
-__all__ = [
-    "CONTENT_SECURITY_POLICY",
-    "STATIC_DIR",
-    "SecurityHeaders",
-    "create_app",
-    "open_cold_tier",
-    "table_client",
-]
+__all__ = ["CONTENT_SECURITY_POLICY", "STATIC_DIR", "SecurityHeaders", "create_app", "open_cold_tier", "table_client"]
 
 log = logging.getLogger(__name__)
 
@@ -182,11 +175,8 @@ def table_client(settings: ServeSettings) -> DynamoClient:
     """The DynamoDB client of the served table (open it with ``async with``)."""
     return DynamoClient(
         table=settings.table,
-        region=settings.region,
-        endpoint_url=settings.endpoint_url,
         max_connections=settings.query_concurrency,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
+        aws=settings.aws,
     )
 
 
@@ -201,11 +191,8 @@ async def open_cold_tier(settings: ServeSettings) -> AsyncIterator[S3Store]:
     async with S3Store(
         bucket=settings.s3_bucket or "",
         prefix=settings.s3_prefix or "archive",
-        region=settings.region,
-        endpoint_url=settings.s3_endpoint,
         max_connections=settings.query_concurrency,
-        aws_access_key_id=settings.aws_access_key_id,
-        aws_secret_access_key=settings.aws_secret_access_key,
+        aws=settings.aws.with_endpoint(settings.s3_endpoint),
     ) as store:
         await store.check()
         log.info("cold tier: s3://%s/%s/", store.bucket, store.prefix)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
+from ingest.aws.settings import AwsSettings
 from queries.api.apikeys import AuthSettings
 from queries.api.cursor import MIN_KEY_BYTES
 from queries.api.ratelimit import RateLimitSettings
@@ -80,6 +81,16 @@ class ServeSettings:
     s3_endpoint: str | None = None
     s3_prefix: str | None = None
     cursor_keys: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def aws(self) -> AwsSettings:
+        """The DynamoDB client's region, endpoint and credentials (S3's: ``with_endpoint``)."""
+        return AwsSettings(
+            region=self.region,
+            endpoint_url=self.endpoint_url,
+            aws_access_key_id=self.aws_access_key_id,
+            aws_secret_access_key=self.aws_secret_access_key,
+        )
 
     def __post_init__(self) -> None:
         for name in (

@@ -15,6 +15,7 @@ import pytest_asyncio
 
 from bench.servers import MotoServer
 from ingest.archive.archiver import Archiver, ArchiveSettings
+from ingest.aws.settings import AwsSettings
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.archive.store import S3Store
@@ -43,14 +44,14 @@ async def seed_table_and_bucket(
     empty archive bucket, on one moto endpoint. Returns the number of readings."""
     aws = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
     async with DynamoClient(
-        table=table, region="us-east-1", endpoint_url=endpoint, **aws
+        table=table, aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **aws)
     ) as client:
         await create_table(client, layout)
         await client.batch_write([layout.to_item(r) for r in readings])
         registry = SensorRegistry(client, Metrics())
         registry.observe(readings)
         await registry.flush()
-    async with S3Store(bucket=bucket, endpoint_url=endpoint, **aws) as store:
+    async with S3Store(bucket=bucket, aws=AwsSettings(endpoint_url=endpoint, **aws)) as store:
         await store.client.create_bucket(Bucket=bucket)
     return len(readings)
 
@@ -115,12 +116,14 @@ async def open_archive_env(
     creds = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
     async with contextlib.AsyncExitStack() as stack:
         dynamo = await stack.enter_async_context(
-            DynamoClient(table=table, region="us-east-1", endpoint_url=endpoint, **creds)
+            DynamoClient(
+                table=table, aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **creds)
+            )
         )
         await create_table(dynamo, layout)
         stack.push_async_callback(dynamo.call, "delete_table", TableName=table)
         store = await stack.enter_async_context(
-            S3Store(bucket=bucket_name(table), endpoint_url=endpoint, **creds)
+            S3Store(bucket=bucket_name(table), aws=AwsSettings(endpoint_url=endpoint, **creds))
         )
         await store.client.create_bucket(Bucket=store.bucket)
         yield ArchiveEnv(dynamo, store, layout, endpoint)

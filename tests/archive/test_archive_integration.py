@@ -14,6 +14,7 @@ import pytest
 
 from ingest.archive import archiver as archiver_mod
 from ingest.archive.metrics import ArchiveMetrics
+from ingest.aws.settings import AwsSettings
 from ingest.storage.archive.errors import ArchiveConfigError, StorageError
 from ingest.storage.archive.manifest import Manifest, query_markers
 from ingest.storage.archive.paths import parse_key
@@ -293,9 +294,9 @@ async def test_missing_s3_bucket_is_a_clear_error(archive_env: ArchiveEnv) -> No
     env = archive_env
     async with S3Store(
         bucket="no-such-archive-bucket",
-        endpoint_url=env.endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws=AwsSettings(
+            endpoint_url=env.endpoint, aws_access_key_id="test", aws_secret_access_key="test"
+        ),
     ) as store:
         env.store = store
         with pytest.raises(StorageError, match="'no-such-archive-bucket' does not exist"):

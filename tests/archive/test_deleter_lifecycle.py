@@ -9,6 +9,7 @@ import pytest
 
 from ingest.archive.deleter import delete_keys
 from ingest.archive.lifecycle import RULE_ID, apply_lifecycle
+from ingest.aws.settings import AwsSettings
 from ingest.core.retry import Backoff
 from ingest.storage.archive.errors import ArchiveConfigError
 from ingest.storage.dynamo import DynamoClient
@@ -30,10 +31,12 @@ async def test_delete_resends_unprocessed_and_throttled_with_backoff(
 
     async with DynamoClient(
         table=env.dynamo.table,
-        region="us-east-1",
-        endpoint_url=proxy.url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url=proxy.url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ),
     ) as client:
         keys = [(env.layout.partition_key(r.sensor_id, r.ts_ms), r.ts_ms) for r in readings]
         n = await delete_keys(

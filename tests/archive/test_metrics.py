@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from bench.servers import MotoServer
 from ingest.archive.metrics import ArchiveMetrics, serve_metrics
+from ingest.aws.settings import AwsSettings
 from ingest.storage.archive.errors import StorageError
 from ingest.storage.archive.store import S3Store
 from ingest.storage.layout import Reading, TableLayout
@@ -89,9 +90,11 @@ async def test_pass_counts_over_http(archive_env: ArchiveEnv) -> None:
 
             async with S3Store(
                 bucket="no-such-bucket-for-metrics",
-                endpoint_url=env.endpoint,
-                aws_access_key_id="test",
-                aws_secret_access_key="test",
+                aws=AwsSettings(
+                    endpoint_url=env.endpoint,
+                    aws_access_key_id="test",
+                    aws_secret_access_key="test",
+                ),
             ) as missing:
                 archiver.store = missing
                 with pytest.raises(StorageError):

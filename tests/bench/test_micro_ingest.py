@@ -19,6 +19,7 @@ import pytest
 import uvloop
 from pytest_benchmark.fixture import BenchmarkFixture
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt.client import Message
@@ -131,10 +132,12 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
     """Decode → item → batch → BatchWriteItem body + SigV4 → acks, with the HTTP send stubbed."""
     client = LeanDynamoClient(
         table="bench",
-        region="us-east-1",
-        endpoint_url="http://127.0.0.1:9",
-        aws_access_key_id="a",
-        aws_secret_access_key="b",
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url="http://127.0.0.1:9",
+            aws_access_key_id="a",
+            aws_secret_access_key="b",
+        ),
     )
     bodies = [0]
 

@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+from ingest.aws.settings import AwsSettings
 from ingest.config import Config
 from ingest.mqtt.client import MqttConnection, MqttSettings
 from ingest.pipeline.service import IngestService, mqtt_settings
@@ -127,7 +128,7 @@ async def read_table(
     end_ms: int,
 ) -> dict[str, list[Reading]]:
     async with DynamoClient(
-        table=table, region="us-east-1", endpoint_url=endpoint, **AWS
+        table=table, aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **AWS)
     ) as client:
         return {
             s: await read_range(client, service_layout, s, start_ms, end_ms)

@@ -18,6 +18,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.aws.settings import AwsSettings
 from ingest.cli.main import build_parser
 from ingest.config import Config, config_from_args, load_config
 from ingest.core.errors import ConfigError
@@ -103,7 +104,8 @@ async def test_a_gateway_cannot_write_another_gateways_sensors(
         {"readings": [forged["readings"][2]]},
     ]
     async with DynamoClient(
-        table=cfg.table, region="us-east-1", endpoint_url=moto_server.endpoint_url, **AWS
+        table=cfg.table,
+        aws=AwsSettings(region="us-east-1", endpoint_url=moto_server.endpoint_url, **AWS),
     ) as client:
         assert await known_sensor_ids(client) == {"gw-a:boiler", "gw-b:pump"}
 

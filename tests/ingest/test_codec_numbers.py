@@ -17,6 +17,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteRejected
 from ingest.pipeline.codec import Limits, PayloadDecoder, Rejection
 from ingest.storage.dynamo import DynamoClient
@@ -164,10 +165,12 @@ async def test_what_the_codec_accepts_dynalite_stores_and_what_it_refuses_dynali
     layout = TableLayout()
     async with DynamoClient(
         table=unique_name,
-        region="us-east-1",
-        endpoint_url=dynalite_server.endpoint_url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url=dynalite_server.endpoint_url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ),
     ) as client:
         await create_table(client, layout)
         codec, dynalite = [], []

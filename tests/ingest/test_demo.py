@@ -10,6 +10,7 @@ from pathlib import Path
 import aiohttp
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.aws.settings import AwsSettings
 from ingest.demo import DemoInfo, DemoOptions, run_demo
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.store import S3Store
@@ -75,9 +76,11 @@ async def test_demo_serves_live_data_archives_to_s3_and_stops_cleanly(tmp_path: 
                     archived = await archived_buckets(http, info.archive_metrics_url)
                 async with S3Store(
                     bucket=info.s3_bucket,
-                    endpoint_url=info.endpoint_url,
-                    aws_access_key_id="demo",
-                    aws_secret_access_key="demo",
+                    aws=AwsSettings(
+                        endpoint_url=info.endpoint_url,
+                        aws_access_key_id="demo",
+                        aws_secret_access_key="demo",
+                    ),
                 ) as store:
                     key = await anext(store.keys("archive/_manifests/"))
                     body = await store.get(key)

@@ -22,6 +22,7 @@ import orjson
 import pytest
 import pytest_asyncio
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteRejected, WriteRetriable
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
@@ -145,18 +146,14 @@ def items(n: int = 3) -> list[Item]:
 async def client(
     request: pytest.FixtureRequest, crafted: CraftedDynamo
 ) -> AsyncIterator[TableClient]:
-    kwargs: dict[str, Any] = {
-        "table": TABLE,
-        "region": "us-east-1",
-        "endpoint_url": crafted.url,
-        "aws_access_key_id": "test",
-        "aws_secret_access_key": "test",
-    }
+    aws = AwsSettings(
+        endpoint_url=crafted.url, aws_access_key_id="test", aws_secret_access_key="test"
+    )
     c: TableClient
     c = (
-        LeanDynamoClient(timeout_s=2, **kwargs)
+        LeanDynamoClient(table=TABLE, aws=aws, timeout_s=2)
         if request.param == "lean"
-        else DynamoClient(**kwargs)
+        else DynamoClient(table=TABLE, aws=aws)
     )
     async with c:
         yield c
@@ -265,11 +262,13 @@ async def test_a_request_timeout_is_a_connection_error(crafted: CraftedDynamo) -
     crafted.script = [lambda w: asyncio.ensure_future(hang(w))]
     async with LeanDynamoClient(
         table=TABLE,
-        region="us-east-1",
-        endpoint_url=crafted.url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
         timeout_s=0.3,
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url=crafted.url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ),
     ) as lean:
         with pytest.raises(WriteRetriable) as info:
             await lean.batch_write(items())
@@ -290,7 +289,9 @@ async def credential_endpoint(
 async def test_a_failing_credential_refresh_is_retriable(
     crafted: CraftedDynamo, credential_endpoint: CredentialEndpoint
 ) -> None:
-    async with LeanDynamoClient(table=TABLE, region="us-east-1", endpoint_url=crafted.url) as lean:
+    async with LeanDynamoClient(
+        table=TABLE, aws=AwsSettings(region="us-east-1", endpoint_url=crafted.url)
+    ) as lean:
         assert await lean.batch_write(items()) == []
         credential_endpoint.failing = True
         with pytest.raises(WriteRetriable) as info:
@@ -323,10 +324,12 @@ async def test_writer_retries_every_bad_answer_and_acknowledges_everything(
     try:
         async with LeanDynamoClient(
             table=TABLE,
-            region="us-east-1",
-            endpoint_url=crafted.url,
-            aws_access_key_id="test",
-            aws_secret_access_key="test",
+            aws=AwsSettings(
+                region="us-east-1",
+                endpoint_url=crafted.url,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            ),
         ) as lean:
             writer = Writer(
                 sink=lean,

@@ -36,6 +36,7 @@ from typing import Any
 
 import orjson
 
+from ingest.aws.settings import AwsSettings
 from ingest.config import Config
 from ingest.pipeline.service import IngestService, layout_from_config
 from ingest.storage.dynamo import DynamoClient
@@ -113,7 +114,9 @@ def scrambled(prefix: str, readings: list[Reading], rng: random.Random) -> list[
 
 async def scan(endpoint: str, table: str) -> list[Item]:
     items: list[Item] = []
-    async with DynamoClient(table=table, region=REGION, endpoint_url=endpoint, **AWS) as db:
+    async with DynamoClient(
+        table=table, aws=AwsSettings(region=REGION, endpoint_url=endpoint, **AWS)
+    ) as db:
         kwargs: dict[str, Any] = {"TableName": table, "ConsistentRead": True}
         while True:
             resp = await db.call("scan", **kwargs)

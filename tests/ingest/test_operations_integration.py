@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
+from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main as cli_main
 from ingest.config import Config
 from ingest.mqtt.client import MqttConnection, MqttSettings
@@ -56,7 +57,7 @@ async def test_health_metrics_and_registry(
         assert "iot_ingest_items_written_total 31.0" in text
         assert "iot_ingest_receive_to_durable_seconds_bucket" in text
     async with DynamoClient(
-        table=cfg.table, region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS
+        table=cfg.table, aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
     ) as c:
         listed = [
             it for pk in registry_partition_keys() for it in await query_partition(c, pk, 0, 2**113)

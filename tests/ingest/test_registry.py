@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteRetriable
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
@@ -69,14 +70,16 @@ async def client(dynamodb_endpoint: str, unique_name: str) -> AsyncIterator[Coun
     async with contextlib.AsyncExitStack() as stack:
         admin = await stack.enter_async_context(
             DynamoClient(
-                table=unique_name, region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS
+                table=unique_name,
+                aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS),
             )
         )
         await create_table(admin, TableLayout())
         stack.push_async_callback(admin.call, "delete_table", TableName=unique_name)
         lean = await stack.enter_async_context(
             LeanDynamoClient(
-                table=unique_name, region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS
+                table=unique_name,
+                aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS),
             )
         )
         yield CountingClient(lean)

@@ -19,6 +19,7 @@ from typing import Any
 import orjson
 import pytest
 
+from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main as cli_main
 from ingest.core.errors import TableError, WriteRejected
 from ingest.storage.dynamo import DynamoClient
@@ -53,7 +54,7 @@ async def cli(*argv: str) -> int:
 
 
 def admin(endpoint: str, table: str) -> DynamoClient:
-    return DynamoClient(table=table, region=REGION, endpoint_url=endpoint, **AWS)
+    return DynamoClient(table=table, aws=AwsSettings(region=REGION, endpoint_url=endpoint, **AWS))
 
 
 class Recording(DynamoClient):
@@ -182,7 +183,8 @@ async def test_create_sends_table_class_and_enables_pitr_once_after_active(
 ) -> None:
     features = TableFeatures(pitr=True, table_class="STANDARD_INFREQUENT_ACCESS")
     async with Recording(
-        table=unique_name, region=REGION, endpoint_url=moto_server.endpoint_url, **AWS
+        table=unique_name,
+        aws=AwsSettings(region=REGION, endpoint_url=moto_server.endpoint_url, **AWS),
     ) as client:
         assert await create_table(client, TableLayout(), features=features) is True
         assert client.requests("create_table") == [
@@ -217,7 +219,8 @@ async def test_standard_is_the_default_and_sends_no_class(
     moto_server: Any, unique_name: str
 ) -> None:
     async with Recording(
-        table=unique_name, region=REGION, endpoint_url=moto_server.endpoint_url, **AWS
+        table=unique_name,
+        aws=AwsSettings(region=REGION, endpoint_url=moto_server.endpoint_url, **AWS),
     ) as client:
         await create_table(client, TableLayout(), features=TableFeatures(table_class="STANDARD"))
         assert "TableClass" not in client.requests("create_table")[0]
@@ -348,7 +351,8 @@ async def test_replica_region_enables_the_stream_and_asks_for_the_replica_on_mot
 ) -> None:
     features = TableFeatures(replica_regions=("eu-west-1",))
     async with Recording(
-        table=unique_name, region=REGION, endpoint_url=moto_server.endpoint_url, **AWS
+        table=unique_name,
+        aws=AwsSettings(region=REGION, endpoint_url=moto_server.endpoint_url, **AWS),
     ) as client:
         with pytest.raises(TableError) as info:
             await create_table(client, TableLayout(), features=features)
@@ -376,7 +380,9 @@ async def test_a_stream_of_another_view_type_is_refused_with_the_fix(
             **create_table_request(unique_name),
             StreamSpecification={"StreamEnabled": True, "StreamViewType": view},
         )
-    async with Recording(table=unique_name, region=REGION, endpoint_url=url, **AWS) as client:
+    async with Recording(
+        table=unique_name, aws=AwsSettings(region=REGION, endpoint_url=url, **AWS)
+    ) as client:
         with pytest.raises(TableError) as info:
             await create_table(
                 client, TableLayout(), features=TableFeatures(replica_regions=("eu-west-1",))

@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 from prometheus_client.parser import text_string_to_metric_families
 
+from ingest.aws.settings import AwsSettings
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading
 from ingest.storage.reads import read_range
@@ -79,10 +80,12 @@ async def test_run_without_mosquitto_writes_a_published_reading_and_acknowledges
 
         async with DynamoClient(
             table=unique_name,
-            region="us-east-1",
-            endpoint_url=endpoint,
-            aws_access_key_id="trial",
-            aws_secret_access_key="trial",
+            aws=AwsSettings(
+                region="us-east-1",
+                endpoint_url=endpoint,
+                aws_access_key_id="trial",
+                aws_secret_access_key="trial",
+            ),
         ) as client:
             layout = await read_layout(client)
             assert layout is not None

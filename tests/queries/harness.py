@@ -8,6 +8,7 @@ from typing import Any
 
 import aiohttp
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.dynamo import DynamoClient
@@ -21,10 +22,12 @@ def dynamo_client(
     """A client of ``table`` at a local DynamoDB-API endpoint, with dummy credentials."""
     return client_cls(
         table=table,
-        region="us-east-1",
-        endpoint_url=endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url=endpoint,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ),
     )
 
 

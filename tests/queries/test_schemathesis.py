@@ -36,6 +36,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.dynamo import DynamoClient
@@ -91,10 +92,12 @@ async def _serve(
 ) -> None:
     async with DynamoClient(
         table=settings.table,
-        region="us-east-1",
-        endpoint_url=settings.endpoint_url,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
+        aws=AwsSettings(
+            region="us-east-1",
+            endpoint_url=settings.endpoint_url,
+            aws_access_key_id="test",
+            aws_secret_access_key="test",
+        ),
     ) as client:
         layout = TableLayout(bucket_ms=86_400_000, shards=2, retention_days=30)
         await create_table(client, layout)

@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
+from ingest.aws.settings import AwsSettings
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, Reading
 from ingest.storage.table import create_table
@@ -128,7 +129,8 @@ async def tiered(
     async with contextlib.AsyncExitStack() as stack:
         ref = await stack.enter_async_context(
             DynamoClient(
-                table=f"{unique_name}-ref", region="us-east-1", endpoint_url=endpoint, **CREDS
+                table=f"{unique_name}-ref",
+                aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **CREDS),
             )
         )
         await create_table(ref, LAYOUT)
@@ -365,9 +367,7 @@ async def test_every_dynamodb_call_of_a_tiered_read_goes_through_the_reader(
         client = await stack.enter_async_context(
             RecordingClient(
                 table=env.dynamo.table,
-                region="us-east-1",
-                endpoint_url=moto_server.endpoint_url,
-                **CREDS,
+                aws=AwsSettings(region="us-east-1", endpoint_url=moto_server.endpoint_url, **CREDS),
             )
         )
         session = await stack.enter_async_context(aiohttp.ClientSession())

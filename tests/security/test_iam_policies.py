@@ -29,6 +29,7 @@ import orjson
 import pytest
 from botocore.exceptions import ClientError
 
+from ingest.aws.settings import AwsSettings
 from ingest.core.errors import WriteError
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
@@ -61,12 +62,15 @@ def granted(*roles: str) -> set[str]:
 
 def admin_dynamo(aws: IamAws) -> DynamoClient:
     return DynamoClient(
-        table=aws.table, region=REGION, endpoint_url=aws.endpoint, **aws.admin.kwargs()
+        table=aws.table,
+        aws=AwsSettings(region=REGION, endpoint_url=aws.endpoint, **aws.admin.kwargs()),
     )
 
 
 def store(aws: IamAws, key: Key) -> S3Store:
-    return S3Store(bucket=aws.bucket, prefix=PREFIX, endpoint_url=aws.endpoint, **key.kwargs())
+    return S3Store(
+        bucket=aws.bucket, prefix=PREFIX, aws=AwsSettings(endpoint_url=aws.endpoint, **key.kwargs())
+    )
 
 
 async def refused(key: Key, aws: IamAws, operation: str, **kwargs: Any) -> str:
@@ -77,7 +81,7 @@ async def refused(key: Key, aws: IamAws, operation: str, **kwargs: Any) -> str:
     if "RequestItems" not in kwargs:
         kwargs["TableName"] = aws.table
     async with DynamoClient(
-        table=aws.table, region=REGION, endpoint_url=aws.endpoint, **key.kwargs()
+        table=aws.table, aws=AwsSettings(region=REGION, endpoint_url=aws.endpoint, **key.kwargs())
     ) as client:
         with pytest.raises(WriteError) as info:
             await client.call(operation, **kwargs)

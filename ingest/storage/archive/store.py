@@ -14,6 +14,7 @@ from aiobotocore.config import AioConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
 from ingest.aws.client import BotocoreClient
+from ingest.aws.settings import AwsSettings
 from ingest.storage.archive.errors import ObjectChanged, StorageError
 
 __all__ = ["S3Store", "StoredObject"]
@@ -42,11 +43,8 @@ class S3Store(BotocoreClient):
     Args:
         bucket: S3 bucket name.
         prefix: Key prefix of the archive, without a trailing slash (default ``archive``).
-        region: AWS region.
-        endpoint_url: Endpoint (None: AWS's); path-style addressing when given.
+        aws: Region, endpoint (path-style addressing when one is given) and credentials.
         max_connections: Connection pool size.
-        aws_access_key_id: Explicit credentials (None: the standard provider chain).
-        aws_secret_access_key: Explicit credentials.
     """
 
     def __init__(
@@ -54,15 +52,12 @@ class S3Store(BotocoreClient):
         *,
         bucket: str,
         prefix: str = "archive",
-        region: str = "us-east-1",
-        endpoint_url: str | None = None,
+        aws: AwsSettings,
         max_connections: int = 16,
-        aws_access_key_id: str | None = None,
-        aws_secret_access_key: str | None = None,
     ) -> None:
         self.bucket = bucket
         self.prefix = prefix.strip("/")
-        self.endpoint_url = endpoint_url
+        self.endpoint_url = endpoint_url = aws.endpoint_url
         config: dict[str, Any] = {
             "max_pool_connections": max_connections,
             "retries": {"total_max_attempts": 3, "mode": "standard"},
@@ -74,10 +69,7 @@ class S3Store(BotocoreClient):
         super().__init__(
             "s3",
             config=AioConfig(**config),
-            region=region,
-            endpoint_url=endpoint_url,
-            aws_access_key_id=aws_access_key_id,
-            aws_secret_access_key=aws_secret_access_key,
+            aws=aws,
         )
 
     def _where(self) -> str:
