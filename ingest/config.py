@@ -26,7 +26,17 @@ from ingest.aws.settings import AwsSettings
 from ingest.core.errors import ConfigError
 from ingest.core.logs import setup_logging
 
-__all__ = ["ENV_PREFIX", "SECRET_KEYS", "Config", "add_config_flags", "add_table_flags", "config_from_args", "load_config", "reference_markdown", "table_config"]
+__all__ = [
+    "ENV_PREFIX",
+    "SECRET_KEYS",
+    "Config",
+    "add_config_flags",
+    "add_table_flags",
+    "config_from_args",
+    "load_config",
+    "reference_markdown",
+    "table_config",
+]
 
 ENV_PREFIX = "IOT_INGEST_"
 SECRET_KEYS = frozenset({"mqtt_password", "aws_secret_access_key"})

@@ -1,7 +1,9 @@
-"""iot-ingest queries: the read path (shard fan-out and merge), downsampling, the HTTP API.
+"""iot-ingest queries: the range-query HTTP API over the table and its archive.
 
-``iot-ingest serve`` runs :func:`create_app` with uvicorn; the demo and tests run it
-in their own loop with :class:`ApiServer`. See ``docs/api.md``.
+Layers, top to bottom (``lint-imports``): ``cli`` (``iot-ingest serve``) → ``api`` (the
+HTTP application: routes, auth, cursors, OpenAPI, Grafana, the dashboard) → ``read``
+(the read path: shard fan-out and merge, pages, series, cold tier) → ``errors``.
+See docs/api.md.
 """
 
 __all__: list[str] = []

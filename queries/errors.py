@@ -25,7 +25,17 @@ from typing import Any
 
 from ingest.core.errors import WriteError
 
-__all__ = ["ArchiveReadFailed", "ArchiveUnavailable", "BadParameter", "NotFound", "QueryError", "ReadFailed", "ReadUnavailable", "TooManyCalls", "wrap_read_error"]
+__all__ = [
+    "ArchiveReadFailed",
+    "ArchiveUnavailable",
+    "BadParameter",
+    "NotFound",
+    "QueryError",
+    "ReadFailed",
+    "ReadUnavailable",
+    "TooManyCalls",
+    "wrap_read_error",
+]
 
 
 class QueryError(Exception):

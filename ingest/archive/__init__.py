@@ -1,12 +1,10 @@
-"""TTL archival: closed buckets → Parquet in S3, verified before they are marked archived.
+"""The archiver job: closed buckets → Parquet in S3, verified before they are marked.
 
-Modules by role: ``planner`` (which buckets), ``exporter`` (Query every shard),
-``parquet`` (typed Arrow/Parquet, content checksum), ``paths`` (object keys),
-``store`` (S3), ``manifest`` (S3 manifest and DynamoDB marker item), ``verify``
-(read back, compare), ``deleter`` (early delete with backoff), ``archiver``
-(the step and its loop), ``reader`` (cold-tier reads for the query API),
-``streams`` (DynamoDB Streams consumer of TTL deletions), ``lifecycle`` (S3
-storage-class rule), ``metrics`` (Prometheus ``iot_archive_*``), ``cli``. See
+``planner`` (which buckets), ``exporter`` (Query every shard), ``verify`` (read back,
+compare), ``deleter`` (early delete with backoff), ``archiver`` (the step and its loop),
+``streams`` (DynamoDB Streams consumer of TTL deletions), ``lifecycle`` (S3 storage-class
+rule), ``metrics`` (the pass report, Prometheus ``iot_archive_*``). The data it writes
+(store, paths, parquet, manifest) lives in :mod:`ingest.storage.archive`. See
 docs/archival.md.
 """
 

@@ -32,7 +32,19 @@ from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import TableLayout
 from ingest.storage.registry import LateMark, registry_items
 
-__all__ = ["DAY_MS", "DEFAULT_GRACE_MS", "BucketTask", "SensorPlan", "SensorSpan", "Window", "archive_window", "clip_window", "list_sensors", "plan_sensor", "validate_horizon"]
+__all__ = [
+    "DAY_MS",
+    "DEFAULT_GRACE_MS",
+    "BucketTask",
+    "SensorPlan",
+    "SensorSpan",
+    "Window",
+    "archive_window",
+    "clip_window",
+    "list_sensors",
+    "plan_sensor",
+    "validate_horizon",
+]
 
 DAY_MS = 86_400_000
 DEFAULT_GRACE_MS = 2 * DAY_MS

@@ -31,7 +31,20 @@ from ingest.core.logs import setup_logging
 from queries.cli import add_commands as queries_commands
 from simulator.cli import add_commands as simulator_commands
 
-__all__ = ["STOP_MARGIN_S", "build_parser", "cmd_config_reference", "cmd_config_show", "cmd_deadletters_list", "cmd_deadletters_replay", "cmd_demo", "cmd_run", "cmd_table_backup_create", "cmd_table_backup_list", "cmd_table_create", "main"]
+__all__ = [
+    "STOP_MARGIN_S",
+    "build_parser",
+    "cmd_config_reference",
+    "cmd_config_show",
+    "cmd_deadletters_list",
+    "cmd_deadletters_replay",
+    "cmd_demo",
+    "cmd_run",
+    "cmd_table_backup_create",
+    "cmd_table_backup_list",
+    "cmd_table_create",
+    "main",
+]
 
 log = logging.getLogger("ingest")
 

@@ -16,7 +16,16 @@
 
 from __future__ import annotations
 
-__all__ = ["ConfigError", "DeadLetterError", "DynamoUnreachable", "IngestError", "TableError", "WriteError", "WriteRejected", "WriteRetriable"]
+__all__ = [
+    "ConfigError",
+    "DeadLetterError",
+    "DynamoUnreachable",
+    "IngestError",
+    "TableError",
+    "WriteError",
+    "WriteRejected",
+    "WriteRetriable",
+]
 
 
 class IngestError(Exception):

@@ -12,7 +12,49 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["AUTH", "CONNACK", "CONNACK_V5_REASONS", "CONNACK_V311_REASONS", "CONNECT", "DISCONNECT", "DISCONNECT_REASONS", "HEAD_BYTES", "PINGREQ", "PINGREQ_PACKET", "PINGRESP", "PUBACK", "PUBCOMP", "PUBLISH", "PUBREC", "PUBREL", "SUBACK", "SUBSCRIBE", "TRUNCATED", "UNSUBACK", "UNSUBSCRIBE", "V5", "V311", "Connack", "MqttProtocolError", "PacketReader", "TruncatedPayload", "encode_connect", "encode_disconnect", "encode_puback", "encode_pubacks", "encode_pubcomp", "encode_publish", "encode_pubrec", "encode_subscribe", "parse_connack", "parse_disconnect", "parse_packet_id", "parse_puback", "parse_publish", "parse_suback"]
+__all__ = [
+    "AUTH",
+    "CONNACK",
+    "CONNACK_V5_REASONS",
+    "CONNACK_V311_REASONS",
+    "CONNECT",
+    "DISCONNECT",
+    "DISCONNECT_REASONS",
+    "HEAD_BYTES",
+    "PINGREQ",
+    "PINGREQ_PACKET",
+    "PINGRESP",
+    "PUBACK",
+    "PUBCOMP",
+    "PUBLISH",
+    "PUBREC",
+    "PUBREL",
+    "SUBACK",
+    "SUBSCRIBE",
+    "TRUNCATED",
+    "UNSUBACK",
+    "UNSUBSCRIBE",
+    "V5",
+    "V311",
+    "Connack",
+    "MqttProtocolError",
+    "PacketReader",
+    "TruncatedPayload",
+    "encode_connect",
+    "encode_disconnect",
+    "encode_puback",
+    "encode_pubacks",
+    "encode_pubcomp",
+    "encode_publish",
+    "encode_pubrec",
+    "encode_subscribe",
+    "parse_connack",
+    "parse_disconnect",
+    "parse_packet_id",
+    "parse_puback",
+    "parse_publish",
+    "parse_suback",
+]
 
 V311 = 4
 V5 = 5

@@ -58,7 +58,15 @@ import orjson
 
 from ingest.storage.layout import SENSOR_ID_PATTERN, Reading
 
-__all__ = ["SENSOR_ID_RULES", "SENSOR_ID_SEPARATORS", "Decoded", "Limits", "PayloadDecoder", "Rejection", "SensorIdRule"]
+__all__ = [
+    "SENSOR_ID_RULES",
+    "SENSOR_ID_SEPARATORS",
+    "Decoded",
+    "Limits",
+    "PayloadDecoder",
+    "Rejection",
+    "SensorIdRule",
+]
 
 SensorIdRule = Literal["prefix", "topic", "any"]
 SENSOR_ID_RULES: tuple[SensorIdRule, ...] = ("prefix", "topic", "any")

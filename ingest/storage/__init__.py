@@ -1,3 +1,10 @@
-"""ingest.storage."""
+"""The table and the archive as data: the only layer that knows item shapes and keys.
+
+``layout`` (every key: readings, layout record, registry, late marks, archive markers),
+``dynamo`` (the aiobotocore client, error mapping, the ``TableClient`` protocol),
+``dynamohttp`` (the lean HTTP writer), ``table`` (create, layout record, backups),
+``reads`` (the one pager, whole-range reads), ``registry`` (registry and late-mark
+items), ``spool`` (the dead-letter spool's file format), ``archive`` (the S3 side).
+"""
 
 __all__: list[str] = []

@@ -55,7 +55,22 @@ from ingest.storage.layout import Item
 if TYPE_CHECKING:
     from ingest.config import Config
 
-__all__ = ["OPERATIONAL_CODES", "THROTTLE_CODES", "TRANSIENT_CAUSES", "BatchSink", "DynamoClient", "TableClient", "bad_response", "classify", "error_answer", "is_condition_failure", "is_transient", "json_object", "unprocessed_puts", "wrap_error"]
+__all__ = [
+    "OPERATIONAL_CODES",
+    "THROTTLE_CODES",
+    "TRANSIENT_CAUSES",
+    "BatchSink",
+    "DynamoClient",
+    "TableClient",
+    "bad_response",
+    "classify",
+    "error_answer",
+    "is_condition_failure",
+    "is_transient",
+    "json_object",
+    "unprocessed_puts",
+    "wrap_error",
+]
 
 log = logging.getLogger(__name__)
 

@@ -53,7 +53,25 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["ARCHIVE_POLICY_SK", "LAYOUT_PK", "MARKER_PREFIX", "REGISTRY_PARTITIONS", "SENSOR_ID_PATTERN", "ArchivePolicy", "Item", "Reading", "TableLayout", "format_number", "is_reserved_pk", "late_mark_key", "late_partition_keys", "marker_pk", "marker_sensor_id", "registry_key", "registry_partition_keys"]
+__all__ = [
+    "ARCHIVE_POLICY_SK",
+    "LAYOUT_PK",
+    "MARKER_PREFIX",
+    "REGISTRY_PARTITIONS",
+    "SENSOR_ID_PATTERN",
+    "ArchivePolicy",
+    "Item",
+    "Reading",
+    "TableLayout",
+    "format_number",
+    "is_reserved_pk",
+    "late_mark_key",
+    "late_partition_keys",
+    "marker_pk",
+    "marker_sensor_id",
+    "registry_key",
+    "registry_partition_keys",
+]
 
 Item = dict[str, Any]
 """A DynamoDB item in wire format (``{"pk": {"S": ...}, ...}``)."""

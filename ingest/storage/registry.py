@@ -19,7 +19,15 @@ from ingest.storage.layout import (
 )
 from ingest.storage.reads import query_pages
 
-__all__ = ["LateMark", "clear_late_mark", "known_sensor_ids", "known_sensors", "late_marks", "registry_items", "write_late_mark"]
+__all__ = [
+    "LateMark",
+    "clear_late_mark",
+    "known_sensor_ids",
+    "known_sensors",
+    "late_marks",
+    "registry_items",
+    "write_late_mark",
+]
 
 
 async def registry_items(

@@ -23,7 +23,24 @@ import orjson
 
 from ingest.storage.layout import Item, TableLayout
 
-__all__ = ["ACTIVE_NAME", "LOCK_NAME", "DeadLetter", "TornLine", "fsync_dir", "iter_dead_letters", "make_dirs", "open_for_append", "progress_path", "read_progress", "reading_payload", "scan_letters", "scan_line", "spool_files", "spool_lock", "write_all"]
+__all__ = [
+    "ACTIVE_NAME",
+    "LOCK_NAME",
+    "DeadLetter",
+    "TornLine",
+    "fsync_dir",
+    "iter_dead_letters",
+    "make_dirs",
+    "open_for_append",
+    "progress_path",
+    "read_progress",
+    "reading_payload",
+    "scan_letters",
+    "scan_line",
+    "spool_files",
+    "spool_lock",
+    "write_all",
+]
 
 log = logging.getLogger(__name__)
 

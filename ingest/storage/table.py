@@ -39,7 +39,24 @@ from ingest.core.errors import TableError, WriteError
 from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
 from ingest.storage.layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
-__all__ = ["BACKUP_NAME_PATTERN", "REGION_PATTERN", "TABLE_CLASSES", "BackupInfo", "Sleep", "TableFeatures", "create_backup", "create_table", "create_table_request", "default_backup_name", "describe_features", "ensure_layout", "list_backups", "read_archive_policy", "read_layout", "write_archive_policy"]
+__all__ = [
+    "BACKUP_NAME_PATTERN",
+    "REGION_PATTERN",
+    "TABLE_CLASSES",
+    "BackupInfo",
+    "Sleep",
+    "TableFeatures",
+    "create_backup",
+    "create_table",
+    "create_table_request",
+    "default_backup_name",
+    "describe_features",
+    "ensure_layout",
+    "list_backups",
+    "read_archive_policy",
+    "read_layout",
+    "write_archive_policy",
+]
 
 log = logging.getLogger(__name__)
 

@@ -61,7 +61,23 @@ from ingest.core.lifecycle import StartClose
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["MOSQUITTO_CONF_PATH", "EmbeddedBroker", "EmbeddedDynamo", "EmbeddedServerError", "MosquittoProcess", "MotoProcess", "MqttProtocol", "ServerNotInstalledError", "ServerProcess", "ServerStartError", "free_port", "load_mosquitto_conf", "probe_dynamodb", "probe_mqtt", "render_mosquitto_conf"]
+__all__ = [
+    "MOSQUITTO_CONF_PATH",
+    "EmbeddedBroker",
+    "EmbeddedDynamo",
+    "EmbeddedServerError",
+    "MosquittoProcess",
+    "MotoProcess",
+    "MqttProtocol",
+    "ServerNotInstalledError",
+    "ServerProcess",
+    "ServerStartError",
+    "free_port",
+    "load_mosquitto_conf",
+    "probe_dynamodb",
+    "probe_mqtt",
+    "render_mosquitto_conf",
+]
 
 MOSQUITTO_CONF_PATH = Path(__file__).with_name("mosquitto.conf")
 

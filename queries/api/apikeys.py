@@ -34,7 +34,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ALL_SENSORS", "ANONYMOUS", "MIN_TOKEN_CHARS", "TOKEN_PREFIX", "ApiKey", "AuthSettings", "KeysFileError", "Principal", "generate_token", "hash_token", "load_keys_file"]
+__all__ = [
+    "ALL_SENSORS",
+    "ANONYMOUS",
+    "MIN_TOKEN_CHARS",
+    "TOKEN_PREFIX",
+    "ApiKey",
+    "AuthSettings",
+    "KeysFileError",
+    "Principal",
+    "generate_token",
+    "hash_token",
+    "load_keys_file",
+]
 
 TOKEN_PREFIX = "iot_"
 """Generated tokens start with this, so secret scanners and people can recognise them."""

@@ -47,7 +47,14 @@ from queries.api.settings import ServeSettings
 from queries.errors import QueryError, ReadUnavailable
 from queries.read.reader import ReadStats, TableReader
 
-__all__ = ["CONTENT_SECURITY_POLICY", "STATIC_DIR", "SecurityHeaders", "create_app", "open_cold_tier", "table_client"]
+__all__ = [
+    "CONTENT_SECURITY_POLICY",
+    "STATIC_DIR",
+    "SecurityHeaders",
+    "create_app",
+    "open_cold_tier",
+    "table_client",
+]
 
 log = logging.getLogger(__name__)
 

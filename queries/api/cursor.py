@@ -50,7 +50,14 @@ import orjson
 
 from queries.errors import BadParameter
 
-__all__ = ["MAX_CURSOR_CHARS", "MIN_KEY_BYTES", "CursorCodec", "CursorKeyError", "fingerprint", "load_cursor_keys"]
+__all__ = [
+    "MAX_CURSOR_CHARS",
+    "MIN_KEY_BYTES",
+    "CursorCodec",
+    "CursorKeyError",
+    "fingerprint",
+    "load_cursor_keys",
+]
 
 _VERSION = 2
 _FORM = "the opaque next_cursor returned by the previous page of the same query"

@@ -38,7 +38,18 @@ from queries.read.reader import ReadStats
 from queries.read.sampler import read_series
 from queries.read.series import WindowGrid, choose_step
 
-__all__ = ["MAX_BODY_BYTES", "MAX_METRIC_NAMES", "empty_list", "health", "metric_payload_options", "metrics", "query", "routes", "search", "variable"]
+__all__ = [
+    "MAX_BODY_BYTES",
+    "MAX_METRIC_NAMES",
+    "empty_list",
+    "health",
+    "metric_payload_options",
+    "metrics",
+    "query",
+    "routes",
+    "search",
+    "variable",
+]
 
 MAX_BODY_BYTES = 256 * 1024
 """Largest request body accepted (a Grafana query is a few KB)."""

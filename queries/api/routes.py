@@ -38,7 +38,19 @@ from queries.read.sensors import get_sensor, latest_reading, list_sensors, senso
 from queries.read.series import WindowGrid, choose_step
 from queries.read.tiers import tiers_json
 
-__all__ = ["CURSOR_CLOCK_SKEW_MS", "DEFAULT_SPAN_MS", "MIN_MAX_POINTS", "multi_series", "routes", "sensor_detail", "sensor_latest", "sensor_readings", "sensor_series", "sensors_list", "series_grid"]
+__all__ = [
+    "CURSOR_CLOCK_SKEW_MS",
+    "DEFAULT_SPAN_MS",
+    "MIN_MAX_POINTS",
+    "multi_series",
+    "routes",
+    "sensor_detail",
+    "sensor_latest",
+    "sensor_readings",
+    "sensor_series",
+    "sensors_list",
+    "series_grid",
+]
 
 DEFAULT_SPAN_MS = 3_600_000
 """``start`` defaults to one hour before ``end`` (which defaults to now)."""

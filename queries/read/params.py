@@ -14,7 +14,25 @@ from typing import Literal, get_args
 from ingest.storage.layout import SENSOR_ID_PATTERN
 from queries.errors import BadParameter
 
-__all__ = ["AGGREGATIONS", "FIELDS_FORM", "SENSOR_FORM", "STEP_FORM", "TIME_FORM", "Agg", "Order", "format_duration", "parse_aggs", "parse_fields", "parse_int", "parse_order", "parse_range", "parse_sensor_id", "parse_sensors", "parse_step", "parse_time"]
+__all__ = [
+    "AGGREGATIONS",
+    "FIELDS_FORM",
+    "SENSOR_FORM",
+    "STEP_FORM",
+    "TIME_FORM",
+    "Agg",
+    "Order",
+    "format_duration",
+    "parse_aggs",
+    "parse_fields",
+    "parse_int",
+    "parse_order",
+    "parse_range",
+    "parse_sensor_id",
+    "parse_sensors",
+    "parse_step",
+    "parse_time",
+]
 
 Agg = Literal["avg", "min", "max", "sum", "count", "first", "last"]
 AGGREGATIONS: tuple[Agg, ...] = get_args(Agg)

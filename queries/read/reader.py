@@ -44,7 +44,15 @@ from queries.errors import TooManyCalls, wrap_read_error
 if TYPE_CHECKING:
     from ingest.storage.archive.store import S3Store
 
-__all__ = ["PAGES_PER_PARTITION", "ReadStats", "TableReader", "default_calls_per_sensor", "is_live", "legal_fanout", "reading_json"]
+__all__ = [
+    "PAGES_PER_PARTITION",
+    "ReadStats",
+    "TableReader",
+    "default_calls_per_sensor",
+    "is_live",
+    "legal_fanout",
+    "reading_json",
+]
 
 
 @dataclass(slots=True)

@@ -25,7 +25,14 @@ from ingest.storage.layout import Item, registry_key, registry_partition_keys
 from queries.read.pages import PartitionStream, read_page
 from queries.read.reader import ReadStats, TableReader, reading_json
 
-__all__ = ["MAX_SCANNED_PER_PAGE", "SensorPage", "get_sensor", "latest_reading", "list_sensors", "sensor_json"]
+__all__ = [
+    "MAX_SCANNED_PER_PAGE",
+    "SensorPage",
+    "get_sensor",
+    "latest_reading",
+    "list_sensors",
+    "sensor_json",
+]
 
 
 MAX_SCANNED_PER_PAGE = 10_000

@@ -26,7 +26,14 @@ import numpy.typing as npt
 
 from queries.read.params import Agg
 
-__all__ = ["STEP_LADDER_MS", "FloatArray", "IntArray", "SeriesAccumulator", "WindowGrid", "choose_step"]
+__all__ = [
+    "STEP_LADDER_MS",
+    "FloatArray",
+    "IntArray",
+    "SeriesAccumulator",
+    "WindowGrid",
+    "choose_step",
+]
 
 _S = 1_000
 _M = 60 * _S

@@ -16,7 +16,15 @@ from __future__ import annotations
 from ingest.core.aio import leaf_exceptions
 from ingest.core.errors import ConfigError, IngestError
 
-__all__ = ["ArchiveConfigError", "ArchiveError", "ObjectChanged", "SourceError", "StorageError", "VerifyError", "single_archive_error"]
+__all__ = [
+    "ArchiveConfigError",
+    "ArchiveError",
+    "ObjectChanged",
+    "SourceError",
+    "StorageError",
+    "VerifyError",
+    "single_archive_error",
+]
 
 
 class ArchiveError(IngestError):

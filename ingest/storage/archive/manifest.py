@@ -37,7 +37,15 @@ from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, marker_pk, marker_sensor_id
 from ingest.storage.reads import query_pages
 
-__all__ = ["FORMAT_VERSION", "Manifest", "get_marker", "mark_delete_started", "mark_deleted", "put_marker", "query_markers"]
+__all__ = [
+    "FORMAT_VERSION",
+    "Manifest",
+    "get_marker",
+    "mark_delete_started",
+    "mark_deleted",
+    "put_marker",
+    "query_markers",
+]
 
 FORMAT_VERSION = 1
 
