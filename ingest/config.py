@@ -172,6 +172,8 @@ class Config(BaseModel):
     max_message_bytes: int = Field(256 * 1024, ge=64, description="Largest accepted payload.")
     max_readings_per_message: int = Field(1000, ge=1, description="Largest accepted batch.")
     max_metrics_per_reading: int = Field(64, ge=1, description="Metrics per reading.")
+    max_tags_per_reading: int = Field(16, ge=0, description="Tags (string values) per reading.")
+    max_name_length: int = Field(64, ge=1, description="Characters per metric or tag name.")
     max_tag_length: int = Field(256, ge=1, description="Characters per tag value.")
     max_future_ms: int = Field(
         300_000, ge=0, description="How far ahead of now a timestamp may be."

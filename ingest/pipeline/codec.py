@@ -47,6 +47,7 @@ with a reason a person can act on, and goes to the dead letters.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from collections.abc import Iterable
@@ -56,6 +57,7 @@ from typing import Any, Literal
 
 import orjson
 
+from ingest.config import Config
 from ingest.storage.layout import SENSOR_ID_PATTERN, Reading
 
 __all__ = [
@@ -90,7 +92,7 @@ _MS = timedelta(milliseconds=1)
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class Limits:
-    """Validation limits; every one is a config key (docs/configuration.md)."""
+    """Validation limits; every one is the config key of the same name (docs/configuration.md)."""
 
     max_message_bytes: int = 256 * 1024
     max_readings_per_message: int = 1000
@@ -105,6 +107,14 @@ class Limits:
     max_known_sensors: int = 1_000_000
     require_ts: bool = False
     """Refuse readings without ``ts`` (else they take the receive time)."""
+
+    @classmethod
+    def from_config(cls, cfg: Config) -> Limits:
+        """The limits of ``cfg``: each field from the config key of the same name
+        (``max_past_ms`` resolved against the retention when unset)."""
+        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+        values["max_past_ms"] = cfg.effective_max_past_ms
+        return cls(**values)
 
 
 @dataclass(frozen=True, slots=True)

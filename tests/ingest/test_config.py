@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -286,3 +287,24 @@ def test_default_max_past_leaves_time_before_ttl(retention_days: int, max_past_d
     cfg = Config(retention_days=retention_days)
     assert cfg.effective_max_past_ms == round(max_past_days * 86_400_000)
     assert Config(retention_days=retention_days, max_past_ms=5).effective_max_past_ms == 5
+
+
+def test_every_decoding_limit_is_the_config_key_of_its_name() -> None:
+    from ingest.pipeline.codec import Limits
+
+    cfg = load_config(
+        env={},
+        flags={
+            "max_tags_per_reading": 3,
+            "max_name_length": 9,
+            "max_past_ms": 1234,
+            "require_ts": True,
+        },
+    )
+    limits = Limits.from_config(cfg)
+    assert (limits.max_tags_per_reading, limits.max_name_length) == (3, 9)
+    assert (limits.max_past_ms, limits.require_ts) == (1234, True)
+    for f in dataclasses.fields(Limits):
+        assert f.name in Config.model_fields, f"Limits.{f.name} has no config key"
+        if f.name != "max_past_ms":
+            assert getattr(limits, f.name) == getattr(cfg, f.name)
