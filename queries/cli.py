@@ -199,7 +199,7 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
             cursor key file.
     """
     from ingest.core.errors import ConfigError
-    from queries.api.apikeys import KeysFileError, load_keys_file
+    from queries.api.apikeys import load_keys_file
     from queries.api.ratelimit import RateLimitSettings
 
     keys_file = args.api_keys
@@ -215,10 +215,7 @@ def _access_settings(args: argparse.Namespace) -> dict[str, Any]:
         )
     auth = None
     if keys_file is not None:
-        try:
-            auth = load_keys_file(keys_file)
-        except KeysFileError as exc:
-            raise ConfigError(str(exc)) from None
+        auth = load_keys_file(keys_file)  # KeysFileError is a ConfigError
     if args.rate_limit_per_s < 0:
         raise ConfigError(f"--rate-limit-per-s must be >= 0, got {args.rate_limit_per_s}")
     rate_limit = None

@@ -37,6 +37,8 @@ import ssl
 from collections import deque
 from typing import cast
 
+from ingest.core.errors import IngestError
+
 __all__ = ["MAX_BODY_BYTES", "MAX_HEAD_BYTES", "HttpError", "HttpPool"]
 
 log = logging.getLogger(__name__)
@@ -47,8 +49,11 @@ MAX_BODY_BYTES = 64 * 1024 * 1024
 """Largest body accepted (DynamoDB's largest answers, BatchGetItem's, are 16 MB)."""
 
 
-class HttpError(OSError):
-    """The connection failed or the response was not valid HTTP/1.1."""
+class HttpError(IngestError, OSError):
+    """The connection failed or the response was not valid HTTP/1.1 (an ``OSError`` too, so
+    code that handles connection trouble handles it)."""
+
+    retriable = True
 
 
 class _Closed(HttpError):

@@ -34,6 +34,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ingest.core.errors import ConfigError
+
 __all__ = [
     "ALL_SENSORS",
     "ANONYMOUS",
@@ -59,7 +61,7 @@ _PREFIX_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _KEY_FIELDS = frozenset({"name", "hash", "sensors", "rate_per_s", "burst"})
 
 
-class KeysFileError(ValueError):
+class KeysFileError(ConfigError):
     """The API keys file is unreadable or invalid; the message names the entry and field."""
 
 

@@ -48,6 +48,7 @@ from typing import Any
 
 import orjson
 
+from ingest.core.errors import ConfigError
 from queries.errors import BadParameter
 
 __all__ = [
@@ -88,7 +89,7 @@ def _shown(raw: str) -> str:
     return raw if len(raw) <= 80 else raw[:80] + "…"
 
 
-class CursorKeyError(ValueError):
+class CursorKeyError(ConfigError):
     """The cursor key file is unreadable or invalid (the message never holds a key)."""
 
 
