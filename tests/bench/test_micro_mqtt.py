@@ -85,7 +85,7 @@ def test_publisher_1000_qos1_messages_and_their_pubacks(benchmark: BenchmarkFixt
         acks = [_pubacks(i, 100) for i in range(1, N + 1, 100)]
 
         def run() -> int:
-            c._next_id = 0  # ids 1..N every round, so the prepared PUBACKs match
+            c._last_packet_id = 0  # ids 1..N every round, so the prepared PUBACKs match
             for _ in range(N):
                 pub.publish_nowait(0, PAYLOAD)
             for chunk in acks:
