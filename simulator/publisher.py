@@ -15,6 +15,9 @@ gateway connections. QoS 1 messages stay in a per-connection in-flight window
 (MQTT 5 Receive Maximum respected) until acknowledged; after a lost connection
 the maintenance coroutine reconnects with backoff and jitter and re-sends them
 with the DUP flag, so every generated message reaches the broker at least once.
+The connection mechanics (CONNECT/CONNACK and its refusal rules, keepalive pings,
+packet ids, reading packets) are :class:`ingest.mqtt.link.MqttLink`'s, the same as
+the service's; its errors are translated into this package's where they enter.
 """
 
 from __future__ import annotations
@@ -23,21 +26,19 @@ import asyncio
 import logging
 import random
 import ssl
-import time
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Protocol, Self, cast
+from typing import Protocol, Self
 from urllib.parse import unquote, urlsplit
 
 from ingest.mqtt import proto as mp
+from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 from simulator.errors import BrokerRefused, PublishError, SimConfigError
 
 __all__ = ["BrokerAddress", "MemoryPublisher", "MqttPublisher", "PublishStats", "Publisher", "parse_mqtt_url"]
 
 log = logging.getLogger(__name__)
-
-_NOT_RETRIABLE = frozenset({1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
 
 
 @dataclass(slots=True)
@@ -125,26 +126,23 @@ def parse_mqtt_url(url: str) -> BrokerAddress:
     )
 
 
-class _Connection(asyncio.Protocol):
+class _Connection(MqttLink):
     """One MQTT connection; all the work happens in protocol callbacks."""
 
     def __init__(self, pool: MqttPublisher, index: int, client_id: str, topic: str) -> None:
+        # Thousands of connections opened together: spread their pings.
+        super().__init__(
+            client_id, version=pool.version, keepalive_s=pool.keepalive_s, ping_jitter=0.2
+        )
         self.pool = pool
         self.index = index
-        self.client_id = client_id
         self.topic = topic.encode()
-        self.transport: asyncio.Transport | None = None
-        self.reader = mp.PacketReader()
-        self.connack: asyncio.Future[mp.Connack] | None = None
         self.up = False
         self.paused = False
         self.window = pool.max_inflight
         self.inflight: dict[int, bytes] = {}  # packet id → payload (QoS 1, not yet acknowledged)
         self.pending: deque[bytes] = deque()  # payloads not yet written
         self.room: asyncio.Event | None = None
-        self._next_id = 0
-        self._ping: asyncio.TimerHandle | None = None
-        self.last_rx = 0.0
 
     # -- sending ----------------------------------------------------------------
 
@@ -157,7 +155,7 @@ class _Connection(asyncio.Protocol):
         assert transport is not None
         if pool.qos:
             if not packet_id:
-                packet_id = self._new_id()
+                packet_id = self.next_packet_id(self.inflight)
             self.inflight[packet_id] = payload
         packet = mp.encode_publish(
             self.topic, payload, qos=pool.qos, packet_id=packet_id, dup=dup, version=pool.version
@@ -172,15 +170,6 @@ class _Connection(asyncio.Protocol):
             if not pool.qos:
                 pool._settled(1)
 
-    def _new_id(self) -> int:
-        nid = self._next_id
-        inflight = self.inflight
-        while True:
-            nid = nid % 65535 + 1
-            if nid not in inflight:
-                self._next_id = nid
-                return nid
-
     def pump(self) -> None:
         """Move queued payloads onto the wire while the window and the socket allow."""
         pending = self.pending
@@ -193,20 +182,10 @@ class _Connection(asyncio.Protocol):
 
     # -- asyncio.Protocol -------------------------------------------------------
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self.transport = cast(asyncio.Transport, transport)
-        self.last_rx = time.monotonic()
-
     def connection_lost(self, exc: Exception | None) -> None:
         was_up = self.up
         self.up = False
-        self.transport = None
-        if self._ping is not None:
-            self._ping.cancel()
-            self._ping = None
-        if self.connack is not None and not self.connack.done():
-            self.connack.set_exception(PublishError(f"connection closed before CONNACK: {exc!r}"))
+        super().connection_lost(exc)
         if was_up:
             self.pool._lost(self, exc)
 
@@ -218,30 +197,23 @@ class _Connection(asyncio.Protocol):
         self.pump()
 
     def data_received(self, data: bytes) -> None:
-        self.last_rx = time.monotonic()
-        try:
-            packets = self.reader.feed(data)
-        except mp.MqttProtocolError as exc:
-            log.error("MQTT protocol error from the broker on %s: %s", self.client_id, exc)
-            if self.transport is not None:
-                self.transport.abort()
-            return
         acked = rejected = 0
         inflight = self.inflight
-        for ptype, _flags, body in packets:
-            if ptype == mp.PUBACK:
-                pid, code = mp.parse_puback(body)
-                if inflight.pop(pid, None) is not None:
-                    acked += 1
-                    if code >= 0x80:
-                        rejected += 1
-            elif ptype == mp.CONNACK:
-                if self.connack is not None and not self.connack.done():
-                    self.connack.set_result(mp.parse_connack(body, self.pool.version))
-            elif ptype == mp.DISCONNECT:
-                log.warning(
-                    "broker disconnected %s (reason %s)", self.client_id, body[:1].hex() or "00"
-                )
+        try:
+            for ptype, _flags, body in self.read_packets(data):
+                if ptype == mp.PUBACK:
+                    pid, code = mp.parse_puback(body)
+                    if inflight.pop(pid, None) is not None:
+                        acked += 1
+                        if code >= 0x80:
+                            rejected += 1
+                elif ptype == mp.CONNACK:
+                    self.connack_received(body)
+                elif ptype == mp.DISCONNECT:
+                    self.disconnect_received(body)
+        except mp.MqttProtocolError as exc:
+            # The acknowledgements before the bad packet still count; the rest is re-sent.
+            self.protocol_error(str(exc))
         if acked:
             stats = self.pool.stats
             stats.messages_acked += acked - rejected
@@ -249,27 +221,9 @@ class _Connection(asyncio.Protocol):
             if rejected:
                 log.warning("broker rejected %d message(s) on %s", rejected, self.client_id)
             self.pool._settled(acked)
-            self.pump()
-
-    # -- keepalive (a loop timer, not a task) ---------------------------------------
-
-    def schedule_ping(self) -> None:
-        ka = self.pool.keepalive_s
-        if ka > 0 and self.up:
-            loop = asyncio.get_running_loop()
-            self._ping = loop.call_later(ka / 2 * (0.8 + 0.2 * random.random()), self._do_ping)
-
-    def _do_ping(self) -> None:
-        self._ping = None
-        transport = self.transport
-        if transport is None or not self.up:
-            return
-        if time.monotonic() - self.last_rx > self.pool.keepalive_s * 1.5:
-            log.warning("broker silent on %s: dropping the connection", self.client_id)
-            transport.abort()
-            return
-        transport.write(mp.PINGREQ_PACKET)
-        self.schedule_ping()
+            transport = self.transport
+            if transport is not None and not transport.is_closing():
+                self.pump()
 
 
 class MqttPublisher:
@@ -362,9 +316,7 @@ class MqttPublisher:
         disconnect = mp.encode_disconnect(version=self.version)
         for c in self._conns:
             c.up = False
-            if c._ping is not None:
-                c._ping.cancel()
-                c._ping = None
+            c.stop_keepalive()
             if c.transport is not None and not c.transport.is_closing():
                 c.transport.write(disconnect)
                 c.transport.close()
@@ -375,8 +327,7 @@ class MqttPublisher:
     def _abort_all(self) -> None:
         for c in self._conns:
             c.up = False
-            if c.transport is not None:
-                c.transport.abort()
+            c.abort()
 
     async def _connect_all(self) -> None:
         gate = asyncio.Semaphore(self.connect_concurrency)
@@ -390,46 +341,32 @@ class MqttPublisher:
                 tg.create_task(one(c), name=f"mqtt-connect-{c.client_id}")
 
     async def _connect(self, c: _Connection) -> None:
-        loop = asyncio.get_running_loop()
         b = self.broker
-        c.reader = mp.PacketReader()
-        c.connack = loop.create_future()
+        connect = mp.encode_connect(
+            c.client_id,
+            version=self.version,
+            clean_start=True,
+            keepalive_s=self.keepalive_s,
+            username=b.username,
+            password=b.password,
+        )
         try:
-            async with asyncio.timeout(self.connect_timeout_s):
-                await loop.create_connection(
-                    lambda: c,
-                    b.host,
-                    b.port,
-                    ssl=self._ssl,
-                    server_hostname=b.host if self._ssl else None,
-                )
-                assert c.transport is not None
-                c.transport.write(
-                    mp.encode_connect(
-                        c.client_id,
-                        version=self.version,
-                        clean_start=True,
-                        keepalive_s=self.keepalive_s,
-                        username=b.username,
-                        password=b.password,
-                    )
-                )
-                connack = await c.connack
-        except (OSError, TimeoutError, ssl.SSLError, PublishError) as exc:
-            if c.transport is not None:
-                c.transport.abort()
-            raise PublishError(f"cannot connect {c.client_id!r} to {b.url}: {exc!r}") from exc
-        if connack.reason_code:
-            if c.transport is not None:
-                c.transport.abort()
-            raise BrokerRefused(
-                f"broker at {b.url} refused {c.client_id!r}: {connack.reason(self.version)}",
-                retriable=connack.reason_code not in _NOT_RETRIABLE,
+            connack = await c.handshake(
+                b.host,
+                b.port,
+                connect,
+                tls=self._ssl,
+                timeout_s=self.connect_timeout_s,
+                version_hint="use --protocol-version {other}",
             )
+        except MqttConnectError as exc:
+            raise BrokerRefused(str(exc), retriable=exc.retriable) from exc
+        except MqttError as exc:
+            raise PublishError(str(exc)) from exc
         rm = int(connack.properties.get("receive_maximum", 65535))
         c.window = max(1, min(self.max_inflight, rm))
         c.up = True
-        c.schedule_ping()
+        c.start_keepalive()
 
     # -- publishing ---------------------------------------------------------------
 

@@ -16,6 +16,8 @@ a broker should not send on our QoS 1 subscription) is still handled as the
 protocol says: PUBREC once durable, PUBCOMP for PUBREL. A SUBACK granting QoS 0
 is refused: at-most-once delivery would break the service's promise.
 
+The CONNECT/CONNACK exchange, keepalive, packet ids and packet reading are
+:class:`~ingest.mqtt.link.MqttLink`'s, shared with the simulator's publisher.
 Keepalive runs on loop timers, not a task: the connection owns no task. While
 the owner has paused reading (backpressure), PINGRESPs sit unread in the socket,
 so silence is not held against the broker then; PINGREQs still go out (the
@@ -33,11 +35,13 @@ import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
-from ingest.core.errors import IngestError
 from ingest.mqtt import proto as mp
+from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 
+# MqttError and MqttConnectError live in ingest.mqtt.link (the publisher raises them too);
+# they are named here as well because this is where the service meets them.
 __all__ = ["Message", "MqttConnectError", "MqttConnection", "MqttError", "MqttSettings"]
 
 log = logging.getLogger(__name__)
@@ -46,20 +50,6 @@ _T = TypeVar("_T")
 
 Message = tuple[str, bytes, int, int]
 """An incoming PUBLISH: (topic, payload, qos, packet id — 0 for QoS 0)."""
-
-
-class MqttError(IngestError):
-    """The MQTT connection failed or was lost (retriable: reconnect)."""
-
-    retriable = True
-
-
-class MqttConnectError(MqttError):
-    """The broker refused the connection (bad credentials are not retriable)."""
-
-    def __init__(self, message: str, *, retriable: bool) -> None:
-        super().__init__(message)
-        self.retriable = retriable
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -83,13 +73,10 @@ class MqttSettings:
     Size); a larger PUBLISH is handed over as a :class:`~ingest.mqtt.proto.TruncatedPayload`."""
 
 
-_NOT_RETRIABLE_CONNACK = frozenset({1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
-"""CONNACK refusals that a reconnect cannot fix (protocol, client id, credentials, bans)."""
-
 _CLIENT_ONLY_PACKETS = frozenset({0, mp.CONNECT, mp.SUBSCRIBE, mp.UNSUBSCRIBE, mp.PINGREQ})
 
 
-class MqttConnection(asyncio.Protocol):
+class MqttConnection(MqttLink):
     """A client connection to an MQTT broker.
 
     Args:
@@ -102,27 +89,23 @@ class MqttConnection(asyncio.Protocol):
         settings: MqttSettings,
         on_messages: Callable[[list[Message]], None] | None = None,
     ) -> None:
+        super().__init__(
+            settings.client_id,
+            version=settings.version,
+            keepalive_s=settings.keepalive_s,
+            max_packet_bytes=settings.max_packet_bytes,
+        )
         self.settings = settings
         self._on_messages = on_messages
-        self._reader = mp.PacketReader(settings.max_packet_bytes)
-        self._transport: asyncio.Transport | None = None
         self._loop = asyncio.get_running_loop()
-        self._connack: asyncio.Future[mp.Connack] = self._loop.create_future()
         self._closed: asyncio.Future[None] = self._loop.create_future()
         self._pending: dict[int, asyncio.Future[Any]] = {}
-        self._next_id = 0
-        self._last_rx = time.monotonic()
-        self._ping_timer: asyncio.TimerHandle | None = None
         self._state = "new"
-        self._connacked = False
-        self._paused = False
         self._qos2: set[int] = set()  # QoS 2 PUBLISH received, PUBREC not yet sent
         self._released: set[int] = set()  # PUBREC sent, PUBREL not yet received
-        self._close_reason: str | None = None
         self._seen: set[int] = set()  # packet ids of QoS > 0 PUBLISHes on this connection
         self.session_present = False
         self.broker_receive_maximum = 65535
-        self.keepalive_s = settings.keepalive_s
         self.shared_subscriptions = True
         self.wildcard_subscriptions = True
         self.resends_dropped = 0
@@ -142,50 +125,29 @@ class MqttConnection(asyncio.Protocol):
             raise RuntimeError(f"MqttConnection is {self._state}; create a new one to reconnect")
         self._state = "connecting"
         s = self.settings
+        connect = mp.encode_connect(
+            s.client_id,
+            version=s.version,
+            clean_start=s.clean_start,
+            keepalive_s=s.keepalive_s,
+            username=s.username,
+            password=s.password,
+            session_expiry_s=s.session_expiry_s,
+            receive_maximum=s.receive_maximum,
+            maximum_packet_size=s.max_packet_bytes + 5,  # + the fixed header
+        )
         try:
-            async with asyncio.timeout(s.connect_timeout_s):
-                await self._loop.create_connection(
-                    lambda: self,
-                    s.host,
-                    s.port,
-                    ssl=s.tls,
-                    server_hostname=s.host if s.tls else None,
-                )
-                assert self._transport is not None
-                self._transport.write(
-                    mp.encode_connect(
-                        s.client_id,
-                        version=s.version,
-                        clean_start=s.clean_start,
-                        keepalive_s=s.keepalive_s,
-                        username=s.username,
-                        password=s.password,
-                        session_expiry_s=s.session_expiry_s,
-                        receive_maximum=s.receive_maximum,
-                        maximum_packet_size=s.max_packet_bytes + 5,  # + the fixed header
-                    )
-                )
-                connack = await asyncio.shield(self._connack)
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
-            self._abort()
-            raise MqttError(f"cannot connect to mqtt://{s.host}:{s.port}: {exc!r}") from exc
-        except BaseException:  # cancelled (a stop while connecting): leave no socket behind
-            self._abort()
-            raise
-        if connack.reason_code:
-            self._abort()
-            code = connack.reason_code
-            hint = ""
-            if code in (1, 0x84):
-                other = "3.1.1" if s.version == mp.V5 else "5"
-                hint = (
-                    f" (the broker does not speak this MQTT version: set mqtt_protocol = {other!r})"
-                )
-            raise MqttConnectError(
-                f"broker at {s.host}:{s.port} refused the connection: "
-                f"{connack.reason(s.version)}{hint}",
-                retriable=code not in _NOT_RETRIABLE_CONNACK,
+            connack = await self.handshake(
+                s.host,
+                s.port,
+                connect,
+                tls=s.tls,
+                timeout_s=s.connect_timeout_s,
+                version_hint="set mqtt_protocol = {other!r}",
             )
+        except BaseException:
+            self._state = "closed"
+            raise
         props = connack.properties
         self.session_present = connack.session_present
         self.broker_receive_maximum = int(props.get("receive_maximum", 65535))
@@ -203,7 +165,7 @@ class MqttConnection(asyncio.Protocol):
         self.shared_subscriptions = bool(props.get("shared_subscription_available", 1))
         self.wildcard_subscriptions = bool(props.get("wildcard_subscription_available", 1))
         self._state = "open"
-        self._schedule_ping()
+        self.start_keepalive()
         return connack
 
     async def close(self) -> None:
@@ -212,16 +174,12 @@ class MqttConnection(asyncio.Protocol):
             self._state = "closed"
             return
         self._state = "closed"
-        if self._transport is not None and not self._transport.is_closing():
-            self._transport.write(mp.encode_disconnect(version=self.settings.version))
-            self._transport.close()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            t.write(mp.encode_disconnect(version=self.version))
+            t.close()
         with contextlib.suppress(MqttError):
             await asyncio.shield(self._closed)
-
-    def _abort(self) -> None:
-        self._state = "closed"
-        if self._transport is not None:
-            self._transport.abort()
 
     async def wait_closed(self) -> None:
         """Wait until the connection is lost; raise :class:`MqttError` with the reason."""
@@ -230,7 +188,7 @@ class MqttConnection(asyncio.Protocol):
     @property
     def is_open(self) -> bool:
         """Open and usable: not closing on either side (a DISCONNECT may be on its way)."""
-        t = self._transport
+        t = self.transport
         return (
             self._state == "open"
             and not self._closed.done()
@@ -240,17 +198,11 @@ class MqttConnection(asyncio.Protocol):
 
     # -- requests -------------------------------------------------------------
 
-    def _packet_id(self) -> int:
-        for _ in range(65535):
-            self._next_id = self._next_id % 65535 + 1
-            if self._next_id not in self._pending:
-                return self._next_id
-        raise MqttError("no free packet identifier (65535 requests in flight)")
-
     def _send(self, data: bytes) -> None:
-        if self._transport is None or self._transport.is_closing():
+        t = self.transport
+        if t is None or t.is_closing():
             raise MqttError("MQTT connection is closed")
-        self._transport.write(data)
+        t.write(data)
 
     async def subscribe(self, filters: list[tuple[str, int]]) -> list[int]:
         """Subscribe; return the granted QoS per filter; raise if any was refused.
@@ -270,7 +222,7 @@ class MqttConnection(asyncio.Protocol):
                     f"the broker does not support wildcard subscriptions ({f!r})",
                     retriable=False,
                 )
-        pid = self._packet_id()
+        pid = self.next_packet_id(self._pending)
         fut: asyncio.Future[list[int]] = self._loop.create_future()
         self._pending[pid] = fut
         self._send(mp.encode_subscribe(pid, filters, version=self.settings.version))
@@ -304,7 +256,7 @@ class MqttConnection(asyncio.Protocol):
                 async with asyncio.timeout(timeout_s):
                     return await asyncio.shield(fut)
             except TimeoutError:
-                if not self._paused:
+                if not self.reading_paused:
                     raise MqttError(f"no {what} from the broker within {timeout_s:g} s") from None
 
     async def publish(
@@ -316,7 +268,7 @@ class MqttConnection(asyncio.Protocol):
                 mp.encode_publish(topic, payload, version=self.settings.version, retain=retain)
             )
             return
-        pid = self._packet_id()
+        pid = self.next_packet_id(self._pending)
         fut: asyncio.Future[int] = self._loop.create_future()
         self._pending[pid] = fut
         try:
@@ -345,7 +297,7 @@ class MqttConnection(asyncio.Protocol):
 
         PUBACK for QoS 1; PUBREC for a QoS 2 message (its PUBREL is answered at once).
         """
-        t = self._transport
+        t = self.transport
         if t is None or t.is_closing() or not packet_ids:
             return
         if not self._qos2:
@@ -363,47 +315,28 @@ class MqttConnection(asyncio.Protocol):
 
     def pause_reading(self) -> None:
         """Stop reading the socket (backpressure); keepalive stops judging the broker."""
-        if self._transport is not None and not self._transport.is_closing():
-            self._paused = True
-            self._transport.pause_reading()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.reading_paused = True
+            t.pause_reading()
 
     def resume_reading(self) -> None:
-        if self._transport is not None and not self._transport.is_closing():
-            self._paused = False
-            self._last_rx = time.monotonic()  # time spent paused is not the broker's silence
-            self._transport.resume_reading()
-
-    # -- keepalive ------------------------------------------------------------
-
-    def _schedule_ping(self) -> None:
-        ka = self.keepalive_s
-        if ka > 0 and not self._closed.done():
-            self._ping_timer = self._loop.call_later(ka / 2, self._ping)
-
-    def _ping(self) -> None:
-        if self._closed.done() or self._transport is None:
-            return
-        if not self._paused and time.monotonic() - self._last_rx > self.keepalive_s * 1.5:
-            log.warning(
-                "MQTT broker silent for %.0f s: dropping the connection",
-                time.monotonic() - self._last_rx,
-            )
-            self._transport.abort()
-            return
-        self._transport.write(mp.PINGREQ_PACKET)
-        self._schedule_ping()
+        t = self.transport
+        if t is not None and not t.is_closing():
+            self.reading_paused = False
+            self.last_rx = time.monotonic()  # time spent paused is not the broker's silence
+            t.resume_reading()
 
     # -- asyncio.Protocol -----------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports are not asyncio.Transport subclasses: no isinstance check.
-        self._transport = cast(asyncio.Transport, transport)
+        super().connection_made(transport)
         self._set_tcp_user_timeout()
 
     def _set_tcp_user_timeout(self) -> None:
         """Sent bytes (PINGREQs, PUBACKs) unacknowledged by the peer's TCP for 1.5×
         keepalive: the peer is gone, even while we are not reading."""
-        t = self._transport
+        t = self.transport
         sock = t.get_extra_info("socket") if t is not None else None
         if sock is not None and hasattr(socket, "TCP_USER_TIMEOUT"):
             with contextlib.suppress(OSError):
@@ -412,47 +345,28 @@ class MqttConnection(asyncio.Protocol):
                 )
 
     def connection_lost(self, exc: Exception | None) -> None:
-        if self._ping_timer is not None:
-            self._ping_timer.cancel()
-        if self._close_reason is not None:
-            err = MqttError(self._close_reason)
-        else:
-            err = MqttError(f"MQTT connection lost: {exc!r}" if exc else "MQTT connection closed")
-        for fut in (self._connack, *self._pending.values()):
+        super().connection_lost(exc)
+        err = self.lost_error(exc)
+        for fut in self._pending.values():
             if not fut.done():
                 fut.set_exception(err)
                 fut.exception()  # mark retrieved: the waiter may be gone
         if not self._closed.done():
-            if self._state == "closed" and self._close_reason is None:
+            if self._state == "closed" and self.close_reason is None:
                 self._closed.set_result(None)
             else:
                 self._closed.set_exception(err)
                 self._closed.exception()
         self._state = "closed"
 
-    def _protocol_error(self, what: str, reason_code: int = 0x82) -> None:
-        """The broker broke the protocol: tell it why (MQTT 5) and drop the connection."""
-        log.error("MQTT protocol error from broker: %s; dropping the connection", what)
-        self._close_reason = f"MQTT protocol error from broker: {what}"
-        t = self._transport
-        if t is not None and not t.is_closing():
-            t.write(mp.encode_disconnect(version=self.settings.version, reason_code=reason_code))
-            t.abort()
-
     def data_received(self, data: bytes) -> None:
-        self._last_rx = time.monotonic()
-        try:
-            packets = self._reader.feed(data)
-        except mp.MqttProtocolError as exc:
-            self._protocol_error(str(exc), 0x81)
-            return
         chunk: list[Message] = []
-        for ptype, flags, body in packets:
+        for ptype, flags, body in self.read_packets(data):
             if ptype == mp.PUBLISH:
                 try:
                     message = self._publish(flags, body, (flags >> 1) & 3)
                 except mp.MqttProtocolError as exc:
-                    self._protocol_error(str(exc), 0x81)
+                    self.protocol_error(str(exc), 0x81)
                     return
                 if message is not None:
                     chunk.append(message)
@@ -460,7 +374,7 @@ class MqttConnection(asyncio.Protocol):
                 try:
                     self._control(ptype, body)
                 except mp.MqttProtocolError as exc:
-                    self._protocol_error(str(exc))
+                    self.protocol_error(str(exc))
                     return
         if chunk and self._on_messages is not None:
             self._on_messages(chunk)
@@ -470,7 +384,7 @@ class MqttConnection(asyncio.Protocol):
             raise mp.MqttProtocolError("PUBLISH before CONNACK")
         if qos == 3:
             raise mp.MqttProtocolError("PUBLISH with QoS 3")
-        version = self.settings.version
+        version = self.version
         if not flags & mp.TRUNCATED:
             topic, pid, payload = mp.parse_publish(flags, body, version)
         else:
@@ -500,7 +414,7 @@ class MqttConnection(asyncio.Protocol):
         return topic, payload, qos, pid
 
     def _control(self, ptype: int, body: bytes) -> None:
-        version = self.settings.version
+        version = self.version
         if ptype == mp.PUBACK:
             pid, code = mp.parse_puback(body)
             fut = self._pending.get(pid)
@@ -510,17 +424,12 @@ class MqttConnection(asyncio.Protocol):
             pid = mp.parse_packet_id(body, "PUBREL")
             known = pid in self._released
             self._released.discard(pid)
-            assert self._transport is not None
-            self._transport.write(
+            assert self.transport is not None
+            self.transport.write(
                 mp.encode_pubcomp(pid, reason_code=0 if known else 0x92, version=version)
             )
         elif ptype == mp.CONNACK:
-            if self._connacked:
-                raise mp.MqttProtocolError("a second CONNACK")
-            connack = mp.parse_connack(body, version)
-            self._connacked = True
-            if not self._connack.done():
-                self._connack.set_result(connack)
+            self.connack_received(body)
         elif ptype == mp.SUBACK:
             pid, granted = mp.parse_suback(body, version)
             fut = self._pending.get(pid)
@@ -529,18 +438,7 @@ class MqttConnection(asyncio.Protocol):
         elif ptype in (mp.PINGRESP, mp.UNSUBACK):
             pass
         elif ptype == mp.DISCONNECT:
-            code, text = mp.parse_disconnect(body, version)
-            self._close_reason = f"MQTT broker sent DISCONNECT: {text} (0x{code:02x})"
-            log.log(
-                logging.ERROR if code == 0x8E else logging.WARNING,
-                "%s%s",
-                self._close_reason,
-                f"; is another worker using client id {self.settings.client_id!r}?"
-                if code == 0x8E
-                else "",
-            )
-            if self._transport is not None:
-                self._transport.close()
+            self.disconnect_received(body)
         elif ptype in _CLIENT_ONLY_PACKETS or ptype == mp.AUTH:
             raise mp.MqttProtocolError(f"packet type {ptype}, which a broker may not send here")
         else:

@@ -21,6 +21,7 @@ __all__ = [
     "DISCONNECT",
     "DISCONNECT_REASONS",
     "HEAD_BYTES",
+    "NOT_RETRIABLE_CONNACK",
     "PINGREQ",
     "PINGREQ_PACKET",
     "PINGRESP",
@@ -36,10 +37,12 @@ __all__ = [
     "UNSUBSCRIBE",
     "V5",
     "V311",
+    "VERSION_REFUSED",
     "Connack",
     "MqttProtocolError",
     "PacketReader",
     "TruncatedPayload",
+    "connack_retriable",
     "encode_connect",
     "encode_disconnect",
     "encode_puback",
@@ -120,6 +123,20 @@ CONNACK_V5_REASONS = {
     0x97: "quota exceeded",
     0x9F: "connection rate exceeded",
 }
+NOT_RETRIABLE_CONNACK = frozenset({1, 2, 4, 5, 0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C})
+"""CONNACK refusals that a reconnect cannot fix: protocol version, client id, credentials,
+authorization, bans. Every other refusal (server unavailable or busy, quotas, rates) may
+pass: retry with backoff."""
+
+VERSION_REFUSED = frozenset({1, 0x84})
+"""CONNACK refusals meaning "not this MQTT version" (3.1.1 and 5 spell it differently)."""
+
+
+def connack_retriable(reason_code: int) -> bool:
+    """Whether connecting again may succeed after a CONNACK with ``reason_code``."""
+    return reason_code not in NOT_RETRIABLE_CONNACK
+
+
 DISCONNECT_REASONS = {
     0x00: "normal disconnection",
     0x80: "unspecified error",

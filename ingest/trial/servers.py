@@ -58,6 +58,7 @@ import aiohttp
 
 from ingest.core.errors import IngestError
 from ingest.core.lifecycle import StartClose
+from ingest.mqtt import proto as mp
 
 logger = logging.getLogger(__name__)
 
@@ -81,16 +82,11 @@ __all__ = [
 
 MOSQUITTO_CONF_PATH = Path(__file__).with_name("mosquitto.conf")
 
-# MQTT 3.1.1 CONNECT, clean session, keep-alive 10 s, client id "ingest-probe".
-_MQTT_PROBE_ID = b"ingest-probe"
-_MQTT_CONNECT = (
-    bytes([0x10, 12 + len(_MQTT_PROBE_ID)])
-    + b"\x00\x04MQTT\x04\x02\x00\x0a"
-    + len(_MQTT_PROBE_ID).to_bytes(2, "big")
-    + _MQTT_PROBE_ID
+# MQTT 3.1.1, which every broker speaks (amqtt does not answer an MQTT 5 CONNECT at all).
+_MQTT_PROBE_CONNECT = mp.encode_connect(
+    "ingest-probe", version=mp.V311, clean_start=True, keepalive_s=10
 )
-_MQTT_CONNACK = 0x20
-_MQTT_DISCONNECT = b"\xe0\x00"
+_MQTT_PROBE_DISCONNECT = mp.encode_disconnect(version=mp.V311)
 MqttProtocol = Literal["5", "3.1.1"]
 _START_ATTEMPTS = 3  # a port picked by free_port() can be taken before the server binds it
 
@@ -178,13 +174,13 @@ async def probe_mqtt(host: str, port: int, *, timeout_s: float = 2.0) -> bool:
         async with asyncio.timeout(timeout_s):
             reader, writer = await asyncio.open_connection(host, port)
             try:
-                writer.write(_MQTT_CONNECT)
+                writer.write(_MQTT_PROBE_CONNECT)
                 await writer.drain()
                 header = await reader.readexactly(2)
                 await reader.readexactly(header[1])
-                writer.write(_MQTT_DISCONNECT)
+                writer.write(_MQTT_PROBE_DISCONNECT)
                 await writer.drain()
-                return header[0] == _MQTT_CONNACK
+                return header[0] == mp.CONNACK << 4
             finally:
                 writer.close()
                 with contextlib.suppress(OSError):

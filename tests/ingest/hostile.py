@@ -124,7 +124,7 @@ class Peer:
     async def suback(self, granted: int = 1) -> int:
         """Read SUBSCRIBE and grant ``granted`` (a QoS, or a failure code); return its packet id."""
         _, body = await self.expect(mp.SUBSCRIBE)
-        (pid,) = struct.unpack_from("!H", body, 0)
+        pid: int = struct.unpack_from("!H", body, 0)[0]
         props = b"\x00" if self.version == mp.V5 else b""
         self.send(packet(0x90, struct.pack("!H", pid) + props + bytes((granted,))))
         return pid

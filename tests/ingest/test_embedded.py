@@ -277,3 +277,33 @@ async def test_a_server_dies_with_its_parent_even_by_sigkill(tmp_path: Path) -> 
         if parent.returncode is None:
             parent.kill()
             await parent.wait()
+
+
+async def test_the_probe_connects_with_mqtt_311_as_encode_connect_builds_it_then_disconnects() -> (
+    None
+):
+    from tests.ingest.hostile import HostileBroker, Peer, packet
+
+    seen: list[tuple[int, bytes]] = []
+
+    async def answering(peer: Peer) -> None:
+        _, body = await peer.expect(mqttproto.CONNECT)
+        seen.append((mqttproto.CONNECT, body))
+        peer.send(packet(0x20, b"\x00\x00"))
+        _, body = await peer.expect(mqttproto.DISCONNECT)
+        seen.append((mqttproto.DISCONNECT, body))
+
+    async with HostileBroker(answering) as broker:
+        assert await probe_mqtt("127.0.0.1", broker.port) is True
+        await asyncio.wait_for(broker.peers[0].closed.wait(), 5)
+    connect = mqttproto.encode_connect(
+        "ingest-probe", version=mqttproto.V311, clean_start=True, keepalive_s=10
+    )
+    assert seen == [(mqttproto.CONNECT, connect[2:]), (mqttproto.DISCONNECT, b"")]
+
+    async def not_mqtt(peer: Peer) -> None:
+        await peer.expect(mqttproto.CONNECT)
+        peer.send(b"\x30\x00")  # a PUBLISH where CONNACK belongs
+
+    async with HostileBroker(not_mqtt) as broker:
+        assert await probe_mqtt("127.0.0.1", broker.port) is False

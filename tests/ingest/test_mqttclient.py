@@ -87,7 +87,7 @@ def test_arbitrary_broker_bytes_never_raise_and_are_never_acknowledged(
     chunks: list[bytes], version: int
 ) -> None:
     transport, got = asyncio.run(_feed(version, chunks))
-    written = _written_types(transport.written)
+    written = _written_types(bytes(transport.written))
     assert mp.PUBACK not in written and mp.PUBREC not in written
     for topic, payload, qos, pid in got:
         assert isinstance(topic, str) and isinstance(payload, bytes)

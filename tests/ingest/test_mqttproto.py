@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import struct
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -219,7 +220,7 @@ def test_oversize_publish_is_truncated_and_skipped_as_it_streams() -> None:
     assert t3 == PINGRESP
 
 
-_PARSERS = [
+_PARSERS: list[Callable[[bytes], object]] = [
     lambda b: parse_connack(b, V5),
     lambda b: parse_connack(b, V311),
     lambda b: parse_suback(b, V5),
