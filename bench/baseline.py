@@ -47,7 +47,16 @@ from aiohttp import web
 
 from ingest.storage.layout import TableLayout
 
-__all__ = ["BATCH_ITEMS", "FLUSH_EVERY_S", "BaselineConfig", "BaselineStats", "NaiveConverter", "main", "plain_serialize", "run_baseline"]
+__all__ = [
+    "BATCH_ITEMS",
+    "FLUSH_EVERY_S",
+    "BaselineConfig",
+    "BaselineStats",
+    "NaiveConverter",
+    "main",
+    "plain_serialize",
+    "run_baseline",
+]
 
 BATCH_ITEMS = 25
 FLUSH_EVERY_S = 0.2

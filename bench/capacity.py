@@ -24,7 +24,13 @@ from __future__ import annotations
 import base64
 from typing import Any
 
-__all__ = ["US_EAST_1_USD_PER_MILLION_WRU", "cost_per_million_readings_usd", "item_size_bytes", "number_size_bytes", "write_units"]
+__all__ = [
+    "US_EAST_1_USD_PER_MILLION_WRU",
+    "cost_per_million_readings_usd",
+    "item_size_bytes",
+    "number_size_bytes",
+    "write_units",
+]
 
 US_EAST_1_USD_PER_MILLION_WRU = 0.625
 """On-demand price of one million write request units, us-east-1, Standard table class."""

@@ -52,7 +52,18 @@ from ingest.storage.layout import TableLayout
 from ingest.storage.table import create_table_request
 from ingest.trial.servers import free_port
 
-__all__ = ["GROUP", "TABLE", "TOPIC", "LoadSpec", "Pipeline", "Target", "environment", "phase_figures", "run_bench", "run_phase"]
+__all__ = [
+    "GROUP",
+    "TABLE",
+    "TOPIC",
+    "LoadSpec",
+    "Pipeline",
+    "Target",
+    "environment",
+    "phase_figures",
+    "run_bench",
+    "run_phase",
+]
 
 log = logging.getLogger(__name__)
 

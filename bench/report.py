@@ -20,7 +20,16 @@ import orjson
 
 from bench.scenarios import SCENARIOS
 
-__all__ = ["ROWS", "SUMMARY", "Row", "figure_table", "format_value", "main", "summary_table", "write_outputs"]
+__all__ = [
+    "ROWS",
+    "SUMMARY",
+    "Row",
+    "figure_table",
+    "format_value",
+    "main",
+    "summary_table",
+    "write_outputs",
+]
 
 Row = tuple[str, str, str]
 ROWS: tuple[Row, ...] = (

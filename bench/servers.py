@@ -30,7 +30,14 @@ from ingest.trial.servers import (
     probe_dynamodb,
 )
 
-__all__ = ["DEPLOY_MOSQUITTO_CONF", "DYNALITE_BIN", "REPO_ROOT", "DynaliteServer", "MosquittoServer", "MotoServer"]
+__all__ = [
+    "DEPLOY_MOSQUITTO_CONF",
+    "DYNALITE_BIN",
+    "REPO_ROOT",
+    "DynaliteServer",
+    "MosquittoServer",
+    "MotoServer",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEPLOY_MOSQUITTO_CONF = REPO_ROOT / "deploy" / "mosquitto.conf"

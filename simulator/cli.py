@@ -29,7 +29,17 @@ from simulator.run import PROTOCOL_VERSIONS, Progress, RunSummary, SimulationCon
 from simulator.schedule import RateProfile, Spike
 from simulator.signals import kind_names
 
-__all__ = ["EXIT_FAIL", "EXIT_INTERRUPTED", "EXIT_OK", "EXIT_USAGE", "add_commands", "config_from_args", "main", "simulate_command", "verify_command"]
+__all__ = [
+    "EXIT_FAIL",
+    "EXIT_INTERRUPTED",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "add_commands",
+    "config_from_args",
+    "main",
+    "simulate_command",
+    "verify_command",
+]
 
 log = logging.getLogger(__name__)
 

@@ -39,7 +39,15 @@ import numpy.typing as npt
 
 from simulator.errors import SimConfigError
 
-__all__ = ["INVALID_FAULTS", "BoolArray", "Fault", "FaultConfig", "FaultInjector", "IntArray", "MalformedKind"]
+__all__ = [
+    "INVALID_FAULTS",
+    "BoolArray",
+    "Fault",
+    "FaultConfig",
+    "FaultInjector",
+    "IntArray",
+    "MalformedKind",
+]
 
 IntArray = npt.NDArray[np.int64]
 BoolArray = npt.NDArray[np.bool_]

@@ -41,7 +41,15 @@ from simulator.payloads import (
 from simulator.schedule import RateProfile, TickSchedule
 from simulator.signals import KINDS, SignalModel, kind_names, make_model
 
-__all__ = ["GATEWAY_ID_SEPARATORS", "FloatArray", "IntArray", "Mode", "Outgoing", "TrafficGenerator", "TrafficOptions"]
+__all__ = [
+    "GATEWAY_ID_SEPARATORS",
+    "FloatArray",
+    "IntArray",
+    "Mode",
+    "Outgoing",
+    "TrafficGenerator",
+    "TrafficOptions",
+]
 
 Mode = Literal["device", "gateway"]
 GATEWAY_ID_SEPARATORS: tuple[str | None, ...] = (":", ".", "_", None)

@@ -32,7 +32,22 @@ import orjson
 
 from simulator.errors import ManifestError
 
-__all__ = ["MANIFEST_FORMAT", "MANIFEST_VERSION", "FloatArray", "IntArray", "Manifest", "ManifestBuilder", "SensorRecord", "U64Array", "digest_readings", "load_manifest", "metric_hash", "reading_digest", "save_manifest", "sensor_hash"]
+__all__ = [
+    "MANIFEST_FORMAT",
+    "MANIFEST_VERSION",
+    "FloatArray",
+    "IntArray",
+    "Manifest",
+    "ManifestBuilder",
+    "SensorRecord",
+    "U64Array",
+    "digest_readings",
+    "load_manifest",
+    "metric_hash",
+    "reading_digest",
+    "save_manifest",
+    "sensor_hash",
+]
 
 MANIFEST_FORMAT = "iot-ingest-simulator-manifest"
 MANIFEST_VERSION = 1

@@ -17,7 +17,15 @@ import orjson
 
 from simulator.faults import MalformedKind
 
-__all__ = ["ReadingDict", "batch_payload", "malformed_payload", "missing_fields_payload", "oversize_payload", "reading_dicts", "reading_payload"]
+__all__ = [
+    "ReadingDict",
+    "batch_payload",
+    "malformed_payload",
+    "missing_fields_payload",
+    "oversize_payload",
+    "reading_dicts",
+    "reading_payload",
+]
 
 ReadingDict = dict[str, Any]
 """One reading as sent: ``ts``, metrics, tags, and ``sensor_id`` in gateway mode."""

@@ -36,7 +36,14 @@ from ingest.mqtt import proto as mp
 from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 from simulator.errors import BrokerRefused, PublishError, SimConfigError
 
-__all__ = ["BrokerAddress", "MemoryPublisher", "MqttPublisher", "PublishStats", "Publisher", "parse_mqtt_url"]
+__all__ = [
+    "BrokerAddress",
+    "MemoryPublisher",
+    "MqttPublisher",
+    "PublishStats",
+    "Publisher",
+    "parse_mqtt_url",
+]
 
 log = logging.getLogger(__name__)
 

@@ -28,7 +28,14 @@ from simulator.generator import Outgoing, TrafficGenerator, TrafficOptions
 from simulator.manifest import Manifest, save_manifest
 from simulator.publisher import MqttPublisher, Publisher, parse_mqtt_url
 
-__all__ = ["DEFAULT_TOPICS", "PROTOCOL_VERSIONS", "Progress", "RunSummary", "SimulationConfig", "run_simulation"]
+__all__ = [
+    "DEFAULT_TOPICS",
+    "PROTOCOL_VERSIONS",
+    "Progress",
+    "RunSummary",
+    "SimulationConfig",
+    "run_simulation",
+]
 
 log = logging.getLogger(__name__)
 

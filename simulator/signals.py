@@ -25,7 +25,18 @@ from abc import ABC, abstractmethod
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["KINDS", "Array", "EnvSensor", "GpsTracker", "IntArray", "PowerMeter", "SignalModel", "VibrationSensor", "kind_names", "make_model"]
+__all__ = [
+    "KINDS",
+    "Array",
+    "EnvSensor",
+    "GpsTracker",
+    "IntArray",
+    "PowerMeter",
+    "SignalModel",
+    "VibrationSensor",
+    "kind_names",
+    "make_model",
+]
 
 Array = npt.NDArray[np.float64]
 IntArray = npt.NDArray[np.int64]

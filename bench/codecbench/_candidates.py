@@ -47,7 +47,21 @@ from bench.codecbench._libs import (
     zstd_funcs,
 )
 
-__all__ = ["Candidate", "Decode", "Encode", "columnar_candidate", "float32_trap", "numcodecs_candidate", "orjson_rows_candidate", "pcodec_candidate", "pcodec_wrapped_candidate", "raw_candidate", "shuffle_candidate", "window_candidates", "window_mismatch"]
+__all__ = [
+    "Candidate",
+    "Decode",
+    "Encode",
+    "columnar_candidate",
+    "float32_trap",
+    "numcodecs_candidate",
+    "orjson_rows_candidate",
+    "pcodec_candidate",
+    "pcodec_wrapped_candidate",
+    "raw_candidate",
+    "shuffle_candidate",
+    "window_candidates",
+    "window_mismatch",
+]
 
 Encode = Callable[[I64, Sequence[F64]], bytes]
 

@@ -27,7 +27,29 @@ import pyarrow as pa
 
 from bench.codecbench._data import F64, I64, U64
 
-__all__ = ["COL", "HDR", "MODE_DECIMAL", "MODE_DELTA", "MODE_DOD", "MODE_XOR", "VERSION", "ColHead", "body_size", "col_decode", "decode_tags", "encode_tags", "float_encode", "frame", "int_encode", "missing_figures", "narrow", "read_varint", "unframe", "unnarrow", "varint"]
+__all__ = [
+    "COL",
+    "HDR",
+    "MODE_DECIMAL",
+    "MODE_DELTA",
+    "MODE_DOD",
+    "MODE_XOR",
+    "VERSION",
+    "ColHead",
+    "body_size",
+    "col_decode",
+    "decode_tags",
+    "encode_tags",
+    "float_encode",
+    "frame",
+    "int_encode",
+    "missing_figures",
+    "narrow",
+    "read_varint",
+    "unframe",
+    "unnarrow",
+    "varint",
+]
 
 HDR = struct.Struct("<BIB")
 """Blob header of every candidate: format version, readings, metric columns."""

@@ -32,7 +32,22 @@ from simulator.generator import TrafficGenerator, TrafficOptions
 from simulator.schedule import RateProfile, TickSchedule
 from simulator.signals import KINDS, kind_names, make_model
 
-__all__ = ["DROPOUT_RATE", "F64", "I64", "JITTER_MS", "PRECISIONS", "START_MS", "U64", "DeviceDay", "Window", "cut_windows", "full_precision", "journal_readings", "json_roundtrip", "simulate_devices"]
+__all__ = [
+    "DROPOUT_RATE",
+    "F64",
+    "I64",
+    "JITTER_MS",
+    "PRECISIONS",
+    "START_MS",
+    "U64",
+    "DeviceDay",
+    "Window",
+    "cut_windows",
+    "full_precision",
+    "journal_readings",
+    "json_roundtrip",
+    "simulate_devices",
+]
 
 I64 = npt.NDArray[np.int64]
 U64 = npt.NDArray[np.uint64]

@@ -29,7 +29,17 @@ from bench.codecbench._columns import (
 from bench.codecbench._libs import Compress, frame_zstd, msgpack, zstandard
 from ingest.storage.layout import Reading
 
-__all__ = ["JRow", "JournalCodec", "canonical", "columnar_journal", "journal_codecs", "msgpack_journal", "orjson_journal", "rows_of", "train_dictionaries"]
+__all__ = [
+    "JRow",
+    "JournalCodec",
+    "canonical",
+    "columnar_journal",
+    "journal_codecs",
+    "msgpack_journal",
+    "orjson_journal",
+    "rows_of",
+    "train_dictionaries",
+]
 
 JRow = tuple[str, int, dict[str, Any], dict[str, str]]
 

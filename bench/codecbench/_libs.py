@@ -14,7 +14,20 @@ from types import ModuleType
 
 import pyarrow as pa
 
-__all__ = ["Compress", "Decompress", "backports_zstd", "backports_zstd_funcs", "frame_zstd", "msgpack", "numcodecs", "pcodec", "pyarrow_zstd", "pyzstd", "zstandard", "zstd_funcs"]
+__all__ = [
+    "Compress",
+    "Decompress",
+    "backports_zstd",
+    "backports_zstd_funcs",
+    "frame_zstd",
+    "msgpack",
+    "numcodecs",
+    "pcodec",
+    "pyarrow_zstd",
+    "pyzstd",
+    "zstandard",
+    "zstd_funcs",
+]
 
 
 def _optional(name: str) -> ModuleType | None:

@@ -49,7 +49,19 @@ from bench.codecbench._journal import (
 from ingest.storage.layout import Reading
 from simulator.signals import KINDS, kind_names
 
-__all__ = ["FULL", "ITEM_OVERHEAD_BYTES", "QUICK", "ROLLUP_STEPS", "Bench", "Job", "Plan", "Timer", "read_units", "rollup", "run"]
+__all__ = [
+    "FULL",
+    "ITEM_OVERHEAD_BYTES",
+    "QUICK",
+    "ROLLUP_STEPS",
+    "Bench",
+    "Job",
+    "Plan",
+    "Timer",
+    "read_units",
+    "rollup",
+    "run",
+]
 
 ITEM_OVERHEAD_BYTES = 60
 """pk, sk, ttl and attribute names of a packed item (an estimate, for read units)."""

@@ -42,7 +42,7 @@ from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 
 # MqttError and MqttConnectError live in ingest.mqtt.link (the publisher raises them too);
 # they are named here as well because this is where the service meets them.
-__all__ = ["Message", "MqttConnectError", "MqttConnection", "MqttError", "MqttSettings"]
+__all__ = ["Message", "MqttConnection", "MqttSettings"]
 
 log = logging.getLogger(__name__)
 

@@ -40,7 +40,7 @@ from typing import cast
 from ingest.core.errors import IngestError
 from ingest.mqtt import proto as mp
 
-__all__ = ["MqttConnectError", "MqttError", "MqttLink"]
+__all__ = ["MqttConnectError", "MqttError", "MqttLink", "Packet"]
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,8 @@ import time
 
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
-from ingest.mqtt.client import Message, MqttConnection, MqttError, MqttSettings
+from ingest.mqtt.client import Message, MqttConnection, MqttSettings
+from ingest.mqtt.link import MqttError
 from ingest.pipeline.acks import AckTracker
 from ingest.pipeline.decode import Inbox
 

@@ -20,7 +20,7 @@ import pytest
 from bench.servers import MotoServer
 from ingest.config import Config
 from ingest.mqtt import proto as mp
-from ingest.mqtt.client import MqttError
+from ingest.mqtt.link import MqttError
 from ingest.pipeline.decode import Inbox
 from ingest.pipeline.service import IngestService
 from ingest.storage.layout import TableLayout

@@ -14,7 +14,7 @@ import pytest
 import pytest_asyncio
 
 from bench.servers import MosquittoServer, MotoServer
-from ingest.mqtt.client import MqttConnectError
+from ingest.mqtt.link import MqttConnectError
 from ingest.pipeline.service import IngestService
 from ingest.trial.servers import free_port
 from tests.ingest.harness import counter, make_config, read_table, running, wait_until
