@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest.core.errors import ConfigError
+from ingest.storage.layout import SENSOR_ID_PATTERN
 
 __all__ = [
     "ALL_SENSORS",
@@ -57,7 +58,6 @@ ALL_SENSORS = "*"
 
 _HASH_RE = re.compile(r"sha256:[0-9a-f]{64}")
 _NAME_RE = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
-_PREFIX_RE = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 _KEY_FIELDS = frozenset({"name", "hash", "sensors", "rate_per_s", "burst"})
 
 
@@ -139,7 +139,7 @@ class ApiKey:
         if not self.sensors:
             raise ValueError(f"key {self.name!r}: sensors must list prefixes, or ['*'] for all")
         for prefix in self.sensors:
-            if prefix != ALL_SENSORS and not _PREFIX_RE.fullmatch(prefix):
+            if prefix != ALL_SENSORS and not SENSOR_ID_PATTERN.fullmatch(prefix):
                 raise ValueError(
                     f"key {self.name!r}: sensor prefix {prefix!r} is not part of a sensor id "
                     "(A-Z a-z 0-9 _ . : -), nor '*'"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from ingest.storage.layout import SENSOR_ID_PATTERN
 from queries.api.auth import PUBLIC_PATHS
 from queries.api.settings import ServeSettings
 from queries.read.params import AGGREGATIONS, FIELDS_FORM, SENSOR_FORM, STEP_FORM, TIME_FORM
@@ -64,7 +65,7 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
     sensor_path = _param(
         "sensor_id",
         f"The sensor id: {SENSOR_FORM}.",
-        {**string, "pattern": r"^[A-Za-z0-9_.:\-]{1,128}$"},
+        {**string, "pattern": f"^{SENSOR_ID_PATTERN.pattern}$"},
         "path",
     )
     start = _param(

@@ -99,3 +99,12 @@ async def test_the_document_is_served_at_openapi_json() -> None:
     assert served == openapi_document(settings)
     series = served["paths"]["/v1/sensors/{sensor_id}/series"]["get"]["parameters"]
     assert next(p for p in series if p["name"] == "max_points")["schema"]["maximum"] == 2_000
+
+
+def test_the_sensor_id_pattern_is_the_tables_own() -> None:
+    from ingest.storage.layout import SENSOR_ID_PATTERN
+
+    doc = openapi_document(ServeSettings(table="t"))
+    params = doc["paths"]["/v1/sensors/{sensor_id}/readings"]["get"]["parameters"]
+    (sensor,) = [p for p in params if p["name"] == "sensor_id"]
+    assert sensor["schema"]["pattern"] == f"^{SENSOR_ID_PATTERN.pattern}$"
