@@ -12,10 +12,10 @@ Server start-up failures keep their own types (:class:`ingest.trial.servers.Serv
 
 from __future__ import annotations
 
+from ingest.core.errors import IngestError
+
 __all__ = ["BenchError"]
 
 
-class BenchError(Exception):
+class BenchError(IngestError):
     """A load run cannot go on; the message says what failed and where its log is."""
-
-    retriable = False

@@ -11,16 +11,17 @@
 
 from __future__ import annotations
 
+from ingest.core.errors import ConfigError, IngestError
+
 __all__ = ["BrokerRefused", "ManifestError", "PublishError", "SimConfigError", "SimulatorError"]
 
 
-class SimulatorError(Exception):
-    """Base of every error the simulator package raises."""
+class SimulatorError(IngestError):
+    """Base of every error the simulator package raises (an IngestError: one tree, one
+    ``retriable`` flag, one exit-code rule in the CLI)."""
 
-    retriable = False
 
-
-class SimConfigError(SimulatorError, ValueError):
+class SimConfigError(SimulatorError, ConfigError, ValueError):
     """An option or fleet file value is invalid; the message names it and says what to do."""
 
 
