@@ -493,3 +493,77 @@ async def test_archived_numbers_come_out_of_the_api_exactly_as_stored(
             assert metrics[name]["sum"] == [float(value) * 3], name
             assert metrics[name]["min"] == metrics[name]["max"] == [float(value)], name
             assert metrics[name]["last"] == [float(value)], name
+
+
+class _KeyRecordingClient(RecordingClient):
+    """Also keeps the partition key each Query asked for."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.queried: list[str] = []
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if operation == "query":
+            self.queried.append(kwargs["ExpressionAttributeValues"][":pk"]["S"])
+        return await super().call(operation, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/sensors/tier-a/series", {"step": "3h", "agg": "avg"}),
+        ("/v1/series", {"sensors": "tier-a", "step": "3h", "agg": "avg"}),
+    ],
+)
+async def test_a_series_counts_and_caps_its_marker_query_like_every_other_read(
+    archive_env: ArchiveEnv, moto_server: MotoServer, path: str, extra: dict[str, str]
+) -> None:
+    env = archive_env
+    await env.put(make_readings())
+    assert not (await env.archiver(now_ms=NOW_MS).run_once()).failed
+    endpoint = moto_server.endpoint_url
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            _KeyRecordingClient(
+                table=env.dynamo.table,
+                region="us-east-1",
+                endpoint_url=endpoint,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )
+        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        urls = []
+        for cap in (None, 1):
+            settings = ServeSettings(
+                table=env.dynamo.table,
+                endpoint_url=endpoint,
+                s3_bucket=env.store.bucket,
+                s3_endpoint=endpoint,
+                s3_prefix=env.store.prefix,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+                max_calls_per_sensor=cap,
+            )
+            app = create_app(settings, reader=await TableReader.load(client))
+            urls.append((await stack.enter_async_context(ApiServer(app))).url + path)
+        params = {"start": str(START), "end": str(END), **extra}
+
+        client.responses.clear()
+        client.queried.clear()
+        async with session.get(urls[0], params=params) as resp:
+            assert resp.status == 200, await resp.text()
+            headers = resp.headers
+        assert client.queried.count("#archive#tier-a") == 1
+        assert int(headers["X-DynamoDB-Calls"]) == len(client.responses) > 1
+        units = sum(r["ConsumedCapacity"]["CapacityUnits"] for _, r in client.responses)
+        assert float(headers["X-Read-Units"]) == pytest.approx(units, abs=1e-4)
+
+        client.responses.clear()
+        client.queried.clear()
+        async with session.get(urls[1], params=params) as resp:
+            body = await resp.json()
+            assert resp.status == 422, body
+            assert body["error"]["code"] == "too_many_calls"
+            assert resp.headers["X-DynamoDB-Calls"] == "1"
+        assert client.queried == ["#archive#tier-a"]  # the one call the cap allows
