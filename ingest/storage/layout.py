@@ -69,8 +69,10 @@ __all__ = [
     "late_partition_keys",
     "marker_pk",
     "marker_sensor_id",
+    "parse_number",
     "registry_key",
     "registry_partition_keys",
+    "stored_number",
 ]
 
 Item = dict[str, Any]
@@ -107,10 +109,19 @@ def format_number(value: float | int) -> str:
     return repr(value)
 
 
-def _parse_number(text: str) -> float | int:
+def parse_number(text: str) -> float | int:
+    """A DynamoDB number string as a Python number: ``int`` unless it has a fraction or exponent."""
     if "." in text or "e" in text or "E" in text:
         return float(text)
     return int(text)
+
+
+def stored_number(value: float | int) -> float | int:
+    """The number the table gives back for ``value``: ``parse_number(format_number(value))``,
+    without the string (an integral float below 1e15 comes back as an ``int``)."""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return int(value)
+    return value
 
 
 def _stable_hash(sensor_id: str) -> int:
@@ -255,13 +266,22 @@ class TableLayout:
         return item
 
     @staticmethod
-    def from_item(item: Item) -> Reading:
-        """Map an item (wire format) back to its reading."""
-        pk: str = item["pk"]["S"]
-        sensor_id = pk.split("#", 1)[0]
-        metrics = {k: _parse_number(v["N"]) for k, v in item.get("m", {}).get("M", {}).items()}
-        tags = {k: v["S"] for k, v in item.get("g", {}).get("M", {}).items()}
-        return Reading(sensor_id=sensor_id, ts_ms=int(item["sk"]["N"]), metrics=metrics, tags=tags)
+    def from_item(item: Item, sensor_id: str | None = None) -> Reading:
+        """Map an item (wire format) back to its reading.
+
+        Args:
+            item: The item; its ``pk`` may be left out (a projection) when ``sensor_id`` is given.
+            sensor_id: The sensor, when the caller knows it (``None``: parsed from ``pk``).
+        """
+        if sensor_id is None:
+            pk: str = item["pk"]["S"]
+            sensor_id = pk.split("#", 1)[0]
+        # The read path parses every reading it serves here: no default maps built.
+        m = item.get("m")
+        metrics = {k: parse_number(v["N"]) for k, v in m["M"].items() if "N" in v} if m else {}
+        g = item.get("g")
+        tags = {k: v["S"] for k, v in g["M"].items()} if g else {}
+        return Reading(sensor_id, int(item["sk"]["N"]), metrics, tags)
 
     @staticmethod
     def is_expired(item: Item, now_s: float | None = None) -> bool:

@@ -32,9 +32,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from ingest.storage.layout import Item
+from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import follow, partition_query
-from queries.read.reader import ReadStats, TableReader, is_live
+from queries.read.reader import ReadStats, TableReader
 from queries.read.tiers import HOT, Tier, markers, read_bucket
 
 __all__ = ["MAX_PAGE_ITEMS", "Page", "PartitionStream", "read_page"]
@@ -70,21 +70,22 @@ class PartitionStream:
         while not self.buf and not self.done:
             resp = await self.reader.call("query", stats, **self.kwargs)
             now_s = self.now_s
-            self.buf.extend(it for it in resp.get("Items", ()) if is_live(it, now_s))
+            expired = TableLayout.is_expired
+            self.buf.extend(it for it in resp.get("Items", ()) if not expired(it, now_s))
             self.done = not follow(self.kwargs, resp)
 
 
 @dataclass(slots=True)
 class Page:
-    """A page of readings (items, in the requested order) and where the next one starts.
+    """A page of readings, in the requested order, and where the next one starts.
 
     Attributes:
-        items: At most ``limit`` items, merged in timestamp order.
+        items: At most ``limit`` readings, merged in timestamp order (hot and cold alike).
         next_ts: The timestamp the next page starts at (inclusive), ``None`` at the end.
         tiers: Each bucket the page read, in reading order, and the tier that served it.
     """
 
-    items: list[Item]
+    items: list[Reading]
     next_ts: int | None
     tiers: list[tuple[int, Tier]] = field(default_factory=list)
 
@@ -102,14 +103,19 @@ def _page_size(remaining: int, partitions: int) -> int:
 
 
 async def _merge_bucket(
-    streams: list[PartitionStream], out: list[Item], want: int, stats: ReadStats, sign: int
+    streams: list[PartitionStream],
+    sensor_id: str,
+    out: list[Reading],
+    want: int,
+    stats: ReadStats,
+    sign: int,
 ) -> None:
     heap = [(sign * int(s.buf[0]["sk"]["N"]), i) for i, s in enumerate(streams) if s.buf]
     heapq.heapify(heap)
     while heap and len(out) < want:
         _, i = heapq.heappop(heap)
         stream = streams[i]
-        out.append(stream.buf.popleft())
+        out.append(TableLayout.from_item(stream.buf.popleft(), sensor_id))
         if len(out) >= want:
             return
         if not stream.buf and not stream.done:
@@ -157,7 +163,7 @@ async def read_page(
         buckets.reverse()
     want = limit + 1
     sign = -1 if descending else 1
-    out: list[Item] = []
+    out: list[Reading] = []
     max_wave = max(1, max_wave_partitions // layout.shards)
     archived = await markers(reader, sensor_id, start_ms, end_ms, stats)
     tiers: list[tuple[int, Tier]] = []
@@ -166,7 +172,7 @@ async def read_page(
     while pos < len(buckets) and len(out) < want:
         marker = archived.get(buckets[pos])
         if marker is not None:
-            items, tier = await read_bucket(
+            readings, tier = await read_bucket(
                 reader,
                 sensor_id,
                 buckets[pos],
@@ -179,7 +185,7 @@ async def read_page(
                 descending=descending,
             )
             tiers.append((buckets[pos], tier))
-            out += items[: want - len(out)]
+            out += readings[: want - len(out)]
             pos += 1
             continue
         chunk: list[int] = []
@@ -216,12 +222,12 @@ async def read_page(
                     tg.create_task(stream.fill(stats), name="page-fill")
         for bucket, streams in zip(chunk, waves, strict=True):
             tiers.append((bucket, HOT))
-            await _merge_bucket(streams, out, want, stats, sign)
+            await _merge_bucket(streams, sensor_id, out, want, stats, sign)
             if len(out) >= want:
                 break
         wave = min(wave * 2, max_wave)
     if len(out) > limit:
-        nxt = int(out[limit]["sk"]["N"])
+        nxt = out[limit].ts_ms
         # The page covers the range up to (not including) the next page's first reading.
         if descending:
             tiers = [(b, t) for b, t in tiers if b + layout.bucket_ms - 1 > nxt]

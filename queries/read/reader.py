@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 from ingest.core.errors import TableError, WriteError
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import LAYOUT_PK, Item, TableLayout
+from ingest.storage.layout import LAYOUT_PK, Reading, TableLayout
 from ingest.storage.table import read_layout
 from queries.errors import TooManyCalls, wrap_read_error
 
@@ -49,7 +49,6 @@ __all__ = [
     "ReadStats",
     "TableReader",
     "default_calls_per_sensor",
-    "is_live",
     "legal_fanout",
     "reading_json",
 ]
@@ -104,27 +103,9 @@ class ReadStats:
         return headers
 
 
-def is_live(item: Item, now_s: int) -> bool:
-    """True unless the item's TTL has passed (the same rule as ``TableLayout.is_expired``)."""
-    ttl = item.get("ttl")
-    return ttl is None or int(ttl["N"]) > now_s
-
-
-def _number(text: str) -> float | int:
-    if "." in text or "e" in text or "E" in text:
-        return float(text)
-    return int(text)
-
-
-def reading_json(item: Item) -> dict[str, Any]:
-    """An item as the API's reading object: ``ts`` and the metrics by the names sent."""
-    out: dict[str, Any] = {"ts": int(item["sk"]["N"])}
-    metrics = item.get("m")
-    if metrics is not None:
-        for name, value in metrics["M"].items():
-            if "N" in value:
-                out[name] = _number(value["N"])
-    return out
+def reading_json(reading: Reading) -> dict[str, Any]:
+    """A reading as the API's reading object: ``ts`` and the metrics by the names sent."""
+    return {"ts": reading.ts_ms, **reading.metrics}
 
 
 PAGES_PER_PARTITION = 16

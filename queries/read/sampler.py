@@ -23,11 +23,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ingest.storage.layout import Item
+from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
-from queries.read.reader import ReadStats, TableReader, is_live
+from queries.read.reader import ReadStats, TableReader
 from queries.read.series import SeriesAccumulator, WindowGrid
 from queries.read.tiers import HOT, Tier, markers, read_bucket
 
@@ -54,9 +54,10 @@ class SensorSeries:
     def fold(self, items: list[Item], grid: WindowGrid, aggs: tuple[Agg, ...], now_s: int) -> None:
         """Fold one DynamoDB page of items into the accumulators (expired items dropped)."""
         columns: dict[str, tuple[list[int], list[float]]] = {}
+        expired = TableLayout.is_expired
         for it in items:
             metrics = it.get("m")
-            if metrics is None or not is_live(it, now_s):
+            if metrics is None or expired(it, now_s):
                 continue
             ts = int(it["sk"]["N"])
             for name, value in metrics["M"].items():
@@ -68,6 +69,28 @@ class SensorSeries:
                     col = columns[name] = ([], [])
                 col[0].append(ts)
                 col[1].append(float(number))
+        self._add(columns, grid, aggs)
+
+    def fold_readings(
+        self, readings: list[Reading], grid: WindowGrid, aggs: tuple[Agg, ...]
+    ) -> None:
+        """Fold readings (an archived bucket, hot and cold merged) into the accumulators."""
+        columns: dict[str, tuple[list[int], list[float]]] = {}
+        for r in readings:
+            for name, value in r.metrics.items():
+                col = columns.get(name)
+                if col is None:
+                    col = columns[name] = ([], [])
+                col[0].append(r.ts_ms)
+                col[1].append(float(value))
+        self._add(columns, grid, aggs)
+
+    def _add(
+        self,
+        columns: dict[str, tuple[list[int], list[float]]],
+        grid: WindowGrid,
+        aggs: tuple[Agg, ...],
+    ) -> None:
         for name, (ts_list, values) in columns.items():
             acc = self.metrics.get(name)
             if acc is None:
@@ -129,7 +152,7 @@ async def read_series(
             tg.create_task(worker(), name=f"series-{sensor_id}-{i}")
     served: dict[int, Tier] = {}
     for bucket, marker in sorted(archived.items()):
-        items, served[bucket] = await read_bucket(
+        readings, served[bucket] = await read_bucket(
             reader,
             sensor_id,
             bucket,
@@ -140,6 +163,6 @@ async def read_series(
             now_s=now,
             stats=stats,
         )
-        series.fold(items, grid, aggs, now)
+        series.fold_readings(readings, grid, aggs)
     series.tiers = [(b, served.get(b, HOT)) for b in buckets]
     return series

@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.storage.layout import Item, registry_key, registry_partition_keys
+from ingest.storage.layout import Item, parse_number, registry_key, registry_partition_keys
 from queries.read.pages import PartitionStream, read_page
 from queries.read.reader import ReadStats, TableReader, reading_json
 
@@ -41,10 +41,7 @@ large registry returns a short page and a cursor rather than reading it all)."""
 
 
 def _number(value: dict[str, Any] | None) -> float | int | None:
-    if value is None or "N" not in value:
-        return None
-    text: str = value["N"]
-    return float(text) if ("." in text or "e" in text or "E" in text) else int(text)
+    return None if value is None or "N" not in value else parse_number(value["N"])
 
 
 def sensor_json(item: Item) -> dict[str, Any]:

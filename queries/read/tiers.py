@@ -20,6 +20,13 @@ sensor-bucket at a time (:func:`read_bucket`):
    only this bucket's objects) are merged in by timestamp; the hot reading wins
    where both hold one, so every timestamp appears once.
 
+Both tiers come out as :class:`~ingest.storage.layout.Reading` objects: the hot items
+parsed by :meth:`~ingest.storage.layout.TableLayout.from_item`, the archived readings as
+:func:`~ingest.storage.archive.reader.read_cold` decodes them (numbers in the form the
+table gives back), so no archived value goes through a number string on its way out.
+An archive failure is translated once, here, into the read path's errors
+(``ArchiveReadFailed``, ``ArchiveUnavailable`` when retriable).
+
 A sensor has at most one reading per millisecond, so the merged stream still has
 strictly increasing timestamps and the raw cursors (a timestamp) stay exact.
 
@@ -37,13 +44,13 @@ import heapq
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Literal, cast
 
-from ingest.storage.archive.errors import ArchiveError, single_archive_error
+from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
-from ingest.storage.layout import Item, Reading, format_number
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
-from queries.read.reader import ReadStats, TableReader, is_live
+from queries.read.reader import ReadStats, TableReader
 
 if TYPE_CHECKING:
     from ingest.storage.dynamo import DynamoClient
@@ -56,28 +63,20 @@ COLD: Tier = "cold"
 BOTH: Tier = "hot+cold"
 
 
-def _archive_error(exc: ArchiveError) -> ReadFailed:
-    if getattr(exc, "retriable", False):
-        return ArchiveUnavailable(f"archive read failed, try again later: {exc}")
-    return ArchiveReadFailed(f"archive read failed: {exc}")
-
-
 async def markers(
     reader: TableReader, sensor_id: str, start_ms: int, end_ms: int, stats: ReadStats
 ) -> dict[int, Manifest]:
     """The sensor's non-empty archived buckets overlapping [start_ms, end_ms] (none: no cold tier).
 
     Raises:
-        ReadFailed: the marker Query failed.
+        ReadFailed: the marker Query failed (raised by :meth:`TableReader.call`).
+        TooManyCalls: the request's call budget is spent.
     """
     if reader.cold is None or end_ms < start_ms:
         return {}
     # Through the reader like every other call: the semaphore, the read units, the budget.
     client = cast("DynamoClient", _ReaderCalls(reader, stats))
-    try:
-        found = await archive_markers(client, reader.layout, sensor_id, start_ms, end_ms)
-    except ArchiveError as exc:
-        raise _archive_error(exc) from exc
+    found = await archive_markers(client, reader.layout, sensor_id, start_ms, end_ms)
     return {b: m for b, m in found.items() if m.rows > 0}
 
 
@@ -103,13 +102,14 @@ class _ReaderCalls:
         return await self._reader.call(operation, self._stats, **kwargs)
 
 
-async def _shard_items(
-    reader: TableReader, kwargs: dict[str, object], stats: ReadStats, now_s: int
-) -> list[Item]:
-    items: list[Item] = []
+async def _shard_readings(
+    reader: TableReader, sensor_id: str, kwargs: dict[str, object], stats: ReadStats, now_s: int
+) -> list[Reading]:
+    readings: list[Reading] = []
+    expired, parse = TableLayout.is_expired, TableLayout.from_item
     async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
-        items += [it for it in resp.get("Items", ()) if is_live(it, now_s)]
-    return items
+        readings += [parse(it, sensor_id) for it in resp.get("Items", ()) if not expired(it, now_s)]
+    return readings
 
 
 async def _shard_count(reader: TableReader, kwargs: dict[str, object], stats: ReadStats) -> int:
@@ -120,15 +120,21 @@ async def _shard_count(reader: TableReader, kwargs: dict[str, object], stats: Re
     return total
 
 
-def _cold_item(reading: Reading, fields: Sequence[str] | None) -> Item:
-    """An archived reading as the hot tier's item (``sk`` and ``m``; no ``ttl``)."""
+def _project(reading: Reading, fields: Sequence[str] | None) -> Reading:
+    """An archived reading with only the metrics wanted, in ``fields`` order (as a
+    projection of the hot tier gives them)."""
+    if fields is None:
+        return reading
     metrics = reading.metrics
-    if fields is not None:
-        metrics = {k: metrics[k] for k in fields if k in metrics}
-    return {
-        "sk": {"N": str(reading.ts_ms)},
-        "m": {"M": {k: {"N": format_number(v)} for k, v in metrics.items()}},
-    }
+    return Reading(
+        reading.sensor_id, reading.ts_ms, {k: metrics[k] for k in fields if k in metrics}
+    )
+
+
+def _archive_error(exc: ArchiveError) -> ReadFailed:
+    if exc.retriable:
+        return ArchiveUnavailable(f"archive read failed, try again later: {exc}")
+    return ArchiveReadFailed(f"archive read failed: {exc}")
 
 
 async def read_bucket(
@@ -143,7 +149,7 @@ async def read_bucket(
     now_s: int,
     stats: ReadStats,
     descending: bool = False,
-) -> tuple[list[Item], Tier]:
+) -> tuple[list[Reading], Tier]:
     """One archived bucket's readings with lo <= ts <= hi, hot and cold merged, in order.
 
     Args:
@@ -159,7 +165,7 @@ async def read_bucket(
         descending: Newest first.
 
     Returns:
-        The items (``sk`` and ``m`` at least) and which tier served them.
+        The readings (the metrics in ``fields``) and which tier served them.
 
     Raises:
         ReadFailed: DynamoDB or the archive failed.
@@ -173,8 +179,9 @@ async def read_bucket(
     async with asyncio.TaskGroup() as tg:
         tasks = [
             tg.create_task(
-                _shard_items(
+                _shard_readings(
                     reader,
+                    sensor_id,
                     partition_query(reader.table, pk, lo, hi, fields=fields, now_s=now_s),
                     stats,
                     now_s,
@@ -183,7 +190,7 @@ async def read_bucket(
             )
             for pk in pks
         ]
-    hot = list(heapq.merge(*(t.result() for t in tasks), key=lambda it: int(it["sk"]["N"])))
+    hot = list(heapq.merge(*(t.result() for t in tasks), key=lambda r: r.ts_ms))
     if lo == bucket and hi == last:
         hot_total = len(hot)
     else:
@@ -212,14 +219,9 @@ async def read_bucket(
         )
     except ArchiveError as exc:
         raise _archive_error(exc) from exc
-    except BaseExceptionGroup as group:  # read_cold fetches objects in a task group
-        found = single_archive_error(group)
-        if found is None:
-            raise
-        raise _archive_error(found) from group
-    by_ts: dict[int, Item] = {r.ts_ms: _cold_item(r, fields) for r in cold}
-    added = len(by_ts.keys() - {int(it["sk"]["N"]) for it in hot})
-    by_ts.update((int(it["sk"]["N"]), it) for it in hot)
+    by_ts = {r.ts_ms: _project(r, fields) for r in cold}
+    added = len(by_ts.keys() - {r.ts_ms for r in hot})
+    by_ts.update((r.ts_ms, r) for r in hot)
     merged = [by_ts[t] for t in sorted(by_ts, reverse=descending)]
     if not hot:
         tier = COLD

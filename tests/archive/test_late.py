@@ -72,10 +72,7 @@ async def tiered(env: ArchiveEnv, now_ms: int, lo: int = B1, hi: int = HOT - 1) 
         reader, SID, lo, hi, limit=10_000, stats=reader.new_stats(), now_s=now_ms // 1000
     )
     assert page.next_ts is None
-    return [
-        Reading(SID, int(it["sk"]["N"]), {k: float(v["N"]) for k, v in it["m"]["M"].items()})
-        for it in page.items
-    ]
+    return [Reading(SID, r.ts_ms, {k: float(v) for k, v in r.metrics.items()}) for r in page.items]
 
 
 def _ts(r: Reading) -> int:

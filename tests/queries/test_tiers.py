@@ -11,6 +11,7 @@ API serving a reference table that never lost anything.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import random
 import time
@@ -30,6 +31,7 @@ from ingest.storage.table import create_table
 from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
+from queries.read.pages import read_page
 from queries.read.reader import TableReader
 from tests.archive.conftest import BUCKET_MS, HOUR_MS, LAYOUT, ArchiveEnv, open_archive_env
 from tests.queries.harness import RecordingClient
@@ -402,3 +404,166 @@ async def test_every_dynamodb_call_of_a_tiered_read_goes_through_the_reader(
             assert body["error"]["code"] == "too_many_calls"
             assert resp.headers["X-DynamoDB-Calls"] == "1"
         assert len(client.responses) == 1
+
+
+# Values a number string could bend: shortest-repr floats, a tiny one, integers above
+# 2**53 (the archive holds float64: 2**60 exactly, 2**53 + 1 as 2**53), an integral float.
+EXACT = {"sum": 0.1 + 0.2, "tiny": 1e-7, "big": 2**60, "odd": 2**53 + 1, "whole": 22.0}
+# As the archive holds them, and as the hot tier gives back an integral float (an int).
+ARCHIVED = {"big": float(2**60), "odd": float(2**53), "sum": 0.1 + 0.2, "tiny": 1e-7, "whole": 22}
+
+
+async def _archived_cold(env: ArchiveEnv, sid: str) -> list[Reading]:
+    """Readings of ``sid`` in bucket A0, archived, then deleted from DynamoDB (cold only)."""
+    readings = [Reading(sid, A0 + 1_000 * (i + 1), dict(EXACT)) for i in range(3)]
+    await env.put(readings)
+    assert not (await env.archiver(now_ms=NOW_MS).run_once()).failed
+    await _delete(env, readings)
+    return readings
+
+
+async def test_read_page_gives_archived_readings_as_readings_with_their_stored_numbers(
+    archive_env: ArchiveEnv,
+) -> None:
+    env = archive_env
+    readings = await _archived_cold(env, "tier-n")
+    reader = TableReader(env.dynamo, env.layout, cold=env.store)
+    page = await read_page(
+        reader, "tier-n", A0, A0 + BUCKET_MS - 1, limit=10, stats=reader.new_stats()
+    )
+    assert page.tiers == [(A0, "cold")]
+    assert page.items == [Reading("tier-n", r.ts_ms, ARCHIVED) for r in readings]
+    for r in page.items:
+        assert [(k, type(v)) for k, v in r.metrics.items()] == [
+            (k, type(v)) for k, v in ARCHIVED.items()
+        ]
+
+    projected = await read_page(
+        reader,
+        "tier-n",
+        A0,
+        A0 + BUCKET_MS - 1,
+        limit=10,
+        fields=("whole", "sum"),
+        stats=reader.new_stats(),
+    )
+    assert [r.metrics for r in projected.items] == [{"whole": 22, "sum": 0.1 + 0.2}] * 3
+
+
+async def test_archived_numbers_come_out_of_the_api_exactly_as_stored(
+    archive_env: ArchiveEnv, moto_server: MotoServer
+) -> None:
+    env = archive_env
+    readings = await _archived_cold(env, "tier-n")
+    settings = ServeSettings(
+        table=env.dynamo.table,
+        endpoint_url=moto_server.endpoint_url,
+        s3_bucket=env.store.bucket,
+        s3_endpoint=moto_server.endpoint_url,
+        s3_prefix=env.store.prefix,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    async with ApiServer(create_app(settings)) as server, aiohttp.ClientSession() as session:
+        url = server.url + "/v1/sensors/tier-n/readings"
+        params = {"start": str(A0), "end": str(A0 + BUCKET_MS - 1)}
+        async with session.get(url, params=params) as resp:
+            assert resp.status == 200
+            raw = await resp.read()
+            assert resp.headers["X-Cold-Objects"] == "1"
+        body = json.loads(raw)
+        assert body["readings"] == [{"ts": r.ts_ms, **ARCHIVED} for r in readings]
+        for got in body["readings"]:
+            assert {k: type(v) for k, v in got.items()} == {
+                "ts": int,
+                **{k: type(v) for k, v in ARCHIVED.items()},
+            }
+        first = raw.split(b'"readings":[', 1)[1].split(b"}", 1)[0] + b"}"
+        assert first == (
+            b'{"ts":%d,"big":1.152921504606847e+18,"odd":9007199254740992.0,'
+            b'"sum":0.30000000000000004,"tiny":1e-7,"whole":22}' % readings[0].ts_ms
+        )
+
+        # A series of one window over the bucket: sums and extremes of the exact values.
+        series = {**params, "step": "3h", "agg": "sum,min,max,last"}
+        async with session.get(server.url + "/v1/sensors/tier-n/series", params=series) as resp:
+            assert resp.status == 200
+            metrics = json.loads(await resp.read())["metrics"]
+        for name, value in ARCHIVED.items():
+            assert metrics[name]["sum"] == [float(value) * 3], name
+            assert metrics[name]["min"] == metrics[name]["max"] == [float(value)], name
+            assert metrics[name]["last"] == [float(value)], name
+
+
+class _KeyRecordingClient(RecordingClient):
+    """Also keeps the partition key each Query asked for."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.queried: list[str] = []
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        if operation == "query":
+            self.queried.append(kwargs["ExpressionAttributeValues"][":pk"]["S"])
+        return await super().call(operation, **kwargs)
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/v1/sensors/tier-a/series", {"step": "3h", "agg": "avg"}),
+        ("/v1/series", {"sensors": "tier-a", "step": "3h", "agg": "avg"}),
+    ],
+)
+async def test_a_series_counts_and_caps_its_marker_query_like_every_other_read(
+    archive_env: ArchiveEnv, moto_server: MotoServer, path: str, extra: dict[str, str]
+) -> None:
+    env = archive_env
+    await env.put(make_readings())
+    assert not (await env.archiver(now_ms=NOW_MS).run_once()).failed
+    endpoint = moto_server.endpoint_url
+    async with contextlib.AsyncExitStack() as stack:
+        client = await stack.enter_async_context(
+            _KeyRecordingClient(
+                table=env.dynamo.table,
+                region="us-east-1",
+                endpoint_url=endpoint,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+            )
+        )
+        session = await stack.enter_async_context(aiohttp.ClientSession())
+        urls = []
+        for cap in (None, 1):
+            settings = ServeSettings(
+                table=env.dynamo.table,
+                endpoint_url=endpoint,
+                s3_bucket=env.store.bucket,
+                s3_endpoint=endpoint,
+                s3_prefix=env.store.prefix,
+                aws_access_key_id="test",
+                aws_secret_access_key="test",
+                max_calls_per_sensor=cap,
+            )
+            app = create_app(settings, reader=await TableReader.load(client))
+            urls.append((await stack.enter_async_context(ApiServer(app))).url + path)
+        params = {"start": str(START), "end": str(END), **extra}
+
+        client.responses.clear()
+        client.queried.clear()
+        async with session.get(urls[0], params=params) as resp:
+            assert resp.status == 200, await resp.text()
+            headers = resp.headers
+        assert client.queried.count("#archive#tier-a") == 1
+        assert int(headers["X-DynamoDB-Calls"]) == len(client.responses) > 1
+        units = sum(r["ConsumedCapacity"]["CapacityUnits"] for _, r in client.responses)
+        assert float(headers["X-Read-Units"]) == pytest.approx(units, abs=1e-4)
+
+        client.responses.clear()
+        client.queried.clear()
+        async with session.get(urls[1], params=params) as resp:
+            body = await resp.json()
+            assert resp.status == 422, body
+            assert body["error"]["code"] == "too_many_calls"
+            assert resp.headers["X-DynamoDB-Calls"] == "1"
+        assert client.queried == ["#archive#tier-a"]  # the one call the cap allows

@@ -16,6 +16,11 @@ How the query API merges tiers (hot = DynamoDB, cold = S3):
 
 Streams-consumer parts (``part-….s-….parquet``, see :mod:`.streams`) are read
 by :func:`read_cold` as well; a reading in both kinds of object is returned once.
+
+:func:`read_cold` gives each metric in the form the table gives it back
+(:func:`~ingest.storage.layout.stored_number`: the archive's float64 ``22.0`` is the
+``22`` that DynamoDB holds), so a cold reading equals its hot copy without a detour
+through a number string.
 """
 
 from __future__ import annotations
@@ -24,13 +29,13 @@ import asyncio
 import heapq
 from collections.abc import Callable, Iterable
 
-from ingest.storage.archive.errors import VerifyError
+from ingest.storage.archive.errors import VerifyError, single_archive_error
 from ingest.storage.archive.manifest import Manifest, query_markers
 from ingest.storage.archive.parquet import decode
 from ingest.storage.archive.paths import date_prefix, parse_key, sensor_prefix
 from ingest.storage.archive.store import S3Store
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout, stored_number
 
 __all__ = ["archive_markers", "archived_buckets", "hot_is_complete", "merge_tiers", "read_cold"]
 
@@ -71,6 +76,14 @@ def hot_is_complete(marker: Manifest, layout: TableLayout, hot_count: int, now_m
     )
 
 
+def _decode_stored(data: bytes, sensor_id: str) -> list[Reading]:
+    """The object's readings, each metric as the table holds it (CPU-bound: in a thread)."""
+    readings = decode(data, sensor_id)
+    for r in readings:
+        r.metrics = {k: stored_number(v) for k, v in r.metrics.items()}
+    return readings
+
+
 async def read_cold(
     store: S3Store,
     layout: TableLayout,
@@ -101,6 +114,8 @@ async def read_cold(
     Raises:
         VerifyError: an object is unreadable (corrupt): re-run the archive.
         StorageError: S3 failed.
+
+    Both come alone (the first, when several fetches failed), not in an exception group.
     """
     if end_ms < start_ms:
         return []
@@ -131,7 +146,7 @@ async def read_cold(
         if data is None:  # deleted between LIST and GET (a re-archive): nothing to add
             return []
         try:
-            readings = await asyncio.to_thread(decode, data, sensor_id)
+            readings = await asyncio.to_thread(_decode_stored, data, sensor_id)
         except Exception as exc:
             raise VerifyError(
                 f"archived object s3://{store.bucket}/{key} is unreadable ({exc}): "
@@ -140,8 +155,15 @@ async def read_cold(
             ) from exc
         return [r for r in readings if start_ms <= r.ts_ms <= end_ms]
 
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(one(k), name=f"cold-read-{k}") for k in keys]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(k), name=f"cold-read-{k}") for k in keys]
+    except BaseExceptionGroup as group:
+        # The caller speaks the archive's errors: one of them, not the task group's wrapper.
+        found = single_archive_error(group)
+        if found is None:
+            raise
+        raise found from group
     merged = heapq.merge(*(t.result() for t in tasks), key=lambda r: r.ts_ms)
     out: list[Reading] = []
     for r in merged:
