@@ -31,7 +31,7 @@ import orjson
 
 from bench.servers import DynaliteServer, MotoServer
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteRetriable
+from ingest.core.errors import DynamoRetriable
 from ingest.core.retry import Backoff
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading, TableLayout
@@ -68,7 +68,7 @@ async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int
             while items:
                 try:
                     items = await client.batch_write(items)
-                except WriteRetriable:  # a loaded local server: back off and resend
+                except DynamoRetriable:  # a loaded local server: back off and resend
                     await asyncio.sleep(backoff.delay_s(attempt))
                     attempt += 1
 

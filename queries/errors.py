@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 
 __all__ = [
     "ArchiveReadFailed",
@@ -136,8 +136,8 @@ class ReadUnavailable(ReadFailed):
     retriable = True
 
 
-def wrap_read_error(exc: WriteError) -> ReadFailed:
-    """Map the DynamoDB client's error (``ingest.core.errors.WriteError``) to the read-side tree."""
+def wrap_read_error(exc: DynamoError) -> ReadFailed:
+    """Map the DynamoDB client's error (``ingest.core.errors.DynamoError``) to the read-side tree."""
     if exc.retriable:
         return ReadUnavailable(f"DynamoDB read failed, try again later ({exc.cause}): {exc}")
     return ReadFailed(f"DynamoDB rejected the read ({exc.cause}): {exc}")

@@ -72,7 +72,7 @@ from ingest.archive.planner import (
     validate_horizon,
 )
 from ingest.archive.verify import verify_object, verify_self, verify_stored
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import (
     ArchiveConfigError,
     ArchiveError,
@@ -277,7 +277,7 @@ class Archiver:
                 )
             recorded = replace(mine, since_ms=now_ms)
             await write_archive_policy(self.dynamo, recorded)
-        except WriteError as exc:
+        except DynamoError as exc:
             raise SourceError(
                 f"cannot record the archive policy in table {self.dynamo.table!r}: {exc}",
                 retriable=exc.retriable,
@@ -288,7 +288,7 @@ class Archiver:
     async def _late_marks(self) -> dict[str, list[LateMark]]:
         try:
             marks = await late_marks(self.dynamo)
-        except WriteError as exc:
+        except DynamoError as exc:
             raise SourceError(
                 f"cannot read the late marks of table {self.dynamo.table!r}: {exc}",
                 retriable=exc.retriable,
@@ -470,7 +470,7 @@ class Archiver:
         for mark in task.late:
             try:
                 cleared = await clear_late_mark(self.dynamo, mark, now_ms=shared.now_ms)
-            except WriteError as exc:
+            except DynamoError as exc:
                 raise SourceError(
                     f"late mark of {mark.sensor_id} could not be cleared: {exc}",
                     retriable=exc.retriable,
@@ -547,7 +547,7 @@ class Archiver:
             # The ingest may not know the policy yet: look at this bucket again later.
             try:
                 await write_late_mark(self.dynamo, sid, start, shared.now_ms)
-            except WriteError as exc:
+            except DynamoError as exc:
                 raise SourceError(f"late mark of {sid}: {exc}", retriable=exc.retriable) from exc
         by_pk = await export_bucket(self.dynamo, self.layout, sid, start, limit=shared.queries)
         # Another run (an overlapping cron job, a second archiver) may have archived the

@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.core.retry import Backoff
 from ingest.storage.archive.errors import SourceError, single_archive_error
 from ingest.storage.dynamo import DynamoClient
@@ -64,7 +64,7 @@ async def delete_keys(
                 resp = await client.call("batch_write_item", RequestItems={client.table: requests})
                 requests = resp.get("UnprocessedItems", {}).get(client.table, [])
                 why = "unprocessed"
-            except WriteError as exc:
+            except DynamoError as exc:
                 if not exc.retriable:
                     raise SourceError(
                         f"delete of archived items in {client.table!r} refused: {exc}"

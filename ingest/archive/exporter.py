@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import SourceError, single_archive_error
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, TableLayout
@@ -43,7 +43,7 @@ async def export_bucket(
         async with sem:
             try:
                 return await query_partition(client, pk, bucket_start_ms, end_ms)
-            except WriteError as exc:
+            except DynamoError as exc:
                 raise SourceError(
                     f"Query of partition {pk!r} in table {client.table!r} failed: {exc}",
                     retriable=exc.retriable,

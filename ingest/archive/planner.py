@@ -25,7 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import ArchiveConfigError, SourceError
 from ingest.storage.archive.manifest import Manifest, query_markers
 from ingest.storage.dynamo import DynamoClient
@@ -154,7 +154,7 @@ async def list_sensors(client: DynamoClient) -> list[SensorSpan]:
         async for it in registry_items(client, ("fs", "ls"), consistent=True):
             sid = it["sid"]["S"]
             sensors[sid] = SensorSpan(sid, _number(it, "fs"), _number(it, "ls"))
-    except WriteError as exc:
+    except DynamoError as exc:
         raise SourceError(
             f"cannot list sensors in table {client.table!r}: {exc}", retriable=exc.retriable
         ) from exc

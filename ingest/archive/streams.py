@@ -38,7 +38,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from ingest.archive.metrics import ArchiveMetrics
 from ingest.aws.client import BotocoreClient
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import (
     ArchiveConfigError,
     ArchiveError,
@@ -107,7 +107,7 @@ async def find_stream_arn(dynamo: DynamoClient) -> str:
     """
     try:
         desc = (await dynamo.call("describe_table", TableName=dynamo.table))["Table"]
-    except WriteError as exc:
+    except DynamoError as exc:
         raise SourceError(
             f"cannot describe table {dynamo.table!r}: {exc}", retriable=exc.retriable
         ) from exc

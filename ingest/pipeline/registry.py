@@ -80,7 +80,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.core.metrics import Metrics
 from ingest.pipeline.acks import AckTracker, Pending
 from ingest.storage.dynamo import TableClient, is_condition_failure
@@ -276,7 +276,7 @@ class SensorRegistry:
             return self._policy
         try:
             policy = await read_archive_policy(self._client)
-        except (WriteError, ValueError, KeyError, TypeError) as exc:  # also a malformed record
+        except (DynamoError, ValueError, KeyError, TypeError) as exc:  # also a malformed record
             log.warning("cannot read the archive policy (retrying at the next flush): %s", exc)
             return self._policy
         first = self._policy_read_at is None
@@ -426,7 +426,7 @@ class SensorRegistry:
         sid, bucket = key
         try:
             await write_late_mark(self._client, sid, bucket, marked_at_ms, count)
-        except WriteError as exc:
+        except DynamoError as exc:
             if exc.retriable:
                 log.warning("late mark of %s bucket %d failed (retrying): %s", sid, bucket, exc)
                 return False
@@ -468,7 +468,7 @@ class SensorRegistry:
                 ReturnValues="ALL_NEW" if learn else "NONE",
             )
             stored = resp.get("Attributes")
-        except WriteError as exc:
+        except DynamoError as exc:
             if not is_condition_failure(exc):
                 return self._failed(sid, entry, "update", exc)
             # ``ls`` is newer (a backfill), or the item predates ``fs``: count, and make
@@ -481,7 +481,7 @@ class SensorRegistry:
                     ExpressionAttributeValues={":z": {"N": str(_UNKNOWN_FS)}, ":n": values[":n"]},
                     ReturnValues="ALL_NEW" if learn else "NONE",
                 )
-            except WriteError as exc2:
+            except DynamoError as exc2:
                 return self._failed(sid, entry, "count update", exc2)
             stored = resp.get("Attributes")
             if stored is not None and int(stored.get("ls", {"N": "0"})["N"]) <= entry.last_ts:
@@ -515,7 +515,7 @@ class SensorRegistry:
                 ExpressionAttributeNames={"#sid": "sid", "#ls": "ls", "#m": "m"},
                 ExpressionAttributeValues={k: values[k] for k in (":sid", ":ls", ":m")},
             )
-        except WriteError as exc:
+        except DynamoError as exc:
             if is_condition_failure(exc):
                 return  # a newer reading's flush got there first
             log.warning("registry latest-values update for %s failed: %s", sid, exc)
@@ -535,7 +535,7 @@ class SensorRegistry:
                 ExpressionAttributeNames={"#fs": "fs"},
                 ExpressionAttributeValues={":fs": {"N": str(min_ts)}},
             )
-        except WriteError as exc:
+        except DynamoError as exc:
             if is_condition_failure(exc):
                 return True  # another worker lowered it at least as far
             log.warning("registry first-seen update for %s failed: %s", sid, exc)
@@ -543,7 +543,7 @@ class SensorRegistry:
         return True
 
     @staticmethod
-    def _failed(sid: str, entry: _Pending, what: str, exc: WriteError) -> _Pending | None:
+    def _failed(sid: str, entry: _Pending, what: str, exc: DynamoError) -> _Pending | None:
         if exc.retriable:
             log.warning("registry %s for %s failed (retrying next flush): %s", what, sid, exc)
             return entry

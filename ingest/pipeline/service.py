@@ -28,7 +28,7 @@ from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ingest.config import Config
-from ingest.core.errors import DynamoUnreachable, WriteError
+from ingest.core.errors import DynamoError, DynamoUnreachable
 from ingest.core.gctune import tuned_gc
 from ingest.core.metrics import HealthServer, Metrics
 from ingest.core.retry import Backoff
@@ -189,8 +189,8 @@ class IngestService:
                 try:
                     async with deadline:
                         stopped, opened = await _unless_stopped(self._connect(stack), stop)
-                except (WriteError, TimeoutError) as exc:
-                    if isinstance(exc, WriteError) and not is_transient(exc):
+                except (DynamoError, TimeoutError) as exc:
+                    if isinstance(exc, DynamoError) and not is_transient(exc):
                         raise
                     if not deadline.expired():
                         error = exc
@@ -213,7 +213,7 @@ class IngestService:
                     "longer with a larger startup_retry_deadline_s"
                 ) from error
             self.metrics.startup_retries.labels(
-                error.cause if isinstance(error, WriteError) else "timeout"
+                error.cause if isinstance(error, DynamoError) else "timeout"
             ).inc()
             self._starting = (
                 f"DynamoDB unreachable at {where}: {_cause(error)} (tried {attempt + 1} "
@@ -392,7 +392,7 @@ class IngestService:
 
 
 def _cause(error: BaseException | None) -> str:
-    if isinstance(error, WriteError):
+    if isinstance(error, DynamoError):
         return f"{error.cause}: {error}"
     return "no answer" if error is None else f"{type(error).__name__}: {error}"
 

@@ -28,7 +28,7 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 
-from ingest.core.errors import WriteError, WriteRetriable
+from ingest.core.errors import DynamoError, DynamoRetriable
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.pipeline.acks import AckTracker, Pending
@@ -105,14 +105,14 @@ class Writer:
                 if not left_keys <= waiting.keys():
                     # Not the answer to this request (it names items we did not send):
                     # trusting it could take unwritten items for written ones.
-                    raise WriteRetriable(
+                    raise DynamoRetriable(
                         f"UnprocessedItems names {len(left_keys - waiting.keys())} items "
                         "that were not in the request",
                         cause="bad_response",
                     )
-            except WriteRetriable as exc:
+            except DynamoRetriable as exc:
                 cause, why = exc.cause, str(exc)
-            except WriteError as exc:
+            except DynamoError as exc:
                 m.write_rejected.inc()
                 await self._split(waiting, exc)
                 return
@@ -182,7 +182,7 @@ class Writer:
         return True
 
     async def _split(
-        self, waiting: dict[tuple[str, str], tuple[Item, list[Pending]]], exc: WriteError
+        self, waiting: dict[tuple[str, str], tuple[Item, list[Pending]]], exc: DynamoError
     ) -> None:
         entries = list(waiting.values())
         waiting.clear()

@@ -22,7 +22,7 @@ by ``cause`` (the ``iot_ingest_write_retries_total`` label):
   evidence that the data is bad).
 
 Only an error type DynamoDB itself returned for the request (ValidationException
-and the like) is :class:`~ingest.core.errors.WriteRejected`.
+and the like) is :class:`~ingest.core.errors.DynamoRejected`.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ from botocore.exceptions import (
 
 from ingest.aws.client import BotocoreClient
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteError, WriteRejected, WriteRetriable
+from ingest.core.errors import DynamoError, DynamoRejected, DynamoRetriable
 from ingest.storage.layout import Item
 
 if TYPE_CHECKING:
@@ -114,15 +114,15 @@ TRANSIENT_CAUSES = frozenset(
 
 
 def is_transient(exc: BaseException) -> bool:
-    """Whether ``exc`` is a WriteRetriable that waiting can heal (not an operator's fix)."""
-    return isinstance(exc, WriteRetriable) and exc.cause in TRANSIENT_CAUSES
+    """Whether ``exc`` is a DynamoRetriable that waiting can heal (not an operator's fix)."""
+    return isinstance(exc, DynamoRetriable) and exc.cause in TRANSIENT_CAUSES
 
 
 class BatchSink(Protocol):
     """Where batches go: the writer's one dependency (a fake in unit tests)."""
 
     async def batch_write(self, items: list[Item]) -> list[Item]:
-        """Put items; return those DynamoDB left unprocessed. Raise WriteError."""
+        """Put items; return those DynamoDB left unprocessed. Raise DynamoError."""
         ...
 
 
@@ -134,11 +134,11 @@ class TableClient(BatchSink, Protocol):
     table: str
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
-        """One DynamoDB operation (botocore's snake_case name). Raise WriteError."""
+        """One DynamoDB operation (botocore's snake_case name). Raise DynamoError."""
         ...
 
 
-def classify(code: str, status: int, message: str) -> WriteError:
+def classify(code: str, status: int, message: str) -> DynamoError:
     """The project's error for an error answer (one policy, both clients).
 
     Args:
@@ -149,22 +149,22 @@ def classify(code: str, status: int, message: str) -> WriteError:
     """
     text = f"{code or f'HTTP {status}'}: {message}"
     if code in THROTTLE_CODES or status == 429:
-        return WriteRetriable(text, cause="throttled")
+        return DynamoRetriable(text, cause="throttled")
     if status >= 500 or code in ("InternalServerError", "ServiceUnavailable"):
-        return WriteRetriable(text, cause="server_error")
+        return DynamoRetriable(text, cause="server_error")
     if code in OPERATIONAL_CODES:
-        return WriteRetriable(text, cause=code)
+        return DynamoRetriable(text, cause=code)
     if not code:
         lowered = message.lower()
         if any(word in lowered for word in _THROTTLE_WORDS):
-            return WriteRetriable(text, cause="throttled")
-        return WriteRetriable(text, cause="bad_response")
-    return WriteRejected(text, cause="rejected")
+            return DynamoRetriable(text, cause="throttled")
+        return DynamoRetriable(text, cause="bad_response")
+    return DynamoRejected(text, cause="rejected")
 
 
-def wrap_error(exc: BaseException) -> WriteError:
-    """Map a botocore/aiohttp error (or anything else) to WriteRetriable or WriteRejected."""
-    if isinstance(exc, WriteError):
+def wrap_error(exc: BaseException) -> DynamoError:
+    """Map a botocore/aiohttp error (or anything else) to DynamoRetriable or DynamoRejected."""
+    if isinstance(exc, DynamoError):
         return exc
     if isinstance(exc, ClientError):
         err = exc.response.get("Error", {})
@@ -175,23 +175,23 @@ def wrap_error(exc: BaseException) -> WriteError:
         return classify(code, status, str(err.get("Message", "")))
     text = f"{type(exc).__name__}: {exc}"
     if isinstance(exc, _CREDENTIAL_ERRORS):
-        return WriteRetriable(f"cannot get AWS credentials: {text}", cause="credentials")
+        return DynamoRetriable(f"cannot get AWS credentials: {text}", cause="credentials")
     if isinstance(exc, ParamValidationError):
-        return WriteRejected(text, cause="rejected")
+        return DynamoRejected(text, cause="rejected")
     if isinstance(exc, BotoCoreError | aiohttp.ClientError | OSError | TimeoutError):
-        return WriteRetriable(text, cause="connection")
-    return WriteRetriable(text, cause="unexpected")
+        return DynamoRetriable(text, cause="connection")
+    return DynamoRetriable(text, cause="unexpected")
 
 
-def bad_response(operation: str, status: int, raw: bytes, why: str) -> WriteRetriable:
+def bad_response(operation: str, status: int, raw: bytes, why: str) -> DynamoRetriable:
     """The error for an answer that is not a DynamoDB answer to ``operation``."""
-    return WriteRetriable(
+    return DynamoRetriable(
         f"{operation} answered HTTP {status} with {why}: {raw[:200]!r}", cause="bad_response"
     )
 
 
 def json_object(operation: str, status: int, raw: bytes) -> dict[str, Any]:
-    """A 2xx body as the JSON object DynamoDB always answers; WriteRetriable otherwise."""
+    """A 2xx body as the JSON object DynamoDB always answers; DynamoRetriable otherwise."""
     try:
         result = orjson.loads(raw)
     except orjson.JSONDecodeError:
@@ -205,7 +205,7 @@ _XML_CODE = re.compile(r"<Code>(.*?)</Code>", re.S)
 _XML_MESSAGE = re.compile(r"<Message>(.*?)</Message>", re.S)
 
 
-def error_answer(status: int, raw: bytes) -> WriteError:
+def error_answer(status: int, raw: bytes) -> DynamoError:
     """The error for a non-2xx answer with body ``raw`` (both clients)."""
     code, message = "", ""
     try:
@@ -233,7 +233,7 @@ def unprocessed_puts(resp: dict[str, Any], table: str) -> list[Item]:
     """The items of a BatchWriteItem answer's ``UnprocessedItems`` (PutRequests on ``table``).
 
     Raises:
-        WriteRetriable: ``bad_response`` when ``UnprocessedItems`` is not what DynamoDB sends.
+        DynamoRetriable: ``bad_response`` when ``UnprocessedItems`` is not what DynamoDB sends.
     """
     left = resp.get("UnprocessedItems")
     if left is None:
@@ -247,7 +247,7 @@ def unprocessed_puts(resp: dict[str, Any], table: str) -> list[Item]:
                 if name == table:
                     out.append(item)
     except (AttributeError, KeyError, TypeError) as exc:
-        raise WriteRetriable(
+        raise DynamoRetriable(
             f"BatchWriteItem answered with malformed UnprocessedItems "
             f"({type(exc).__name__}: {exc}): {str(left)[:200]}",
             cause="bad_response",
@@ -298,7 +298,7 @@ class DynamoClient(BotocoreClient):
             resp = await self.client.batch_write_item(
                 RequestItems={self.table: [{"PutRequest": {"Item": it}} for it in items]}
             )
-        except WriteError:
+        except DynamoError:
             raise
         except Exception as exc:
             raise wrap_error(exc) from exc
@@ -308,7 +308,7 @@ class DynamoClient(BotocoreClient):
         """Any other DynamoDB operation (snake_case name), with errors wrapped."""
         try:
             result: dict[str, Any] = await getattr(self.client, operation)(**kwargs)
-        except WriteError:
+        except DynamoError:
             raise
         except Exception as exc:
             raise wrap_error(exc) from exc
@@ -332,5 +332,5 @@ def _check_answer(operation_model: Any, response_dict: dict[str, Any], **_: Any)
         unprocessed_puts(answer, "")
 
 
-def is_condition_failure(exc: WriteError) -> bool:
+def is_condition_failure(exc: DynamoError) -> bool:
     return "ConditionalCheckFailed" in str(exc)

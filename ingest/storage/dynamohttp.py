@@ -11,10 +11,10 @@ Errors are classified exactly as :func:`ingest.storage.dynamo.wrap_error` does f
 botocore's (see :mod:`ingest.storage.dynamo` for the causes), so the writer's retry
 policy is the same on both paths; the botocore path stays available
 (``writer = "botocore"``) for comparison. Nothing but a
-:class:`~ingest.core.errors.WriteError` leaves :meth:`LeanDynamoClient.request`: a
+:class:`~ingest.core.errors.DynamoError` leaves :meth:`LeanDynamoClient.request`: a
 failed credential refresh, a connection or framing problem, a 200 that is not
 a JSON object, an error page that is not DynamoDB's are all
-:class:`~ingest.core.errors.WriteRetriable` with their cause.
+:class:`~ingest.core.errors.DynamoRetriable` with their cause.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from aiobotocore.session import get_session
 from ingest.aws.httpconn import HttpPool
 from ingest.aws.settings import AwsSettings
 from ingest.aws.sigv4 import Credentials, SigV4Signer
-from ingest.core.errors import WriteRetriable
+from ingest.core.errors import DynamoRetriable
 from ingest.storage.dynamo import error_answer, json_object, unprocessed_puts
 from ingest.storage.layout import Item
 
@@ -89,7 +89,7 @@ class LeanDynamoClient:
             except Exception as exc:
                 raise _credential_error(exc) from exc
             if self._creds is None:
-                raise WriteRetriable(
+                raise DynamoRetriable(
                     "no AWS credentials found (environment, profile, or instance/task role)",
                     cause="credentials",
                 )
@@ -128,8 +128,8 @@ class LeanDynamoClient:
         """Send one operation with a ready JSON body; return the parsed response.
 
         Raises:
-            WriteRetriable: Anything transient, with its cause (see :mod:`ingest.storage.dynamo`).
-            WriteRejected: DynamoDB refused the request (ValidationException…).
+            DynamoRetriable: Anything transient, with its cause (see :mod:`ingest.storage.dynamo`).
+            DynamoRejected: DynamoDB refused the request (ValidationException…).
         """
         if self._http is None:
             raise RuntimeError("LeanDynamoClient is not open")
@@ -144,7 +144,7 @@ class LeanDynamoClient:
         try:
             status, raw = await self._http.post(head, body)
         except (OSError, TimeoutError) as exc:  # all HttpPool.post raises
-            raise WriteRetriable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
+            raise DynamoRetriable(f"{type(exc).__name__}: {exc}", cause="connection") from exc
         if status == 200:
             return json_object(operation, status, raw)
         raise error_answer(status, raw)
@@ -162,8 +162,8 @@ class LeanDynamoClient:
         return await self.request(operation, orjson.dumps(kwargs))
 
 
-def _credential_error(exc: Exception) -> WriteRetriable:
-    return WriteRetriable(
+def _credential_error(exc: Exception) -> DynamoRetriable:
+    return DynamoRetriable(
         f"cannot get AWS credentials from the provider chain: {type(exc).__name__}: {exc}",
         cause="credentials",
     )

@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.dynamo import TableClient, is_condition_failure
 from ingest.storage.layout import (
     late_mark_key,
@@ -36,7 +36,7 @@ async def registry_items(
     """Every registry item with a sensor id, projected to ``names`` (``sid`` always).
 
     A paged Query on each registry partition, never a Scan; errors are the client's
-    (:class:`~ingest.core.errors.WriteError`).
+    (:class:`~ingest.core.errors.DynamoError`).
     """
     fields = ("sid", *(n for n in names if n != "sid"))
     async for it in _partition_items(client, registry_partition_keys(), fields, consistent):
@@ -94,7 +94,7 @@ async def write_late_mark(
     """Mark a sensor's bucket late (create the mark, or move its ``t`` and add ``count``).
 
     Raises:
-        WriteError: the write failed (the client's error).
+        DynamoError: the write failed (the client's error).
     """
     pk, sk = late_mark_key(sensor_id, bucket_start_ms)
     await client.call(
@@ -116,7 +116,7 @@ async def late_marks(client: TableClient) -> list[LateMark]:
     """Every late mark (a strongly consistent, paged Query per partition; never a Scan).
 
     Raises:
-        WriteError: a Query failed (the client's error).
+        DynamoError: a Query failed (the client's error).
     """
     out = []
     async for it in _partition_items(client, late_partition_keys(), ("sid", "b", "t", "n"), True):
@@ -143,7 +143,7 @@ async def clear_late_mark(
         True when cleared (or already cleared); False when it was marked again since.
 
     Raises:
-        WriteError: the update failed for another reason.
+        DynamoError: the update failed for another reason.
     """
     pk, sk = late_mark_key(mark.sensor_id, mark.bucket_start_ms)
     now = time.time() * 1000 if now_ms is None else now_ms
@@ -160,7 +160,7 @@ async def clear_late_mark(
                 ":ttl": {"N": str(int(now // 1000) + _CLEARED_TTL_S)},
             },
         )
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_condition_failure(exc):
             return False
         raise

@@ -18,7 +18,7 @@ call (docs/operations.md has the whole list).
 
 What waiting can heal (DynamoDB unreachable, throttled, a 5xx: see
 :func:`ingest.storage.dynamo.is_transient`) is raised as the client's
-:class:`~ingest.core.errors.WriteRetriable`, so that a caller may retry; what it
+:class:`~ingest.core.errors.DynamoRetriable`, so that a caller may retry; what it
 cannot (a missing table, another layout, access denied) is a
 :class:`~ingest.core.errors.TableError` naming the table.
 """
@@ -35,7 +35,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, TypedDict
 
-from ingest.core.errors import TableError, WriteError
+from ingest.core.errors import DynamoError, TableError
 from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
 from ingest.storage.layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
@@ -128,7 +128,7 @@ async def read_layout(client: DynamoClient) -> TableLayout | None:
             Key={"pk": {"S": LAYOUT_PK}, "sk": {"N": "0"}},
             ConsistentRead=True,
         )
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         if "ResourceNotFoundException" in str(exc):
@@ -144,7 +144,7 @@ async def read_layout(client: DynamoClient) -> TableLayout | None:
 async def _describe(client: DynamoClient) -> dict[str, Any] | None:
     try:
         resp = await client.call("describe_table", TableName=client.table)
-    except WriteError as exc:
+    except DynamoError as exc:
         if "ResourceNotFoundException" in str(exc):
             return None
         if is_transient(exc):
@@ -197,7 +197,7 @@ async def _wait_active(client: DynamoClient, wait_s: float, sleep: Sleep) -> dic
         ) from None
 
 
-def _reject(client: DynamoClient, what: str, exc: WriteError) -> TableError:
+def _reject(client: DynamoClient, what: str, exc: DynamoError) -> TableError:
     if "UnknownOperation" in str(exc):
         return TableError(
             f"cannot {what} on table {client.table!r}: this DynamoDB endpoint does not "
@@ -209,7 +209,7 @@ def _reject(client: DynamoClient, what: str, exc: WriteError) -> TableError:
 async def _update(client: DynamoClient, what: str, **kwargs: Any) -> dict[str, Any]:
     try:
         return await client.call("update_table", TableName=client.table, **kwargs)
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         raise _reject(client, what, exc) from exc
@@ -248,7 +248,7 @@ async def create_table(
             await client.call("create_table", **request)
             created = True
             log.info("created table %s (on-demand)", client.table)
-        except WriteError as exc:
+        except DynamoError as exc:
             if is_transient(exc):
                 raise
             if "ResourceInUseException" not in str(exc):
@@ -289,7 +289,7 @@ async def _ensure_ttl(client: DynamoClient) -> None:
                 TimeToLiveSpecification={"Enabled": True, "AttributeName": "ttl"},
             )
             log.info("enabled TTL on %s.ttl", client.table)
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         if "UnknownOperation" not in str(exc):
@@ -314,13 +314,13 @@ async def _ensure_pitr(client: DynamoClient, wait_s: float, sleep: Sleep) -> Non
                     PointInTimeRecoverySpecification={"PointInTimeRecoveryEnabled": True},
                 )
                 break
-            except WriteError as exc:
+            except DynamoError as exc:
                 # A table created a moment ago: "Backups are being enabled for the table".
                 if "ContinuousBackupsUnavailable" not in str(exc) or time.monotonic() > deadline:
                     raise
                 await sleep(delay * random.uniform(0.5, 1.0))
                 delay = min(delay * 2, _POLL_MAX_S)
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         raise _reject(client, what, exc) from exc
@@ -437,7 +437,7 @@ async def read_archive_policy(client: TableClient) -> ArchivePolicy | None:
     """The archive policy recorded beside the layout record, or None (no archiver ran yet).
 
     Raises:
-        WriteError: the read failed (the client's error).
+        DynamoError: the read failed (the client's error).
     """
     resp = await client.call(
         "get_item", TableName=client.table, Key=_POLICY_KEY, ConsistentRead=True
@@ -450,7 +450,7 @@ async def write_archive_policy(client: DynamoClient, policy: ArchivePolicy) -> N
     """Record the archive policy (replacing the one recorded before).
 
     Raises:
-        WriteError: the write failed (the client's error).
+        DynamoError: the write failed (the client's error).
     """
     await client.call("put_item", TableName=client.table, Item=policy.to_item())
 
@@ -476,7 +476,7 @@ async def describe_features(client: DynamoClient, *, pitr: bool = True) -> dict[
     if pitr:
         try:
             resp = await client.call("describe_continuous_backups", TableName=client.table)
-        except WriteError as exc:
+        except DynamoError as exc:
             if is_transient(exc):
                 raise
             raise _reject(client, "describe point-in-time recovery", exc) from exc
@@ -532,7 +532,7 @@ async def create_backup(client: DynamoClient, name: str) -> BackupInfo:
     """Make an on-demand backup of the table (CreateBackup); the backup as DynamoDB reports it."""
     try:
         resp = await client.call("create_backup", TableName=client.table, BackupName=name)
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         raise _reject(client, "make a backup", exc) from exc
@@ -553,7 +553,7 @@ async def list_backups(client: DynamoClient) -> list[BackupInfo]:
             start = resp.get("LastEvaluatedBackupArn")
             if not start:
                 break
-    except WriteError as exc:
+    except DynamoError as exc:
         if is_transient(exc):
             raise
         raise _reject(client, "list the backups", exc) from exc

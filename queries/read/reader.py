@@ -35,7 +35,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from ingest.core.errors import TableError, WriteError
+from ingest.core.errors import DynamoError, TableError
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import LAYOUT_PK, Reading, TableLayout
 from ingest.storage.table import read_layout
@@ -195,7 +195,7 @@ class TableReader:
             stats.count_call()
             try:
                 resp = await self.client.call(operation, ReturnConsumedCapacity="TOTAL", **kwargs)
-            except WriteError as exc:
+            except DynamoError as exc:
                 raise wrap_read_error(exc) from exc
         stats.add(resp)
         return resp

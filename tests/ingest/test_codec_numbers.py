@@ -18,7 +18,7 @@ import orjson
 import pytest
 
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteRejected
+from ingest.core.errors import DynamoRejected
 from ingest.pipeline.codec import Limits, PayloadDecoder, Rejection
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading, TableLayout, format_number
@@ -183,7 +183,7 @@ async def test_what_the_codec_accepts_dynalite_stores_and_what_it_refuses_dynali
             item = layout.to_item(Reading("dev-1", ts, {"v": value}, {}))
             try:
                 await client.batch_write([item])
-            except WriteRejected as exc:
+            except DynamoRejected as exc:
                 assert "ValidationException" in str(exc) and "Number" in str(exc), exc
                 dynalite.append(False)
                 continue

@@ -3,7 +3,7 @@
 A crafted DynamoDB-API server on loopback (a few lines of asyncio: what real servers
 never do — a 200 that is not JSON, ``[]``, a throttling page in HTML, a truncated
 body) answers the lean client (:mod:`ingest.storage.dynamohttp`) and the botocore one
-(:mod:`ingest.storage.dynamo`); both must raise the same :class:`WriteRetriable` cause, so the
+(:mod:`ingest.storage.dynamo`); both must raise the same :class:`DynamoRetriable` cause, so the
 writer retries instead of dead-lettering or letting the error stop the service. A fake
 container-credentials endpoint (tests/ingest/credentials.py) makes botocore's
 credential refresh fail for real.
@@ -23,7 +23,7 @@ import pytest
 import pytest_asyncio
 
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.core.errors import DynamoRejected, DynamoRetriable
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.pipeline.acks import AckTracker
@@ -214,7 +214,7 @@ async def test_a_bad_answer_is_retriable_with_its_cause(
 ) -> None:
     # After a fresh connection, so the lean client's stale-connection retry is not involved.
     crafted.script = [action]
-    with pytest.raises(WriteRetriable) as info:
+    with pytest.raises(DynamoRetriable) as info:
         await client.batch_write(items())
     assert info.value.cause == cause
     # And the next request gets its own, good answer.
@@ -232,7 +232,7 @@ async def test_dynamodb_validation_errors_are_still_rejections(
             b'"message": "Item size has exceeded the maximum allowed size"}',
         )
     ]
-    with pytest.raises(WriteRejected, match="ValidationException: Item size has exceeded"):
+    with pytest.raises(DynamoRejected, match="ValidationException: Item size has exceeded"):
         await client.batch_write(items())
 
 
@@ -249,7 +249,7 @@ async def test_json_throttling_and_429_json_are_throttled(
     ]
     causes = []
     for _ in range(2):
-        with pytest.raises(WriteRetriable) as info:
+        with pytest.raises(DynamoRetriable) as info:
             await client.batch_write(items())
         causes.append(info.value.cause)
     assert causes == ["throttled", "throttled"]
@@ -270,7 +270,7 @@ async def test_a_request_timeout_is_a_connection_error(crafted: CraftedDynamo) -
             aws_secret_access_key="test",
         ),
     ) as lean:
-        with pytest.raises(WriteRetriable) as info:
+        with pytest.raises(DynamoRetriable) as info:
             await lean.batch_write(items())
     assert info.value.cause == "connection"
 
@@ -294,7 +294,7 @@ async def test_a_failing_credential_refresh_is_retriable(
     ) as lean:
         assert await lean.batch_write(items()) == []
         credential_endpoint.failing = True
-        with pytest.raises(WriteRetriable) as info:
+        with pytest.raises(DynamoRetriable) as info:
             await lean.batch_write(items())
         assert info.value.cause == "credentials"
         assert "container-role" in str(info.value) or "credential" in str(info.value).lower()

@@ -17,7 +17,7 @@ import pytest
 import pytest_asyncio
 
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteRetriable
+from ingest.core.errors import DynamoRetriable
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.dynamo import DynamoClient
@@ -45,10 +45,10 @@ class CountingClient:
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         if operation == "get_item" and self.fail_policy:
             self.fail_policy -= 1
-            raise WriteRetriable("InternalServerError: try again")
+            raise DynamoRetriable("InternalServerError: try again")
         if operation == "update_item" and self.fail_marks and is_mark(kwargs):
             self.fail_marks -= 1
-            raise WriteRetriable("ProvisionedThroughputExceededException: slow down")
+            raise DynamoRetriable("ProvisionedThroughputExceededException: slow down")
         if operation == "update_item":
             self.calls.append(kwargs)
             lowering = kwargs.get("ConditionExpression") == "#fs > :fs"
@@ -57,7 +57,7 @@ class CountingClient:
                     self.fail_lowering -= 1
                 else:
                     self.fail -= 1
-                raise WriteRetriable("ProvisionedThroughputExceededException: slow down")
+                raise DynamoRetriable("ProvisionedThroughputExceededException: slow down")
         return await self.inner.call(operation, **kwargs)
 
 

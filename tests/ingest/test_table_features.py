@@ -21,7 +21,7 @@ import pytest
 
 from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main as cli_main
-from ingest.core.errors import TableError, WriteRejected
+from ingest.core.errors import DynamoRejected, TableError
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import LAYOUT_PK, Reading, TableLayout
 from ingest.storage.reads import read_range
@@ -434,7 +434,7 @@ class GlobalTableScript:
             return {"Table": self._description()}
         if operation == "update_table":
             if self._description()["TableStatus"] != "ACTIVE":
-                raise WriteRejected(
+                raise DynamoRejected(
                     "ResourceInUseException: Attempt to change a resource which is still in use",
                     cause="rejected",
                 )

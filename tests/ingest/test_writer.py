@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import ingest.pipeline.writer
-from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.core.errors import DynamoRejected, DynamoRetriable
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.pipeline.acks import AckTracker
@@ -170,7 +170,7 @@ async def test_throttling_is_retried_with_backoff(h: Harness) -> None:
 
     def plan(call: int, items: list[Item]) -> list[Item]:
         if call < 3:
-            raise WriteRetriable("ThrottlingException: rate exceeded", cause="throttled")
+            raise DynamoRetriable("ThrottlingException: rate exceeded", cause="throttled")
         return []
 
     sink = FakeSink(plan)
@@ -211,7 +211,7 @@ async def test_writer_reports_unhealthy_while_retrying(h: Harness) -> None:
 
     def plan(call: int, items: list[Item]) -> list[Item]:
         if call == 0:
-            raise WriteRetriable("ServiceUnavailable", cause="server_error")
+            raise DynamoRetriable("ServiceUnavailable", cause="server_error")
         assert not writer.healthy
         return []
 
@@ -227,7 +227,7 @@ async def test_rejected_batch_dead_letters_only_the_bad_item(h: Harness) -> None
 
     def plan(call: int, items: list[Item]) -> list[Item]:
         if bad in {key(it) for it in items}:
-            raise WriteRejected("ValidationException: Item size has exceeded the maximum")
+            raise DynamoRejected("ValidationException: Item size has exceeded the maximum")
         return []
 
     sink = FakeSink(plan)
@@ -253,7 +253,7 @@ async def test_retry_deadline_dead_letters_what_is_left(fake_clock: Harness) -> 
     batch = h.batch(4)
 
     def plan(call: int, items: list[Item]) -> list[Item]:
-        raise WriteRetriable("ThrottlingException: rate exceeded", cause="throttled")
+        raise DynamoRetriable("ThrottlingException: rate exceeded", cause="throttled")
 
     sink = FakeSink(plan)
     await h.writer(sink, deadline_s=3.0).write(batch)

@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from ingest.core.errors import WriteRejected, WriteRetriable
+from ingest.core.errors import DynamoRejected, DynamoRetriable
 from ingest.storage.layout import Reading, TableLayout
 from queries.api.app import create_app
 from queries.api.server import ApiServer
@@ -133,11 +133,11 @@ async def test_dynamodb_failure_is_a_503_that_says_so(
 
 
 def test_dynamodb_errors_map_to_502_or_503() -> None:
-    rejected = wrap_read_error(WriteRejected("ValidationException: bad key", cause="rejected"))
+    rejected = wrap_read_error(DynamoRejected("ValidationException: bad key", cause="rejected"))
     assert type(rejected) is ReadFailed
     assert rejected.status == 502
     assert "DynamoDB rejected the read" in str(rejected)
-    retriable = wrap_read_error(WriteRetriable("ThrottlingException: slow", cause="throttled"))
+    retriable = wrap_read_error(DynamoRetriable("ThrottlingException: slow", cause="throttled"))
     assert isinstance(retriable, ReadUnavailable)
     assert retriable.status == 503
 

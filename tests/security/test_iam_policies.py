@@ -30,7 +30,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from ingest.aws.settings import AwsSettings
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.pipeline.service import IngestService
@@ -83,7 +83,7 @@ async def refused(key: Key, aws: IamAws, operation: str, **kwargs: Any) -> str:
     async with DynamoClient(
         table=aws.table, aws=AwsSettings(region=REGION, endpoint_url=aws.endpoint, **key.kwargs())
     ) as client:
-        with pytest.raises(WriteError) as info:
+        with pytest.raises(DynamoError) as info:
             await client.call(operation, **kwargs)
     return str(info.value)
 

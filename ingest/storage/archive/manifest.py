@@ -31,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from ingest.core.errors import WriteError
+from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import SourceError
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, marker_pk, marker_sensor_id
@@ -139,7 +139,7 @@ class Manifest:
         )
 
 
-def _source_error(exc: WriteError, action: str) -> SourceError:
+def _source_error(exc: DynamoError, action: str) -> SourceError:
     return SourceError(f"DynamoDB {action} failed: {exc}", retriable=exc.retriable)
 
 
@@ -181,7 +181,7 @@ async def put_marker(
         kwargs["ExpressionAttributeValues"] = values
     try:
         await client.call("put_item", TableName=client.table, Item=manifest.to_marker(), **kwargs)
-    except WriteError as exc:
+    except DynamoError as exc:
         if "ConditionalCheckFailed" in str(exc):
             return False
         raise _source_error(exc, f"marker write for {manifest.sensor_id}") from exc
@@ -202,7 +202,7 @@ async def _set_on_marker(client: DynamoClient, manifest: Manifest, attr: str, ms
             ExpressionAttributeNames={"#d": attr, "#pk": "pk"},
             ExpressionAttributeValues={":d": {"N": str(ms)}},
         )
-    except WriteError as exc:
+    except DynamoError as exc:
         raise _source_error(exc, f"marker update for {manifest.sensor_id}") from exc
 
 
@@ -225,7 +225,7 @@ async def get_marker(client: DynamoClient, sensor_id: str, bucket_start_ms: int)
             Key={"pk": {"S": marker_pk(sensor_id)}, "sk": {"N": str(bucket_start_ms)}},
             ConsistentRead=True,
         )
-    except WriteError as exc:
+    except DynamoError as exc:
         raise _source_error(exc, f"marker read for {sensor_id}") from exc
     item = resp.get("Item")
     return Manifest.from_marker(item) if item else None
@@ -252,6 +252,6 @@ async def query_markers(
             for item in resp.get("Items", []):
                 m = Manifest.from_marker(item)
                 out[m.bucket_start_ms] = m
-    except WriteError as exc:
+    except DynamoError as exc:
         raise _source_error(exc, f"marker query for {sensor_id}") from exc
     return out
