@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingest.core.errors import DynamoError
+from ingest.core.errors import DynamoError, IngestError
 
 __all__ = [
     "ArchiveReadFailed",
@@ -38,7 +38,7 @@ __all__ = [
 ]
 
 
-class QueryError(Exception):
+class QueryError(IngestError):
     """Base of every error the queries package raises; carries its HTTP status."""
 
     status = 500
