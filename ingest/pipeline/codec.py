@@ -58,6 +58,7 @@ from typing import Any, Literal
 import orjson
 
 from ingest.config import Config
+from ingest.core.ratelimit import TokenBucket
 from ingest.storage.layout import SENSOR_ID_PATTERN, Reading
 
 __all__ = [
@@ -149,9 +150,8 @@ class PayloadDecoder:
         "_any",
         "_exact_doc",
         "_known",
-        "_last_refill",
+        "_new_ids",
         "_payload",
-        "_tokens",
         "_topic",
         "limits",
         "sensor_id_rule",
@@ -183,8 +183,8 @@ class PayloadDecoder:
         # Known sensor id -> its owner: the one topic id the rule lets carry it.
         self._known: dict[str, str] = {s: self._owner(s) for s in known_sensors}
         self._any: str | None = "" if sensor_id_rule == "any" else None
-        self._tokens = float(limits.max_new_sensors_per_minute)
-        self._last_refill = time.monotonic()
+        rate = limits.max_new_sensors_per_minute
+        self._new_ids = TokenBucket(rate / 60, rate, time.monotonic()) if rate else None
         self._exact_doc: tuple[bytes, Any] | None = None
         self._topic = ""  # of the message being decoded (for reasons)
         self._payload = b""  # of the message being decoded (for the rare path of floats)
@@ -266,17 +266,12 @@ class PayloadDecoder:
                 f"sensor_id {sid!r} is new and this worker already tracks "
                 f"max_known_sensors={lim.max_known_sensors} sensors"
             )
-        rate = lim.max_new_sensors_per_minute
-        if rate:
-            now = time.monotonic()
-            self._tokens = min(float(rate), self._tokens + (now - self._last_refill) * rate / 60)
-            self._last_refill = now
-            if self._tokens < 1:
-                return (
-                    f"sensor_id {sid!r} is new and the limit of max_new_sensors_per_minute={rate} "
-                    "is reached (a flood of new ids?)"
-                )
-            self._tokens -= 1
+        new_ids = self._new_ids
+        if new_ids is not None and new_ids.take(time.monotonic()):
+            return (
+                f"sensor_id {sid!r} is new and the limit of max_new_sensors_per_minute="
+                f"{lim.max_new_sensors_per_minute} is reached (a flood of new ids?)"
+            )
         known[sid] = owner
         return None
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from ingest.core.ratelimit import TokenBucket
 from queries.api.apikeys import (
     ApiKey,
     AuthSettings,
@@ -16,7 +17,7 @@ from queries.api.apikeys import (
     hash_token,
     load_keys_file,
 )
-from queries.api.ratelimit import RateLimiter, RateLimitSettings, TokenBucket
+from queries.api.ratelimit import RateLimiter, RateLimitSettings
 from queries.api.settings import ServeSettings
 
 
