@@ -61,6 +61,7 @@ __all__ = [
     "TRANSIENT_CAUSES",
     "BatchSink",
     "DynamoClient",
+    "Queryable",
     "TableClient",
     "bad_response",
     "classify",
@@ -126,16 +127,25 @@ class BatchSink(Protocol):
         ...
 
 
-class TableClient(BatchSink, Protocol):
-    """A DynamoDB client bound to one table, as the stages use it: either implementation
-    (:class:`DynamoClient` on aiobotocore, or :class:`ingest.storage.dynamohttp.LeanDynamoClient`,
-    the lean HTTP writer) fits."""
+class Queryable(Protocol):
+    """What a read needs: the table's name and ``call``. Any DynamoDB client fits, and so
+    does a request's view of :class:`queries.read.reader.TableReader` (its calls counted
+    and bounded)."""
 
-    table: str
+    @property
+    def table(self) -> str:
+        """The table's name."""
+        ...
 
     async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
         """One DynamoDB operation (botocore's snake_case name). Raise DynamoError."""
         ...
+
+
+class TableClient(BatchSink, Queryable, Protocol):
+    """A DynamoDB client bound to one table, as the stages use it: either implementation
+    (:class:`DynamoClient` on aiobotocore, or :class:`ingest.storage.dynamohttp.LeanDynamoClient`,
+    the lean HTTP writer) fits."""
 
 
 def classify(code: str, status: int, message: str) -> DynamoError:

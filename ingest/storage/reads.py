@@ -14,7 +14,7 @@ import heapq
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import Queryable
 from ingest.storage.layout import Item, Reading, TableLayout
 
 __all__ = ["Caller", "follow", "partition_query", "query_pages", "query_partition", "read_range"]
@@ -100,7 +100,7 @@ def partition_query(
 
 
 async def query_partition(
-    client: DynamoClient, pk: str, start_ms: int, end_ms: int, *, descending: bool = False
+    client: Queryable, pk: str, start_ms: int, end_ms: int, *, descending: bool = False
 ) -> list[Item]:
     """All items of one partition with start_ms <= sk <= end_ms, in sk order (TTL not applied)."""
     items: list[Item] = []
@@ -111,7 +111,7 @@ async def query_partition(
 
 
 async def read_range(
-    client: DynamoClient,
+    client: Queryable,
     layout: TableLayout,
     sensor_id: str,
     start_ms: int,

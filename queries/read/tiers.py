@@ -42,7 +42,7 @@ import asyncio
 import functools
 import heapq
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any, Literal, cast
+from typing import TYPE_CHECKING, Any, Literal
 
 from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
@@ -53,7 +53,7 @@ from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
 from queries.read.reader import ReadStats, TableReader
 
 if TYPE_CHECKING:
-    from ingest.storage.dynamo import DynamoClient
+    pass
 
 __all__ = ["BOTH", "COLD", "HOT", "Tier", "markers", "read_bucket", "tiers_json"]
 
@@ -75,8 +75,9 @@ async def markers(
     if reader.cold is None or end_ms < start_ms:
         return {}
     # Through the reader like every other call: the semaphore, the read units, the budget.
-    client = cast("DynamoClient", _ReaderCalls(reader, stats))
-    found = await archive_markers(client, reader.layout, sensor_id, start_ms, end_ms)
+    found = await archive_markers(
+        _ReaderCalls(reader, stats), reader.layout, sensor_id, start_ms, end_ms
+    )
     return {b: m for b, m in found.items() if m.rows > 0}
 
 

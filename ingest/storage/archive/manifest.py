@@ -33,7 +33,7 @@ import orjson
 
 from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import SourceError
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import DynamoClient, Queryable
 from ingest.storage.layout import Item, marker_pk, marker_sensor_id
 from ingest.storage.reads import query_pages
 
@@ -232,7 +232,7 @@ async def get_marker(client: DynamoClient, sensor_id: str, bucket_start_ms: int)
 
 
 async def query_markers(
-    client: DynamoClient, sensor_id: str, first_bucket_ms: int, last_bucket_ms: int
+    client: Queryable, sensor_id: str, first_bucket_ms: int, last_bucket_ms: int
 ) -> dict[int, Manifest]:
     """A sensor's markers with first_bucket_ms <= bucket start <= last_bucket_ms, by bucket start."""
     kwargs: dict[str, Any] = {

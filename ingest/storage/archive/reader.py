@@ -34,21 +34,21 @@ from ingest.storage.archive.manifest import Manifest, query_markers
 from ingest.storage.archive.parquet import decode
 from ingest.storage.archive.paths import date_prefix, parse_key, sensor_prefix
 from ingest.storage.archive.store import S3Store
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import Queryable
 from ingest.storage.layout import Reading, TableLayout, stored_number
 
 __all__ = ["archive_markers", "archived_buckets", "hot_is_complete", "merge_tiers", "read_cold"]
 
 
 async def archive_markers(
-    dynamo: DynamoClient, layout: TableLayout, sensor_id: str, start_ms: int, end_ms: int
+    dynamo: Queryable, layout: TableLayout, sensor_id: str, start_ms: int, end_ms: int
 ) -> dict[int, Manifest]:
     """The sensor's archived buckets overlapping [start_ms, end_ms], by bucket start (one Query)."""
     return await query_markers(dynamo, sensor_id, layout.bucket_start(start_ms), end_ms)
 
 
 async def archived_buckets(
-    dynamo: DynamoClient, layout: TableLayout, sensor_id: str, start_ms: int, end_ms: int
+    dynamo: Queryable, layout: TableLayout, sensor_id: str, start_ms: int, end_ms: int
 ) -> set[int]:
     """Starts of the sensor's archived buckets overlapping [start_ms, end_ms]."""
     return set(await archive_markers(dynamo, layout, sensor_id, start_ms, end_ms))
