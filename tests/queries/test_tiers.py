@@ -526,10 +526,12 @@ async def test_a_series_counts_and_caps_its_marker_query_like_every_other_read(
         client = await stack.enter_async_context(
             _KeyRecordingClient(
                 table=env.dynamo.table,
-                region="us-east-1",
-                endpoint_url=endpoint,
-                aws_access_key_id="test",
-                aws_secret_access_key="test",
+                aws=AwsSettings(
+                    region="us-east-1",
+                    endpoint_url=endpoint,
+                    aws_access_key_id="test",
+                    aws_secret_access_key="test",
+                ),
             )
         )
         session = await stack.enter_async_context(aiohttp.ClientSession())
