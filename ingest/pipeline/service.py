@@ -6,7 +6,8 @@ dead-letter spool, registry}. While DynamoDB does not answer (unreachable,
 throttled, 5xx, credentials not there yet) the start is retried with the write
 backoff for up to ``startup_retry_deadline_s`` (0: forever), with ``/readyz``
 false and saying why, and without subscribing, so the broker keeps the
-session's messages; ``stop`` ends the wait at once. What waiting cannot heal
+session's messages; ``stop`` ends the wait at once
+(:func:`ingest.core.lifecycle.unless_stopped`). What waiting cannot heal
 (a missing table, another layout, access denied) fails at once. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
 was received, flush the open batch, wait for the writers and the spool, send
 the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
@@ -22,14 +23,13 @@ import itertools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ingest.config import Config
 from ingest.core.errors import DynamoUnreachable, WriteError
 from ingest.core.gctune import tuned_gc
+from ingest.core.lifecycle import StopRequested, unless_stopped
 from ingest.core.metrics import HealthServer, Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt import proto as mqttproto
@@ -56,8 +56,6 @@ PACKET_HEADROOM_BYTES = 65_536 + 64
 packet id and properties."""
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 
 def layout_from_config(cfg: Config) -> TableLayout:
@@ -188,16 +186,15 @@ class IngestService:
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     async with deadline:
-                        stopped, opened = await _unless_stopped(self._connect(stack), stop)
+                        opened = await unless_stopped(stop, self._connect(stack))
+                except StopRequested:
+                    return None
                 except (WriteError, TimeoutError) as exc:
                     if isinstance(exc, WriteError) and not is_transient(exc):
                         raise
                     if not deadline.expired():
                         error = exc
                 else:
-                    if stopped:
-                        return None
-                    assert opened is not None
                     outer.push_async_callback(stack.pop_all().aclose)
                     if attempt:
                         log.info("DynamoDB answered after %.1f s", time.monotonic() - started)
@@ -401,24 +398,6 @@ def _cause(error: BaseException | None) -> str:
     if isinstance(error, WriteError):
         return f"{error.cause}: {error}"
     return "no answer" if error is None else f"{type(error).__name__}: {error}"
-
-
-async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> tuple[bool, _T | None]:
-    """Await ``aw`` unless ``stop`` is set first: (True, None) then, ``aw`` cancelled."""
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            # asyncio.wait never raises the task's CancelledError: a cancellation of our
-            # own caller still propagates.
-            await asyncio.wait([task])
-    if task.cancelled():
-        return True, None
-    return False, task.result()
 
 
 async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
