@@ -7,18 +7,42 @@ throttled, 5xx, credentials not there yet) the start is retried with the write
 backoff for up to ``startup_retry_deadline_s`` (0: forever), with ``/readyz``
 false and saying why, and without subscribing, so the broker keeps the
 session's messages; ``stop`` ends the wait at once
-(:func:`ingest.core.lifecycle.unless_stopped`). What waiting cannot heal
-(a missing table, another layout, access denied) fails at once. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
-was received, flush the open batch, wait for the writers and the spool, send
-the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
-within ``shutdown_timeout_s``. Whatever is not durable by then stays
-unacknowledged, and the broker redelivers it on the next start.
+(:func:`ingest.core.lifecycle.unless_stopped`). What waiting cannot heal (a
+missing table, another layout, access denied) fails at once.
+
+The stages are built in the order data flows, each given its collaborators:
+the receiver (which owns the ack tracker: its epochs are the receiver's
+connections), the dead-letter spool, the registry, the writer, the decoder.
+Nothing is wired in afterwards and no stage has its attributes set from outside.
+
+Stop (SIGTERM/SIGINT → ``stop`` event) is one protocol, each step waiting for
+the one before, all within ``shutdown_timeout_s``:
+
+1. **Stop reading**: :meth:`Receiver.stop_intake` pauses the socket, stops
+   reconnecting and closes the inbox. The connection stays open for the PUBACKs.
+2. **Decode what is in the inbox**: closing the inbox is the decoder's end of
+   stream; it decodes every chunk still there, flushes the open batch and returns
+   (:meth:`DecodeStage.run`).
+3. **Flush the batches**: the write queue is joined (every batch written or
+   dead-lettered), then the dead-letter spool (every letter fsync'ed).
+4. **Flush the registry**: before the acknowledgements, because a message may
+   hold its acknowledgement for a registry write.
+5. **Wait for the acks**: every tracked message complete, its PUBACK released in
+   arrival order on the connection it came from.
+6. **Disconnect**: :meth:`Receiver.aclose` sends DISCONNECT (keeping the session);
+   then the tasks still waiting for work (writers, spool, registry) are cancelled.
+
+Whatever is not durable by the deadline stays unacknowledged, and the broker
+redelivers it on the next start; what was written and acknowledged before is
+sent (DISCONNECT runs in a ``finally``, also when the drain is cancelled). A
+second ``stop`` changes nothing: the drain is under way and keeps its order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import ssl
@@ -262,33 +286,25 @@ class IngestService:
         ready: asyncio.Event | None,
     ) -> None:
         cfg, m = self.config, self.metrics
-        receiver: Receiver | None = None
-
-        def send_acks(ids: list[int]) -> None:
-            if receiver is not None:
-                receiver.send_acks(ids)
-
-        acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
         inbox = Inbox(cfg.inbox_max_messages)
         write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
-
-        def republish(entries: list[DeadLetter]) -> None:
-            if cfg.deadletter_topic and receiver is not None:
-                receiver.republish(cfg.deadletter_topic, [e.to_json() for e in entries])
-
-        spool = self._spool = DeadLetterSpool(
-            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
-        )
-        registry = SensorRegistry(
-            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
-        )
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self.mqtt_url),
             subscription=cfg.subscription,
             inbox=inbox,
-            acks=acks,
             metrics=m,
             backoff=Backoff(base_ms=cfg.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt_reconnect_max_ms),
+        )
+        acks = receiver.acks
+        topic = cfg.deadletter_topic
+        spool = self._spool = DeadLetterSpool(
+            Path(cfg.data_dir) / "deadletters",
+            acks=acks,
+            metrics=m,
+            on_kept=None if not topic else functools.partial(_republish, receiver, topic),
+        )
+        registry = SensorRegistry(
+            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
         )
         writer = self._writer = Writer(
             sink=client,
@@ -328,9 +344,9 @@ class IngestService:
         )
 
         async with asyncio.TaskGroup() as tg:
+            decoding = tg.create_task(decoder.run(), name="decoder")
             tasks = [
                 tg.create_task(receiver.run(), name="receiver"),
-                tg.create_task(decoder.run(), name="decoder"),
                 tg.create_task(spool.run(), name="deadletters"),
                 tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
                 tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
@@ -348,39 +364,38 @@ class IngestService:
             with tuned_gc(cfg.gc_young_threshold):
                 await stopped
             connected.cancel()
-            await self._drain(receiver, decoder, write_queue, spool, registry, acks)
-            for t in tasks:
+            await self._drain(receiver, decoding, write_queue, spool, registry, acks)
+            for t in [decoding, *tasks]:
                 t.cancel()
 
     async def _drain(
         self,
         receiver: Receiver,
-        decoder: DecodeStage,
+        decoding: asyncio.Task[None],
         write_queue: asyncio.Queue[Batch],
         spool: DeadLetterSpool,
         registry: SensorRegistry,
         acks: AckTracker,
     ) -> None:
+        """The stop protocol (the module docstring): each step waits for the one before."""
         log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
-        receiver.stop_intake()
-        decoder.stopping = True
-        decoder.inbox.put(0, 0, [])  # wake the decoder
+        receiver.stop_intake()  # 1. stop reading: the inbox is closed
         try:
             async with asyncio.timeout(self.config.shutdown_timeout_s):
-                await decoder.drained.wait()
-                await write_queue.join()
+                await asyncio.wait([decoding])  # 2. the decoder returns once the inbox is empty
+                await write_queue.join()  # 3. every batch written or dead-lettered
                 await spool.drain()
-                # Before the acks: a message may hold its acknowledgement for a registry write.
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # 4. before the acks (see the docstring)
                     await registry.flush(everything=True)
-                await acks.wait_idle()
+                await acks.wait_idle()  # 5. every PUBACK released
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "
                 "and the broker will redeliver them",
                 len(acks),
             )
-        await receiver.close()
+        finally:
+            await receiver.aclose()  # 6. DISCONNECT, keeping the session
         log.info("stopped")
 
     async def _gauges(
@@ -398,6 +413,11 @@ def _cause(error: BaseException | None) -> str:
     if isinstance(error, WriteError):
         return f"{error.cause}: {error}"
     return "no answer" if error is None else f"{type(error).__name__}: {error}"
+
+
+def _republish(receiver: Receiver, topic: str, entries: list[DeadLetter]) -> None:
+    """Copies of the dead letters just kept, best effort, to ``deadletter_topic``."""
+    receiver.republish(topic, [e.to_json() for e in entries])
 
 
 async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:
