@@ -13,7 +13,8 @@ then: starting, stuck reconnecting, running or draining. The watchdog is disarme
 the command has returned, so a command run in-process (tests) never ends its host.
 
 While starting, :func:`unless_stopped` abandons a step (a server still coming up, a
-connection) as soon as ``stop`` is set, so a stop never waits for a startup to finish.
+connection, the ingest service's first DynamoDB calls) as soon as ``stop`` is set, so a
+stop never waits for a startup to finish.
 """
 
 from __future__ import annotations

@@ -10,6 +10,10 @@ on the publishers. The decoder registers each message with the ack tracker
 in arrival order, turns readings into items and fills batches; a full batch
 waits for room in the bounded write queue, which is how a slow DynamoDB
 slows intake instead of growing memory.
+
+The inbox ends like a memory stream (anyio's): the receiver, its only writer,
+closes it when intake stops; the decoder decodes what it still holds, flushes
+the open batch and returns. No sentinel, no flag set from outside.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 
+from ingest.core.errors import IngestError
 from ingest.core.metrics import Metrics
 from ingest.mqtt.client import Message
 from ingest.pipeline.acks import AckTracker
@@ -30,13 +35,20 @@ from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.layout import TableLayout
 from ingest.storage.spool import DeadLetter
 
-__all__ = ["DecodeStage", "Inbox"]
+__all__ = ["DecodeStage", "Inbox", "InboxClosed"]
 
 log = logging.getLogger(__name__)
 
 
+class InboxClosed(IngestError):
+    """A chunk was put into a closed inbox (a bug: the receiver stops putting when it closes it)."""
+
+
 class Inbox:
     """Chunks of received messages waiting for the decoder (bounded by pausing the receiver).
+
+    Closing it is the end of the stream: what it holds is still taken, nothing more
+    may be put, and :meth:`wait` returns at once when it is empty.
 
     Args:
         max_messages: Depth at which :attr:`full` turns true.
@@ -47,9 +59,20 @@ class Inbox:
         self.resume_below = max_messages // 2
         self._chunks: deque[tuple[int, int, list[Message]]] = deque()
         self.messages = 0
+        self.closed = False
         self._event = asyncio.Event()
 
     def put(self, epoch: int, received_ms: int, chunk: list[Message]) -> None:
+        """Append one chunk received on connection ``epoch``.
+
+        Raises:
+            InboxClosed: The inbox was closed.
+        """
+        if self.closed:
+            raise InboxClosed(
+                f"inbox closed: {len(chunk)} messages received after intake stopped "
+                "(they are not tracked, so never acknowledged: the broker redelivers them)"
+            )
         self._chunks.append((epoch, received_ms, chunk))
         self.messages += len(chunk)
         self._event.set()
@@ -66,8 +89,14 @@ class Inbox:
         self.messages -= len(item[2])
         return item
 
+    def close(self) -> None:
+        """End the stream: the decoder takes what is left, then returns. Safe to call twice."""
+        self.closed = True
+        self._event.set()
+
     async def wait(self) -> None:
-        while not self._chunks:
+        """Wait until the inbox holds a chunk, or is closed."""
+        while not self._chunks and not self.closed:
             self._event.clear()
             await self._event.wait()
 
@@ -125,8 +154,6 @@ class DecodeStage:
         self._registry = registry
         self._m = metrics
         self._on_drained = on_drained
-        self.stopping = False
-        self.drained = asyncio.Event()
 
     async def _flush(self) -> None:
         batch = self._batcher.take()
@@ -135,30 +162,31 @@ class DecodeStage:
             await self._write_queue.put(batch)
 
     async def run(self) -> None:
-        """Decode until cancelled; once :attr:`stopping` and empty, flush and set :attr:`drained`."""
+        """Decode until the inbox is closed and empty; then flush the open batch and return.
+
+        Every message taken from the inbox is tracked and its items are in a batch on
+        the write queue (or its dead letters queued) when this returns.
+        """
         inbox = self.inbox
         batcher = self._batcher
         while True:
             if not inbox:
-                if self.stopping:
+                if inbox.closed:
                     await self._flush()
-                    self.drained.set()
-                    await inbox.wait()
-                    continue
+                    return
                 due = batcher.due_in_s()
                 if due is None:
                     await inbox.wait()
-                else:
-                    if due > 0:
-                        try:
-                            async with asyncio.timeout(due):
-                                await inbox.wait()
-                        except TimeoutError:
-                            pass
-                    if not inbox or batcher.due_in_s() == 0:
-                        await self._flush()
                     continue
-            self.drained.clear()
+                if due > 0:
+                    try:
+                        async with asyncio.timeout(due):
+                            await inbox.wait()
+                    except TimeoutError:
+                        pass
+                if not inbox or batcher.due_in_s() == 0:
+                    await self._flush()
+                continue
             await self._decode_chunk(*inbox.get_nowait())
             self._m.inbox_depth.set(inbox.messages)
             self._on_drained()

@@ -13,6 +13,15 @@ stamped with the new connection (and acknowledged on it), or the broker keeps
 them in flight forever. The inbox bound holds from the first byte too: the
 connection is the receiver's current one from the start, so a burst during
 connect pauses it like any other.
+
+The receiver owns the ack tracker (:attr:`Receiver.acks`): its epochs are the
+receiver's connections and its PUBACKs go out on the current one, so nothing
+has to be wired into the receiver after it is built. Its end, in the drain's
+order: :meth:`Receiver.stop_intake` stops reading and closes the inbox (the
+decoder ends once it has taken what is there) while acknowledgements still go
+out; :meth:`Receiver.aclose` sends DISCONNECT, keeping the persistent session,
+and :meth:`Receiver.run` returns. A cancelled receiver disconnects too, so the
+PUBACKs already released reach the broker.
 """
 
 from __future__ import annotations
@@ -21,6 +30,8 @@ import asyncio
 import functools
 import logging
 import time
+from types import TracebackType
+from typing import Self
 
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
@@ -35,13 +46,14 @@ log = logging.getLogger(__name__)
 
 
 class Receiver:
-    """Keeps one subscription alive and feeds the inbox.
+    """Keeps one subscription alive, feeds the inbox and sends the acknowledgements.
+
+    An async context manager: leaving it closes the receiver (:meth:`aclose`).
 
     Args:
         settings: MQTT connection settings.
         subscription: Topic filter (possibly ``$share/GROUP/…``).
-        inbox: Where message chunks go.
-        acks: Ack tracker (its epochs follow our connections).
+        inbox: Where message chunks go; the receiver is its only writer and closes it.
         metrics: Metrics.
         backoff: Reconnect backoff.
     """
@@ -52,23 +64,40 @@ class Receiver:
         settings: MqttSettings,
         subscription: str,
         inbox: Inbox,
-        acks: AckTracker,
         metrics: Metrics,
         backoff: Backoff,
     ) -> None:
         self._settings = settings
         self._subscription = subscription
         self._inbox = inbox
-        self._acks = acks
         self._m = metrics
         self._backoff = backoff
         self._conn: MqttConnection | None = None
         self._stopping = False
+        self._closed = False
         self._paused = False
+        self.acks = AckTracker(self._send_acks, on_complete=metrics.messages_acked.inc)
+        """The ack tracker: every stage that completes messages is given this one."""
         self.connected = asyncio.Event()
         self.last_error: str | None = None
 
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
     def _on_messages(self, epoch: int, chunk: list[Message]) -> None:
+        if self._inbox.closed:
+            # Read after intake stopped (reading is paused then, so this is not expected):
+            # not tracked, so never acknowledged, and the broker redelivers them.
+            log.debug("%d messages received after intake stopped: left to the broker", len(chunk))
+            return
         self._inbox.put(epoch, int(time.time() * 1000), chunk)
         if self._inbox.full and not self._paused and self._conn is not None:
             self._paused = True
@@ -81,7 +110,7 @@ class Receiver:
             if self._conn is not None:
                 self._conn.resume_reading()
 
-    def send_acks(self, packet_ids: list[int]) -> None:
+    def _send_acks(self, packet_ids: list[int]) -> None:
         """PUBACKs for the current connection (the tracker filters older epochs)."""
         if self._conn is not None:
             self._conn.ack(packet_ids)
@@ -102,7 +131,17 @@ class Receiver:
             log.info("dead-letter copies to %r not published: %s", topic, exc)
 
     async def run(self) -> None:
-        """Connect, subscribe, wait for the connection to drop, reconnect; until stopped."""
+        """Connect, subscribe, wait for the connection to drop, reconnect; until stopped.
+
+        Returns once intake has stopped and the connection is closed (:meth:`aclose`, or
+        the broker went away while stopping).
+
+        Raises:
+            RuntimeError: The receiver was closed already (make a new one).
+            MqttError: The broker refused us for a reason retrying cannot fix.
+        """
+        if self._closed:
+            raise RuntimeError("the receiver is closed: make a new one to receive again")
         attempt = 0
         s = self._settings
         first = True
@@ -110,16 +149,16 @@ class Receiver:
             if not first:
                 self._m.mqtt_reconnects.inc()
             first = False
-            epoch = self._acks.new_epoch()
+            epoch = self.acks.new_epoch()
             conn = MqttConnection(s, functools.partial(self._on_messages, epoch))
             self._conn, self._paused = conn, False
             try:
                 await conn.open()
                 await conn.subscribe([(self._subscription, 1)])
-            except MqttError as exc:
+            except BaseException as exc:  # also cancelled while connecting: close the socket
                 self._conn = None
                 await conn.close()
-                if not exc.retriable:
+                if not isinstance(exc, MqttError) or not exc.retriable:
                     raise
                 self.last_error = str(exc)
                 delay = self._backoff.delay_s(attempt)
@@ -144,26 +183,30 @@ class Receiver:
                 await conn.wait_closed()
             except MqttError as exc:
                 self.last_error = str(exc)
-                log.warning("%s; reconnecting", exc)
+                log.warning("%s; %s", exc, "stopping" if self._stopping else "reconnecting")
             finally:
                 self._conn = None
                 self.connected.clear()
                 self._m.mqtt_connected.set(0)
                 if conn.resends_dropped:
                     self._m.mqtt_resends_dropped.inc(conn.resends_dropped)
+                # Cancelled while connected: DISCONNECT, so the PUBACKs already written
+                # reach the broker (a no-op when the connection is closed already).
+                await conn.close()
             if not self._stopping:
                 await asyncio.sleep(self._backoff.delay_s(0))
-        await asyncio.Event().wait()  # stopped: idle until the service cancels us
 
     def stop_intake(self) -> None:
-        """Stop reading new messages and stop reconnecting (acks still go out)."""
+        """Stop reading, stop reconnecting and close the inbox; acks still go out. Idempotent."""
         self._stopping = True
+        self._inbox.close()
         if self._conn is not None:
             self._conn.pause_reading()
 
-    async def close(self) -> None:
-        """DISCONNECT, keeping the persistent session; safe to call twice."""
-        self._stopping = True
+    async def aclose(self) -> None:
+        """Stop intake and DISCONNECT, keeping the persistent session; safe to call twice."""
+        self.stop_intake()
+        self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
             await conn.close()

@@ -6,30 +6,54 @@ dead-letter spool, registry}. While DynamoDB does not answer (unreachable,
 throttled, 5xx, credentials not there yet) the start is retried with the write
 backoff for up to ``startup_retry_deadline_s`` (0: forever), with ``/readyz``
 false and saying why, and without subscribing, so the broker keeps the
-session's messages; ``stop`` ends the wait at once. What waiting cannot heal
-(a missing table, another layout, access denied) fails at once. Stop (SIGTERM/SIGINT → ``stop`` event): stop intake, decode what
-was received, flush the open batch, wait for the writers and the spool, send
-the PUBACKs that are now due, DISCONNECT (keeping the session), close — all
-within ``shutdown_timeout_s``. Whatever is not durable by then stays
-unacknowledged, and the broker redelivers it on the next start.
+session's messages; ``stop`` ends the wait at once
+(:func:`ingest.core.lifecycle.unless_stopped`). What waiting cannot heal (a
+missing table, another layout, access denied) fails at once.
+
+The stages are built in the order data flows, each given its collaborators:
+the receiver (which owns the ack tracker: its epochs are the receiver's
+connections), the dead-letter spool, the registry, the writer, the decoder.
+Nothing is wired in afterwards and no stage has its attributes set from outside.
+
+Stop (SIGTERM/SIGINT → ``stop`` event) is one protocol, each step waiting for
+the one before, all within ``shutdown_timeout_s``:
+
+1. **Stop reading**: :meth:`Receiver.stop_intake` pauses the socket, stops
+   reconnecting and closes the inbox. The connection stays open for the PUBACKs.
+2. **Decode what is in the inbox**: closing the inbox is the decoder's end of
+   stream; it decodes every chunk still there, flushes the open batch and returns
+   (:meth:`DecodeStage.run`).
+3. **Flush the batches**: the write queue is joined (every batch written or
+   dead-lettered), then the dead-letter spool (every letter fsync'ed).
+4. **Flush the registry**: before the acknowledgements, because a message may
+   hold its acknowledgement for a registry write.
+5. **Wait for the acks**: every tracked message complete, its PUBACK released in
+   arrival order on the connection it came from.
+6. **Disconnect**: :meth:`Receiver.aclose` sends DISCONNECT (keeping the session);
+   then the tasks still waiting for work (writers, spool, registry) are cancelled.
+
+Whatever is not durable by the deadline stays unacknowledged, and the broker
+redelivers it on the next start; what was written and acknowledged before is
+sent (DISCONNECT runs in a ``finally``, also when the drain is cancelled). A
+second ``stop`` changes nothing: the drain is under way and keeps its order.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import logging
 import ssl
 import time
-from collections.abc import Awaitable
 from pathlib import Path
-from typing import TypeVar
 from urllib.parse import urlsplit
 
 from ingest.config import Config
 from ingest.core.errors import DynamoError, DynamoUnreachable
 from ingest.core.gctune import tuned_gc
+from ingest.core.lifecycle import StopRequested, unless_stopped
 from ingest.core.metrics import HealthServer, Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt import proto as mqttproto
@@ -56,8 +80,6 @@ PACKET_HEADROOM_BYTES = 65_536 + 64
 packet id and properties."""
 
 log = logging.getLogger(__name__)
-
-_T = TypeVar("_T")
 
 
 def layout_from_config(cfg: Config) -> TableLayout:
@@ -188,16 +210,15 @@ class IngestService:
             async with contextlib.AsyncExitStack() as stack:
                 try:
                     async with deadline:
-                        stopped, opened = await _unless_stopped(self._connect(stack), stop)
+                        opened = await unless_stopped(stop, self._connect(stack))
+                except StopRequested:
+                    return None
                 except (DynamoError, TimeoutError) as exc:
                     if isinstance(exc, DynamoError) and not is_transient(exc):
                         raise
                     if not deadline.expired():
                         error = exc
                 else:
-                    if stopped:
-                        return None
-                    assert opened is not None
                     outer.push_async_callback(stack.pop_all().aclose)
                     if attempt:
                         log.info("DynamoDB answered after %.1f s", time.monotonic() - started)
@@ -259,33 +280,25 @@ class IngestService:
         ready: asyncio.Event | None,
     ) -> None:
         cfg, m = self.config, self.metrics
-        receiver: Receiver | None = None
-
-        def send_acks(ids: list[int]) -> None:
-            if receiver is not None:
-                receiver.send_acks(ids)
-
-        acks = AckTracker(send_acks, on_complete=m.messages_acked.inc)
         inbox = Inbox(cfg.inbox_max_messages)
         write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
-
-        def republish(entries: list[DeadLetter]) -> None:
-            if cfg.deadletter_topic and receiver is not None:
-                receiver.republish(cfg.deadletter_topic, [e.to_json() for e in entries])
-
-        spool = self._spool = DeadLetterSpool(
-            Path(cfg.data_dir) / "deadletters", acks=acks, metrics=m, on_kept=republish
-        )
-        registry = SensorRegistry(
-            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
-        )
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self.mqtt_url),
             subscription=cfg.subscription,
             inbox=inbox,
-            acks=acks,
             metrics=m,
             backoff=Backoff(base_ms=cfg.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt_reconnect_max_ms),
+        )
+        acks = receiver.acks
+        topic = cfg.deadletter_topic
+        spool = self._spool = DeadLetterSpool(
+            Path(cfg.data_dir) / "deadletters",
+            acks=acks,
+            metrics=m,
+            on_kept=None if not topic else functools.partial(_republish, receiver, topic),
+        )
+        registry = SensorRegistry(
+            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
         )
         writer = self._writer = Writer(
             sink=client,
@@ -301,17 +314,7 @@ class IngestService:
                 sensor_topic_level=cfg.topic_sensor_level,
                 sensor_id_rule=cfg.sensor_id_rule,
                 sensor_id_separator=cfg.sensor_id_separator,
-                limits=Limits(
-                    max_message_bytes=cfg.max_message_bytes,
-                    max_readings_per_message=cfg.max_readings_per_message,
-                    max_metrics_per_reading=cfg.max_metrics_per_reading,
-                    max_tag_length=cfg.max_tag_length,
-                    max_past_ms=cfg.effective_max_past_ms,
-                    max_future_ms=cfg.max_future_ms,
-                    max_new_sensors_per_minute=cfg.max_new_sensors_per_minute,
-                    max_known_sensors=cfg.max_known_sensors,
-                    require_ts=cfg.require_ts,
-                ),
+                limits=Limits.from_config(cfg),
                 known_sensors=known_sensors,
             ),
             layout=self.layout,
@@ -325,9 +328,9 @@ class IngestService:
         )
 
         async with asyncio.TaskGroup() as tg:
+            decoding = tg.create_task(decoder.run(), name="decoder")
             tasks = [
                 tg.create_task(receiver.run(), name="receiver"),
-                tg.create_task(decoder.run(), name="decoder"),
                 tg.create_task(spool.run(), name="deadletters"),
                 tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
                 tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
@@ -345,39 +348,38 @@ class IngestService:
             with tuned_gc(cfg.gc_young_threshold):
                 await stopped
             connected.cancel()
-            await self._drain(receiver, decoder, write_queue, spool, registry, acks)
-            for t in tasks:
+            await self._drain(receiver, decoding, write_queue, spool, registry, acks)
+            for t in [decoding, *tasks]:
                 t.cancel()
 
     async def _drain(
         self,
         receiver: Receiver,
-        decoder: DecodeStage,
+        decoding: asyncio.Task[None],
         write_queue: asyncio.Queue[Batch],
         spool: DeadLetterSpool,
         registry: SensorRegistry,
         acks: AckTracker,
     ) -> None:
+        """The stop protocol (the module docstring): each step waits for the one before."""
         log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
-        receiver.stop_intake()
-        decoder.stopping = True
-        decoder.inbox.put(0, 0, [])  # wake the decoder
+        receiver.stop_intake()  # 1. stop reading: the inbox is closed
         try:
             async with asyncio.timeout(self.config.shutdown_timeout_s):
-                await decoder.drained.wait()
-                await write_queue.join()
+                await asyncio.wait([decoding])  # 2. the decoder returns once the inbox is empty
+                await write_queue.join()  # 3. every batch written or dead-lettered
                 await spool.drain()
-                # Before the acks: a message may hold its acknowledgement for a registry write.
-                with contextlib.suppress(Exception):
+                with contextlib.suppress(Exception):  # 4. before the acks (see the docstring)
                     await registry.flush(everything=True)
-                await acks.wait_idle()
+                await acks.wait_idle()  # 5. every PUBACK released
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "
                 "and the broker will redeliver them",
                 len(acks),
             )
-        await receiver.close()
+        finally:
+            await receiver.aclose()  # 6. DISCONNECT, keeping the session
         log.info("stopped")
 
     async def _gauges(
@@ -397,22 +399,9 @@ def _cause(error: BaseException | None) -> str:
     return "no answer" if error is None else f"{type(error).__name__}: {error}"
 
 
-async def _unless_stopped(aw: Awaitable[_T], stop: asyncio.Event) -> tuple[bool, _T | None]:
-    """Await ``aw`` unless ``stop`` is set first: (True, None) then, ``aw`` cancelled."""
-    task = asyncio.ensure_future(aw)
-    stopper = asyncio.ensure_future(stop.wait())
-    try:
-        await asyncio.wait([task, stopper], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        stopper.cancel()
-        if not task.done():
-            task.cancel()
-            # asyncio.wait never raises the task's CancelledError: a cancellation of our
-            # own caller still propagates.
-            await asyncio.wait([task])
-    if task.cancelled():
-        return True, None
-    return False, task.result()
+def _republish(receiver: Receiver, topic: str, entries: list[DeadLetter]) -> None:
+    """Copies of the dead letters just kept, best effort, to ``deadletter_topic``."""
+    receiver.republish(topic, [e.to_json() for e in entries])
 
 
 async def _stopped_within(stop: asyncio.Event, delay_s: float) -> bool:

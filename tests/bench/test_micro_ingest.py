@@ -173,12 +173,11 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
     )
     async with asyncio.TaskGroup() as tg:
         tasks = [tg.create_task(writer.run(queue)) for _ in range(4)]
-        tasks.append(tg.create_task(stage.run()))
+        decoding = tg.create_task(stage.run())
         for i in range(0, len(messages), 20):  # chunks of 20, as from one socket read
             stage.inbox.put(epoch, NOW_MS, messages[i : i + 20])
-        stage.stopping = True
-        stage.inbox.put(epoch, NOW_MS, [])
-        await stage.drained.wait()
+        stage.inbox.close()
+        await decoding  # returns once every message is decoded and its batch queued
         await queue.join()
         for t in tasks:
             t.cancel()

@@ -130,7 +130,6 @@ def test_republishing_dead_letters_on_a_closing_connection_drops_them_quietly() 
     """Dead-letter copies are best effort: a closing connection must not raise into the spool."""
     from ingest.core.metrics import Metrics
     from ingest.core.retry import Backoff
-    from ingest.pipeline.acks import AckTracker
     from ingest.pipeline.decode import Inbox
     from ingest.pipeline.receiver import Receiver
 
@@ -140,7 +139,6 @@ def test_republishing_dead_letters_on_a_closing_connection_drops_them_quietly() 
             settings=settings,
             subscription="a/+",
             inbox=Inbox(100),
-            acks=AckTracker(lambda _: None),
             metrics=Metrics(),
             backoff=Backoff(base_ms=10, cap_ms=10),
         )
