@@ -109,9 +109,9 @@ MAX_CONTENT_BYTES: Final = 64 * 2**20
 """Largest decompressed content written or read (an item is ≤ 400 KB; zstd may expand a
 constant column 30,000-fold, so a reader bounds what it inflates)."""
 
-U64 = npt.NDArray[np.uint64]
-I64 = npt.NDArray[np.int64]
-F64 = npt.NDArray[np.float64]
+_U64 = npt.NDArray[np.uint64]
+_I64 = npt.NDArray[np.int64]
+_F64 = npt.NDArray[np.float64]
 
 _LEVEL: Final = 3
 _FLAG_TAGS, _FLAG_MISSING = 1, 2
@@ -167,7 +167,7 @@ class _Column:
     name: str
     mode: int  # _INT, _UINT, or _XOR for any float column (encode picks XOR or decimal)
     values: npt.NDArray[Any]
-    present: I64 | None  # indices of the readings that have it; None: every reading
+    present: _I64 | None  # indices of the readings that have it; None: every reading
 
 
 def encode_window(readings: Iterable[Reading]) -> bytes:
@@ -316,7 +316,7 @@ def _mixed_columns(name: str, col: list[Any]) -> list[_Column]:
     return out
 
 
-def _finite(name: str, v: F64) -> F64:
+def _finite(name: str, v: _F64) -> _F64:
     if not bool(np.isfinite(v).all()):
         bad = v[~np.isfinite(v)][0]
         raise PackedEncodeError(
@@ -355,7 +355,7 @@ def _encode_values(c: _Column) -> tuple[bytes, bytes]:
     return head, body + exceptions
 
 
-def _decimals(v: F64) -> tuple[int, I64, I64] | None:
+def _decimals(v: _F64) -> tuple[int, _I64, _I64] | None:
     """``(d, k, exceptions)`` with ``k / 10**d`` bit-identical to ``v`` but at the
     ``exceptions`` (at most 1/16 of the values; an exception's ``k`` repeats the last
     good one so the deltas stay small), or None.
@@ -374,7 +374,7 @@ def _decimals(v: F64) -> tuple[int, I64, I64] | None:
             guesses.append(0 if frac == "0" else len(frac))
     if not guesses:
         return None
-    best: tuple[int, I64, I64] | None = None
+    best: tuple[int, _I64, _I64] | None = None
     allowed = v.size // 16
     target = v.view(np.uint64)
     for d in range(max(guesses), min(max(guesses) + 2, _MAX_DECIMALS) + 1):
@@ -398,19 +398,19 @@ def _decimals(v: F64) -> tuple[int, I64, I64] | None:
     return d, k[last], bad
 
 
-def _wrapping_deltas(u: U64) -> U64:
-    out: U64 = u[1:] - u[:-1]  # uint64 arithmetic wraps: exact for any int64 or uint64
+def _wrapping_deltas(u: _U64) -> _U64:
+    out: _U64 = u[1:] - u[:-1]  # uint64 arithmetic wraps: exact for any int64 or uint64
     return out
 
 
-def _zigzag(u: U64) -> U64:
+def _zigzag(u: _U64) -> _U64:
     """Small signed deltas (as uint64 bit patterns) to small unsigned ones."""
-    out: U64 = (u << _ONE) ^ (_ZERO - (u >> np.uint64(63)))
+    out: _U64 = (u << _ONE) ^ (_ZERO - (u >> np.uint64(63)))
     return out
 
 
-def _unzigzag(z: U64) -> U64:
-    out: U64 = (z >> _ONE) ^ (_ZERO - (z & _ONE))
+def _unzigzag(z: _U64) -> _U64:
+    out: _U64 = (z >> _ONE) ^ (_ZERO - (z & _ONE))
     return out
 
 
@@ -422,7 +422,7 @@ def _unzigzag_int(z: int) -> int:
     return z >> 1 if not z & 1 else -(z >> 1) - 1
 
 
-def _narrow(u: U64) -> tuple[int, bytes]:
+def _narrow(u: _U64) -> tuple[int, bytes]:
     """The narrowest byte width holding every value, and the values byte-shuffled in it."""
     top = int(u.max()) if u.size else 0
     if top == 0:
@@ -434,7 +434,7 @@ def _narrow(u: U64) -> tuple[int, bytes]:
     return width, narrowed.view(np.uint8).reshape(-1, width).T.tobytes()
 
 
-def _encode_missing(present: I64 | None, n: int) -> bytes:
+def _encode_missing(present: _I64 | None, n: int) -> bytes:
     if present is None:
         return b"\x00"
     mask = np.zeros(n, dtype=np.bool_)
@@ -619,7 +619,7 @@ def _parse(cur: _Cursor) -> list[Reading]:
     if (ts_head.mode, ts_head.decimals, ts_head.exceptions) != (_INT, 0, 0):
         raise PackedDecodeError("packed item is corrupt: its timestamps' head is not mode 1")
     heads = [_read_head(cur) for _ in range(m)]
-    present: list[I64 | None] = [None] * m
+    present: list[_I64 | None] = [None] * m
     if flags & _FLAG_MISSING:
         present = [_read_missing(cur, n) for _ in range(m)]
     seen: dict[tuple[str, int], None] = {}
@@ -658,7 +658,7 @@ def _read_head(cur: _Cursor) -> _Head:
     return _Head(mode, decimals, width, first, exceptions)
 
 
-def _read_missing(cur: _Cursor, n: int) -> I64 | None:
+def _read_missing(cur: _Cursor, n: int) -> _I64 | None:
     absent = cur.varint(n - 1)
     if absent == 0:
         return None
@@ -708,7 +708,7 @@ def _read_tags(cur: _Cursor, n: int) -> list[tuple[int, dict[str, str]]]:
     return segments
 
 
-def _read_body(cur: _Cursor, head: _Head, count: int) -> U64:
+def _read_body(cur: _Cursor, head: _Head, count: int) -> _U64:
     """Values of a delta or XOR body, as uint64 bit patterns."""
     out = np.empty(count, np.uint64)
     out[0] = np.uint64(head.first % 2**64)
@@ -739,7 +739,7 @@ def _read_values(cur: _Cursor, head: _Head, count: int) -> npt.NDArray[Any]:
     if head.mode == _UINT:
         return bits
     if head.mode == _XOR:
-        values: F64 = bits.view(np.float64)
+        values: _F64 = bits.view(np.float64)
     else:
         values = bits.view(np.int64) / _POW10[head.decimals]
         if head.exceptions:
@@ -755,10 +755,10 @@ def _read_values(cur: _Cursor, head: _Head, count: int) -> npt.NDArray[Any]:
 
 def _readings(
     sensor_id: str,
-    ts: I64,
+    ts: _I64,
     names: list[str],
     columns: list[npt.NDArray[Any]],
-    present: list[I64 | None],
+    present: list[_I64 | None],
     tags: list[tuple[int, dict[str, str]]] | None,
 ) -> list[Reading]:
     n = int(ts.size)
