@@ -19,6 +19,7 @@ line has one rule (``iot-ingest: <message>``, exit 2 for a :class:`ConfigError`,
     ├── MqttError                (ingest.mqtt.link) connection failed or lost: reconnect
     │   └── MqttConnectError     the broker refused us (bad credentials are not retriable)
     ├── ArchiveError             (ingest.storage.archive.errors) S3 or verification trouble
+    ├── PackedError              (ingest.storage.packed) a packed item cannot be encoded or decoded
     ├── EmbeddedServerError      (ingest.trial.servers) a trial-mode server did not start
     ├── QueryError               (queries.errors) a request failed; carries its HTTP status
     ├── SimulatorError           (simulator.errors) publishing or verifying failed
