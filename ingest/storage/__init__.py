@@ -4,7 +4,9 @@
 ``dynamo`` (the aiobotocore client, error mapping, the ``TableClient`` protocol),
 ``dynamohttp`` (the lean HTTP writer), ``table`` (create, layout record, backups),
 ``reads`` (the one pager, whole-range reads), ``registry`` (registry and late-mark
-items), ``spool`` (the dead-letter spool's file format), ``archive`` (the S3 side).
+items), ``spool`` (the dead-letter spool's file format), ``packed`` (the codec of packed
+items: one sensor's readings in one compressed blob, decision 0007), ``archive`` (the S3
+side).
 """
 
 __all__: list[str] = []
