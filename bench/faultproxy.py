@@ -315,7 +315,7 @@ class FaultProxy(StartClose):
             # of our own caller still propagates.
             await asyncio.wait([task])
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the proxy and its upstream client. Safe to repeat."""
         if self._state == "closed":
             return

@@ -55,7 +55,7 @@ class MosquittoServer(MosquittoProcess):
     Args:
         port: Fixed port, or ``None`` for a free one.
         data_dir: Persistence directory, kept across restarts (default: a private
-            temporary one, removed by ``close()``).
+            temporary one, removed by ``aclose()``).
         extra_conf: Config lines replacing or adding options, e.g.
             ``"max_inflight_messages 20"``.
         conf_path: The config to derive from.

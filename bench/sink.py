@@ -167,7 +167,7 @@ class Sink:
             body = orjson.dumps({"__type": "SinkUpstreamError", "message": f"upstream: {exc!r}"})
             return 502, [("Content-Type", "application/x-amz-json-1.0")], body
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the upstream connection pool (tap mode); safe to call twice."""
         if self._client is not None:
             client, self._client = self._client, None
@@ -444,7 +444,7 @@ async def _serve(port: int, host: str, upstream: str | None) -> None:
         await asyncio.Event().wait()
     finally:
         await runner.cleanup()
-        await sink.close()
+        await sink.aclose()
 
 
 def main(argv: list[str] | None = None) -> None:

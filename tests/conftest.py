@@ -47,10 +47,10 @@ async def _start(server: _S) -> _S:
     except ServerNotInstalledError as exc:
         missing = exc
     except BaseException:
-        await server.close()
+        await server.aclose()
         raise
     if missing is not None:
-        await server.close()
+        await server.aclose()
         pytest.fail(
             f"{missing}\n(the tests start real servers: run `make test-deps`)", pytrace=False
         )
@@ -64,7 +64,7 @@ async def mosquitto(tmp_path: Path) -> AsyncIterator[MosquittoServer]:
     try:
         yield server
     finally:
-        await server.close()
+        await server.aclose()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -74,7 +74,7 @@ async def moto_server() -> AsyncIterator[MotoServer]:
     try:
         yield server
     finally:
-        await server.close()
+        await server.aclose()
 
 
 @pytest_asyncio.fixture(scope="session", loop_scope="session")
@@ -84,7 +84,7 @@ async def dynalite_server() -> AsyncIterator[DynaliteServer]:
     try:
         yield server
     finally:
-        await server.close()
+        await server.aclose()
 
 
 @pytest.fixture(

@@ -27,7 +27,7 @@ async def test_backlog_sees_queued_and_in_flight_messages(mosquitto: MosquittoSe
         if len(got) == 2:
             break
         await asyncio.sleep(0.05)
-    await conn.close()  # two in flight, never acknowledged
+    await conn.aclose()  # two in flight, never acknowledged
     await publish(mosquitto.url, [("oracle/a/t", b"3")])  # queued while away
 
     present, held = await session_backlog(mosquitto.url, cid)
@@ -43,7 +43,7 @@ async def _refill_and_assert(server: MosquittoServer, cid: str) -> None:
     conn = MqttConnection(_settings(server, cid))
     await conn.open()
     await conn.subscribe([("oracle/+/t", 1)])
-    await conn.close()
+    await conn.aclose()
     await publish(server.url, [("oracle/b/t", b"x"), ("oracle/b/t", b"y"), ("oracle/b/t", b"z")])
     await assert_drained(server.url, cid)
 
@@ -60,7 +60,7 @@ async def test_drained_when_everything_was_acknowledged(mosquitto: MosquittoServ
     await conn.subscribe([("oracle2/+/t", 1)])
     await publish(mosquitto.url, [("oracle2/a/t", b"%d" % i) for i in range(20)])
     await asyncio.sleep(0.3)
-    await conn.close()
+    await conn.aclose()
     await assert_drained(mosquitto.url, cid)
 
 

@@ -14,7 +14,7 @@ __all__ = ["BotocoreClient"]
 
 
 class BotocoreClient(StartClose):
-    """Owns one aiobotocore client (``.client``) between ``start`` and ``close``.
+    """Owns one aiobotocore client (``.client``) between ``start`` and ``aclose``.
 
     Args:
         service: Botocore service name (``dynamodb``, ``s3``).
@@ -42,7 +42,7 @@ class BotocoreClient(StartClose):
         self._cm = get_session().create_client(self._service, **self._kwargs)
         self.client = await self._cm.__aenter__()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the client; safe to call twice."""
         if self._cm is not None and not self._closed:
             self._closed = True

@@ -201,7 +201,7 @@ class HttpPool:
         self.discarded = 0
         """Connections dropped for unsolicited bytes or a framing mismatch (a server fault)."""
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close every idle connection; safe to call twice."""
         self._closed = True
         while self._idle:

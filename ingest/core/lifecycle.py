@@ -43,22 +43,22 @@ _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 class StartClose:
-    """Mixin: ``async with`` calls ``start()``, then ``close()`` (also when start fails).
+    """Mixin: ``async with`` calls ``start()``, then ``aclose()`` (also when start fails).
 
-    Subclasses implement ``start`` and an idempotent ``close``.
+    Subclasses implement ``start`` and an idempotent ``aclose``.
     """
 
     async def start(self) -> None:
         raise NotImplementedError
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
         try:
             await self.start()
         except BaseException:
-            await self.close()
+            await self.aclose()
             raise
         return self
 
@@ -68,7 +68,7 @@ class StartClose:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.aclose()
 
 
 class StopRequested(Exception):

@@ -117,7 +117,7 @@ class MqttConnection(MqttLink):
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
     async def open(self) -> mp.Connack:
         """Connect and wait for CONNACK; raise :class:`MqttConnectError` if refused."""
@@ -168,7 +168,7 @@ class MqttConnection(MqttLink):
         self.start_keepalive()
         return connack
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Send DISCONNECT (keeping a persistent session) and close; safe to call twice."""
         if self._state in ("closed", "new"):
             self._state = "closed"

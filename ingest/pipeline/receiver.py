@@ -157,7 +157,7 @@ class Receiver:
                 await conn.subscribe([(self._subscription, 1)])
             except BaseException as exc:  # also cancelled while connecting: close the socket
                 self._conn = None
-                await conn.close()
+                await conn.aclose()
                 if not isinstance(exc, MqttError) or not exc.retriable:
                     raise
                 self.last_error = str(exc)
@@ -192,7 +192,7 @@ class Receiver:
                     self._m.mqtt_resends_dropped.inc(conn.resends_dropped)
                 # Cancelled while connected: DISCONNECT, so the PUBACKs already written
                 # reach the broker (a no-op when the connection is closed already).
-                await conn.close()
+                await conn.aclose()
             if not self._stopping:
                 await asyncio.sleep(self._backoff.delay_s(0))
 
@@ -209,4 +209,4 @@ class Receiver:
         self._closed = True
         conn, self._conn = self._conn, None
         if conn is not None:
-            await conn.close()
+            await conn.aclose()

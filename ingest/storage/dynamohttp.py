@@ -104,14 +104,14 @@ class LeanDynamoClient:
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self.close()
+        await self.aclose()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Close the connection pool; safe to call twice."""
         self._closed = True
         if self._http is not None:
             http, self._http = self._http, None
-            await http.close()
+            await http.aclose()
 
     async def _credentials(self) -> Credentials:
         if self._static is not None:

@@ -13,7 +13,7 @@
 
 The process helpers here (:class:`ServerProcess`, :class:`MosquittoProcess`,
 :class:`MotoProcess`, :func:`free_port`) are also what ``bench.servers`` builds the test
-and benchmark servers on. Every server is an async context manager; ``close()`` is
+and benchmark servers on. Every server is an async context manager; ``aclose()`` is
 idempotent, and a closed server cannot be started again.
 
 A server subprocess runs in a session of its own: a terminal's Ctrl-C (SIGINT to the
@@ -32,7 +32,7 @@ event loop, which outlives every server that loop owns, so start servers from th
 (never through ``asyncio.to_thread``). And the kernel drops the request when the child
 changes its user (Mosquitto run as root would switch to ``mosquitto``): the rendered
 config keeps it root then (see :func:`render_mosquitto_conf`). Elsewhere than Linux
-there is no such tie: ``close()`` still stops the servers, a SIGKILL of their parent
+there is no such tie: ``aclose()`` still stops the servers, a SIGKILL of their parent
 leaves them running.
 """
 
@@ -337,7 +337,7 @@ class ServerProcess(StartClose):
 
     @property
     def scratch_dir(self) -> Path:
-        """Private directory for logs and generated config, removed by :meth:`close`."""
+        """Private directory for logs and generated config, removed by :meth:`aclose`."""
         if self._scratch is None:
             raise RuntimeError(f"{self.name} has not been started yet")
         return self._scratch
@@ -480,7 +480,7 @@ class ServerProcess(StartClose):
             proc.kill()
         await proc.wait()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the server for good and remove its scratch directory. Safe to repeat."""
         if self._closed:
             return
@@ -758,13 +758,13 @@ class EmbeddedBroker(StartClose):
             self._port = port
             return
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop the broker. Safe to repeat."""
         if self._state == "closed":
             return
         self._state = "closed"
         if self._mosquitto is not None:
-            await self._mosquitto.close()
+            await self._mosquitto.aclose()
         if self._amqtt is not None:
             broker, self._amqtt = self._amqtt, None
             await broker.shutdown()

@@ -164,7 +164,7 @@ class ApiServer:
             await asyncio.wait({self._task, started}, return_when=asyncio.FIRST_COMPLETED)
         except BaseException:
             started.cancel()
-            await self.close()
+            await self.aclose()
             raise
         started.cancel()
         if self._probe.failed is not None or self._task.done():
@@ -195,9 +195,9 @@ class ApiServer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await self.close()
+        await self.aclose()
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Stop serving (graceful, bounded by uvicorn's shutdown timeout); safe to call twice."""
         if self._closed:
             return

@@ -182,6 +182,6 @@ async def test_close_is_idempotent_and_final() -> None:
     server = MosquittoServer()
     async with server:
         assert await probe_mqtt(server.host, server.port)
-    await server.close()
+    await server.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await server.start()

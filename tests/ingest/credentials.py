@@ -36,7 +36,7 @@ class CredentialEndpoint:
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{port}/creds"
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -73,4 +73,4 @@ async def container_credentials(
     try:
         yield endpoint
     finally:
-        await endpoint.close()
+        await endpoint.aclose()

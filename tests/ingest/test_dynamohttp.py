@@ -92,7 +92,7 @@ class CraftedDynamo:
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         assert self._server is not None
         self._server.close()
         for w in self._writers:
@@ -135,7 +135,7 @@ async def crafted() -> AsyncIterator[CraftedDynamo]:
     try:
         yield server
     finally:
-        await server.close()
+        await server.aclose()
 
 
 def items(n: int = 3) -> list[Item]:

@@ -114,7 +114,7 @@ async def test_broker_close_twice_is_safe_and_reopen_fails() -> None:
     broker = EmbeddedBroker(backend="amqtt")
     async with broker:
         pass
-    await broker.close()
+    await broker.aclose()
     with pytest.raises(RuntimeError, match="closed"):
         await broker.start()
 
@@ -137,7 +137,7 @@ async def test_embedded_dynamo_answers_create_table(
             assert resp["TableDescription"]["TableName"] == unique_name
             assert (await client.list_tables())["TableNames"] == [unique_name]
     assert not dynamo.running
-    await dynamo.close()  # twice: harmless
+    await dynamo.aclose()  # twice: harmless
     assert any(r.getMessage().startswith("trial mode: embedded DynamoDB") for r in caplog.records)
 
 

@@ -69,7 +69,7 @@ class CraftedServer:
         self._servers.append(srv)
         return int(srv.sockets[0].getsockname()[1])
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         for s in self._servers:
             s.close()
         for w in self._writers:
@@ -83,7 +83,7 @@ class CraftedServer:
 async def server() -> AsyncIterator[CraftedServer]:
     crafted = CraftedServer()
     yield crafted
-    await crafted.close()
+    await crafted.aclose()
 
 
 def ok(body: bytes) -> bytes:
@@ -103,8 +103,8 @@ async def test_content_length_and_keep_alive(
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     got = [await pool.post(HEAD, b"{}") for _ in range(3)]
     assert got == [(200, b"ok00"), (200, b"ok01"), (200, b"ok02")]  # one connection, reused
-    await pool.close()
-    await pool.close()
+    await pool.aclose()
+    await pool.aclose()
 
 
 async def test_chunked_body(server: CraftedServer) -> None:
@@ -113,7 +113,7 @@ async def test_chunked_body(server: CraftedServer) -> None:
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=2, timeout_s=5)
     assert await pool.post(HEAD, b"{}") == (400, b"hello world")
     assert await pool.post(HEAD, b"{}") == (400, b"hello world")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_http10_close_delimited(server: CraftedServer) -> None:
@@ -122,7 +122,7 @@ async def test_http10_close_delimited(server: CraftedServer) -> None:
     # No Content-Length: the body is what comes before the server closes; not reused.
     assert await pool.post(HEAD, b"{}") == (200, b"{}")
     assert await pool.post(HEAD, b"{}") == (200, b"{}")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_stale_keep_alive_is_retried_once(
@@ -137,7 +137,7 @@ async def test_stale_keep_alive_is_retried_once(
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     assert await pool.post(HEAD, b"{}") == (200, b"ok")
     assert await pool.post(HEAD, b"{}") == (200, b"ok")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_fresh_connection_closed_without_answer_is_an_error(
@@ -147,7 +147,7 @@ async def test_fresh_connection_closed_without_answer_is_an_error(
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     with pytest.raises(HttpError, match="closed before a complete response"):
         await pool.post(HEAD, b"{}")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_not_http_is_an_error(server: CraftedServer) -> None:
@@ -155,7 +155,7 @@ async def test_not_http_is_an_error(server: CraftedServer) -> None:
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     with pytest.raises(HttpError, match=r"not an HTTP/1\.x response"):
         await pool.post(HEAD, b"{}")
-    await pool.close()
+    await pool.aclose()
 
 
 # -- a response is matched to its request (issue #11, item 9) ------------------------------
@@ -180,7 +180,7 @@ async def test_extra_bytes_after_a_response_are_never_read_as_the_next_answer(
     assert await pool.post(HEAD, b"r3") == (200, b"answer to r3")
     assert server.bodies == [b"r1", b"r2", b"r3"]
     assert server.connections == 2  # the poisoned one was dropped, the next one reused
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_late_duplicate_response_on_an_idle_connection_is_discarded(
@@ -197,7 +197,7 @@ async def test_late_duplicate_response_on_an_idle_connection_is_discarded(
     assert await pool.post(HEAD, b"r2") == (200, b"answer to r2")
     assert server.bodies == [b"r1", b"r2"]
     assert server.connections == 2
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_content_length_shorter_than_the_body_poisons_the_connection(
@@ -213,7 +213,7 @@ async def test_content_length_shorter_than_the_body_poisons_the_connection(
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     assert await pool.post(HEAD, b"r1") == (200, b"ok")
     assert await pool.post(HEAD, b"r2") == (200, b"answer to r2")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_bytes_after_the_last_chunk_poison_the_connection(server: CraftedServer) -> None:
@@ -226,7 +226,7 @@ async def test_bytes_after_the_last_chunk_poison_the_connection(server: CraftedS
     pool = HttpPool("127.0.0.1", port, tls=None, max_connections=1, timeout_s=5)
     assert await pool.post(HEAD, b"r1") == (200, b"ok")
     assert await pool.post(HEAD, b"r2") == (200, b"answer to r2")
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_a_connection_the_server_finished_is_not_sent_another_request(
@@ -244,7 +244,7 @@ async def test_a_connection_the_server_finished_is_not_sent_another_request(
     await asyncio.sleep(0.2)
     assert await pool.post(HEAD, b"r2") == (200, b"answer to r2")
     assert server.bodies == [b"r1", b"r2"]
-    await pool.close()
+    await pool.aclose()
 
 
 @pytest.mark.parametrize(
@@ -287,7 +287,7 @@ async def test_malformed_responses_are_http_errors(
     with pytest.raises(HttpError, match=error):
         await pool.post(HEAD, b"{}")
     assert pool._idle == deque()  # the connection is not kept
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_interim_1xx_answers_are_skipped(server: CraftedServer) -> None:
@@ -296,7 +296,7 @@ async def test_interim_1xx_answers_are_skipped(server: CraftedServer) -> None:
     assert await pool.post(HEAD, b"r1") == (200, b"answer to r1")
     assert await pool.post(HEAD, b"r2") == (200, b"answer to r2")
     assert server.connections == 1
-    await pool.close()
+    await pool.aclose()
 
 
 async def test_tls_to_a_plain_server_is_an_os_error() -> None:
@@ -314,7 +314,7 @@ async def test_tls_to_a_plain_server_is_an_os_error() -> None:
         with pytest.raises(ssl.SSLError, match=r"WRONG_VERSION_NUMBER|wrong version"):
             await pool.post(HEAD, b"{}")
     finally:
-        await pool.close()
+        await pool.aclose()
         srv.close()
         await srv.wait_closed()
 
@@ -342,6 +342,6 @@ def test_on_uvloop(scenario: Callable[[CraftedServer], Awaitable[None]]) -> None
         try:
             await scenario(crafted)
         finally:
-            await crafted.close()
+            await crafted.aclose()
 
     uvloop.run(go())

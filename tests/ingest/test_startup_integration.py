@@ -228,5 +228,5 @@ async def test_access_denied_fails_at_once(code: str, tmp_path: Path) -> None:
         with pytest.raises(TableError, match=f"{code}: User: arn:aws:iam"):
             await asyncio.wait_for(IngestService(cfg).run(asyncio.Event()), 15)
     finally:
-        await crafted.close()
+        await crafted.aclose()
     assert crafted.targets == ["GetItem"]  # asked once, not retried

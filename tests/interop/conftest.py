@@ -78,7 +78,7 @@ async def _broker(name: str, pki: Pki, *, tls: bool) -> AsyncIterator[InteropBro
     try:
         yield server
     finally:
-        await server.close()
+        await server.aclose()
 
 
 @pytest_asyncio.fixture

@@ -346,7 +346,7 @@ async def test_broker_delivery_traits(
     await publish_to(broker, sent)
     await asyncio.sleep(0.5)  # under nats-server's ack_wait: no resend on this connection yet
     window = len(got)
-    await conn.close()
+    await conn.aclose()
     queued, _ = readings(prefix, 0, 100, 5)
     await publish_to(broker, queued)
     kwargs = broker.drain_kwargs()
@@ -389,4 +389,4 @@ async def test_a_missing_broker_program_says_run_make_test_deps(
         server = cls(pki)
         with pytest.raises(ServerNotInstalledError, match="run `make test-deps`"):
             await server.start()
-        await server.close()
+        await server.aclose()

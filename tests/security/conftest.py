@@ -239,4 +239,4 @@ async def iam_aws(tmp_path: Path, unique_name: str) -> AsyncIterator[IamAws]:
             )
         yield env
     finally:
-        await server.close()
+        await server.aclose()
