@@ -34,7 +34,7 @@ class Metrics:
         )
         self.messages_acked = Counter(
             p + "messages_completed",
-            "Messages fully durable (and acknowledged if QoS 1)",
+            "Messages fully durable (and acknowledged if QoS 1 and still connected)",
             registry=r,
         )
         self.readings_received = Counter(

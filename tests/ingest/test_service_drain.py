@@ -85,5 +85,11 @@ async def test_a_drain_cut_short_by_its_deadline_acknowledges_exactly_what_was_w
 
     completed = counter(service, "iot_ingest_messages_completed_total")
     assert 0 < completed < N  # the deadline cut the drain short
-    # Every completed message was acknowledged (the broker holds only the others)...
-    assert await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id) == N - completed
+    redelivered = await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id)
+    # Nothing was acknowledged that was not durable: the broker holds at least the others...
+    assert redelivered >= N - completed
+    # ...and every message durable before the disconnect was acknowledged. Only the batch
+    # the one writer had in flight when the deadline closed the connection (at most 25
+    # messages of one reading) may have become durable after it: unacknowledged, it is
+    # redelivered and rewritten under the same keys.
+    assert 0 <= redelivered - (N - completed) <= 25
