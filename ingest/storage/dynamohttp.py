@@ -19,6 +19,7 @@ a JSON object, an error page that is not DynamoDB's are all
 
 from __future__ import annotations
 
+import base64
 import logging
 import ssl
 from typing import Any
@@ -151,7 +152,9 @@ class LeanDynamoClient:
 
     async def batch_write(self, items: list[Item]) -> list[Item]:
         """BatchWriteItem of PutRequests; return the items DynamoDB left unprocessed."""
-        puts = b",".join([b'{"PutRequest":{"Item":' + orjson.dumps(it) + b"}}" for it in items])
+        puts = b",".join(
+            [b'{"PutRequest":{"Item":' + orjson.dumps(it, default=_binary) + b"}}" for it in items]
+        )
         resp = await self.request("BatchWriteItem", self._prefix + puts + b"]}}")
         return unprocessed_puts(resp, self.table)
 
@@ -159,7 +162,17 @@ class LeanDynamoClient:
         """Any operation with a JSON-able payload; ``update_item`` or ``UpdateItem`` alike."""
         if operation[:1].islower():
             operation = "".join(part.title() for part in operation.split("_"))
-        return await self.request(operation, orjson.dumps(kwargs))
+        return await self.request(operation, orjson.dumps(kwargs, default=_binary))
+
+
+def _binary(value: object) -> str:
+    """A binary attribute's bytes as the JSON protocol sends them (base64); orjson calls
+    this only for what it cannot serialize itself, so text items pay nothing for it.
+    Answers keep base64 text in ``B``: :func:`ingest.storage.layout.binary_value` reads
+    either form."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(value).decode("ascii")
+    raise TypeError(f"{type(value).__name__} is not a DynamoDB attribute value")
 
 
 def _credential_error(exc: Exception) -> DynamoRetriable:

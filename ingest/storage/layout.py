@@ -34,6 +34,13 @@ archiver, read by the ingest's registry, see :class:`ArchivePolicy`)::
     hz N horizon (ms); bw N bucket width (ms); st N settle time (ms);
     since N when this policy was first recorded (epoch ms)
 
+An ingest worker's journal (``packed`` layout only, decision 0008: the flushes that
+made its readings durable, read back only when it restarts)::
+
+    pk   S  "#journal#{worker}"   worker = the worker's MQTT client id
+    sk   N  flush sequence: epoch ms · 1000 + a counter, increasing within a worker
+    ttl  N  when DynamoDB may delete it; n N readings; b B the readings (ingest.storage.journal)
+
 Late marks (a sensor's bucket received readings once it may already have been
 archived; written by the registry, cleared by the archiver) live under
 partitions no sensor id can produce either::
@@ -46,15 +53,18 @@ partitions no sensor id can produce either::
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import math
 import re
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = [
     "ARCHIVE_POLICY_SK",
+    "JOURNAL_PREFIX",
     "LAYOUT_PK",
     "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
@@ -63,8 +73,10 @@ __all__ = [
     "Item",
     "Reading",
     "TableLayout",
+    "binary_value",
     "format_number",
     "is_reserved_pk",
+    "journal_pk",
     "late_mark_key",
     "late_partition_keys",
     "marker_pk",
@@ -87,6 +99,7 @@ ARCHIVE_POLICY_SK = 1
 _REGISTRY_PREFIX = "#sensors#"
 _LATE_PREFIX = "#late#"
 MARKER_PREFIX = "#archive#"
+JOURNAL_PREFIX = "#journal#"
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
 
@@ -124,6 +137,15 @@ def stored_number(value: float | int) -> float | int:
     return value
 
 
+def binary_value(value: Mapping[str, Any]) -> bytes:
+    """The bytes of a binary attribute value ``{"B": ...}``: botocore gives bytes, the
+    lean client's answers the JSON protocol's base64 text."""
+    raw = value["B"]
+    if isinstance(raw, str):
+        return base64.b64decode(raw, validate=True)
+    return bytes(raw)
+
+
 def _stable_hash(sensor_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(sensor_id.encode(), digest_size=14).digest(), "big")
 
@@ -158,6 +180,17 @@ def marker_pk(sensor_id: str) -> str:
 def marker_sensor_id(pk: str) -> str:
     """The sensor id of an archive marker's partition key (the inverse of :func:`marker_pk`)."""
     return pk.removeprefix(MARKER_PREFIX)
+
+
+def journal_pk(worker: str) -> str:
+    """The partition key of one ingest worker's journal (``packed`` layout, decision 0008).
+
+    ``worker`` is the worker's MQTT client id: the broker keeps the worker's session under
+    it, so a restarted worker finds both its unacknowledged messages and its journal.
+    """
+    if not worker:
+        raise ValueError("a journal needs a worker id")
+    return f"{JOURNAL_PREFIX}{worker}"
 
 
 def is_reserved_pk(pk: str) -> bool:
