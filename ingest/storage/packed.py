@@ -103,6 +103,7 @@ __all__ = [
     "PackedVersionError",
     "decode_window",
     "encode_window",
+    "inflate_frame",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -587,35 +588,41 @@ def decode_window(blob: bytes | bytearray | memoryview) -> list[Reading]:
             f"packed item format {data[0]} {newer} this reader ({FORMAT_VERSION}): "
             "upgrade readers before writers, or the blob is corrupt"
         )
-    content = _inflate(memoryview(data)[1:])
+    content = inflate_frame(memoryview(data)[1:])
     return _parse(_Cursor(content))
 
 
-def _inflate(frame: memoryview) -> bytes:
+def inflate_frame(frame: memoryview, what: str = "packed item") -> bytes:
+    """The content of one checksummed zstd frame that must fill ``frame`` exactly.
+
+    Raises:
+        PackedDecodeError: No frame, no checksum, bytes after it, a declared size above
+            :data:`MAX_CONTENT_BYTES`, truncated or corrupt; the message names ``what``.
+    """
     if len(frame) < 6 or bytes(frame[:4]) != _ZSTD_MAGIC:
-        raise PackedDecodeError("packed item is corrupt: no zstd frame after the version")
+        raise PackedDecodeError(f"{what} is corrupt: no zstd frame after the version")
     if not frame[4] & 0x04:
-        raise PackedDecodeError("packed item is corrupt: its zstd frame has no checksum")
+        raise PackedDecodeError(f"{what} is corrupt: its zstd frame has no checksum")
     try:
         size = zstd.get_frame_size(frame)
         declared = zstd.get_frame_info(frame).decompressed_size
     except zstd.ZstdError as exc:
-        raise PackedDecodeError(f"packed item is truncated or corrupt: {exc}") from exc
+        raise PackedDecodeError(f"{what} is truncated or corrupt: {exc}") from exc
     if size != len(frame):
         raise PackedDecodeError(
-            f"packed item is corrupt: {len(frame) - size} bytes after its zstd frame"
+            f"{what} is corrupt: {len(frame) - size} bytes after its zstd frame"
         )
     if declared is None or declared > MAX_CONTENT_BYTES:
         raise PackedDecodeError(
-            f"packed item is corrupt: its frame declares {declared} bytes of content "
+            f"{what} is corrupt: its frame declares {declared} bytes of content "
             f"(at most {MAX_CONTENT_BYTES})"
         )
     try:
         content: bytes = zstd.decompress(frame)
     except zstd.ZstdError as exc:
-        raise PackedDecodeError(f"packed item is truncated or corrupt: {exc}") from exc
+        raise PackedDecodeError(f"{what} is truncated or corrupt: {exc}") from exc
     if len(content) != declared:
-        raise PackedDecodeError("packed item is corrupt: its content size differs from its frame's")
+        raise PackedDecodeError(f"{what} is corrupt: its content size differs from its frame's")
     return content
 
 
