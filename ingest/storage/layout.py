@@ -41,6 +41,15 @@ made its readings durable, read back only when it restarts)::
     sk   N  flush sequence: epoch ms · 1000 + a counter, increasing within a worker
     ttl  N  when DynamoDB may delete it; n N readings; b B the readings (ingest.storage.journal)
 
+A ``packed`` table's sealed windows (decision 0008: one sensor's readings over a window,
+one packed blob, ``ingest.storage.windows``) and its staging items (the last seconds of
+a group of sensors, for dashboards)::
+
+    pk   S  "{sensor_id}#{bucket}"                 e.g. "dev-17#2026-11-22" (no shard)
+    sk   N  window start ms · 2**24 + part          parts < 4096 canonical, others extra
+    pk   S  "#stage#{group}#{hour}"                group = stable hash of the id mod groups
+    sk   N  flush ms · 2**20 + a hash of the writing worker
+
 Late marks (a sensor's bucket received readings once it may already have been
 archived; written by the registry, cleared by the archiver) live under
 partitions no sensor id can produce either::
@@ -64,11 +73,14 @@ from typing import Any
 
 __all__ = [
     "ARCHIVE_POLICY_SK",
+    "CANONICAL_PARTS",
     "JOURNAL_PREFIX",
     "LAYOUT_PK",
     "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
     "SENSOR_ID_PATTERN",
+    "STAGE_PREFIX",
+    "WINDOW_PART_SPACE",
     "ArchivePolicy",
     "Item",
     "Reading",
@@ -84,7 +96,11 @@ __all__ = [
     "parse_number",
     "registry_key",
     "registry_partition_keys",
+    "sensor_group",
+    "stage_pk",
     "stored_number",
+    "window_of_sk",
+    "window_sk",
 ]
 
 Item = dict[str, Any]
@@ -100,6 +116,9 @@ _REGISTRY_PREFIX = "#sensors#"
 _LATE_PREFIX = "#late#"
 MARKER_PREFIX = "#archive#"
 JOURNAL_PREFIX = "#journal#"
+STAGE_PREFIX = "#stage#"
+WINDOW_PART_SPACE = 2**24
+CANONICAL_PARTS = 4096
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
 
@@ -193,6 +212,36 @@ def journal_pk(worker: str) -> str:
     return f"{JOURNAL_PREFIX}{worker}"
 
 
+def window_sk(window_start_ms: int, part: int) -> int:
+    """The sort key of part ``part`` of the window starting at ``window_start_ms``.
+
+    Parts ``0 … CANONICAL_PARTS - 1`` are a window's canonical content; a part at or
+    above ``CANONICAL_PARTS`` is an extra part (late readings, a second writer) named by
+    a hash of its content (ingest.storage.windows).
+    """
+    if not 0 <= part < WINDOW_PART_SPACE:
+        raise ValueError(f"part must be 0..{WINDOW_PART_SPACE - 1}, got {part}")
+    return window_start_ms * WINDOW_PART_SPACE + part
+
+
+def window_of_sk(sk: int) -> tuple[int, int]:
+    """(window start ms, part) of a sealed window's sort key: the inverse of :func:`window_sk`."""
+    start, part = divmod(sk, WINDOW_PART_SPACE)
+    return start, part
+
+
+def stage_pk(group: int, hour_start_ms: int) -> str:
+    """The partition key of one sensor group's staging items written in one UTC hour."""
+    return (
+        f"{STAGE_PREFIX}{group}#{time.strftime('%Y-%m-%dT%H', time.gmtime(hour_start_ms // 1000))}"
+    )
+
+
+def sensor_group(sensor_id: str, groups: int) -> int:
+    """The staging group of a sensor: a stable hash of its id modulo ``groups``."""
+    return _stable_hash(sensor_id) % groups
+
+
 def is_reserved_pk(pk: str) -> bool:
     """Whether a partition key is one of the table's own records (layout, registry, late
     marks, archive markers: all start with ``#``, which a sensor id cannot), not readings."""
@@ -278,6 +327,11 @@ class TableLayout:
         """All shard partition keys of one sensor's bucket."""
         bucket = self.bucket_label(bucket_start_ms)
         return [f"{sensor_id}#{bucket}#{s}" for s in range(self.shards)]
+
+    def window_pk(self, sensor_id: str, window_start_ms: int) -> str:
+        """The partition key of a sensor's sealed windows in this bucket (``packed`` layout:
+        no shard, one item holds many readings)."""
+        return f"{sensor_id}#{self.bucket_label(self.bucket_start(window_start_ms))}"
 
     def ttl_of(self, ts_ms: int) -> int:
         """Epoch seconds at which the item may expire."""

@@ -1,0 +1,343 @@
+"""Sealed windows and staging items of the ``packed`` layout: items to readings and back.
+
+Decision 0008. A **sealed window** is one sensor's readings over a fixed window of time
+(``window_ms``, dividing the bucket), written once the window has closed, as one or a
+few **parts**, each a packed blob (:mod:`ingest.storage.packed`). A **staging item** is
+one worker's readings of one sensor group since its last staging write, per sensor a
+packed blob, so that dashboards see the last seconds before a window is sealed.
+
+Parts. A window's **canonical** parts ``0 … k-1`` hold its readings, deduplicated (the
+last write of a timestamp wins, whole), sorted and split by count so that each blob fits
+:data:`MAX_PART_BYTES`: they are a function of the readings alone, so a retry, a
+restart that rebuilt the window from the journal and a second region all write the same
+bytes under the same keys. An **extra** part holds readings that reached a window after
+it was sealed (late readings, a redelivery after a seal, a second worker of a shared
+subscription); its part number is a hash of its blob, at or above
+:data:`~ingest.storage.layout.CANONICAL_PARTS`, so writing it again overwrites it and two
+different ones never collide. Readers merge every part of a window
+(:func:`merge_parts`: canonical parts first, then extra parts in key order, later
+parts winning a timestamp); compaction rewrites a window's merge as its canonical parts
+and deletes the extra ones.
+
+Item of a part (keys from :mod:`ingest.storage.layout`)::
+
+    pk   S  "{sensor_id}#{bucket}"          sk N  window start · 2**24 + part
+    ttl  N  window end + retention (epoch s) n  N  readings in the part
+    t0   N  first timestamp                 t1 N  last timestamp (skip without decoding)
+    b    B  the packed blob
+
+Staging item::
+
+    pk   S  "#stage#{group}#{hour}"         sk N  flush ms · 2**20 + hash of the worker
+    ttl  N  one day after the flush         n  N  readings
+    b    B  u8 version (1), varint sensors, then per sensor: varint length, packed blob
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+from ingest.storage.layout import (
+    CANONICAL_PARTS,
+    WINDOW_PART_SPACE,
+    Item,
+    Reading,
+    TableLayout,
+    binary_value,
+    stage_pk,
+    window_of_sk,
+    window_sk,
+)
+from ingest.storage.packed import PackedDecodeError, decode_window, encode_window
+
+__all__ = [
+    "MAX_PART_BYTES",
+    "STAGE_TTL_S",
+    "STAGE_VERSION",
+    "Part",
+    "WindowScheme",
+    "decode_stage",
+    "encode_stage",
+    "extra_parts",
+    "merge_parts",
+    "parse_part_item",
+    "seal",
+]
+
+MAX_PART_BYTES: Final = 350 * 1024
+"""Largest blob of one part: DynamoDB's item limit is 400 KB with keys and names."""
+STAGE_VERSION: Final = 1
+STAGE_TTL_S: Final = 86_400
+_HOUR_MS: Final = 3_600_000
+_EXTRA_SPACE: Final = WINDOW_PART_SPACE - CANONICAL_PARTS
+
+
+@dataclass(frozen=True, slots=True)
+class Part:
+    """One part of a sensor's window: where it goes and what it holds."""
+
+    sensor_id: str
+    window_start_ms: int
+    part: int
+    blob: bytes
+    n: int
+    first_ms: int
+    last_ms: int
+
+    @property
+    def canonical(self) -> bool:
+        return self.part < CANONICAL_PARTS
+
+    def readings(self) -> list[Reading]:
+        """The part's readings, sorted by time (decoded from the blob)."""
+        return decode_window(self.blob)
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WindowScheme:
+    """The ``packed`` layout's parameters (recorded in the table's layout record).
+
+    Args:
+        layout: Bucket width and retention (the shard count is unused: a window is one
+            item, so it needs none).
+        window_ms: Width of a sealed window; whole seconds dividing the bucket.
+        groups: Staging groups (sensors per group ≈ sensors / groups).
+    """
+
+    layout: TableLayout
+    window_ms: int = 900_000
+    groups: int = 256
+
+    def __post_init__(self) -> None:
+        if self.window_ms < 1_000 or self.window_ms % 1_000:
+            raise ValueError(f"window_ms must be whole seconds, got {self.window_ms}")
+        if self.layout.bucket_ms % self.window_ms:
+            raise ValueError(
+                f"window_ms ({self.window_ms}) must divide the bucket ({self.layout.bucket_ms})"
+            )
+        if not 1 <= self.groups <= 65_536:
+            raise ValueError(f"groups must be 1..65536, got {self.groups}")
+
+    def window_start(self, ts_ms: int) -> int:
+        return ts_ms - ts_ms % self.window_ms
+
+    def window_starts(self, start_ms: int, end_ms: int) -> list[int]:
+        """Starts of every window overlapping [start_ms, end_ms], ascending."""
+        if end_ms < start_ms:
+            return []
+        return list(range(self.window_start(start_ms), end_ms + 1, self.window_ms))
+
+    def part_item(self, part: Part) -> Item:
+        """The item of one part, in DynamoDB wire format."""
+        end_ms = part.window_start_ms + self.window_ms
+        return {
+            "pk": {"S": self.layout.window_pk(part.sensor_id, part.window_start_ms)},
+            "sk": {"N": str(window_sk(part.window_start_ms, part.part))},
+            "ttl": {"N": str((end_ms + self.layout.retention_ms) // 1000)},
+            "n": {"N": str(part.n)},
+            "t0": {"N": str(part.first_ms)},
+            "t1": {"N": str(part.last_ms)},
+            "b": {"B": part.blob},
+        }
+
+    def stage_item(self, group: int, sk: int, flush_ms: int, readings: Sequence[Reading]) -> Item:
+        """A staging item of one group (``sk`` from :meth:`stage_sk`)."""
+        return {
+            "pk": {"S": stage_pk(group, flush_ms - flush_ms % _HOUR_MS)},
+            "sk": {"N": str(sk)},
+            "ttl": {"N": str(flush_ms // 1000 + STAGE_TTL_S)},
+            "n": {"N": str(len(readings))},
+            "b": {"B": encode_stage(readings)},
+        }
+
+    @staticmethod
+    def stage_sk(flush_ms: int, worker: str) -> int:
+        """A staging item's sort key: the flush's millisecond and 20 bits of the worker's id."""
+        tag = int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
+        return flush_ms * 2**20 + tag
+
+
+def _part(sensor: str, start: int, part: int, rs: Sequence[Reading], blob: bytes) -> Part:
+    return Part(sensor, start, part, blob, len(rs), rs[0].ts_ms, rs[-1].ts_ms)
+
+
+def _dedupe(readings: Iterable[Reading]) -> list[Reading]:
+    """Sorted by time, the last of each timestamp kept (the order given is write order)."""
+    latest: dict[int, Reading] = {}
+    for r in readings:
+        latest[r.ts_ms] = r
+    return [latest[t] for t in sorted(latest)]
+
+
+def _split(rs: list[Reading]) -> list[tuple[list[Reading], bytes]]:
+    """Equal-count chunks of ``rs`` (sorted, unique) whose blobs each fit MAX_PART_BYTES.
+
+    The chunk count grows from the size estimate until every chunk fits, so the same
+    readings always give the same chunks.
+    """
+    blob = encode_window(rs)
+    if len(blob) <= MAX_PART_BYTES:
+        return [(rs, blob)]
+    k = math.ceil(len(blob) / MAX_PART_BYTES)
+    while True:
+        k += 1
+        size = math.ceil(len(rs) / k)
+        chunks = [rs[i : i + size] for i in range(0, len(rs), size)]
+        blobs = [encode_window(c) for c in chunks]
+        if all(len(b) <= MAX_PART_BYTES for b in blobs):
+            return list(zip(chunks, blobs, strict=True))
+        if size == 1:
+            raise ValueError(f"one reading of {rs[0].sensor_id!r} is over {MAX_PART_BYTES} B")
+
+
+def seal(scheme: WindowScheme, readings: Iterable[Reading]) -> list[Part]:
+    """The canonical parts of one sensor's window: ``readings`` in write order, deduplicated.
+
+    Raises:
+        ValueError: No readings, several sensors, or readings of several windows.
+    """
+    rs = _dedupe(readings)
+    start = _one_window(scheme, rs)
+    chunks = _split(rs)
+    if len(chunks) > CANONICAL_PARTS:
+        raise ValueError(f"{len(rs)} readings need {len(chunks)} parts, over {CANONICAL_PARTS}")
+    sensor = rs[0].sensor_id
+    return [_part(sensor, start, i, c, b) for i, (c, b) in enumerate(chunks)]
+
+
+def extra_parts(scheme: WindowScheme, readings: Iterable[Reading]) -> list[Part]:
+    """Extra parts of an already sealed window, named by a hash of their content."""
+    rs = _dedupe(readings)
+    start = _one_window(scheme, rs)
+    sensor = rs[0].sensor_id
+    out = []
+    for c, b in _split(rs):
+        h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest()) % _EXTRA_SPACE
+        out.append(_part(sensor, start, CANONICAL_PARTS + h, c, b))
+    return out
+
+
+def _one_window(scheme: WindowScheme, rs: list[Reading]) -> int:
+    if not rs:
+        raise ValueError("a window part holds at least one reading")
+    sensors = {r.sensor_id for r in rs}
+    if len(sensors) > 1:
+        raise ValueError(f"a window holds one sensor's readings, got {sorted(sensors)[:3]}")
+    start = scheme.window_start(rs[0].ts_ms)
+    if scheme.window_start(rs[-1].ts_ms) != start:
+        raise ValueError(f"readings from {rs[0].ts_ms} to {rs[-1].ts_ms} span several windows")
+    return start
+
+
+def parse_part_item(item: Mapping[str, Any], sensor_id: str) -> Part:
+    """A part's item (wire format) as its :class:`Part` (the blob is decoded lazily).
+
+    Raises:
+        PackedDecodeError: Not a part's item.
+    """
+    try:
+        start, part = window_of_sk(int(item["sk"]["N"]))
+        return Part(
+            sensor_id,
+            start,
+            part,
+            binary_value(item["b"]),
+            int(item["n"]["N"]),
+            int(item["t0"]["N"]),
+            int(item["t1"]["N"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise PackedDecodeError(f"not a sealed window's item: {exc!r}") from exc
+
+
+def merge_parts(parts: Iterable[Part]) -> list[Reading]:
+    """The readings of a window's parts, each timestamp once: canonical parts first (in
+    part order), then extra parts (in key order); a later part wins a timestamp, whole.
+
+    Raises:
+        PackedDecodeError: A blob is corrupt, or holds another sensor's readings or
+            another count than its item says.
+    """
+    ordered = sorted(parts, key=lambda p: (p.window_start_ms, p.part))
+    decoded: list[Reading] = []
+    for p in ordered:
+        rs = p.readings()
+        if len(rs) != p.n or rs[0].sensor_id != p.sensor_id:
+            raise PackedDecodeError(
+                f"part {p.part} of {p.sensor_id!r}'s window {p.window_start_ms} is corrupt: "
+                f"it says {p.n} readings of {p.sensor_id!r}, its blob holds {len(rs)} "
+                f"of {rs[0].sensor_id!r}"
+            )
+        decoded += rs
+    return _dedupe(decoded)
+
+
+def encode_stage(readings: Sequence[Reading]) -> bytes:
+    """A staging blob: per sensor (in order of first appearance) its packed window."""
+    by_sensor: dict[str, list[Reading]] = {}
+    for r in readings:
+        by_sensor.setdefault(r.sensor_id, []).append(r)
+    out = bytearray((STAGE_VERSION,))
+    out += _varint(len(by_sensor))
+    for rs in by_sensor.values():
+        blob = encode_window(rs)
+        out += _varint(len(blob)) + blob
+    return bytes(out)
+
+
+def decode_stage(
+    blob: bytes | bytearray | memoryview, sensor_id: str | None = None
+) -> list[Reading]:
+    """The readings of a staging blob (only ``sensor_id``'s when given, decoding no other).
+
+    Raises:
+        PackedDecodeError: Not a well-formed staging blob.
+    """
+    data = memoryview(blob)
+    if not data or data[0] != STAGE_VERSION:
+        version = data[0] if data else "none"
+        raise PackedDecodeError(f"staging item of format {version}: this reader knows 1")
+    out: list[Reading] = []
+    count, pos = _read_varint(data, 1)
+    for _ in range(count):
+        size, pos = _read_varint(data, pos)
+        if pos + size > len(data):
+            raise PackedDecodeError("staging item is truncated")
+        # The sensor id is inside each window's frame, so filtering decodes every window
+        # once: a staging item holds ≈ sensors / groups small windows.
+        rs = decode_window(data[pos : pos + size])
+        pos += size
+        if sensor_id is None or rs[0].sensor_id == sensor_id:
+            out += rs
+    if pos != len(data):
+        raise PackedDecodeError(f"staging item is corrupt: {len(data) - pos} bytes after it")
+    return out
+
+
+def _varint(x: int) -> bytes:
+    out = bytearray()
+    while True:
+        b = x & 0x7F
+        x >>= 7
+        if x:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
+    x = shift = 0
+    while True:
+        if pos >= len(data) or shift > 63:
+            raise PackedDecodeError("staging item is truncated")
+        b = data[pos]
+        pos += 1
+        x |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return x, pos
+        shift += 7
