@@ -46,7 +46,7 @@ one packed blob, ``ingest.storage.windows``) and its staging items (the last sec
 a group of sensors, for dashboards)::
 
     pk   S  "{sensor_id}#{bucket}"                 e.g. "dev-17#2026-11-22" (no shard)
-    sk   N  window start ms · 2**24 + part          parts < 4096 canonical, others extra
+    sk   N  window start ms · 2**64 + part          part = 64-bit hash of the part's blob
     pk   S  "#stage#{group}#{hour}"                group = stable hash of the id mod groups
     sk   N  flush ms · 2**20 + a hash of the writing worker
 
@@ -73,7 +73,6 @@ from typing import Any
 
 __all__ = [
     "ARCHIVE_POLICY_SK",
-    "CANONICAL_PARTS",
     "JOURNAL_PREFIX",
     "LAYOUT_PK",
     "MARKER_PREFIX",
@@ -117,8 +116,7 @@ _LATE_PREFIX = "#late#"
 MARKER_PREFIX = "#archive#"
 JOURNAL_PREFIX = "#journal#"
 STAGE_PREFIX = "#stage#"
-WINDOW_PART_SPACE = 2**24
-CANONICAL_PARTS = 4096
+WINDOW_PART_SPACE = 2**64
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
 
@@ -215,9 +213,9 @@ def journal_pk(worker: str) -> str:
 def window_sk(window_start_ms: int, part: int) -> int:
     """The sort key of part ``part`` of the window starting at ``window_start_ms``.
 
-    Parts ``0 … CANONICAL_PARTS - 1`` are a window's canonical content; a part at or
-    above ``CANONICAL_PARTS`` is an extra part (late readings, a second writer) named by
-    a hash of its content (ingest.storage.windows).
+    A part is named by a 64-bit hash of its content (ingest.storage.windows), so writing
+    the same part again overwrites it and two different parts never collide (38 digits:
+    DynamoDB's numbers hold it exactly).
     """
     if not 0 <= part < WINDOW_PART_SPACE:
         raise ValueError(f"part must be 0..{WINDOW_PART_SPACE - 1}, got {part}")

@@ -6,25 +6,32 @@ few **parts**, each a packed blob (:mod:`ingest.storage.packed`). A **staging it
 one worker's readings of one sensor group since its last staging write, per sensor a
 packed blob, so that dashboards see the last seconds before a window is sealed.
 
-Parts. A window's **canonical** parts ``0 … k-1`` hold its readings, deduplicated (the
-last write of a timestamp wins, whole), sorted and split by count so that each blob fits
-:data:`MAX_PART_BYTES`: they are a function of the readings alone, so a retry, a
-restart that rebuilt the window from the journal and a second region all write the same
-bytes under the same keys. An **extra** part holds readings that reached a window after
-it was sealed (late readings, a redelivery after a seal, a second worker of a shared
-subscription); its part number is a hash of its blob, at or above
-:data:`~ingest.storage.layout.CANONICAL_PARTS`, so writing it again overwrites it and two
-different ones never collide. Readers merge every part of a window
-(:func:`merge_parts`: canonical parts first, then extra parts in key order, later
-parts winning a timestamp); compaction rewrites a window's merge as its canonical parts
-and deletes the extra ones.
+Parts and sets. Sealing a window's readings (deduplicated: the last write of a
+timestamp wins, whole; sorted) gives one **set** of parts: the readings split by count
+so that each blob fits :data:`MAX_PART_BYTES` (one part unless the sensor is hot).
+Every part is named by a 64-bit hash of its blob, and carries its set's id (a hash of
+the set's part names), its set's size and when it was sealed. So the same readings
+always give the same items under the same keys (a retry, a restart that rebuilt the
+window from the journal, a second region), writing a part again overwrites it, and two
+different parts never collide: no write needs a condition, and none can lose another's
+readings, whatever the concurrency (two workers of a shared subscription, Global
+Tables' last writer wins). Readings that reach a window after it was sealed (late
+ones, a redelivery after a seal) are sealed as another set.
+
+Readers merge every set of a window (:func:`merge_parts`: sets in the order they were
+sealed, a later set winning a timestamp, whole). A window needs **compaction** when it
+has more than one set or an incomplete one (:func:`needs_compaction`); compaction
+writes the merge as one new set (sealed at the latest of its inputs' times, so two
+compactors of the same parts write the same items) and then deletes the parts it
+replaced: a crash between the two leaves duplicates, which readers remove.
 
 Item of a part (keys from :mod:`ingest.storage.layout`)::
 
-    pk   S  "{sensor_id}#{bucket}"          sk N  window start · 2**24 + part
+    pk   S  "{sensor_id}#{bucket}"          sk N  window start · 2**64 + hash of the blob
     ttl  N  window end + retention (epoch s) n  N  readings in the part
     t0   N  first timestamp                 t1 N  last timestamp (skip without decoding)
-    b    B  the packed blob
+    set  N  the set's id                    k  N  parts in the set
+    w    N  when the set was sealed (ms)    b  B  the packed blob
 
 Staging item::
 
@@ -42,8 +49,6 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from ingest.storage.layout import (
-    CANONICAL_PARTS,
-    WINDOW_PART_SPACE,
     Item,
     Reading,
     TableLayout,
@@ -62,8 +67,8 @@ __all__ = [
     "WindowScheme",
     "decode_stage",
     "encode_stage",
-    "extra_parts",
     "merge_parts",
+    "needs_compaction",
     "parse_part_item",
     "seal",
 ]
@@ -73,7 +78,6 @@ MAX_PART_BYTES: Final = 350 * 1024
 STAGE_VERSION: Final = 1
 STAGE_TTL_S: Final = 86_400
 _HOUR_MS: Final = 3_600_000
-_EXTRA_SPACE: Final = WINDOW_PART_SPACE - CANONICAL_PARTS
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,10 +91,9 @@ class Part:
     n: int
     first_ms: int
     last_ms: int
-
-    @property
-    def canonical(self) -> bool:
-        return self.part < CANONICAL_PARTS
+    set_id: int
+    set_size: int
+    sealed_ms: int
 
     def readings(self) -> list[Reading]:
         """The part's readings, sorted by time (decoded from the blob)."""
@@ -141,6 +144,9 @@ class WindowScheme:
             "n": {"N": str(part.n)},
             "t0": {"N": str(part.first_ms)},
             "t1": {"N": str(part.last_ms)},
+            "set": {"N": str(part.set_id)},
+            "k": {"N": str(part.set_size)},
+            "w": {"N": str(part.sealed_ms)},
             "b": {"B": part.blob},
         }
 
@@ -161,8 +167,8 @@ class WindowScheme:
         return flush_ms * 2**20 + tag
 
 
-def _part(sensor: str, start: int, part: int, rs: Sequence[Reading], blob: bytes) -> Part:
-    return Part(sensor, start, part, blob, len(rs), rs[0].ts_ms, rs[-1].ts_ms)
+def _hash64(data: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(data, digest_size=8).digest())
 
 
 def _dedupe(readings: Iterable[Reading]) -> list[Reading]:
@@ -182,7 +188,7 @@ def _split(rs: list[Reading]) -> list[tuple[list[Reading], bytes]]:
     blob = encode_window(rs)
     if len(blob) <= MAX_PART_BYTES:
         return [(rs, blob)]
-    k = math.ceil(len(blob) / MAX_PART_BYTES)
+    k = math.ceil(len(blob) / MAX_PART_BYTES) - 1
     while True:
         k += 1
         size = math.ceil(len(rs) / k)
@@ -194,8 +200,9 @@ def _split(rs: list[Reading]) -> list[tuple[list[Reading], bytes]]:
             raise ValueError(f"one reading of {rs[0].sensor_id!r} is over {MAX_PART_BYTES} B")
 
 
-def seal(scheme: WindowScheme, readings: Iterable[Reading]) -> list[Part]:
-    """The canonical parts of one sensor's window: ``readings`` in write order, deduplicated.
+def seal(scheme: WindowScheme, readings: Iterable[Reading], sealed_ms: int) -> list[Part]:
+    """One set of parts holding one sensor's window: ``readings`` in write order,
+    deduplicated, sealed at ``sealed_ms`` (epoch ms; orders this set among the window's).
 
     Raises:
         ValueError: No readings, several sensors, or readings of several windows.
@@ -203,22 +210,15 @@ def seal(scheme: WindowScheme, readings: Iterable[Reading]) -> list[Part]:
     rs = _dedupe(readings)
     start = _one_window(scheme, rs)
     chunks = _split(rs)
-    if len(chunks) > CANONICAL_PARTS:
-        raise ValueError(f"{len(rs)} readings need {len(chunks)} parts, over {CANONICAL_PARTS}")
+    names = [_hash64(b) for _, b in chunks]
+    set_id = _hash64(b"".join(n.to_bytes(8, "big") for n in names))
     sensor = rs[0].sensor_id
-    return [_part(sensor, start, i, c, b) for i, (c, b) in enumerate(chunks)]
-
-
-def extra_parts(scheme: WindowScheme, readings: Iterable[Reading]) -> list[Part]:
-    """Extra parts of an already sealed window, named by a hash of their content."""
-    rs = _dedupe(readings)
-    start = _one_window(scheme, rs)
-    sensor = rs[0].sensor_id
-    out = []
-    for c, b in _split(rs):
-        h = int.from_bytes(hashlib.blake2b(b, digest_size=8).digest()) % _EXTRA_SPACE
-        out.append(_part(sensor, start, CANONICAL_PARTS + h, c, b))
-    return out
+    return [
+        Part(
+            sensor, start, name, b, len(c), c[0].ts_ms, c[-1].ts_ms, set_id, len(chunks), sealed_ms
+        )
+        for name, (c, b) in zip(names, chunks, strict=True)
+    ]
 
 
 def _one_window(scheme: WindowScheme, rs: list[Reading]) -> int:
@@ -249,20 +249,23 @@ def parse_part_item(item: Mapping[str, Any], sensor_id: str) -> Part:
             int(item["n"]["N"]),
             int(item["t0"]["N"]),
             int(item["t1"]["N"]),
+            int(item["set"]["N"]),
+            int(item["k"]["N"]),
+            int(item["w"]["N"]),
         )
     except (KeyError, TypeError, ValueError) as exc:
         raise PackedDecodeError(f"not a sealed window's item: {exc!r}") from exc
 
 
 def merge_parts(parts: Iterable[Part]) -> list[Reading]:
-    """The readings of a window's parts, each timestamp once: canonical parts first (in
-    part order), then extra parts (in key order); a later part wins a timestamp, whole.
+    """The readings of a window's parts, each timestamp once: sets in the order they were
+    sealed (then by id), a later set winning a timestamp, whole.
 
     Raises:
         PackedDecodeError: A blob is corrupt, or holds another sensor's readings or
             another count than its item says.
     """
-    ordered = sorted(parts, key=lambda p: (p.window_start_ms, p.part))
+    ordered = sorted(parts, key=lambda p: (p.sealed_ms, p.set_id, p.first_ms))
     decoded: list[Reading] = []
     for p in ordered:
         rs = p.readings()
@@ -274,6 +277,12 @@ def merge_parts(parts: Iterable[Part]) -> list[Reading]:
             )
         decoded += rs
     return _dedupe(decoded)
+
+
+def needs_compaction(parts: Sequence[Part]) -> bool:
+    """Whether a window's parts are anything but one complete set."""
+    sets = {p.set_id for p in parts}
+    return len(sets) > 1 or any(len({q.part for q in parts}) != p.set_size for p in parts[:1])
 
 
 def encode_stage(readings: Sequence[Reading]) -> bytes:
