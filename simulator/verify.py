@@ -267,6 +267,11 @@ async def verify_table(
         reader = _Reader(client, table, concurrency)
         warnings: list[str] = []
         layout = await reader.layout()
+        if layout is not None and layout.kind != "reading":
+            raise VerifyError(
+                f"table {table!r} has the {layout.kind!r} layout; this version verifies "
+                "only 'reading' tables"
+            )
         if layout is None:
             layout = default_layout or TableLayout()
             warnings.append(

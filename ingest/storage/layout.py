@@ -74,6 +74,7 @@ from typing import Any
 __all__ = [
     "ARCHIVE_POLICY_SK",
     "JOURNAL_PREFIX",
+    "LAYOUT_KINDS",
     "LAYOUT_PK",
     "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
@@ -116,6 +117,7 @@ _LATE_PREFIX = "#late#"
 MARKER_PREFIX = "#archive#"
 JOURNAL_PREFIX = "#journal#"
 STAGE_PREFIX = "#stage#"
+LAYOUT_KINDS = ("reading", "packed")
 WINDOW_PART_SPACE = 2**64
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
 
@@ -261,13 +263,22 @@ class TableLayout:
     Args:
         bucket_ms: Width of a time bucket (one partition-key generation), ms.
             Must be a whole number of minutes dividing a day, or whole days.
-        shards: Write shards per sensor and bucket (1 to 64).
+        shards: Write shards per sensor and bucket (1 to 64; ``reading`` layout).
         retention_days: Days after a reading's timestamp before its item may expire.
+        kind: ``reading`` (one item per reading) or ``packed`` (decision 0008: sealed
+            windows of many readings, staging items, a journal).
+        window_ms: ``packed``: width of a sealed window (whole seconds dividing the bucket).
+        groups: ``packed``: staging groups (a reader of one sensor scans its group's).
+        stage_ms: ``packed``: how often a worker writes its staging items.
     """
 
     bucket_ms: int = 86_400_000
     shards: int = 4
     retention_days: int = 30
+    kind: str = "reading"
+    window_ms: int = 900_000
+    groups: int = 256
+    stage_ms: int = 10_000
     _labels: dict[int, str] = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -283,6 +294,19 @@ class TableLayout:
             raise ValueError(f"shards must be 1..64, got {self.shards}")
         if self.retention_days < 1:
             raise ValueError(f"retention_days must be >= 1, got {self.retention_days}")
+        if self.kind not in LAYOUT_KINDS:
+            raise ValueError(f"layout must be one of {', '.join(LAYOUT_KINDS)}, got {self.kind!r}")
+        if self.kind == "reading":
+            return  # the packed parameters are unused (and not recorded)
+        if self.window_ms < 1_000 or self.window_ms % 1_000 or self.bucket_ms % self.window_ms:
+            raise ValueError(
+                f"window_ms must be whole seconds dividing the bucket ({self.bucket_ms}), "
+                f"got {self.window_ms}"
+            )
+        if not 1 <= self.groups <= 65_536:
+            raise ValueError(f"groups must be 1..65536, got {self.groups}")
+        if not 100 <= self.stage_ms <= 600_000:
+            raise ValueError(f"stage_ms must be 100..600000, got {self.stage_ms}")
 
     @property
     def retention_ms(self) -> int:
@@ -380,21 +404,47 @@ class TableLayout:
     # -- the layout record --------------------------------------------------
 
     def to_layout_item(self) -> Item:
-        return {
+        """The layout record (a ``reading`` table's has no ``layout``: records written
+        before the ``packed`` layout existed read as ``reading``)."""
+        item: Item = {
             "pk": {"S": LAYOUT_PK},
             "sk": {"N": "0"},
             "bucket_ms": {"N": str(self.bucket_ms)},
             "shards": {"N": str(self.shards)},
             "retention_days": {"N": str(self.retention_days)},
         }
+        if self.kind != "reading":
+            item["layout"] = {"S": self.kind}
+            item["window_ms"] = {"N": str(self.window_ms)}
+            item["groups"] = {"N": str(self.groups)}
+            item["stage_ms"] = {"N": str(self.stage_ms)}
+        return item
 
     @classmethod
     def from_layout_item(cls, item: Item) -> TableLayout:
+        kind = item.get("layout", {"S": "reading"})["S"]
+        packed = {}
+        if kind != "reading":
+            packed = {k: int(item[k]["N"]) for k in ("window_ms", "groups", "stage_ms")}
         return cls(
             bucket_ms=int(item["bucket_ms"]["N"]),
             shards=int(item["shards"]["N"]),
             retention_days=int(item["retention_days"]["N"]),
+            kind=kind,
+            **packed,
         )
+
+    def key_parameters(self) -> dict[str, int | str]:
+        """What a writer and a reader must agree on (retention may differ: TTL only)."""
+        out: dict[str, int | str] = {
+            "layout": self.kind,
+            "bucket_minutes": self.bucket_ms // 60_000,
+        }
+        if self.kind == "reading":
+            out["shards"] = self.shards
+        else:
+            out.update(window_ms=self.window_ms, groups=self.groups, stage_ms=self.stage_ms)
+        return out
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

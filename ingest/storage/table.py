@@ -421,13 +421,24 @@ async def ensure_layout(client: DynamoClient, layout: TableLayout) -> TableLayou
     if stored is None:
         await client.call("put_item", TableName=client.table, Item=layout.to_layout_item())
         return layout
-    if (stored.bucket_ms, stored.shards) != (layout.bucket_ms, layout.shards):
+    if stored.key_parameters() != layout.key_parameters():
+        if (stored.kind, layout.kind) == ("reading", "reading"):
+            # The wording users of the reading layout know (and tests match).
+            raise TableError(
+                f"table {client.table!r} was created with bucket_minutes="
+                f"{stored.bucket_ms // 60000}, shards={stored.shards}; the config says "
+                f"bucket_minutes={layout.bucket_ms // 60000}, shards={layout.shards}. Keys "
+                "would not match: use the table's values or a new table."
+            )
         raise TableError(
-            f"table {client.table!r} was created with bucket_minutes={stored.bucket_ms // 60000}, "
-            f"shards={stored.shards}; the config says bucket_minutes={layout.bucket_ms // 60000}, "
-            f"shards={layout.shards}. Keys would not match: use the table's values or a new table."
+            f"table {client.table!r} was created with {_params(stored)}; the config says "
+            f"{_params(layout)}. Keys would not match: use the table's values or a new table."
         )
     return stored
+
+
+def _params(layout: TableLayout) -> str:
+    return ", ".join(f"{k}={v}" for k, v in layout.key_parameters().items())
 
 
 _POLICY_KEY = {"pk": {"S": LAYOUT_PK}, "sk": {"N": str(ARCHIVE_POLICY_SK)}}

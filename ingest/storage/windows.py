@@ -100,30 +100,27 @@ class Part:
         return decode_window(self.blob)
 
 
-@dataclass(frozen=True, slots=True, kw_only=True)
+@dataclass(frozen=True, slots=True)
 class WindowScheme:
-    """The ``packed`` layout's parameters (recorded in the table's layout record).
+    """Items of a ``packed`` table, from its layout (window width, staging groups).
 
     Args:
-        layout: Bucket width and retention (the shard count is unused: a window is one
-            item, so it needs none).
-        window_ms: Width of a sealed window; whole seconds dividing the bucket.
-        groups: Staging groups (sensors per group ≈ sensors / groups).
+        layout: The table's layout (``kind="packed"``; bucket, retention, window, groups).
     """
 
     layout: TableLayout
-    window_ms: int = 900_000
-    groups: int = 256
 
     def __post_init__(self) -> None:
-        if self.window_ms < 1_000 or self.window_ms % 1_000:
-            raise ValueError(f"window_ms must be whole seconds, got {self.window_ms}")
-        if self.layout.bucket_ms % self.window_ms:
-            raise ValueError(
-                f"window_ms ({self.window_ms}) must divide the bucket ({self.layout.bucket_ms})"
-            )
-        if not 1 <= self.groups <= 65_536:
-            raise ValueError(f"groups must be 1..65536, got {self.groups}")
+        if self.layout.kind != "packed":
+            raise ValueError(f"a window scheme needs a packed layout, got {self.layout.kind!r}")
+
+    @property
+    def window_ms(self) -> int:
+        return self.layout.window_ms
+
+    @property
+    def groups(self) -> int:
+        return self.layout.groups
 
     def window_start(self, ts_ms: int) -> int:
         return ts_ms - ts_ms % self.window_ms

@@ -175,6 +175,13 @@ class TableReader:
                 f"table {client.table!r} has no layout record (pk={LAYOUT_PK!r}): it was not "
                 "created by iot-ingest; run `iot-ingest table create` or the ingest service first"
             )
+        if layout.kind != "reading":
+            # The packed layout's readers are being built (decision 0008): refuse rather
+            # than read a packed table's keys as one-reading items and answer nothing.
+            raise TableError(
+                f"table {client.table!r} has the {layout.kind!r} layout; this version reads "
+                "only 'reading' tables"
+            )
         return cls(client, layout, concurrency=concurrency, cold=cold)
 
     @property

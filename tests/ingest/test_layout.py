@@ -348,3 +348,23 @@ def test_registry_keys_are_distinct_and_in_the_registry_partitions() -> None:
     assert len({sk for _, sk in keys}) == len(ids)
     assert {pk for pk, _ in keys} == partitions
     assert len(partitions) == REGISTRY_PARTITIONS
+
+
+def test_a_packed_layout_record_round_trips_and_a_reading_record_has_no_layout_kind() -> None:
+    packed = TableLayout(kind="packed", window_ms=300_000, groups=64, stage_ms=5_000)
+    item = packed.to_layout_item()
+    assert (item["layout"], item["window_ms"], item["groups"]) == (
+        {"S": "packed"},
+        {"N": "300000"},
+        {"N": "64"},
+    )
+    assert TableLayout.from_layout_item(item) == packed
+    plain = TableLayout().to_layout_item()
+    assert "layout" not in plain and TableLayout.from_layout_item(plain).kind == "reading"
+    assert packed.key_parameters() == {
+        "layout": "packed",
+        "bucket_minutes": 1440,
+        "window_ms": 300_000,
+        "groups": 64,
+        "stage_ms": 5_000,
+    }

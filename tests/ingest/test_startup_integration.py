@@ -29,6 +29,7 @@ from ingest.config import Config
 from ingest.core.errors import TableError
 from ingest.pipeline.service import IngestService, layout_from_config
 from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import TableLayout
 from ingest.storage.table import create_table
 from ingest.trial.servers import free_port
 from tests.ingest.harness import AWS, counter, make_config, publish, read_table, wait_until
@@ -230,3 +231,18 @@ async def test_access_denied_fails_at_once(code: str, tmp_path: Path) -> None:
     finally:
         await crafted.aclose()
     assert crafted.targets == ["GetItem"]  # asked once, not retried
+
+
+async def test_a_reading_service_refuses_a_packed_table_naming_both_layouts(
+    ingest_config: Callable[..., Config], dynamodb_endpoint: str
+) -> None:
+    cfg = ingest_config()
+    async with DynamoClient.from_config(cfg) as client:
+        await create_table(client, TableLayout(kind="packed"))
+    other = ingest_config(create_table=False, startup_retry_deadline_s=0)
+    with pytest.raises(
+        TableError,
+        match=r"created with layout=packed, bucket_minutes=1440, window_ms=900000, groups=256, "
+        r"stage_ms=10000; the config says layout=reading, bucket_minutes=1440, shards=4",
+    ):
+        await asyncio.wait_for(IngestService(other).run(asyncio.Event()), 15)

@@ -37,7 +37,7 @@ from ingest.storage.windows import (
 
 DAY = 86_400_000
 T0 = 1_764_633_600_000  # 2025-12-02T00:00:00Z, a day and a window boundary
-SCHEME = WindowScheme(layout=TableLayout(), window_ms=900_000)
+SCHEME = WindowScheme(TableLayout(kind="packed", window_ms=900_000))
 
 
 def r(ts: int, v: float = 1.0, sensor: str = "dev-1", **tags: str) -> Reading:
@@ -62,11 +62,15 @@ def test_keys_put_a_window_in_its_bucket_and_sort_parts_by_window_then_part() ->
     assert {sensor_group(f"dev-{i}", 256) for i in range(5_000)} == set(range(256))
 
 
-def test_the_scheme_refuses_windows_that_do_not_divide_the_bucket() -> None:
-    with pytest.raises(ValueError, match="must divide the bucket"):
-        WindowScheme(layout=TableLayout(bucket_ms=3_600_000), window_ms=7_000_000)
+def test_the_layout_refuses_windows_that_do_not_divide_the_bucket() -> None:
+    with pytest.raises(ValueError, match="dividing the bucket"):
+        TableLayout(kind="packed", bucket_ms=3_600_000, window_ms=7_000_000)
     with pytest.raises(ValueError, match="whole seconds"):
-        WindowScheme(layout=TableLayout(), window_ms=1_500)
+        TableLayout(kind="packed", window_ms=1_500)
+    with pytest.raises(ValueError, match="layout must be one of reading, packed"):
+        TableLayout(kind="columns")
+    with pytest.raises(ValueError, match="needs a packed layout"):
+        WindowScheme(TableLayout())
     assert SCHEME.window_starts(T0 + 1, T0 + 900_000) == [T0, T0 + 900_000]
 
 
@@ -208,7 +212,7 @@ async def test_parts_and_staging_written_to_a_real_table_read_back(
     late = [r(T0 + 500, 99.0)]
     parts = seal(SCHEME, w0, 1) + seal(SCHEME, w1, 1) + seal(SCHEME, late, 2)
     async with DynamoClient(table=unique_name, aws=aws) as admin:
-        await create_table(admin, TableLayout())
+        await create_table(admin, SCHEME.layout)
         async with LeanDynamoClient(table=unique_name, aws=aws) as lean:
             assert await lean.batch_write([SCHEME.part_item(p) for p in parts]) == []
             sk = SCHEME.stage_sk(T0 + 10_000, "worker-1")
