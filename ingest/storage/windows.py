@@ -62,6 +62,7 @@ from ingest.storage.packed import PackedDecodeError, decode_window, encode_windo
 __all__ = [
     "MAX_PART_BYTES",
     "STAGE_TTL_S",
+    "SEAL_GRACE_MS",
     "STAGE_VERSION",
     "Part",
     "WindowScheme",
@@ -77,6 +78,8 @@ MAX_PART_BYTES: Final = 350 * 1024
 """Largest blob of one part: DynamoDB's item limit is 400 KB with keys and names."""
 STAGE_VERSION: Final = 1
 STAGE_TTL_S: Final = 86_400
+SEAL_GRACE_MS: Final = 60_000
+"""How long after a window's end (or its last reading, if later) a worker seals it."""
 _HOUR_MS: Final = 3_600_000
 
 
@@ -124,6 +127,16 @@ class WindowScheme:
 
     def window_start(self, ts_ms: int) -> int:
         return ts_ms - ts_ms % self.window_ms
+
+    def staged_since(self, now_ms: int) -> int:
+        """The earliest timestamp a reader must look for in staging items at ``now_ms``.
+
+        Readings of windows that ended before it are sealed by a healthy worker; newer
+        ones may be only in staging. A worker that cannot seal (DynamoDB failing) keeps
+        its windows open, and readers see their readings once they are sealed: a later
+        visibility, never a loss (the journal holds them).
+        """
+        return self.window_start(now_ms - SEAL_GRACE_MS - self.layout.stage_ms) - self.window_ms
 
     def window_starts(self, start_ms: int, end_ms: int) -> list[int]:
         """Starts of every window overlapping [start_ms, end_ms], ascending."""
