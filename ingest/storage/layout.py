@@ -48,7 +48,7 @@ a group of sensors, for dashboards)::
     pk   S  "{sensor_id}#{bucket}"                 e.g. "dev-17#2026-11-22" (no shard)
     sk   N  window start ms · 2**64 + part          part = 64-bit hash of the part's blob
     pk   S  "#stage#{group}#{hour}"                group = stable hash of the id mod groups
-    sk   N  flush ms · 2**20 + a hash of the writing worker
+    sk   N  flush ms · 2**24 + a hash of the writing worker · 16 + index
 
 Late marks (a sensor's bucket received readings once it may already have been
 archived; written by the registry, cleared by the archiver) live under

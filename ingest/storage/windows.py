@@ -35,9 +35,9 @@ Item of a part (keys from :mod:`ingest.storage.layout`)::
 
 Staging item::
 
-    pk   S  "#stage#{group}#{hour}"         sk N  flush ms · 2**20 + hash of the worker
+    pk   S  "#stage#{group}#{hour}"         sk N  flush ms · 2**24 + worker hash · 16 + index
     ttl  N  one day after the flush         n  N  readings
-    b    B  u8 version (1), varint sensors, then per sensor: varint length, packed blob
+    b    B  u8 version (1), varint windows, then per window: varint length, packed blob
 """
 
 from __future__ import annotations
@@ -61,8 +61,8 @@ from ingest.storage.packed import PackedDecodeError, decode_window, encode_windo
 
 __all__ = [
     "MAX_PART_BYTES",
-    "STAGE_TTL_S",
     "SEAL_GRACE_MS",
+    "STAGE_TTL_S",
     "STAGE_VERSION",
     "Part",
     "WindowScheme",
@@ -72,6 +72,7 @@ __all__ = [
     "needs_compaction",
     "parse_part_item",
     "seal",
+    "stage_blob",
 ]
 
 MAX_PART_BYTES: Final = 350 * 1024
@@ -160,21 +161,27 @@ class WindowScheme:
             "b": {"B": part.blob},
         }
 
-    def stage_item(self, group: int, sk: int, flush_ms: int, readings: Sequence[Reading]) -> Item:
-        """A staging item of one group (``sk`` from :meth:`stage_sk`)."""
+    def stage_item(
+        self, group: int, sk: int, flush_ms: int, blobs: Sequence[bytes], n: int
+    ) -> Item:
+        """A staging item of one group holding packed windows ``blobs`` (``n`` readings in
+        all; ``sk`` from :meth:`stage_sk`)."""
         return {
             "pk": {"S": stage_pk(group, flush_ms - flush_ms % _HOUR_MS)},
             "sk": {"N": str(sk)},
             "ttl": {"N": str(flush_ms // 1000 + STAGE_TTL_S)},
-            "n": {"N": str(len(readings))},
-            "b": {"B": encode_stage(readings)},
+            "n": {"N": str(n)},
+            "b": {"B": stage_blob(blobs)},
         }
 
     @staticmethod
-    def stage_sk(flush_ms: int, worker: str) -> int:
-        """A staging item's sort key: the flush's millisecond and 20 bits of the worker's id."""
+    def stage_sk(flush_ms: int, worker: str, index: int = 0) -> int:
+        """A staging item's sort key: the flush's millisecond, 20 bits of the worker's id and
+        the item's index among the flush's items of one group (< 16)."""
+        if not 0 <= index < 16:
+            raise ValueError(f"a flush writes at most 16 staging items per group, got {index}")
         tag = int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
-        return flush_ms * 2**20 + tag
+        return flush_ms * 2**24 + tag * 16 + index
 
 
 def _hash64(data: bytes) -> int:
@@ -300,10 +307,14 @@ def encode_stage(readings: Sequence[Reading]) -> bytes:
     by_sensor: dict[str, list[Reading]] = {}
     for r in readings:
         by_sensor.setdefault(r.sensor_id, []).append(r)
+    return stage_blob([encode_window(rs) for rs in by_sensor.values()])
+
+
+def stage_blob(blobs: Sequence[bytes]) -> bytes:
+    """A staging blob holding packed windows already encoded (any sensors, any count)."""
     out = bytearray((STAGE_VERSION,))
-    out += _varint(len(by_sensor))
-    for rs in by_sensor.values():
-        blob = encode_window(rs)
+    out += _varint(len(blobs))
+    for blob in blobs:
         out += _varint(len(blob)) + blob
     return bytes(out)
 

@@ -20,7 +20,7 @@ from ingest.storage.layout import (
     window_of_sk,
     window_sk,
 )
-from ingest.storage.packed import PackedDecodeError
+from ingest.storage.packed import PackedDecodeError, encode_window
 from ingest.storage.reads import query_pages
 from ingest.storage.table import create_table
 from ingest.storage.windows import (
@@ -216,7 +216,8 @@ async def test_parts_and_staging_written_to_a_real_table_read_back(
         async with LeanDynamoClient(table=unique_name, aws=aws) as lean:
             assert await lean.batch_write([SCHEME.part_item(p) for p in parts]) == []
             sk = SCHEME.stage_sk(T0 + 10_000, "worker-1")
-            stage = SCHEME.stage_item(sensor_group("dev-1", 256), sk, T0 + 10_000, w1[:10])
+            blobs = [encode_window(w1[:10])]
+            stage = SCHEME.stage_item(sensor_group("dev-1", 256), sk, T0 + 10_000, blobs, 10)
             assert await lean.batch_write([stage]) == []
         kwargs = {
             "TableName": unique_name,
