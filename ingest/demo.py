@@ -358,7 +358,14 @@ def _live_run(
 
     return SimulationConfig(
         fleet=Fleet.uniform(devices=opts.devices, rate_per_s=opts.rate_per_s, kinds=_KINDS),
-        traffic=TrafficOptions(seed=opts.seed, start_ts_ms=now_ms, duration_s=opts.duration_s),
+        traffic=TrafficOptions(
+            seed=opts.seed,
+            start_ts_ms=now_ms,
+            duration_s=opts.duration_s,
+            # Continue the replayed history's signals: same seed (same per-device levels,
+            # phases, drift) and the history's start as the origin of the slow terms.
+            signal_origin_ts_ms=now_ms - round(opts.history_minutes * 60_000),
+        ),
         mqtt_url=mqtt_url,
         protocol_version=protocol,
         flush_timeout_s=flush_timeout_s,
@@ -380,7 +387,7 @@ def _history_run(
     return SimulationConfig(
         fleet=Fleet.uniform(devices=opts.devices, rate_per_s=rate, kinds=_KINDS),
         traffic=TrafficOptions(
-            seed=opts.seed + 1,
+            seed=opts.seed,  # the live fleet's seed: the live run continues these signals
             start_ts_ms=now_ms - history_ms,
             duration_s=history_ms / 1000,
             mode="gateway",  # a few connections carrying batches: a quick replay

@@ -87,6 +87,10 @@ class TrafficOptions:
         sensor_id_separator: Gateway mode: sensor ids are ``{gateway id}{separator}{fleet
             id}``, as the service's ``sensor_id_separator``; None: the fleet's ids as they
             are (for a service with ``sensor_id_rule=any``).
+        signal_origin_ts_ms: Epoch ms the signals' slow terms (drift, battery drain)
+            count from; None: ``start_ts_ms``. A run continuing another one (the demo's
+            live fleet after its replayed history) passes the first run's start, so its
+            values carry on where the first run's stopped.
     """
 
     seed: int
@@ -101,6 +105,7 @@ class TrafficOptions:
     count_limit: int | None = None
     manifest_detail: bool = False
     sensor_id_separator: str | None = ":"
+    signal_origin_ts_ms: int | None = None
 
 
 class _Block(NamedTuple):
@@ -285,6 +290,8 @@ class TrafficGenerator:
     ) -> None:
         o = self.options
         start_s = o.start_ts_ms / 1000.0
+        origin_ms = o.start_ts_ms if o.signal_origin_ts_ms is None else o.signal_origin_ts_ms
+        since_origin_s = (o.start_ts_ms - origin_ms) / 1000.0
         # Values first, for every scheduled reading: faults then never shift the noise draws.
         kind = self._kind_of[dev]
         blocks: list[tuple[int, IntArray, dict[str, FloatArray]]] = []
@@ -292,7 +299,7 @@ class TrafficGenerator:
             sel = np.flatnonzero(kind == ki) if len(self._models) > 1 else np.arange(dev.size)
             if sel.size:
                 values = model.sample(
-                    self._local[dev[sel]], start_s + elapsed_s[sel], elapsed_s[sel]
+                    self._local[dev[sel]], start_s + elapsed_s[sel], since_origin_s + elapsed_s[sel]
                 )
                 blocks.append((ki, sel, values))
         keep, started = self.faults.dropouts(dev, offset_ms)

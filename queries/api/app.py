@@ -18,7 +18,8 @@ preflight requests need no key and a 401 or 429 still reaches the calling page.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+import time
+from collections.abc import AsyncIterator, Callable
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -206,7 +207,16 @@ async def open_cold_tier(settings: ServeSettings) -> AsyncIterator[S3Store]:
         yield store
 
 
-def create_app(settings: ServeSettings, *, reader: TableReader | None = None) -> Starlette:
+def _wall_clock_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def create_app(
+    settings: ServeSettings,
+    *,
+    reader: TableReader | None = None,
+    clock_ms: Callable[[], int] = _wall_clock_ms,
+) -> Starlette:
     """Build the app.
 
     Args:
@@ -216,6 +226,8 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
             With ``settings.s3_bucket`` and a reader without a cold store, the lifespan
             opens the archive's store and sets it as the reader's ``cold`` (closing it
             at shutdown).
+        clock_ms: Now in epoch ms, read once per request (relative times such as
+            ``now-1h``, defaulted ranges); tests inject a fixed or stepped clock.
     """
     if settings.auth is None:
         log.warning(
@@ -280,6 +292,7 @@ def create_app(settings: ServeSettings, *, reader: TableReader | None = None) ->
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.clock_ms = clock_ms
     app.state.metric_names = MetricNames()
     if settings.cursor_keys:
         app.state.cursors = CursorCodec(settings.cursor_keys)

@@ -169,8 +169,8 @@ async def query(request: Request) -> JSONResponse:
     rng = doc.get("range")
     if not isinstance(rng, dict):
         raise BadParameter("range", rng, "an object with 'from' and 'to' (RFC 3339)")
-    start = parse_time("range.from", str(rng.get("from", "")))
-    end = parse_time("range.to", str(rng.get("to", "")))
+    start = parse_time("range.from", str(rng.get("from", "")), now_ms=ctx.now_ms)
+    end = parse_time("range.to", str(rng.get("to", "")), now_ms=ctx.now_ms)
     if end < start:
         raise BadParameter("range.to", rng.get("to"), "a time at or after range.from")
     if end - start > s.max_range_ms:

@@ -68,12 +68,20 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
         {**string, "pattern": f"^{SENSOR_ID_PATTERN.pattern}$"},
         "path",
     )
+    relative = (
+        " Relative times (`now-24h`) resolve against one clock reading per request; "
+        "pages after the first keep the range their cursor resolved."
+    )
     start = _param(
         "start",
-        f"First time, inclusive: {TIME_FORM}. Default: one hour before `end`.",
-        string,
+        f"First time, inclusive: {TIME_FORM}. Default: one hour before `end`.{relative}",
+        {**string, "examples": ["now-24h", "1763780000000", "2026-11-22T03:00:00Z"]},
     )
-    end = _param("end", f"Last time, inclusive: {TIME_FORM}. Default: now.", string)
+    end = _param(
+        "end",
+        f"Last time, inclusive: {TIME_FORM}. Default: now.{relative}",
+        {**string, "examples": ["now", "1763783600000", "2026-11-22T04:00:00Z"]},
+    )
     fields = _param("fields", f"Metrics to return ({FIELDS_FORM}). Default: all.", string)
     step = _param(
         "step",

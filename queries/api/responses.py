@@ -31,12 +31,15 @@ class JSONResponse(Response):
 @dataclass(slots=True)
 class Context:
     """What a handler needs: the reader, the settings, this request's read accounting,
-    the server's cursor codec, and who is asking (the scope of sensors they may read)."""
+    the server's cursor codec, who is asking (the scope of sensors they may read), and
+    ``now_ms``: the server's clock read once for this request, so every relative time and
+    default in it resolves against the same instant."""
 
     reader: TableReader
     settings: ServeSettings
     stats: ReadStats
     cursors: CursorCodec
+    now_ms: int
     principal: Principal = ANONYMOUS
 
     def reads_sensors(self, count: int) -> None:
@@ -76,6 +79,7 @@ def context(request: Request) -> Context:
         settings=settings,
         stats=stats,
         cursors=state.cursors,
+        now_ms=int(state.clock_ms()),
         principal=who if isinstance(who, Principal) else ANONYMOUS,
     )
 

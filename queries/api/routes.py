@@ -8,7 +8,6 @@ point and page limits of :class:`~queries.api.settings.ServeSettings`.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -55,10 +54,6 @@ __all__ = [
 DEFAULT_SPAN_MS = 3_600_000
 """``start`` defaults to one hour before ``end`` (which defaults to now)."""
 MIN_MAX_POINTS = 10
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
 
 
 # -- sensors --------------------------------------------------------------------
@@ -152,7 +147,7 @@ async def sensor_latest(request: Request) -> JSONResponse:
         ctx.reader,
         sensor_id,
         int(entry["last_seen"] or 0),
-        now_ms=_now_ms(),
+        now_ms=ctx.now_ms,
         future_ms=ctx.settings.latest_future_ms,
         max_range_ms=ctx.settings.max_range_ms,
         fields=fields,
@@ -170,37 +165,43 @@ ahead of this replica's clock."""
 
 
 def _readings_position(
-    q: Mapping[str, str], doc: dict[str, Any], start: int, end: int, max_range_ms: int
-) -> tuple[int, int, int]:
-    """The ``(start, end, next)`` of a readings cursor, checked against its request.
+    q: Mapping[str, str], doc: dict[str, Any], now_ms: int, max_range_ms: int
+) -> tuple[int, int, int, int]:
+    """The ``(start, end, next, t)`` of a readings cursor, checked against its request.
 
-    The cursor's range must be one this very request could have produced on its first
-    page (``parse_range`` then): ``start``/``end`` as given, a defaulted ``end`` no later
-    than now (plus :data:`CURSOR_CLOCK_SKEW_MS`), a defaulted ``start`` one default span
-    before the cursor's end, at most ``max_range_ms`` long; and ``next`` inside it. So a
-    cursor, even one signed with a leaked key, never widens what the request asks for.
+    The cursor carries the range its first page resolved and the clock reading ``t``
+    it resolved it at, so paging ``start=now-1h`` never shifts as the clock moves on.
+    The range must be the one this very request resolves at ``t`` (``parse_range``
+    then: absolute times as given, relative ones and defaults from ``t``), with ``t``
+    no later than now (plus :data:`CURSOR_CLOCK_SKEW_MS`), and ``next`` inside it. So a
+    cursor, even one signed with a leaked key, never widens what the request asks for:
+    at most it replays a range the same request named earlier.
 
     Raises:
-        BadParameter: the position is not integers, or lies outside the request's range.
+        BadParameter: the position is not integers, or is not this request's range.
     """
     raw = q["cursor"]
     s, e, n = doc.get("s"), doc.get("e"), doc.get("n")
-    if type(s) is not int or type(e) is not int or type(n) is not int:
+    t = doc.get("t", e)  # cursors issued before ``t`` existed: a defaulted end was now
+    if type(s) is not int or type(e) is not int or type(n) is not int or type(t) is not int:
         raise BadParameter("cursor", raw, "a next_cursor of this endpoint", reason="not a position")
-    inside = (
-        0 <= s <= n <= e
-        and e - s <= max_range_ms
-        and (s == start if q.get("start") else s == max(0, e - DEFAULT_SPAN_MS))
-        and (e == end if q.get("end") else e <= end + CURSOR_CLOCK_SKEW_MS)
-    )
-    if not inside:
+    try:
+        resolved = (
+            parse_range(q, now_ms=t, default_span_ms=DEFAULT_SPAN_MS, max_range_ms=max_range_ms)
+            if 0 <= t <= now_ms + CURSOR_CLOCK_SKEW_MS
+            else None
+        )
+    except BadParameter:
+        resolved = None
+    if resolved != (s, e) or not s <= n <= e:
         raise BadParameter(
             "cursor",
             raw,
-            f"a next_cursor of this query: its range lies within this request's ({start}..{end})",
+            "a next_cursor of this query: its range is this request's, resolved when its "
+            "first page was read",
             reason=f"position outside the request's range ({s}..{e}, next {n})",
         )
-    return s, e, n
+    return s, e, n, t
 
 
 async def sensor_readings(request: Request) -> JSONResponse:
@@ -210,20 +211,22 @@ async def sensor_readings(request: Request) -> JSONResponse:
     q = request.query_params
     sensor_id = ctx.check_sensor(parse_sensor_id(request.path_params["sensor_id"]))
     start, end = parse_range(
-        q, now_ms=_now_ms(), default_span_ms=DEFAULT_SPAN_MS, max_range_ms=s.max_range_ms
+        q, now_ms=ctx.now_ms, default_span_ms=DEFAULT_SPAN_MS, max_range_ms=s.max_range_ms
     )
     fields = parse_fields(q.get("fields"))
     order = parse_order(q.get("order"))
     limit = parse_int(
         "limit", q.get("limit"), default=s.default_page_limit, minimum=1, maximum=s.max_page_limit
     )
-    # The raw start/end identify the query; their effective values (end defaults to now)
-    # travel in the cursor, so every page of one query reads the same range.
+    # The raw start/end identify the query; their resolved values (relative times and
+    # defaults) and the clock reading they came from travel in the cursor, so every page
+    # of one query reads the same range.
+    resolved_at = ctx.now_ms
     fp = fingerprint("readings", sensor_id, q.get("start", ""), q.get("end", ""), order)
     lo, hi = start, end
     if q.get("cursor"):
         doc = ctx.cursors.decode(q["cursor"], "readings", fp)
-        start, end, nxt = _readings_position(q, doc, start, end, s.max_range_ms)
+        start, end, nxt, resolved_at = _readings_position(q, doc, ctx.now_ms, s.max_range_ms)
         lo, hi = (nxt, end) if order == "asc" else (start, nxt)
     page = await read_page(
         ctx.reader,
@@ -237,7 +240,9 @@ async def sensor_readings(request: Request) -> JSONResponse:
     )
     next_cursor = None
     if page.next_ts is not None:
-        next_cursor = ctx.cursors.encode("readings", fp, {"s": start, "e": end, "n": page.next_ts})
+        next_cursor = ctx.cursors.encode(
+            "readings", fp, {"s": start, "e": end, "n": page.next_ts, "t": resolved_at}
+        )
     body = {
         "sensor_id": sensor_id,
         "start": start,
@@ -312,7 +317,10 @@ def _metrics_json(series: SensorSeries, aggs: tuple[Agg, ...]) -> dict[str, Any]
 def _series_request(request: Request, ctx: Context) -> tuple[int, int, WindowGrid, Any, Any]:
     q = request.query_params
     start, end = parse_range(
-        q, now_ms=_now_ms(), default_span_ms=DEFAULT_SPAN_MS, max_range_ms=ctx.settings.max_range_ms
+        q,
+        now_ms=ctx.now_ms,
+        default_span_ms=DEFAULT_SPAN_MS,
+        max_range_ms=ctx.settings.max_range_ms,
     )
     aggs = parse_aggs(q.get("agg"))
     fields = parse_fields(q.get("fields"))

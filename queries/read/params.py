@@ -17,12 +17,14 @@ from queries.errors import BadParameter
 __all__ = [
     "AGGREGATIONS",
     "FIELDS_FORM",
+    "RELATIVE_FORM",
     "SENSOR_FORM",
     "STEP_FORM",
     "TIME_FORM",
     "Agg",
     "Order",
     "format_duration",
+    "is_relative",
     "parse_aggs",
     "parse_fields",
     "parse_int",
@@ -38,7 +40,13 @@ Agg = Literal["avg", "min", "max", "sum", "count", "first", "last"]
 AGGREGATIONS: tuple[Agg, ...] = get_args(Agg)
 Order = Literal["asc", "desc"]
 
-TIME_FORM = "epoch milliseconds (e.g. 1763780000000) or RFC 3339 (e.g. 2026-11-22T03:00:00Z)"
+RELATIVE_FORM = (
+    "now, now-<n><unit> or now+<n><unit> with unit s, m, h, d or w (e.g. now-15m, now-24h, now-7d)"
+)
+TIME_FORM = (
+    "epoch milliseconds (e.g. 1763780000000), RFC 3339 (e.g. 2026-11-22T03:00:00Z) "
+    f"or relative to the request's time: {RELATIVE_FORM}"
+)
 SENSOR_FORM = "1-128 characters of A-Z a-z 0-9 _ . : -"
 FIELDS_FORM = "comma-separated metric names, at most 64, each 1-255 characters"
 STEP_FORM = "a positive integer and a unit: ms, s, m, h or d (e.g. 500ms, 10s, 1m, 1h, 1d)"
@@ -47,18 +55,39 @@ _MAX_FIELDS = 64
 _STEP_RE = re.compile(r"([1-9][0-9]{0,9})(ms|s|m|h|d)")
 _STEP_UNIT_MS = {"ms": 1, "s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000}
 _EPOCH_MS_RE = re.compile(r"[0-9]{1,15}")
+# Grafana's relative times without rounding (``now/d``): the subset a range needs.
+_RELATIVE_RE = re.compile(r"now(?:([+-])([1-9][0-9]{0,8}|0)(s|m|h|d|w))?")
+_RELATIVE_UNIT_MS = {"s": 1_000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, "w": 604_800_000}
 # Years 1970..9999 in epoch ms: the largest value that prints as RFC 3339.
 _MAX_EPOCH_MS = 253_402_300_799_999
+_ABSOLUTE_FORM = TIME_FORM.partition(" or relative")[0]
 
 
-def parse_time(name: str, raw: str) -> int:
-    """Parse a point in time: epoch milliseconds or RFC 3339 with an offset.
+def is_relative(raw: str | None) -> bool:
+    """True when ``raw`` is a time relative to now (``now``, ``now-24h``, …), valid or not."""
+    return raw is not None and raw.strip().startswith("now")
 
-    A ``+`` in a query string decodes to a space; a space before the offset is read
-    back as ``+`` so ``...T03:00:00+01:00`` works even unencoded.
+
+def parse_time(name: str, raw: str, *, now_ms: int | None = None) -> int:
+    """Parse a point in time: epoch milliseconds, RFC 3339 with an offset, or relative.
+
+    A relative time (:data:`RELATIVE_FORM`, Grafana's syntax without rounding) is
+    resolved against ``now_ms``, the request's one clock reading; without it only
+    absolute times are accepted. A ``+`` in a query string decodes to a space; a space
+    is read back as ``+`` so ``...T03:00:00+01:00`` and ``now+1h`` work even unencoded.
+
+    Raises:
+        BadParameter: malformed, before 1970 or after 9999.
     """
     text = raw.strip()
-    if _EPOCH_MS_RE.fullmatch(text):
+    if is_relative(text):
+        m = _RELATIVE_RE.fullmatch(text.replace(" ", "+"))
+        if m is None or now_ms is None:
+            raise BadParameter(name, raw, TIME_FORM if now_ms is not None else _ABSOLUTE_FORM)
+        sign, count, unit = m.groups()
+        offset = 0 if sign is None else int(count) * _RELATIVE_UNIT_MS[unit]
+        value = now_ms - offset if sign == "-" else now_ms + offset
+    elif _EPOCH_MS_RE.fullmatch(text):
         value = int(text)
     else:
         try:
@@ -84,11 +113,18 @@ def parse_range(
 ) -> tuple[int, int]:
     """Parse ``start`` and ``end`` (both inclusive); defaults: end = now, start = end - span.
 
+    Relative times (``now-24h``) and the defaults are resolved against ``now_ms``, one
+    clock reading for the whole request, so ``start=now-1h&end=now`` is exactly 1 h.
+
     Raises:
         BadParameter: malformed, ``end`` before ``start``, or a range over ``max_range_ms``.
     """
-    end = parse_time("end", params["end"]) if params.get("end") else now_ms
-    start = parse_time("start", params["start"]) if params.get("start") else end - default_span_ms
+    end = parse_time("end", params["end"], now_ms=now_ms) if params.get("end") else now_ms
+    start = (
+        parse_time("start", params["start"], now_ms=now_ms)
+        if params.get("start")
+        else end - default_span_ms
+    )
     start = max(start, 0)
     if end < start:
         raise BadParameter(

@@ -3,7 +3,7 @@
 * ``make_table(layout=None)``: a fresh table (the test's unique name) on the
   parametrized DynamoDB-API server, created with its layout record; see
   :class:`~tests.queries.harness.TestTable` to fill it.
-* ``serve_api(table, endpoint=None, client_cls=DynamoClient, **limits)``: the app
+* ``serve_api(table, endpoint=None, client_cls=DynamoClient, clock_ms=None, **limits)``: the app
   (reading the layout record like ``serve`` does) on a loopback port; ``await api.get(path, **params)`` ->
   ``(status, headers, json)``.
 """
@@ -58,6 +58,7 @@ async def serve_api() -> AsyncIterator[Callable[..., Awaitable[Api]]]:
             *,
             endpoint: str | None = None,
             client_cls: type[DynamoClient] = DynamoClient,
+            clock_ms: Callable[[], int] | None = None,
             **limits: Any,
         ) -> Api:
             client = await stack.enter_async_context(
@@ -65,7 +66,13 @@ async def serve_api() -> AsyncIterator[Callable[..., Awaitable[Api]]]:
             )
             settings = ServeSettings(table=table.name, **limits)
             reader = await TableReader.load(client, concurrency=settings.query_concurrency)
-            server = await stack.enter_async_context(ApiServer(create_app(settings, reader=reader)))
+            server = await stack.enter_async_context(
+                ApiServer(
+                    create_app(
+                        settings, reader=reader, **({"clock_ms": clock_ms} if clock_ms else {})
+                    )
+                )
+            )
             session = await stack.enter_async_context(aiohttp.ClientSession())
             return Api(server.url, session, reader)
 

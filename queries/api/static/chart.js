@@ -1,5 +1,7 @@
 // A small SVG line chart: time on x, values on y, gaps at nulls, optional min/max bands.
 // No dependencies; exposes window.LineChart.render(container, spec).
+// Drag across a chart to select a time range (spec.onZoom(startMs, endMs)); double-click
+// calls spec.onReset(). A library would add ~40 KB for these few dozen lines.
 "use strict";
 
 (function () {
@@ -72,7 +74,8 @@
 
   /**
    * Render a chart into `container` (replacing its content).
-   * spec: { ts: [ms...], stepMs, series: [{ name, values, min?, max? }], band: bool }
+   * spec: { ts: [ms...], stepMs, series: [{ name, values, min?, max? }], band: bool,
+   *         onZoom?(startMs, endMs), onReset?() }
    * Returns the number of points drawn.
    */
   function render(container, spec) {
@@ -151,7 +154,52 @@
     });
 
     addCursor(svg, spec, { sx, width, height, plotW, x0, x1 });
+    addZoom(svg, spec, { width, height, plotW, x0, x1 });
     return points;
+  }
+
+  // Drag to select a time range (a shaded rectangle while dragging), double-click to reset.
+  function addZoom(svg, spec, geo) {
+    if (!spec.onZoom) return;
+    const sel = el("rect", {
+      class: "zoom-sel", y: PAD.top, height: geo.height - PAD.top - PAD.bottom, visibility: "hidden",
+    }, svg);
+    const toX = (ev) => {
+      const box = svg.getBoundingClientRect();
+      const x = ((ev.clientX - box.left) / box.width) * geo.width;
+      return Math.min(geo.width - PAD.right, Math.max(PAD.left, x));
+    };
+    const toTime = (x) => geo.x0 + ((x - PAD.left) / (geo.plotW || 1)) * (geo.x1 - geo.x0);
+    let from = null;
+    svg.addEventListener("mousedown", (ev) => {
+      if (ev.button !== 0) return;
+      ev.preventDefault();  // no text selection while dragging
+      from = toX(ev);
+      sel.setAttribute("x", from);
+      sel.setAttribute("width", 0);
+      sel.setAttribute("visibility", "visible");
+    });
+    svg.addEventListener("mousemove", (ev) => {
+      if (from === null) return;
+      const x = toX(ev);
+      sel.setAttribute("x", Math.min(from, x));
+      sel.setAttribute("width", Math.abs(x - from));
+    });
+    const finish = (ev) => {
+      if (from === null) return;
+      const x = toX(ev);
+      const a = Math.min(from, x);
+      const b = Math.max(from, x);
+      from = null;
+      sel.setAttribute("visibility", "hidden");
+      if (b - a < 5) return;  // a click, not a drag
+      const start = Math.round(toTime(a));
+      const end = Math.round(toTime(b));
+      if (end > start) spec.onZoom(start, end);
+    };
+    svg.addEventListener("mouseup", finish);
+    svg.addEventListener("mouseleave", finish);
+    svg.addEventListener("dblclick", () => { if (spec.onReset) spec.onReset(); });
   }
 
   // A crosshair with the values of the nearest window under the mouse.

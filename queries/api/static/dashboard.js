@@ -1,6 +1,8 @@
 // The dashboard: pick sensors and a range, chart every metric (avg line, min/max band),
 // refresh live. State lives in the URL (?sensors=a,b&range=3600000&metric=&band=1&live=1),
-// so a view can be bookmarked or shared.
+// so a view can be bookmarked or shared. Dragging across a chart zooms every chart to that
+// range (&from=&to=, epoch ms; relative times such as from=now-30m&to=now work too); the
+// live range is asked for as start=now-<range>&end=now, resolved by the server's clock.
 "use strict";
 
 (function () {
@@ -10,6 +12,7 @@
     sensorCount: $("sensor-count"), range: $("range"), metric: $("metric"), band: $("band"),
     live: $("live"), interval: $("interval"), controls: $("controls"), charts: $("charts"),
     cost: $("cost"), tz: $("tz"), keyBox: $("key-box"), apiKey: $("api-key"),
+    resetZoom: $("reset-zoom"),
   };
   // The API key (when the server requires one) lives in sessionStorage: this tab only,
   // gone when it closes; it is sent as a header, never in a URL.
@@ -19,6 +22,8 @@
   let allSensors = [];
   let timer = null;
   let inFlight = null;
+  let zoom = null;  // { from, to }: the zoomed range (API time strings), null: the live range
+  let fetches = 0;
 
   function setStatus(text, isError) {
     ui.status.textContent = text;
@@ -71,6 +76,7 @@
       band: q.get("band") !== "0",
       live: q.get("live") !== "0",
       interval: q.get("interval"),
+      zoom: q.get("from") && q.get("to") ? { from: q.get("from"), to: q.get("to") } : null,
     };
   }
 
@@ -83,6 +89,7 @@
     q.set("band", ui.band.checked ? "1" : "0");
     q.set("live", ui.live.checked ? "1" : "0");
     q.set("interval", ui.interval.value);
+    if (zoom) { q.set("from", zoom.from); q.set("to", zoom.to); }
     window.history.replaceState(null, "", "?" + q.toString());
   }
 
@@ -186,6 +193,7 @@
         }));
       points += window.LineChart.render(body, {
         ts: series.ts, stepMs: series.step_ms, series: lines, band: ui.band.checked,
+        onZoom: zoomTo, onReset: resetZoom,
       });
       lines.forEach((l, k) => {
         const item = document.createElement("span");
@@ -215,13 +223,12 @@
     if (inFlight) inFlight.abort();
     const ctrl = new AbortController();
     inFlight = ctrl;
-    const end = Date.now();
-    const start = end - Number(ui.range.value);
     const width = ui.charts.clientWidth || 800;
+    // A narrower range at the same max_points: the server picks a finer step.
     const params = {
       sensors: chosen.join(","),
-      start: String(start),
-      end: String(end),
+      start: zoom ? zoom.from : "now-" + Math.round(Number(ui.range.value) / 1000) + "s",
+      end: zoom ? zoom.to : "now",
       agg: "avg,min,max",
       max_points: String(Math.max(10, Math.min(1000, Math.floor(width / 3)))),
     };
@@ -230,7 +237,12 @@
     try {
       const { body, readUnits } = await getJSON("/v1/series", params, ctrl.signal);
       const points = drawCharts(body, chosen);
+      fetches += 1;
       ui.charts.setAttribute("data-rendered", String(points));
+      ui.charts.setAttribute("data-start", String(body.start));
+      ui.charts.setAttribute("data-end", String(body.end));
+      ui.charts.setAttribute("data-step", String(body.step_ms));
+      ui.charts.setAttribute("data-fetches", String(fetches));
       ui.cost.textContent = "last query: " + readUnits + " read units";
       setStatus("updated " + new Date().toLocaleTimeString() + " · " + points + " points");
     } catch (err) {
@@ -241,10 +253,28 @@
     }
   }
 
+  function zoomed() {
+    ui.resetZoom.hidden = zoom === null;
+    refresh();
+    schedule();
+  }
+
+  function zoomTo(startMs, endMs) {
+    zoom = { from: String(startMs), to: String(endMs) };
+    zoomed();
+  }
+
+  function resetZoom() {
+    if (zoom === null) return;
+    zoom = null;
+    zoomed();
+  }
+
   function schedule() {
     if (timer) clearTimeout(timer);
     timer = null;
-    if (!ui.live.checked) return;
+    // A zoomed absolute range does not move: nothing to refresh.
+    if (!ui.live.checked || (zoom && !zoom.to.startsWith("now"))) return;
     timer = setTimeout(async () => {
       await refresh();
       schedule();
@@ -259,6 +289,9 @@
     setSelectValue(ui.interval, state.interval);
     ui.band.checked = state.band;
     ui.live.checked = state.live;
+    zoom = state.zoom;
+    ui.resetZoom.hidden = zoom === null;
+    ui.resetZoom.addEventListener("click", resetZoom);
     try {
       allSensors = await loadSensors();
     } catch (err) {
@@ -275,7 +308,8 @@
       fillMetrics(knownMetrics(selectedSensors()));
       refresh();
     });
-    for (const node of [ui.range, ui.metric, ui.band]) node.addEventListener("change", refresh);
+    ui.range.addEventListener("change", () => { zoom = null; zoomed(); });
+    for (const node of [ui.metric, ui.band]) node.addEventListener("change", refresh);
     for (const node of [ui.live, ui.interval]) node.addEventListener("change", () => { writeState(); schedule(); });
     await refresh();
     schedule();
