@@ -260,7 +260,9 @@ def test_topic_sensor_level(values: dict[str, Any], level: int | None) -> None:
 
 def test_subscription_with_and_without_a_shared_group() -> None:
     assert config_of().mqtt.subscription == "sensors/+/telemetry"
-    assert config_of(shared_group="workers").mqtt.subscription == "$share/workers/sensors/+/telemetry"
+    assert (
+        config_of(shared_group="workers").mqtt.subscription == "$share/workers/sensors/+/telemetry"
+    )
 
 
 def test_max_past_defaults_to_the_retention_less_a_day() -> None:

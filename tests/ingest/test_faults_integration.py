@@ -138,7 +138,7 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     start = int(time.time() * 1000) - 30_000
     msgs, expected = _messages(unique_name, 400, start)
     async with running(a), running(b):
-        sent = await publish(a.config.mqtt_url or "", msgs)
+        sent = await publish(a.config.mqtt.mqtt_url or "", msgs)
 
         def done() -> float:
             return counter(a, "iot_ingest_messages_completed_total") + counter(
@@ -149,7 +149,9 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     assert counter(a, "iot_ingest_messages_received_total") > 0
     assert counter(b, "iot_ingest_messages_received_total") > 0
     assert done() == sent  # each message went to exactly one worker
-    await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
+    await _assert_table_holds(
+        dynamodb_endpoint, a.config.dynamodb.table, expected, start, start + 10_000
+    )
 
 
 def _tail(log: Path) -> str:

@@ -267,8 +267,8 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
         (error,) = info.value.exceptions
         assert "does not support shared subscriptions" in str(error)
         assert counter(a, RECEIVED) == 0
-        assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
-        await assert_broker_drained(broker, cfgs[0].mqtt_client_id)
+        assert not await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start)
+        await assert_broker_drained(broker, cfgs[0].mqtt.mqtt_client_id)
         return
     async with running(a, drained=False), running(b, drained=False):
         await publish_to(broker, msgs)
@@ -286,9 +286,9 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
             assert counter(a, RECEIVED) > 0 and counter(b, RECEIVED) > 0, "one worker idle"
             assert done() == len(msgs)  # each message went to exactly one worker
     if broker.traits.shared == "yes":
-        assert_once(await stored(moto_server.endpoint_url, cfgs[0].table, start), keys)
+        assert_once(await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start), keys)
     else:
-        assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
+        assert not await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start)
     await asyncio.gather(*(assert_broker_drained(broker, c.mqtt.mqtt_client_id) for c in cfgs))
 
 
