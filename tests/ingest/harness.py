@@ -76,8 +76,8 @@ async def running(
         s = mqtt_settings(cfg, service.mqtt_url)
         await assert_drained(
             service.mqtt_url,
-            cfg.mqtt.mqtt_client_id,
-            version=cfg.mqtt.mqtt_protocol,
+            cfg.mqtt_client_id,
+            version=cfg.mqtt_protocol,
             quiet_s=1.0,
             tls=s.tls,
             username=s.username,

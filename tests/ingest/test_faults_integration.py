@@ -70,7 +70,7 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
     msgs, expected = _messages(unique_name, 600, start)
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
         )
@@ -89,9 +89,7 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
         reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "server_error"}) or 0
     ) > 0
     assert counter(service, "iot_ingest_dead_letters_total") == 0
-    await _assert_table_holds(
-        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
-    )
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
 
 
 async def test_dynamodb_outage_holds_acks_and_recovers(
@@ -107,7 +105,7 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
     service = IngestService(cfg)
     async with running(service):
         await proxy.set_down(True)
-        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received"
         )
@@ -121,9 +119,7 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "durable"
         )
         assert service.readiness()[0]
-    await _assert_table_holds(
-        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
-    )
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
 
 
 async def test_shared_subscription_splits_work_and_loses_nothing(
@@ -138,7 +134,7 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     start = int(time.time() * 1000) - 30_000
     msgs, expected = _messages(unique_name, 400, start)
     async with running(a), running(b):
-        sent = await publish(a.config.mqtt.mqtt_url or "", msgs)
+        sent = await publish(a.config.mqtt_url or "", msgs)
 
         def done() -> float:
             return counter(a, "iot_ingest_messages_completed_total") + counter(
@@ -149,9 +145,7 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     assert counter(a, "iot_ingest_messages_received_total") > 0
     assert counter(b, "iot_ingest_messages_received_total") > 0
     assert done() == sent  # each message went to exactly one worker
-    await _assert_table_holds(
-        dynamodb_endpoint, a.config.dynamodb.table, expected, start, start + 10_000
-    )
+    await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
 
 
 def _tail(log: Path) -> str:
@@ -166,9 +160,9 @@ async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess
     }
     args = [
         sys.executable, "-m", "ingest.cli", "run",
-        "--mqtt-url", cfg.mqtt.mqtt_url or "", "--topic", cfg.mqtt.topic, "--table", cfg.dynamodb.table,
-        "--dynamodb-endpoint", cfg.aws.dynamodb_endpoint or "", "--create-table",
-        "--mqtt-client-id", cfg.mqtt.mqtt_client_id, "--data-dir", str(cfg.operations.data_dir),
+        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
+        "--dynamodb-endpoint", cfg.dynamodb_endpoint or "", "--create-table",
+        "--mqtt-client-id", cfg.mqtt_client_id, "--data-dir", str(cfg.data_dir),
         "--metrics-port", str(port), "--flush-interval-ms", "20",
     ]  # fmt: skip
     with log.open("ab") as out:  # the child keeps its own descriptor
@@ -213,25 +207,20 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
     msgs, expected = _messages(unique_name, 900, start)
     worker = await _start_worker(cfg, port, log)
     try:
-        await publish(cfg.mqtt.mqtt_url or "", msgs[:300])
+        await publish(cfg.mqtt_url or "", msgs[:300])
         # Kill while the next part is arriving (some received, not all durable).
-        pub = asyncio.create_task(publish(cfg.mqtt.mqtt_url or "", msgs[300:600]))
+        pub = asyncio.create_task(publish(cfg.mqtt_url or "", msgs[300:600]))
         await asyncio.sleep(0.05)
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
         await pub
-        await publish(cfg.mqtt.mqtt_url or "", msgs[600:])  # published while the service is down
+        await publish(cfg.mqtt_url or "", msgs[600:])  # published while the service is down
         worker = await _start_worker(cfg, port, log)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", 1)
 
         async def all_there() -> bool:
             got = await read_table(
-                dynamodb_endpoint,
-                cfg.dynamodb.table,
-                TableLayout(),
-                expected,
-                start,
-                start + 10_000,
+                dynamodb_endpoint, cfg.table, TableLayout(), expected, start, start + 10_000
             )
             return sum(len(v) for v in got.values()) >= len(msgs)
 
@@ -244,10 +233,8 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
     assert worker.returncode == 0, _tail(log)
-    await _assert_table_holds(
-        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
-    )
-    await assert_drained(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
 
 
 async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: float = 30) -> None:
@@ -283,7 +270,7 @@ async def test_paused_reading_keeps_a_healthy_broker_connection(
     service = IngestService(cfg)
     async with running(service):
         await proxy.set_down(True)
-        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_inbox_messages") >= 100, 20, "a full inbox"
         )
@@ -295,6 +282,4 @@ async def test_paused_reading_keeps_a_healthy_broker_connection(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
         )
         assert counter(service, "iot_ingest_mqtt_reconnects_total") == 0
-    await _assert_table_holds(
-        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
-    )
+    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
