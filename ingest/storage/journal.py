@@ -42,7 +42,12 @@ from typing import Any, Final
 import orjson
 
 from ingest.storage.layout import SENSOR_ID_PATTERN, Item, Reading, binary_value, journal_pk
-from ingest.storage.packed import PackedDecodeError, PackedVersionError, inflate_frame
+from ingest.storage.packed import (
+    PackedDecodeError,
+    PackedVersionError,
+    check_version,
+    inflate_frame,
+)
 
 if sys.version_info >= (3, 14):
     from compression import zstd
@@ -97,17 +102,10 @@ def decode_journal(blob: bytes | bytearray | memoryview) -> list[Reading]:
         JournalDecodeError: Not a well-formed version 1 journal blob.
     """
     data = memoryview(blob)
-    if not data:
-        raise JournalDecodeError("journal item is empty: no format version byte")
-    if data[0] != JOURNAL_VERSION:
-        newer = "is newer than" if data[0] > JOURNAL_VERSION else "is unknown to"
-        raise PackedVersionError(
-            f"journal format {data[0]} {newer} this reader ({JOURNAL_VERSION}): "
-            "upgrade readers before writers, or the item is corrupt"
-        )
     try:
+        check_version(data, JOURNAL_VERSION, "journal")
         content = inflate_frame(data[1:], "journal item")
-    except JournalDecodeError:
+    except PackedVersionError:
         raise
     except PackedDecodeError as exc:
         raise JournalDecodeError(str(exc)) from exc

@@ -97,13 +97,16 @@ else:
 __all__ = [
     "FORMAT_VERSION",
     "MAX_CONTENT_BYTES",
+    "Cursor",
     "PackedDecodeError",
     "PackedEncodeError",
     "PackedError",
     "PackedVersionError",
+    "check_version",
     "decode_window",
     "encode_window",
     "inflate_frame",
+    "varint",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -199,14 +202,14 @@ def encode_window(readings: Iterable[Reading]) -> bytes:
     )
     sid = rs[0].sensor_id.encode()
     head = bytearray([flags])
-    head += _varint(n) + _varint(len(columns)) + _varint(len(sid)) + sid
+    head += varint(n) + varint(len(columns)) + varint(len(sid)) + sid
     for c in columns:
         name = _utf8(c.name, "metric name")
-        head += _varint(len(name)) + name
+        head += varint(len(name)) + name
     heads = bytearray()
     bodies: list[bytes] = []
     width, body = _narrow(_zigzag(_wrapping_deltas(ts.view(np.uint64))))
-    heads += bytes([_INT, 0, width]) + _varint(_zigzag_int(int(ts[0]))) + b"\x00"
+    heads += bytes([_INT, 0, width]) + varint(_zigzag_int(int(ts[0]))) + b"\x00"
     bodies.append(body)
     missing = bytearray()
     for c in columns:
@@ -366,7 +369,7 @@ def _encode_values(c: _Column) -> tuple[bytes, bytes]:
             if n_exc:
                 exceptions = bad.astype("<u4").tobytes() + v[bad].astype("<f8").tobytes()
     first = int(bits[:1].view(np.int64)[0])
-    head = bytes([mode, decimals, width]) + _varint(_zigzag_int(first)) + _varint(n_exc)
+    head = bytes([mode, decimals, width]) + varint(_zigzag_int(first)) + varint(n_exc)
     return head, body + exceptions
 
 
@@ -456,9 +459,9 @@ def _encode_missing(present: _I64 | None, n: int) -> bytes:
     mask[present] = True
     absent = np.flatnonzero(~mask)
     if 16 * absent.size > n:
-        return _varint(int(absent.size)) + np.packbits(mask).tobytes()
+        return varint(int(absent.size)) + np.packbits(mask).tobytes()
     gaps = np.diff(absent, prepend=0).tolist()
-    return _varint(int(absent.size)) + b"".join(_varint(g) for g in gaps)
+    return varint(int(absent.size)) + b"".join(varint(g) for g in gaps)
 
 
 def _encode_tags(rs: Sequence[Reading]) -> bytes:
@@ -471,7 +474,7 @@ def _encode_tags(rs: Sequence[Reading]) -> bytes:
     lengths = np.diff([*starts, len(dicts)]).tolist()
     segments = [dicts[s] for s in starts]
     keys = sorted(set().union(*segments))
-    out = bytearray(_varint(len(keys)))
+    out = bytearray(varint(len(keys)))
     for key in keys:
         name = _utf8(key, "tag name")
         distinct: dict[str, int] = {}
@@ -488,12 +491,12 @@ def _encode_tags(rs: Sequence[Reading]) -> bytes:
                 runs[-1] = (runs[-1][0] + length, idx)
             else:
                 runs.append((length, idx))
-        out += _varint(len(name)) + name + _varint(len(distinct))
+        out += varint(len(name)) + name + varint(len(distinct))
         for value in distinct:
             vb = _utf8(value, f"value of tag {key!r}")
-            out += _varint(len(vb)) + vb
-        out += _varint(len(runs))
-        out += b"".join(_varint(length) + _varint(idx) for length, idx in runs)
+            out += varint(len(vb)) + vb
+        out += varint(len(runs))
+        out += b"".join(varint(length) + varint(idx) for length, idx in runs)
     return bytes(out)
 
 
@@ -506,7 +509,7 @@ def _utf8(text: str, what: str) -> bytes:
         raise PackedEncodeError(f"{what} {text!r} is not valid Unicode ({exc.reason})") from exc
 
 
-def _varint(x: int) -> bytes:
+def varint(x: int) -> bytes:
     out = bytearray()
     while x >= 0x80:
         out.append((x & 0x7F) | 0x80)
@@ -518,8 +521,9 @@ def _varint(x: int) -> bytes:
 # -- decoding ------------------------------------------------------------------------
 
 
-class _Cursor:
-    """Reads the content front to back; running off its end is a truncated blob."""
+class Cursor:
+    """Reads a blob's content front to back (varints, bytes, text); running off its end is
+    a truncated blob (:class:`PackedDecodeError`)."""
 
     __slots__ = ("buf", "pos")
 
@@ -580,16 +584,26 @@ def decode_window(blob: bytes | bytearray | memoryview) -> list[Reading]:
         PackedDecodeError: The blob is empty, truncated, corrupt or not a packed item.
     """
     data = bytes(blob)
-    if not data:
-        raise PackedDecodeError("packed item is empty: no format version byte")
-    if data[0] != FORMAT_VERSION:
-        newer = "is newer than" if data[0] > FORMAT_VERSION else "is unknown to"
+    check_version(data, FORMAT_VERSION, "packed item")
+    content = inflate_frame(memoryview(data)[1:])
+    return _parse(Cursor(content))
+
+
+def check_version(data: bytes | memoryview, known: int, what: str) -> None:
+    """Refuse a blob whose first byte is not the format version ``known``.
+
+    Raises:
+        PackedDecodeError: The blob is empty.
+        PackedVersionError: Another version; the message names both and what to do.
+    """
+    if not len(data):
+        raise PackedDecodeError(f"{what} is empty: no format version byte")
+    if data[0] != known:
+        newer = "is newer than" if data[0] > known else "is unknown to"
         raise PackedVersionError(
-            f"packed item format {data[0]} {newer} this reader ({FORMAT_VERSION}): "
+            f"{what} format {data[0]} {newer} this reader ({known}): "
             "upgrade readers before writers, or the blob is corrupt"
         )
-    content = inflate_frame(memoryview(data)[1:])
-    return _parse(_Cursor(content))
 
 
 def inflate_frame(frame: memoryview, what: str = "packed item") -> bytes:
@@ -626,7 +640,7 @@ def inflate_frame(frame: memoryview, what: str = "packed item") -> bytes:
     return content
 
 
-def _parse(cur: _Cursor) -> list[Reading]:
+def _parse(cur: Cursor) -> list[Reading]:
     limit = len(cur.buf)
     flags = cur.u8()
     if flags & ~(_FLAG_TAGS | _FLAG_MISSING):
@@ -667,7 +681,7 @@ def _parse(cur: _Cursor) -> list[Reading]:
     return _readings(sensor_id, ts, names, columns, present, tags)
 
 
-def _read_head(cur: _Cursor) -> _Head:
+def _read_head(cur: Cursor) -> _Head:
     mode, decimals, width = cur.u8(), cur.u8(), cur.u8()
     first = _unzigzag_int(cur.varint())
     exceptions = cur.varint(len(cur.buf))
@@ -680,7 +694,7 @@ def _read_head(cur: _Cursor) -> _Head:
     return _Head(mode, decimals, width, first, exceptions)
 
 
-def _read_missing(cur: _Cursor, n: int) -> _I64 | None:
+def _read_missing(cur: Cursor, n: int) -> _I64 | None:
     absent = cur.varint(n - 1)
     if absent == 0:
         return None
@@ -699,7 +713,7 @@ def _read_missing(cur: _Cursor, n: int) -> _I64 | None:
     return np.flatnonzero(mask).astype(np.int64)
 
 
-def _read_tags(cur: _Cursor, n: int) -> list[tuple[int, dict[str, str]]]:
+def _read_tags(cur: Cursor, n: int) -> list[tuple[int, dict[str, str]]]:
     """The tags as segments: (readings, the tags of each of them)."""
     keys = cur.varint(len(cur.buf))
     per_key: list[tuple[str, list[str | None], list[int], list[int]]] = []
@@ -730,7 +744,7 @@ def _read_tags(cur: _Cursor, n: int) -> list[tuple[int, dict[str, str]]]:
     return segments
 
 
-def _read_body(cur: _Cursor, head: _Head, count: int) -> _U64:
+def _read_body(cur: Cursor, head: _Head, count: int) -> _U64:
     """Values of a delta or XOR body, as uint64 bit patterns."""
     out = np.empty(count, np.uint64)
     out[0] = np.uint64(head.first % 2**64)
@@ -754,7 +768,7 @@ def _read_body(cur: _Cursor, head: _Head, count: int) -> _U64:
     return out
 
 
-def _read_values(cur: _Cursor, head: _Head, count: int) -> npt.NDArray[Any]:
+def _read_values(cur: Cursor, head: _Head, count: int) -> npt.NDArray[Any]:
     bits = _read_body(cur, head, count)
     if head.mode == _INT:
         return bits.view(np.int64)

@@ -57,7 +57,14 @@ from ingest.storage.layout import (
     window_of_sk,
     window_sk,
 )
-from ingest.storage.packed import PackedDecodeError, decode_window, encode_window
+from ingest.storage.packed import (
+    Cursor,
+    PackedDecodeError,
+    check_version,
+    decode_window,
+    encode_window,
+    varint,
+)
 
 __all__ = [
     "MAX_PART_BYTES",
@@ -313,61 +320,31 @@ def encode_stage(readings: Sequence[Reading]) -> bytes:
 def stage_blob(blobs: Sequence[bytes]) -> bytes:
     """A staging blob holding packed windows already encoded (any sensors, any count)."""
     out = bytearray((STAGE_VERSION,))
-    out += _varint(len(blobs))
+    out += varint(len(blobs))
     for blob in blobs:
-        out += _varint(len(blob)) + blob
+        out += varint(len(blob)) + blob
     return bytes(out)
 
 
 def decode_stage(
     blob: bytes | bytearray | memoryview, sensor_id: str | None = None
 ) -> list[Reading]:
-    """The readings of a staging blob (only ``sensor_id``'s when given, decoding no other).
+    """The readings of a staging blob (only ``sensor_id``'s when given).
 
     Raises:
         PackedDecodeError: Not a well-formed staging blob.
     """
-    data = memoryview(blob)
-    if not data or data[0] != STAGE_VERSION:
-        version = data[0] if data else "none"
-        raise PackedDecodeError(f"staging item of format {version}: this reader knows 1")
+    data = bytes(blob)
+    check_version(data, STAGE_VERSION, "staging item")
+    cur = Cursor(data)
+    cur.u8()
     out: list[Reading] = []
-    count, pos = _read_varint(data, 1)
-    for _ in range(count):
-        size, pos = _read_varint(data, pos)
-        if pos + size > len(data):
-            raise PackedDecodeError("staging item is truncated")
+    for _ in range(cur.varint(len(data))):
         # The sensor id is inside each window's frame, so filtering decodes every window
         # once: a staging item holds ≈ sensors / groups small windows.
-        rs = decode_window(data[pos : pos + size])
-        pos += size
+        rs = decode_window(cur.take(cur.varint(len(data))))
         if sensor_id is None or rs[0].sensor_id == sensor_id:
             out += rs
-    if pos != len(data):
-        raise PackedDecodeError(f"staging item is corrupt: {len(data) - pos} bytes after it")
+    if cur.pos != len(data):
+        raise PackedDecodeError(f"staging item is corrupt: {len(data) - cur.pos} bytes after it")
     return out
-
-
-def _varint(x: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = x & 0x7F
-        x >>= 7
-        if x:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _read_varint(data: memoryview, pos: int) -> tuple[int, int]:
-    x = shift = 0
-    while True:
-        if pos >= len(data) or shift > 63:
-            raise PackedDecodeError("staging item is truncated")
-        b = data[pos]
-        pos += 1
-        x |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return x, pos
-        shift += 7

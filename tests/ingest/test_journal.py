@@ -24,10 +24,11 @@ from ingest.storage.journal import (
     journal_items,
     parse_journal_item,
 )
-from ingest.storage.layout import Reading, journal_pk
+from ingest.storage.layout import Reading, TableLayout, journal_pk
 from ingest.storage.packed import PackedDecodeError, PackedVersionError
 from ingest.storage.reads import query_pages
 from ingest.storage.table import create_table
+from tests.ingest.harness import AWS
 
 
 def _bits(v: float | int) -> tuple[str, object]:
@@ -196,14 +197,7 @@ def test_journal_blobs_are_a_fraction_of_the_json_they_replace() -> None:
 async def test_a_journal_written_to_a_real_table_reads_back_exactly(
     dynamodb_endpoint: str, unique_name: str, client_kind: str
 ) -> None:
-    aws = AwsSettings(
-        region="us-east-1",
-        endpoint_url=dynamodb_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
-    from ingest.storage.layout import TableLayout
-
+    aws = AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
     async with DynamoClient(table=unique_name, aws=aws) as admin:
         await create_table(admin, TableLayout())
         writer = (

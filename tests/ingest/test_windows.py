@@ -15,6 +15,7 @@ from ingest.storage.dynamohttp import LeanDynamoClient
 from ingest.storage.layout import (
     Reading,
     TableLayout,
+    binary_value,
     sensor_group,
     stage_pk,
     window_of_sk,
@@ -34,6 +35,7 @@ from ingest.storage.windows import (
     parse_part_item,
     seal,
 )
+from tests.ingest.harness import AWS
 
 DAY = 86_400_000
 T0 = 1_764_633_600_000  # 2025-12-02T00:00:00Z, a day and a window boundary
@@ -201,12 +203,7 @@ def test_a_staging_blob_gives_every_sensor_or_one_sensor_back() -> None:
 async def test_parts_and_staging_written_to_a_real_table_read_back(
     dynamodb_endpoint: str, unique_name: str
 ) -> None:
-    aws = AwsSettings(
-        region="us-east-1",
-        endpoint_url=dynamodb_endpoint,
-        aws_access_key_id="test",
-        aws_secret_access_key="test",
-    )
+    aws = AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
     w0 = [r(T0 + i * 1_000, i / 4) for i in range(900)]
     w1 = [r(T0 + 900_000 + i * 1_000, -i / 8) for i in range(900)]
     late = [r(T0 + 500, 99.0)]
@@ -244,6 +241,4 @@ async def test_parts_and_staging_written_to_a_real_table_read_back(
     assert sorted(p.part for p in got) == sorted([parts[0].part, parts[-1].part])
     assert got == sorted([parts[0], parts[-1]], key=lambda p: p.part)  # every attribute back
     assert key(merge_parts(got)) == key(sorted(w0 + late, key=lambda x: x.ts_ms))
-    from ingest.storage.layout import binary_value
-
     assert key(decode_stage(binary_value(staged[0]["b"]), "dev-1")) == key(w1[:10])
