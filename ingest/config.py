@@ -117,6 +117,28 @@ class Config(BaseModel):
     retention_days: int = Field(
         30, ge=1, le=36_500, description="Days before an item may expire (TTL)."
     )
+    layout: Literal["reading", "packed"] = Field(
+        "reading",
+        description="Table layout: one item per reading, or packed windows (decision 0008).",
+    )
+    window_seconds: int = Field(
+        900,
+        ge=1,
+        le=86_400,
+        description="packed: width of a sealed window of one sensor (divides the bucket).",
+    )
+    stage_interval_ms: int = Field(
+        10_000,
+        ge=100,
+        le=600_000,
+        description="packed: how often staging items make the last readings visible.",
+    )
+    staging_groups: int = Field(
+        256, ge=1, le=65_536, description="packed: sensor groups of the staging items."
+    )
+    journal_ttl_hours: int = Field(
+        48, ge=1, le=720, description="packed: how long journal items are kept (TTL)."
+    )
 
     # -- pipeline -------------------------------------------------------------
     flush_interval_ms: int = Field(50, ge=1, le=10_000, description="Max age of a partial batch.")
@@ -288,6 +310,15 @@ class Config(BaseModel):
         if (m < 1440 and 1440 % m) or (m > 1440 and m % 1440):
             raise ValueError("must divide a day (e.g. 60) or be whole days")
         return m
+
+    @model_validator(mode="after")
+    def _check_window(self) -> Config:
+        if self.layout == "packed" and (self.bucket_minutes * 60) % self.window_seconds:
+            raise ValueError(
+                f"window_seconds={self.window_seconds} must divide the bucket "
+                f"(bucket_minutes={self.bucket_minutes}: {self.bucket_minutes * 60} s)"
+            )
+        return self
 
     @model_validator(mode="after")
     def _check_reconnect(self) -> Config:

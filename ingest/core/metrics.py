@@ -126,6 +126,32 @@ class Metrics:
         self.registry_updates = Counter(
             p + "registry_updates", "Sensor registry item updates", registry=r
         )
+        # The packed layout's write stage (decision 0008).
+        self.windows_open = Gauge(
+            p + "windows_open", "Sensor windows held in memory, not sealed yet", registry=r
+        )
+        self.window_oldest_seconds = Gauge(
+            p + "window_oldest_seconds",
+            "Age of the oldest reading not sealed yet (its journal items must outlive it)",
+            registry=r,
+        )
+        self.stage_items = Counter(
+            p + "stage_items", "Staging items written (packed layout)", registry=r
+        )
+        self.sealed_parts = Counter(
+            p + "sealed_parts", "Sealed window parts written (packed layout)", registry=r
+        )
+        self.journal_recovered = Counter(
+            p + "journal_recovered_readings",
+            "Readings read back from the journal into open windows at start",
+            registry=r,
+        )
+        self.window_write_retries = Counter(
+            p + "window_write_retries",
+            "Retried staging, seal and checkpoint writes, by what was written",
+            ["what"],
+            registry=r,
+        )
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

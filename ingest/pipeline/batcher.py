@@ -8,11 +8,12 @@ both messages' acknowledgements then wait for that one write.
 from __future__ import annotations
 
 import time
+from typing import Protocol
 
 from ingest.pipeline.acks import Pending
-from ingest.storage.layout import Item
+from ingest.storage.layout import Item, Reading, TableLayout
 
-__all__ = ["MAX_BATCH_ITEMS", "Batch", "Batcher"]
+__all__ = ["MAX_BATCH_ITEMS", "Batch", "Batcher", "Placer", "ReadingPlacer"]
 
 MAX_BATCH_ITEMS = 25
 
@@ -70,3 +71,48 @@ class Batcher:
         if not self._entries:
             return None
         return max(0.0, self._opened + self.flush_interval_ms / 1000 - time.monotonic())
+
+
+class Placer(Protocol):
+    """Where the decoder puts readings: items in batches, per the table's layout.
+
+    :class:`ReadingPlacer` (one item per reading) or
+    :class:`ingest.pipeline.packing.JournalPlacer` (``packed``: journal items).
+    """
+
+    def add(self, reading: Reading, pending: Pending, received_ms: int) -> Batch | None:
+        """Place a reading of message ``pending``; a full batch when this one filled it."""
+        ...
+
+    def take(self) -> Batch | None:
+        """The open batch (possibly partial), a new one started."""
+        ...
+
+    def due_in_s(self) -> float | None:
+        """Seconds until the open batch is due (None when empty)."""
+        ...
+
+
+class ReadingPlacer:
+    """A ``reading`` table's placer: each reading is its own item, in batches of 25.
+
+    Args:
+        layout: The table's layout (reading → item).
+        batcher: Batch assembly.
+    """
+
+    __slots__ = ("_add", "_to_item", "batcher")
+
+    def __init__(self, layout: TableLayout, batcher: Batcher) -> None:
+        self.batcher = batcher
+        self._to_item = layout.to_item
+        self._add = batcher.add
+
+    def add(self, reading: Reading, pending: Pending, received_ms: int) -> Batch | None:
+        return self._add(self._to_item(reading), pending)
+
+    def take(self) -> Batch | None:
+        return self.batcher.take()
+
+    def due_in_s(self) -> float | None:
+        return self.batcher.due_in_s()

@@ -58,12 +58,14 @@ from pathlib import Path
 
 from ingest.core.metrics import Metrics
 from ingest.pipeline.acks import AckTracker, Pending
-from ingest.storage.layout import Item
+from ingest.storage.journal import parse_journal_item
+from ingest.storage.layout import JOURNAL_PREFIX, Item
 from ingest.storage.spool import (
     DeadLetter,
     fsync_dir,
     make_dirs,
     open_for_append,
+    reading_message,
     reading_payload,
     spool_lock,
     write_all,
@@ -147,9 +149,20 @@ class DeadLetterSpool:
         await self._queue.put((entry, pendings))
 
     async def put_item(self, item: Item, pendings: list[Pending], reason: str) -> None:
-        """Dead-letter an item the writer could not write (completes every waiting message)."""
+        """Dead-letter an item the writer could not write (completes every waiting message).
+
+        A ``packed`` table's journal item becomes one letter per reading, each with its
+        own message's topic (its ``pendings`` are one per reading, in order).
+        """
+        now_ms = int(time.time() * 1000)
+        if item["pk"]["S"].startswith(JOURNAL_PREFIX):
+            readings = parse_journal_item(item).readings
+            for r, p in zip(readings, pendings, strict=True):
+                letter = DeadLetter(now_ms, "write", reason, p.topic, reading_message(r))
+                await self._queue.put((letter, [p]))
+            return
         topic = pendings[0].topic if pendings else ""
-        entry = DeadLetter(int(time.time() * 1000), "write", reason, topic, reading_payload(item))
+        entry = DeadLetter(now_ms, "write", reason, topic, reading_payload(item))
         await self._queue.put((entry, pendings))
 
     def _path(self, time_ms: int) -> Path:

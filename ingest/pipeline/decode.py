@@ -1,6 +1,6 @@
 """The decode stage and the inbox in front of it.
 
-receive → **inbox** → **decode/validate → layout → batch** → write queue → writers
+receive → **inbox** → **decode/validate → place → batch** → write queue → writers
                                   └──────────→ dead letters
 
 The receiver appends whole chunks (one network read's worth of messages) to
@@ -28,11 +28,10 @@ from ingest.core.errors import IngestError
 from ingest.core.metrics import Metrics
 from ingest.mqtt.client import Message
 from ingest.pipeline.acks import AckTracker
-from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.batcher import Batch, Placer
 from ingest.pipeline.codec import PayloadDecoder, Rejection
 from ingest.pipeline.deadletters import DeadLetterSpool
 from ingest.pipeline.registry import SensorRegistry
-from ingest.storage.layout import TableLayout
 from ingest.storage.spool import DeadLetter
 
 __all__ = ["DecodeStage", "Inbox", "InboxClosed"]
@@ -120,8 +119,9 @@ class DecodeStage:
     Args:
         inbox: Where messages come from.
         decoder: Payload decoder.
-        layout: Table layout (reading → item).
-        batcher: Batch assembly.
+        placer: Readings into batches, per the table's layout
+            (:class:`~ingest.pipeline.batcher.ReadingPlacer`, or
+            :class:`~ingest.pipeline.packing.JournalPlacer` for ``packed``).
         write_queue: Bounded queue of full batches for the writers.
         acks: Ack tracker.
         deadletters: Dead-letter spool.
@@ -135,8 +135,7 @@ class DecodeStage:
         *,
         inbox: Inbox,
         decoder: PayloadDecoder,
-        layout: TableLayout,
-        batcher: Batcher,
+        placer: Placer,
         write_queue: asyncio.Queue[Batch],
         acks: AckTracker,
         deadletters: DeadLetterSpool,
@@ -146,8 +145,7 @@ class DecodeStage:
     ) -> None:
         self.inbox = inbox
         self._decoder = decoder
-        self._layout = layout
-        self._batcher = batcher
+        self._placer = placer
         self._write_queue = write_queue
         self._acks = acks
         self._dead = deadletters
@@ -156,7 +154,7 @@ class DecodeStage:
         self._on_drained = on_drained
 
     async def _flush(self) -> None:
-        batch = self._batcher.take()
+        batch = self._placer.take()
         if batch:
             self._m.batch_size.observe(len(batch))
             await self._write_queue.put(batch)
@@ -168,7 +166,7 @@ class DecodeStage:
         the write queue (or its dead letters queued) when this returns.
         """
         inbox = self.inbox
-        batcher = self._batcher
+        batcher = self._placer
         while True:
             if not inbox:
                 if inbox.closed:
@@ -193,8 +191,7 @@ class DecodeStage:
 
     async def _decode_chunk(self, epoch: int, received_ms: int, chunk: list[Message]) -> None:
         decode = self._decoder.decode
-        to_item = self._layout.to_item
-        add_item = self._batcher.add
+        place = self._placer.add
         track = self._acks.add
         registry = self._registry
         n_readings = 0
@@ -207,7 +204,7 @@ class DecodeStage:
                 # Before any await: a hold adds units to a message none of which completed.
                 registry.observe(readings, pending)
             for r in readings:
-                full = add_item(to_item(r), pending)
+                full = place(r, pending, received_ms)
                 if full is not None:
                     self._m.batch_size.observe(len(full))
                     await self._write_queue.put(full)

@@ -59,19 +59,22 @@ from ingest.core.retry import Backoff
 from ingest.mqtt import proto as mqttproto
 from ingest.mqtt.client import MqttSettings
 from ingest.pipeline.acks import AckTracker
-from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.batcher import Batch, Batcher, Placer, ReadingPlacer
 from ingest.pipeline.codec import Limits, PayloadDecoder
 from ingest.pipeline.deadletters import DeadLetterSpool
 from ingest.pipeline.decode import DecodeStage, Inbox
+from ingest.pipeline.packing import JournalPlacer, OpenWindows, WindowWriter
 from ingest.pipeline.receiver import Receiver
 from ingest.pipeline.registry import SensorRegistry
 from ingest.pipeline.writer import Writer
 from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
 from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.journal import JournalSequence
 from ingest.storage.layout import TableLayout
 from ingest.storage.registry import known_sensors
 from ingest.storage.spool import DeadLetter
 from ingest.storage.table import create_table, ensure_layout
+from ingest.storage.windows import WindowScheme
 
 __all__ = ["PACKET_HEADROOM_BYTES", "IngestService", "layout_from_config", "mqtt_settings"]
 
@@ -84,7 +87,13 @@ log = logging.getLogger(__name__)
 
 def layout_from_config(cfg: Config) -> TableLayout:
     return TableLayout(
-        bucket_ms=cfg.bucket_minutes * 60_000, shards=cfg.shards, retention_days=cfg.retention_days
+        bucket_ms=cfg.bucket_minutes * 60_000,
+        shards=cfg.shards,
+        retention_days=cfg.retention_days,
+        kind=cfg.layout,
+        window_ms=cfg.window_seconds * 1000,
+        groups=cfg.staging_groups,
+        stage_ms=cfg.stage_interval_ms,
     )
 
 
@@ -151,6 +160,7 @@ class IngestService:
         self._receiver: Receiver | None = None
         self._writer: Writer | None = None
         self._spool: DeadLetterSpool | None = None
+        self._packed: tuple[WindowWriter, JournalSequence] | None = None
         self._starting: str | None = f"starting: checking DynamoDB table {config.table!r}"
 
     def readiness(self) -> tuple[bool, list[str]]:
@@ -162,6 +172,8 @@ class IngestService:
             reasons.append(f"not connected to the MQTT broker{': ' + last if last else ''}")
         if self._writer is not None and not self._writer.healthy:
             reasons.append("DynamoDB writes are failing (retrying)")
+        if self._packed is not None and not self._packed[0].healthy:
+            reasons.append("staging or seal writes are failing (retrying; the journal holds them)")
         if self._spool is not None and not self._spool.healthy:
             reasons.append(f"dead-letter spool cannot write: {self._spool.last_error}")
         return not reasons, reasons
@@ -270,7 +282,21 @@ class IngestService:
                     aws=cfg.aws.with_endpoint(self._endpoint),
                 )
             )
-        return hot, await known_sensors(hot)
+        known = await known_sensors(hot)
+        if self.layout.kind == "packed":
+            # The journal since the checkpoint back into the open windows, before the first
+            # journal flush (its keys go on after the journal's last) and before intake.
+            windows = OpenWindows(WindowScheme(self.layout))
+            packer = WindowWriter(
+                client=hot,
+                windows=windows,
+                worker=cfg.mqtt_client_id,
+                journal_ttl_s=cfg.journal_ttl_hours * 3600,
+                metrics=self.metrics,
+                backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
+            )
+            self._packed = (packer, await packer.recover())
+        return hot, known
 
     async def _run_stages(
         self,
@@ -308,6 +334,20 @@ class IngestService:
             backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
             deadline_s=cfg.write_retry_deadline_s,
         )
+        if self._packed is not None:
+            packer, sequence = self._packed
+            placer: Placer = JournalPlacer(
+                worker=cfg.mqtt_client_id,
+                windows=packer.windows,
+                flush_interval_ms=cfg.flush_interval_ms,
+                # Half the Receive Maximum: a batch never waits for its interval with the
+                # broker's in-flight window full (AWS IoT Core allows 100).
+                max_messages=cfg.mqtt_receive_maximum // 2,
+                ttl_s=cfg.journal_ttl_hours * 3600,
+                sequence=sequence,
+            )
+        else:
+            placer = ReadingPlacer(self.layout, Batcher(flush_interval_ms=cfg.flush_interval_ms))
         decoder = DecodeStage(
             inbox=inbox,
             decoder=PayloadDecoder(
@@ -317,8 +357,7 @@ class IngestService:
                 limits=Limits.from_config(cfg),
                 known_sensors=known_sensors,
             ),
-            layout=self.layout,
-            batcher=Batcher(flush_interval_ms=cfg.flush_interval_ms),
+            placer=placer,
             write_queue=write_queue,
             acks=acks,
             deadletters=spool,
@@ -339,6 +378,9 @@ class IngestService:
                 tg.create_task(writer.run(write_queue), name=f"writer-{i}")
                 for i in range(cfg.write_concurrency)
             ]
+            packing = None
+            if self._packed is not None:
+                packing = tg.create_task(self._packed[0].run(), name="windows")
             connected = tg.create_task(receiver.connected.wait(), name="wait-connected")
             stopped = tg.create_task(stop.wait(), name="wait-stop")
             await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -348,7 +390,7 @@ class IngestService:
             with tuned_gc(cfg.gc_young_threshold):
                 await stopped
             connected.cancel()
-            await self._drain(receiver, decoding, write_queue, spool, registry, acks)
+            await self._drain(receiver, decoding, write_queue, spool, registry, acks, packing)
             for t in [decoding, *tasks]:
                 t.cancel()
 
@@ -360,6 +402,7 @@ class IngestService:
         spool: DeadLetterSpool,
         registry: SensorRegistry,
         acks: AckTracker,
+        packing: asyncio.Task[None] | None,
     ) -> None:
         """The stop protocol (the module docstring): each step waits for the one before."""
         log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
@@ -372,6 +415,10 @@ class IngestService:
                 with contextlib.suppress(Exception):  # 4. before the acks (see the docstring)
                     await registry.flush(everything=True)
                 await acks.wait_idle()  # 5. every PUBACK released
+                if packing is not None and self._packed is not None:
+                    packing.cancel()  # 5b. packed: seal every open window
+                    await asyncio.wait([packing])
+                    await self._packed[0].close()
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "

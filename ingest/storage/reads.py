@@ -11,13 +11,34 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from typing import Any
 
 from ingest.storage.dynamo import Queryable
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.layout import (
+    WINDOW_PART_SPACE,
+    Item,
+    Reading,
+    TableLayout,
+    binary_value,
+    sensor_group,
+    stage_pk,
+    window_sk,
+)
+from ingest.storage.windows import Part, WindowScheme, decode_stage, merge_parts, parse_part_item
 
-__all__ = ["Caller", "follow", "partition_query", "query_pages", "query_partition", "read_range"]
+__all__ = [
+    "Caller",
+    "follow",
+    "partition_query",
+    "query_pages",
+    "query_partition",
+    "read_packed",
+    "read_range",
+]
+
+_HOUR_MS = 3_600_000
 
 Caller = Callable[..., Awaitable[dict[str, Any]]]
 """``call(operation, **kwargs) -> response``: a DynamoDB client's ``call``, or a reader's."""
@@ -123,7 +144,13 @@ async def read_range(
 
     Reads the whole range into memory: for checks and tests. The HTTP API pages
     (:mod:`queries.read.pages`) or aggregates as it reads (:mod:`queries.read.sampler`).
+    Either layout (a ``packed`` table through :func:`read_packed`).
     """
+    if layout.kind == "packed":
+        now_ms = None if now_s is None else int(now_s * 1000)
+        return await read_packed(
+            client.call, client.table, WindowScheme(layout), sensor_id, start_ms, end_ms, now_ms
+        )
     pks = [
         pk
         for bucket in layout.bucket_starts(start_ms, end_ms)
@@ -136,3 +163,93 @@ async def read_range(
         ]
     merged = heapq.merge(*(t.result() for t in tasks), key=lambda it: int(it["sk"]["N"]))
     return [TableLayout.from_item(it) for it in merged if not TableLayout.is_expired(it, now_s)]
+
+
+async def read_packed(
+    call: Caller,
+    table: str,
+    scheme: WindowScheme,
+    sensor_id: str,
+    start_ms: int,
+    end_ms: int,
+    now_ms: int | None = None,
+) -> list[Reading]:
+    """Every reading of a sensor in [start_ms, end_ms] of a ``packed`` table, ascending,
+    each timestamp once.
+
+    The sealed windows of the range (one Query per bucket; every set of a window merged,
+    :func:`~ingest.storage.windows.merge_parts`) and, when the range reaches the part
+    that may not be sealed yet (:meth:`WindowScheme.staged_since`), the staging items of
+    the sensor's group written since then. Of two readings with one timestamp the later
+    write wins, whole: sets in seal order, then staging items in flush order.
+    """
+    now = int(time.time() * 1000) if now_ms is None else now_ms
+    layout = scheme.layout
+    first_window = scheme.window_start(start_ms)
+    last_window = scheme.window_start(end_ms)
+    pks = [layout.window_pk(sensor_id, b) for b in layout.bucket_starts(start_ms, end_ms)]
+
+    async def windows(pk: str) -> list[Part]:
+        kwargs: dict[str, Any] = {
+            "TableName": table,
+            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":a": {"N": str(window_sk(first_window, 0))},
+                ":b": {"N": str(window_sk(last_window, WINDOW_PART_SPACE - 1))},
+            },
+        }
+        parts: list[Part] = []
+        async for page in query_pages(call, kwargs):
+            for item in page.get("Items", []):
+                ttl = item.get("ttl")
+                if ttl is None or int(ttl["N"]) * 1000 > now:
+                    parts.append(parse_part_item(item, sensor_id))
+        return parts
+
+    since = scheme.staged_since(now)
+    staged = end_ms >= since
+    async with asyncio.TaskGroup() as tg:
+        sealed = [tg.create_task(windows(pk), name=f"windows-{pk}") for pk in pks]
+        staging = tg.create_task(
+            _staged(call, table, scheme, sensor_id, since, now) if staged else _nothing()
+        )
+    by_window: dict[int, list[Part]] = {}
+    for task in sealed:
+        for p in task.result():
+            by_window.setdefault(p.window_start_ms, []).append(p)
+    latest: dict[int, Reading] = {}
+    for start in sorted(by_window):
+        for r in merge_parts(by_window[start]):
+            latest[r.ts_ms] = r
+    for r in staging.result():
+        latest[r.ts_ms] = r
+    return [latest[t] for t in sorted(latest) if start_ms <= t <= end_ms]
+
+
+async def _nothing() -> list[Reading]:
+    return []
+
+
+async def _staged(
+    call: Caller, table: str, scheme: WindowScheme, sensor_id: str, since_ms: int, now_ms: int
+) -> list[Reading]:
+    """A sensor's readings in the staging items of its group flushed since ``since_ms``
+    (in flush order)."""
+    group = sensor_group(sensor_id, scheme.groups)
+    out: list[Reading] = []
+    hour = since_ms - since_ms % _HOUR_MS
+    while hour <= now_ms:
+        kwargs: dict[str, Any] = {
+            "TableName": table,
+            "KeyConditionExpression": "pk = :pk AND sk >= :a",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": stage_pk(group, hour)},
+                ":a": {"N": str(max(since_ms, 0) * 2**24)},
+            },
+        }
+        async for page in query_pages(call, kwargs):
+            for item in page.get("Items", []):
+                out += decode_stage(binary_value(item["b"]), sensor_id)
+        hour += _HOUR_MS
+    return out

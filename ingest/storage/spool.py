@@ -21,7 +21,7 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ingest.storage.layout import Item, TableLayout
+from ingest.storage.layout import Item, Reading, TableLayout
 
 __all__ = [
     "ACTIVE_NAME",
@@ -34,6 +34,7 @@ __all__ = [
     "open_for_append",
     "progress_path",
     "read_progress",
+    "reading_message",
     "reading_payload",
     "scan_letters",
     "scan_line",
@@ -92,7 +93,12 @@ class DeadLetter:
 
 
 def reading_payload(item: Item) -> bytes:
-    r = TableLayout.from_item(item)
+    """A ``reading`` table's item as a one-reading message (what replay publishes)."""
+    return reading_message(TableLayout.from_item(item))
+
+
+def reading_message(r: Reading) -> bytes:
+    """A reading as a one-reading message, with its sensor id and timestamp."""
     return orjson.dumps({"sensor_id": r.sensor_id, "ts": r.ts_ms, **r.metrics, **r.tags})
 
 

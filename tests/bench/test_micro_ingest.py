@@ -24,7 +24,7 @@ from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt.client import Message
 from ingest.pipeline.acks import AckTracker, Pending
-from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.batcher import Batch, Batcher, ReadingPlacer
 from ingest.pipeline.codec import Limits, PayloadDecoder
 from ingest.pipeline.decode import DecodeStage, Inbox
 from ingest.pipeline.registry import SensorRegistry
@@ -155,8 +155,7 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
     stage = DecodeStage(
         inbox=Inbox(100_000),
         decoder=PayloadDecoder(sensor_topic_level=1, limits=Limits()),
-        layout=TableLayout(),
-        batcher=Batcher(flush_interval_ms=50),
+        placer=ReadingPlacer(TableLayout(), Batcher(flush_interval_ms=50)),
         write_queue=queue,
         acks=acks,
         deadletters=_NoDeadLetters(),  # type: ignore[arg-type]

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+import aiohttp
 
 from ingest.aws.settings import AwsSettings
 from ingest.config import Config
@@ -126,11 +130,73 @@ async def read_table(
     sensors: Iterable[str],
     start_ms: int,
     end_ms: int,
+    *,
+    now_s: float | None = None,
 ) -> dict[str, list[Reading]]:
+    """Every sensor's readings in the range (either layout; ``now_s``: the reader's clock)."""
     async with DynamoClient(
         table=table, aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **AWS)
     ) as client:
         return {
-            s: await read_range(client, service_layout, s, start_ms, end_ms)
+            s: await read_range(client, service_layout, s, start_ms, end_ms, now_s=now_s)
             for s in sorted(set(sensors))
         }
+
+
+def tail(log: Path) -> str:
+    """The end of a worker's log, for an assertion's message."""
+    return log.read_text()[-2000:]
+
+
+async def start_worker(
+    cfg: Config, port: int, log: Path, *extra: str
+) -> asyncio.subprocess.Process:
+    """``iot-ingest run`` as a child process on ``cfg`` (plus ``extra`` flags), once ready."""
+    env = {
+        **os.environ,
+        "AWS_ACCESS_KEY_ID": AWS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": AWS["aws_secret_access_key"],
+    }
+    args = [
+        sys.executable, "-m", "ingest.cli", "run",
+        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
+        "--dynamodb-endpoint", cfg.dynamodb_endpoint or "", "--create-table",
+        "--mqtt-client-id", cfg.mqtt_client_id, "--data-dir", str(cfg.data_dir),
+        "--metrics-port", str(port), "--flush-interval-ms", "20", *extra,
+    ]  # fmt: skip
+    with log.open("ab") as out:  # the child keeps its own descriptor
+        proc = await asyncio.create_subprocess_exec(
+            *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
+        )
+    deadline = time.monotonic() + 30
+    async with aiohttp.ClientSession() as http:
+        while time.monotonic() < deadline:
+            if proc.returncode is not None:
+                raise AssertionError(f"worker exited with {proc.returncode}: {tail(log)}")
+            try:
+                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
+                    if resp.status == 200:
+                        return proc
+            except aiohttp.ClientError:
+                pass
+            await asyncio.sleep(0.1)
+    proc.kill()
+    raise AssertionError(f"worker not ready in 30 s: {tail(log)}")
+
+
+async def metric(port: int, name: str) -> float:
+    async with (
+        aiohttp.ClientSession() as http,
+        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
+    ):
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: float = 30) -> None:
+    deadline = time.monotonic() + timeout_s
+    while await metric(port, name) < at_least:
+        assert time.monotonic() < deadline, f"{name} < {at_least}"
+        await asyncio.sleep(0.1)

@@ -11,7 +11,7 @@ import pytest
 from ingest.core.metrics import Metrics
 from ingest.mqtt.client import Message
 from ingest.pipeline.acks import AckTracker
-from ingest.pipeline.batcher import Batch, Batcher
+from ingest.pipeline.batcher import Batch, Batcher, ReadingPlacer
 from ingest.pipeline.codec import Limits, PayloadDecoder
 from ingest.pipeline.decode import DecodeStage, Inbox, InboxClosed
 from ingest.storage.layout import TableLayout
@@ -46,8 +46,7 @@ def _stage(
     return DecodeStage(
         inbox=inbox,
         decoder=PayloadDecoder(sensor_topic_level=1, limits=Limits()),
-        layout=TableLayout(),
-        batcher=Batcher(flush_interval_ms=flush_interval_ms),
+        placer=ReadingPlacer(TableLayout(), Batcher(flush_interval_ms=flush_interval_ms)),
         write_queue=queue,
         acks=acks,
         deadletters=_NoDeadLetters(),  # type: ignore[arg-type]

@@ -7,15 +7,12 @@ moto never throttles or returns UnprocessedItems, so a fault-injecting proxy
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import sys
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ingest.config import Config
@@ -23,7 +20,16 @@ from ingest.pipeline.service import IngestService
 from ingest.storage.layout import TableLayout
 from ingest.trial.servers import free_port
 from tests.drain import assert_drained
-from tests.ingest.harness import AWS, counter, publish, read_table, running, wait_until
+from tests.ingest.harness import (
+    counter,
+    publish,
+    read_table,
+    running,
+    start_worker,
+    tail,
+    wait_until,
+    wait_until_metric,
+)
 
 
 def _messages(
@@ -148,54 +154,6 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
 
 
-def _tail(log: Path) -> str:
-    return log.read_text()[-2000:]
-
-
-async def _start_worker(cfg: Config, port: int, log: Path) -> asyncio.subprocess.Process:
-    env = {
-        **os.environ,
-        "AWS_ACCESS_KEY_ID": AWS["aws_access_key_id"],
-        "AWS_SECRET_ACCESS_KEY": AWS["aws_secret_access_key"],
-    }
-    args = [
-        sys.executable, "-m", "ingest.cli", "run",
-        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
-        "--dynamodb-endpoint", cfg.dynamodb_endpoint or "", "--create-table",
-        "--mqtt-client-id", cfg.mqtt_client_id, "--data-dir", str(cfg.data_dir),
-        "--metrics-port", str(port), "--flush-interval-ms", "20",
-    ]  # fmt: skip
-    with log.open("ab") as out:  # the child keeps its own descriptor
-        proc = await asyncio.create_subprocess_exec(
-            *args, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT
-        )
-    deadline = time.monotonic() + 30
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            if proc.returncode is not None:
-                raise AssertionError(f"worker exited with {proc.returncode}: {_tail(log)}")
-            try:
-                async with http.get(f"http://127.0.0.1:{port}/readyz") as resp:
-                    if resp.status == 200:
-                        return proc
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    proc.kill()
-    raise AssertionError(f"worker not ready in 30 s: {_tail(log)}")
-
-
-async def _metric(port: int, name: str) -> float:
-    async with (
-        aiohttp.ClientSession() as http,
-        http.get(f"http://127.0.0.1:{port}/metrics") as resp,
-    ):
-        for line in (await resp.text()).splitlines():
-            if line.startswith(name + " "):
-                return float(line.split()[1])
-    return 0.0
-
-
 async def test_sigkill_mid_stream_then_restart_loses_nothing(
     ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -205,7 +163,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
     log = tmp_path / "worker.log"
     start = int(time.time() * 1000) - 30_000
     msgs, expected = _messages(unique_name, 900, start)
-    worker = await _start_worker(cfg, port, log)
+    worker = await start_worker(cfg, port, log)
     try:
         await publish(cfg.mqtt_url or "", msgs[:300])
         # Kill while the next part is arriving (some received, not all durable).
@@ -215,7 +173,7 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
         await worker.wait()
         await pub
         await publish(cfg.mqtt_url or "", msgs[600:])  # published while the service is down
-        worker = await _start_worker(cfg, port, log)
+        worker = await start_worker(cfg, port, log)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", 1)
 
         async def all_there() -> bool:
@@ -232,16 +190,9 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
         if worker.returncode is None:
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
-    assert worker.returncode == 0, _tail(log)
+    assert worker.returncode == 0, tail(log)
     await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
     await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
-
-
-async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: float = 30) -> None:
-    deadline = time.monotonic() + timeout_s
-    while await _metric(port, name) < at_least:
-        assert time.monotonic() < deadline, f"{name} < {at_least}"
-        await asyncio.sleep(0.1)
 
 
 async def test_paused_reading_keeps_a_healthy_broker_connection(

@@ -1,0 +1,492 @@
+"""The write stage of a ``packed`` table: journal, open windows, staging, seals (decision 0008).
+
+receive → inbox → decode → **journal batch** → write queue → writers → acks
+                              └→ **open windows** → staging items (every ``stage_ms``)
+                                                  → sealed windows (window end + grace)
+
+- :class:`JournalPlacer` takes the decoder's readings: each goes into the flush's
+  journal batch (the writers put it as one journal item, and its messages are
+  acknowledged when that item is durable, as a ``reading`` table's batch) and into its
+  open window in memory. A journal batch is flushed every ``flush_interval_ms``, or as
+  soon as it holds ``max_messages`` messages, so that a broker's in-flight cap (AWS IoT
+  Core: 100 per connection) never waits for the interval.
+- :class:`OpenWindows` holds, per sensor and window, the readings not yet sealed: the
+  ones staged since as packed blobs (≈ 5–12 B a reading), the fresh ones as readings.
+- :class:`WindowWriter` (a background task) writes every ``stage_ms`` the fresh
+  readings as staging items (one per sensor group, for dashboards) and seals the windows
+  whose end plus :data:`~ingest.storage.windows.SEAL_GRACE_MS` has passed, as one set
+  of content-addressed parts each; after a seal it advances the journal's checkpoint.
+  Its writes are retried until they succeed: the readings are durable in the journal
+  already, so a failing write delays visibility, never loses anything. On start it
+  reads its journal back from the checkpoint into the open windows (:meth:`recover`);
+  on stop it seals every open window (:meth:`close`), so a worker that never comes back
+  leaves nothing that only its journal holds.
+
+The checkpoint (``#journal#{worker}``, sort key 0) is the receipt time of the oldest
+reading still only in open windows: every journal item at or after it (a journal
+item's key is its flush's millisecond · 1000, never before its readings arrived) holds
+everything that a restart needs; older ones are left to their TTL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Set as AbstractSet
+from dataclasses import dataclass, field
+
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.pipeline.acks import Pending
+from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
+from ingest.storage.dynamo import TableClient
+from ingest.storage.journal import JournalSequence, journal_items, parse_journal_item
+from ingest.storage.layout import Item, Reading, journal_pk, sensor_group
+from ingest.storage.packed import PackedError, decode_window, encode_window
+from ingest.storage.reads import query_pages
+from ingest.storage.windows import (
+    MAX_PART_BYTES,
+    SEAL_GRACE_MS,
+    WindowScheme,
+    seal,
+)
+
+__all__ = [
+    "CHECKPOINT_SK",
+    "JournalPlacer",
+    "OpenWindows",
+    "WindowWriter",
+]
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_SK = 0
+"""The sort key of a journal's checkpoint item (journal items' keys are epoch ms · 1000)."""
+_MAX_FLUSH_READINGS = 10_000
+"""Readings in one journal batch before it is flushed whatever its age (≈ 220 KB)."""
+_STAGE_ITEMS_PER_GROUP = 16
+_MAX_STAGE_BYTES = MAX_PART_BYTES
+
+
+class JournalPlacer:
+    """Readings into journal batches (for the acknowledgements) and open windows.
+
+    The decode stage's placer for a ``packed`` table; :meth:`add` returns a full batch
+    (one journal item, or a few when the flush is large) for the write queue.
+
+    Args:
+        worker: The worker's id (its MQTT client id: the journal's partition).
+        windows: The open windows the readings also go to.
+        flush_interval_ms: Age after which a partial batch is due.
+        max_messages: Messages in one batch before it is flushed at once (keep it below
+            the broker's in-flight cap: half the Receive Maximum).
+        ttl_s: How long a journal item is kept (seconds; DynamoDB's TTL removes it).
+        sequence: The journal's sort keys (its floor read at start).
+        now_ms: Clock (injected in tests).
+    """
+
+    __slots__ = (
+        "_messages",
+        "_now_ms",
+        "_opened",
+        "_pendings",
+        "_readings",
+        "_seq",
+        "_windows",
+        "_worker",
+        "flush_interval_ms",
+        "max_messages",
+        "ttl_s",
+    )
+
+    def __init__(
+        self,
+        *,
+        worker: str,
+        windows: OpenWindows,
+        flush_interval_ms: int,
+        max_messages: int,
+        ttl_s: int,
+        sequence: JournalSequence,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self._worker = worker
+        self._windows = windows
+        self.flush_interval_ms = flush_interval_ms
+        self.max_messages = max(1, max_messages)
+        self.ttl_s = ttl_s
+        self._seq = sequence
+        self._now_ms = now_ms
+        self._readings: list[Reading] = []
+        self._pendings: list[Pending] = []
+        self._messages = 0
+        self._opened = 0.0
+
+    def __len__(self) -> int:
+        return len(self._readings)
+
+    def add(self, reading: Reading, pending: Pending, received_ms: int) -> Batch | None:
+        """Add a reading of the message ``pending``; a batch when this one filled it."""
+        readings = self._readings
+        if not readings:
+            self._opened = time.monotonic()
+        if not self._pendings or self._pendings[-1] is not pending:
+            self._messages += 1
+        readings.append(reading)
+        self._pendings.append(pending)
+        self._windows.add(reading, received_ms)
+        if self._messages >= self.max_messages or len(readings) >= _MAX_FLUSH_READINGS:
+            return self.take()
+        return None
+
+    def take(self) -> Batch | None:
+        """The open batch as journal items (each with one pending per reading it holds)."""
+        readings, pendings = self._readings, self._pendings
+        if not readings:
+            return None
+        self._readings, self._pendings, self._messages = [], [], 0
+        now_ms = self._now_ms()
+        sk = self._seq.next(now_ms)
+        items = journal_items(self._worker, sk, readings, now_ms // 1000 + self.ttl_s)
+        for _ in items[1:]:
+            self._seq.next(0)  # the split's further keys sk + 1, … are taken
+        batch: Batch = []
+        start = 0
+        for _, item in items:
+            n = int(item["n"]["N"])
+            batch.append((item, pendings[start : start + n]))
+            start += n
+        return batch
+
+    def due_in_s(self) -> float | None:
+        """Seconds until the open batch is due for a flush (None when empty)."""
+        if not self._readings:
+            return None
+        return max(0.0, self._opened + self.flush_interval_ms / 1000 - time.monotonic())
+
+
+@dataclass(slots=True)
+class _Window:
+    """One sensor's readings of one window, not sealed yet."""
+
+    blobs: list[bytes] = field(default_factory=list)
+    fresh: list[Reading] = field(default_factory=list)
+    first_received_ms: int = 0
+    last_received_ms: int = 0
+    n: int = 0
+
+    def absorb(self, older: _Window) -> None:
+        """Put ``older``'s readings before this one's (a failed seal coming back)."""
+        self.blobs[:0] = older.blobs
+        self.fresh[:0] = older.fresh
+        self.first_received_ms = min(self.first_received_ms, older.first_received_ms)
+        self.n += older.n
+
+
+class OpenWindows:
+    """The worker's unsealed windows, per (sensor, window start).
+
+    Args:
+        scheme: The table's windows (width, groups).
+    """
+
+    def __init__(self, scheme: WindowScheme) -> None:
+        self.scheme = scheme
+        self._open: dict[tuple[str, int], _Window] = {}
+        self._sealing: dict[tuple[str, int], list[_Window]] = {}
+        self.readings = 0
+
+    def __len__(self) -> int:
+        return len(self._open)
+
+    def add(self, reading: Reading, received_ms: int) -> None:
+        key = (reading.sensor_id, self.scheme.window_start(reading.ts_ms))
+        w = self._open.get(key)
+        if w is None:
+            w = self._open[key] = _Window(first_received_ms=received_ms)
+        w.fresh.append(reading)
+        w.last_received_ms = max(w.last_received_ms, received_ms)
+        w.n += 1
+        self.readings += 1
+
+    def stage(
+        self, skip: AbstractSet[tuple[str, int]] = frozenset()
+    ) -> dict[int, list[tuple[bytes, int]]]:
+        """Encode every window's fresh readings: per sensor group, the blobs and counts.
+
+        The blobs also become the windows' staged readings (kept packed until the seal);
+        the windows in ``skip`` (about to be sealed, so visible without staging) are left.
+        A reading the window codec refuses (the decoder's domain is the codec's: a bug)
+        is logged and kept as a reading, so the seal reports it again rather than lose it.
+        """
+        groups: dict[int, list[tuple[bytes, int]]] = {}
+        n_groups = self.scheme.groups
+        for key, w in self._open.items():
+            if not w.fresh or key in skip:
+                continue
+            sensor = key[0]
+            try:
+                blob = encode_window(w.fresh)
+            except PackedError:
+                log.exception("readings of %r could not be packed for staging", sensor)
+                continue
+            groups.setdefault(sensor_group(sensor, n_groups), []).append((blob, len(w.fresh)))
+            w.blobs.append(blob)
+            w.fresh = []
+        return groups
+
+    def due(self, now_ms: int, *, everything: bool = False) -> list[tuple[str, int]]:
+        """The windows to seal at ``now_ms``: ended (and last written) ``SEAL_GRACE_MS`` ago."""
+        width = self.scheme.window_ms
+        return [
+            key
+            for key, w in self._open.items()
+            if everything or max(key[1] + width, w.last_received_ms) + SEAL_GRACE_MS <= now_ms
+        ]
+
+    def begin_seal(self, key: tuple[str, int]) -> list[Reading]:
+        """Take a window out for sealing (its readings, in write order).
+
+        Readings arriving meanwhile open the window anew; :meth:`end_seal` either
+        forgets the taken ones (sealed) or puts them back in front (failed). Call
+        :meth:`end_seal` whatever happens, also when this raises.
+        """
+        w = self._open.pop(key)
+        self._sealing.setdefault(key, []).append(w)
+        out: list[Reading] = []
+        for blob in w.blobs:
+            out += decode_window(blob)
+        out += w.fresh
+        return out
+
+    def end_seal(self, key: tuple[str, int], *, sealed: bool) -> None:
+        taken = self._sealing.pop(key)
+        for w in taken:
+            if sealed:
+                self.readings -= w.n
+                continue
+            newer = self._open.get(key)
+            if newer is not None:
+                newer.absorb(w)
+            else:
+                self._open[key] = w
+
+    def checkpoint_ms(self, now_ms: int) -> int:
+        """The receipt time of the oldest reading not sealed yet (``now_ms`` if none)."""
+        firsts = [w.first_received_ms for w in self._open.values()]
+        firsts += [w.first_received_ms for ws in self._sealing.values() for w in ws]
+        return min(firsts, default=now_ms)
+
+    def oldest_s(self, now_ms: int) -> float:
+        return max(0.0, (now_ms - self.checkpoint_ms(now_ms)) / 1000)
+
+
+def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]
+
+
+class WindowWriter:
+    """Stages and seals a worker's open windows, and keeps its journal's checkpoint.
+
+    Args:
+        client: The table.
+        windows: The worker's open windows.
+        worker: The worker's id (the journal's partition).
+        journal_ttl_s: The journal's TTL (the checkpoint item's too).
+        metrics: Metrics.
+        backoff: Retry backoff of every write.
+        now_ms: Clock (injected in tests).
+        sleep: Injected for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        client: TableClient,
+        windows: OpenWindows,
+        worker: str,
+        journal_ttl_s: int,
+        metrics: Metrics,
+        backoff: Backoff,
+        now_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
+        self._client = client
+        self.windows = windows
+        self.scheme = windows.scheme
+        self._worker = worker
+        self._journal_ttl_s = journal_ttl_s
+        self._m = metrics
+        self._backoff = backoff
+        self._now_ms = now_ms
+        self._sleep = sleep
+        self._checkpoint: int | None = None
+        self._stage_index: dict[int, int] = {}
+        self.healthy = True
+
+    # -- start ---------------------------------------------------------------
+
+    async def recover(self) -> JournalSequence:
+        """Read the journal back from its checkpoint into the open windows.
+
+        Returns the journal's sequence, above every key the journal holds. Raises what
+        the reads raise (the service's start retries what waiting can heal).
+        """
+        pk = journal_pk(self._worker)
+        table = self._client.table
+        got = await self._client.call(
+            "get_item",
+            TableName=table,
+            Key={"pk": {"S": pk}, "sk": {"N": str(CHECKPOINT_SK)}},
+            ConsistentRead=True,
+        )
+        start_ms = int(got["Item"]["from"]["N"]) if "Item" in got else 0
+        kwargs = {
+            "TableName": table,
+            "KeyConditionExpression": "pk = :pk AND sk >= :sk",
+            "ExpressionAttributeValues": {
+                ":pk": {"S": pk},
+                ":sk": {"N": str(max(start_ms * 1000, CHECKPOINT_SK + 1))},
+            },
+            "ConsistentRead": True,
+        }
+        last, items, readings = CHECKPOINT_SK, 0, 0
+        async for page in query_pages(self._client.call, kwargs):
+            for item in page.get("Items", []):
+                entry = parse_journal_item(item)
+                received_ms = entry.sk // 1000
+                for r in entry.readings:
+                    self.windows.add(r, received_ms)
+                last, items, readings = entry.sk, items + 1, readings + len(entry.readings)
+        if items:
+            log.info(
+                "journal: %d readings of %d items since %d put back into %d open windows",
+                readings,
+                items,
+                start_ms,
+                len(self.windows),
+            )
+        else:
+            last = await self._last_journal_sk(pk)
+        self._m.journal_recovered.inc(readings)
+        self._checkpoint = start_ms
+        return JournalSequence(last)
+
+    async def _last_journal_sk(self, pk: str) -> int:
+        resp = await self._client.call(
+            "query",
+            TableName=self._client.table,
+            KeyConditionExpression="pk = :pk AND sk > :zero",
+            ExpressionAttributeValues={":pk": {"S": pk}, ":zero": {"N": str(CHECKPOINT_SK)}},
+            ScanIndexForward=False,
+            Limit=1,
+            ConsistentRead=True,
+            ProjectionExpression="sk",
+        )
+        found = resp.get("Items", [])
+        return int(found[0]["sk"]["N"]) if found else CHECKPOINT_SK
+
+    # -- the loop --------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Stage every ``stage_ms``, seal what is due, until cancelled."""
+        interval_s = self.scheme.layout.stage_ms / 1000
+        while True:
+            await self._sleep(interval_s)
+            await self.step()
+
+    async def step(self, *, everything: bool = False) -> None:
+        """One round: staging items for the fresh readings, then the due seals, then the
+        checkpoint (``everything``: seal every open window, as a stop does)."""
+        now = self._now_ms()
+        due = self.windows.due(now, everything=everything)
+        await self._stage(now, set(due))
+        for key in due:
+            await self._seal(key, now)
+        await self._advance_checkpoint(self._now_ms())
+        self._m.windows_open.set(len(self.windows))
+        self._m.window_oldest_seconds.set(self.windows.oldest_s(self._now_ms()))
+
+    async def close(self) -> None:
+        """Seal every open window (the stop protocol; readers then need no journal)."""
+        await self.step(everything=True)
+
+    async def _stage(self, now_ms: int, skip: set[tuple[str, int]]) -> None:
+        groups = self.windows.stage(skip)
+        if not groups:
+            return
+        items: list[Item] = []
+        for group, blobs in groups.items():
+            for i, chunk in enumerate(_stage_chunks(blobs)):
+                # 16 items per group and millisecond; a hotter group takes the next ms.
+                flush_ms = now_ms + i // _STAGE_ITEMS_PER_GROUP
+                sk = WindowScheme.stage_sk(flush_ms, self._worker, i % _STAGE_ITEMS_PER_GROUP)
+                n = sum(c for _, c in chunk)
+                items.append(self.scheme.stage_item(group, sk, flush_ms, [b for b, _ in chunk], n))
+        await self._put(items, "stage")
+        self._m.stage_items.inc(len(items))
+
+    async def _seal(self, key: tuple[str, int], now_ms: int) -> None:
+        sealed = False
+        try:
+            parts = seal(self.scheme, self.windows.begin_seal(key), now_ms)
+            await self._put([self.scheme.part_item(p) for p in parts], "seal")
+            sealed = True
+            self._m.sealed_parts.inc(len(parts))
+        except (ValueError, PackedError):
+            log.exception("window %s of %r could not be sealed", key[1], key[0])
+        finally:
+            self.windows.end_seal(key, sealed=sealed)
+
+    async def _advance_checkpoint(self, now_ms: int) -> None:
+        at = self.windows.checkpoint_ms(now_ms)
+        if self._checkpoint is not None and at <= self._checkpoint:
+            return
+        item: Item = {
+            "pk": {"S": journal_pk(self._worker)},
+            "sk": {"N": str(CHECKPOINT_SK)},
+            "from": {"N": str(at)},
+            "ttl": {"N": str(now_ms // 1000 + self._journal_ttl_s)},
+        }
+        await self._put([item], "checkpoint")
+        self._checkpoint = at
+
+    async def _put(self, items: list[Item], what: str) -> None:
+        """Write ``items`` until every one is durable (retried with backoff)."""
+        for chunk in _chunks(items, MAX_BATCH_ITEMS):
+            attempt = 0
+            left = chunk
+            while left:
+                try:
+                    left = await self._client.batch_write(left)
+                except Exception as exc:  # retried whatever it is: nothing here may be lost
+                    if attempt == 0 or attempt % 10 == 0:
+                        log.warning(
+                            "%s write of %d items failed, retrying: %s", what, len(left), exc
+                        )
+                    self._m.window_write_retries.labels(what).inc()
+                    self.healthy = False
+                else:
+                    if not left:
+                        self.healthy = True
+                        break
+                    self._m.window_write_retries.labels("unprocessed").inc()
+                await self._sleep(self._backoff.delay_s(attempt))
+                attempt += 1
+
+
+def _stage_chunks(blobs: list[tuple[bytes, int]]) -> Iterator[list[tuple[bytes, int]]]:
+    """Blobs grouped into staging items of at most ``_MAX_STAGE_BYTES`` of blobs each."""
+    chunk: list[tuple[bytes, int]] = []
+    size = 0
+    for b in blobs:
+        if chunk and size + len(b[0]) > _MAX_STAGE_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(b)
+        size += len(b[0])
+    if chunk:
+        yield chunk
