@@ -11,7 +11,8 @@ receive → inbox → decode → **journal batch** → write queue → writers �
   soon as it holds ``max_messages`` messages, so that a broker's in-flight cap (AWS IoT
   Core: 100 per connection) never waits for the interval.
 - :class:`OpenWindows` holds, per sensor and window, the readings not yet sealed: the
-  ones staged since as packed blobs (≈ 5–12 B a reading), the fresh ones as readings.
+  ones staged since in their staging blobs (rows compressed across a sensor group,
+  ≈ 22 B a reading, shared), the fresh ones as readings.
 - :class:`WindowWriter` (a background task) writes every ``stage_ms`` the fresh
   readings as staging items (one per sensor group, for dashboards) and seals the windows
   whose end plus :data:`~ingest.storage.windows.SEAL_GRACE_MS` has passed, as one set
@@ -33,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 
@@ -42,16 +43,16 @@ from ingest.core.retry import Backoff
 from ingest.pipeline.acks import Pending
 from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
 from ingest.storage.dynamo import TableClient
-from ingest.storage.journal import JournalSequence, journal_items, parse_journal_item
-from ingest.storage.layout import Item, Reading, journal_pk, sensor_group
-from ingest.storage.packed import PackedError, decode_window, encode_window
-from ingest.storage.reads import query_pages
-from ingest.storage.windows import (
-    MAX_PART_BYTES,
-    SEAL_GRACE_MS,
-    WindowScheme,
-    seal,
+from ingest.storage.journal import (
+    MAX_JOURNAL_BLOB_BYTES,
+    JournalSequence,
+    journal_items,
+    parse_journal_item,
 )
+from ingest.storage.layout import Item, Reading, journal_pk, sensor_group
+from ingest.storage.packed import PackedError
+from ingest.storage.reads import query_pages
+from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, encode_stage, seal
 
 __all__ = [
     "CHECKPOINT_SK",
@@ -67,7 +68,12 @@ CHECKPOINT_SK = 0
 _MAX_FLUSH_READINGS = 10_000
 """Readings in one journal batch before it is flushed whatever its age (≈ 220 KB)."""
 _STAGE_ITEMS_PER_GROUP = 16
-_MAX_STAGE_BYTES = MAX_PART_BYTES
+_SLICE = 256
+"""Windows encoded (staged or sealed) between two yields to the event loop."""
+_STAGE_SLICE = 8
+"""Staging blobs (one per group, usually) encoded between two yields to the event loop."""
+_WRITES_IN_FLIGHT = 4
+"""BatchWriteItem calls of one staging or sealing round at once."""
 
 
 class JournalPlacer:
@@ -167,11 +173,23 @@ class JournalPlacer:
         return max(0.0, self._opened + self.flush_interval_ms / 1000 - time.monotonic())
 
 
+class Staged:
+    """One staging blob of a group (:func:`~ingest.storage.windows.encode_stage`), shared
+    by the open windows whose readings it holds; decoded again only at their seal."""
+
+    __slots__ = ("blob", "n")
+
+    def __init__(self, blob: bytes, n: int) -> None:
+        self.blob = blob
+        self.n = n
+
+
 @dataclass(slots=True)
 class _Window:
-    """One sensor's readings of one window, not sealed yet."""
+    """One sensor's readings of one window, not sealed yet: staged (in shared staging
+    blobs) and fresh (since the last staging write), in write order."""
 
-    blobs: list[bytes] = field(default_factory=list)
+    staged: list[Staged] = field(default_factory=list)
     fresh: list[Reading] = field(default_factory=list)
     first_received_ms: int = 0
     last_received_ms: int = 0
@@ -179,14 +197,22 @@ class _Window:
 
     def absorb(self, older: _Window) -> None:
         """Put ``older``'s readings before this one's (a failed seal coming back)."""
-        self.blobs[:0] = older.blobs
+        self.staged[:0] = older.staged
         self.fresh[:0] = older.fresh
         self.first_received_ms = min(self.first_received_ms, older.first_received_ms)
         self.n += older.n
 
 
+Decoded = dict[int, dict[tuple[str, int], list[Reading]]]
+"""Staging blobs decoded during one seal round: per blob, its readings per window."""
+
+
 class OpenWindows:
     """The worker's unsealed windows, per (sensor, window start).
+
+    A window's readings stay in memory as the staging blobs they were written in (rows
+    compressed across the group: ≈ 22 B a reading, shared by the group's windows) plus
+    the few fresh since; a blob is freed once every window in it is sealed.
 
     Args:
         scheme: The table's windows (width, groups).
@@ -211,31 +237,29 @@ class OpenWindows:
         w.n += 1
         self.readings += 1
 
-    def stage(
-        self, skip: AbstractSet[tuple[str, int]] = frozenset()
-    ) -> dict[int, list[tuple[bytes, int]]]:
-        """Encode every window's fresh readings: per sensor group, the blobs and counts.
+    def fresh(self, skip: AbstractSet[tuple[str, int]] = frozenset()) -> list[tuple[str, int]]:
+        """The windows with readings not staged yet (but those in ``skip``)."""
+        return [k for k, w in self._open.items() if w.fresh and k not in skip]
 
-        The blobs also become the windows' staged readings (kept packed until the seal);
-        the windows in ``skip`` (about to be sealed, so visible without staging) are left.
-        A reading the window codec refuses (the decoder's domain is the codec's: a bug)
-        is logged and kept as a reading, so the seal reports it again rather than lose it.
+    def stage(self, keys: Iterable[tuple[str, int]]) -> Iterator[tuple[int, Staged]]:
+        """Encode the fresh readings of the windows ``keys`` as staging blobs, per sensor
+        group (each at most 300 KB: a hot group gets several), and keep them as the
+        windows' staged readings. Yields (group, blob) pairs to write, encoding one
+        group at a time; consume it to the end.
         """
-        groups: dict[int, list[tuple[bytes, int]]] = {}
+        by_group: dict[int, list[tuple[_Window, list[Reading]]]] = {}
         n_groups = self.scheme.groups
-        for key, w in self._open.items():
-            if not w.fresh or key in skip:
+        for key in keys:
+            w = self._open.get(key)
+            if w is None or not w.fresh:
                 continue
-            sensor = key[0]
-            try:
-                blob = encode_window(w.fresh)
-            except PackedError:
-                log.exception("readings of %r could not be packed for staging", sensor)
-                continue
-            groups.setdefault(sensor_group(sensor, n_groups), []).append((blob, len(w.fresh)))
-            w.blobs.append(blob)
+            by_group.setdefault(sensor_group(key[0], n_groups), []).append((w, w.fresh))
             w.fresh = []
-        return groups
+        for group, entries in by_group.items():
+            for staged, windows in _stage_blobs(entries):
+                for w in windows:
+                    w.staged.append(staged)
+                yield group, staged
 
     def due(self, now_ms: int, *, everything: bool = False) -> list[tuple[str, int]]:
         """The windows to seal at ``now_ms``: ended (and last written) ``SEAL_GRACE_MS`` ago."""
@@ -246,19 +270,30 @@ class OpenWindows:
             if everything or max(key[1] + width, w.last_received_ms) + SEAL_GRACE_MS <= now_ms
         ]
 
-    def begin_seal(self, key: tuple[str, int]) -> list[Reading]:
+    def begin_seal(self, key: tuple[str, int], decoded: Decoded) -> list[Reading]:
         """Take a window out for sealing (its readings, in write order).
 
-        Readings arriving meanwhile open the window anew; :meth:`end_seal` either
-        forgets the taken ones (sealed) or puts them back in front (failed). Call
-        :meth:`end_seal` whatever happens, also when this raises.
+        ``decoded`` caches the staging blobs decoded in this round (windows of one
+        period share them). Readings arriving meanwhile open the window anew;
+        :meth:`end_seal` either forgets the taken ones (sealed) or puts them back in
+        front (failed). Call :meth:`end_seal` whatever happens, also when this raises.
         """
         w = self._open.pop(key)
         self._sealing.setdefault(key, []).append(w)
         out: list[Reading] = []
-        for blob in w.blobs:
-            out += decode_window(blob)
+        for staged in w.staged:
+            windows = decoded.get(id(staged))
+            if windows is None:
+                windows = decoded[id(staged)] = self._by_window(staged)
+            out += windows.get(key, ())
         out += w.fresh
+        return out
+
+    def _by_window(self, staged: Staged) -> dict[tuple[str, int], list[Reading]]:
+        start = self.scheme.window_start
+        out: dict[tuple[str, int], list[Reading]] = {}
+        for r in decode_stage(staged.blob):
+            out.setdefault((r.sensor_id, start(r.ts_ms)), []).append(r)
         return out
 
     def end_seal(self, key: tuple[str, int], *, sealed: bool) -> None:
@@ -281,6 +316,24 @@ class OpenWindows:
 
     def oldest_s(self, now_ms: int) -> float:
         return max(0.0, (now_ms - self.checkpoint_ms(now_ms)) / 1000)
+
+
+def _stage_blobs(
+    entries: list[tuple[_Window, list[Reading]]],
+) -> list[tuple[Staged, list[_Window]]]:
+    """One group's fresh readings as staging blobs that each fit an item, with the
+    windows each holds: one blob, or halves until each fits (a window's readings split
+    too when one window alone is too large)."""
+    rows = [r for _, rs in entries for r in rs]
+    blob = encode_stage(rows)
+    if len(blob) <= MAX_JOURNAL_BLOB_BYTES + 1 or len(rows) <= 1:
+        return [(Staged(blob, len(rows)), [w for w, _ in entries])]
+    if len(entries) == 1:
+        w, rs = entries[0]
+        half = len(rs) // 2
+        return _stage_blobs([(w, rs[:half])]) + _stage_blobs([(w, rs[half:])])
+    half = len(entries) // 2
+    return _stage_blobs(entries[:half]) + _stage_blobs(entries[half:])
 
 
 def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
@@ -400,12 +453,16 @@ class WindowWriter:
 
     async def step(self, *, everything: bool = False) -> None:
         """One round: staging items for the fresh readings, then the due seals, then the
-        checkpoint (``everything``: seal every open window, as a stop does)."""
+        checkpoint (``everything``: seal every open window, as a stop does).
+
+        The encoding runs in slices of :data:`_SLICE` windows with the event loop let
+        go between them, and the writes go out :data:`_WRITES_IN_FLIGHT` at a time, so a
+        round over 10,000 sensors does not hold up the decoder and the acknowledgements.
+        """
         now = self._now_ms()
         due = self.windows.due(now, everything=everything)
-        await self._stage(now, set(due))
-        for key in due:
-            await self._seal(key, now)
+        await self._stage(now, self.windows.fresh(set(due)))
+        await self._seal(due, now)
         await self._advance_checkpoint(self._now_ms())
         self._m.windows_open.set(len(self.windows))
         self._m.window_oldest_seconds.set(self.windows.oldest_s(self._now_ms()))
@@ -414,32 +471,74 @@ class WindowWriter:
         """Seal every open window (the stop protocol; readers then need no journal)."""
         await self.step(everything=True)
 
-    async def _stage(self, now_ms: int, skip: set[tuple[str, int]]) -> None:
-        groups = self.windows.stage(skip)
-        if not groups:
-            return
+    async def _stage(self, now_ms: int, keys: list[tuple[str, int]]) -> None:
+        staged: list[tuple[int, Staged]] = []
+        for group, blob in self.windows.stage(keys):
+            staged.append((group, blob))
+            if len(staged) % _STAGE_SLICE == 0:
+                await asyncio.sleep(0)
         items: list[Item] = []
-        for group, blobs in groups.items():
-            for i, chunk in enumerate(_stage_chunks(blobs)):
-                # 16 items per group and millisecond; a hotter group takes the next ms.
-                flush_ms = now_ms + i // _STAGE_ITEMS_PER_GROUP
-                sk = WindowScheme.stage_sk(flush_ms, self._worker, i % _STAGE_ITEMS_PER_GROUP)
-                n = sum(c for _, c in chunk)
-                items.append(self.scheme.stage_item(group, sk, flush_ms, [b for b, _ in chunk], n))
-        await self._put(items, "stage")
+        index: dict[int, int] = {}
+        for group, blob in staged:
+            i = index[group] = index.get(group, -1) + 1
+            # 16 items per group and millisecond; a hotter group takes the next ms.
+            flush_ms = now_ms + i // _STAGE_ITEMS_PER_GROUP
+            sk = WindowScheme.stage_sk(flush_ms, self._worker, i % _STAGE_ITEMS_PER_GROUP)
+            items.append(self.scheme.stage_item(group, sk, flush_ms, blob.blob, blob.n))
+        if not items:
+            return
+        gate = asyncio.Semaphore(_WRITES_IN_FLIGHT)
+        async with asyncio.TaskGroup() as tg:
+            for batch in _chunks(items, MAX_BATCH_ITEMS):
+                await gate.acquire()
+                tg.create_task(self._put_released(batch, "stage", gate))
         self._m.stage_items.inc(len(items))
 
-    async def _seal(self, key: tuple[str, int], now_ms: int) -> None:
+    async def _put_released(self, items: list[Item], what: str, gate: asyncio.Semaphore) -> None:
+        try:
+            await self._put(items, what)
+        finally:
+            gate.release()
+
+    async def _seal(self, due: list[tuple[str, int]], now_ms: int) -> None:
+        """Seal the windows ``due``: their parts in batches, each window forgotten once
+        every part of it is durable (put back if the round is cancelled first)."""
+        gate = asyncio.Semaphore(_WRITES_IN_FLIGHT)
+        keys: list[tuple[str, int]] = []
+        items: list[Item] = []
+        decoded: Decoded = {}
+        async with asyncio.TaskGroup() as tg:
+            for i, key in enumerate(due):
+                try:
+                    parts = seal(self.scheme, self.windows.begin_seal(key, decoded), now_ms)
+                except (ValueError, PackedError):
+                    log.exception("window %s of %r could not be sealed", key[1], key[0])
+                    self.windows.end_seal(key, sealed=False)
+                    continue
+                keys.append(key)
+                items += [self.scheme.part_item(p) for p in parts]
+                if len(items) >= MAX_BATCH_ITEMS or i == len(due) - 1:
+                    await gate.acquire()
+                    tg.create_task(self._write_seals(keys, items, gate))
+                    keys, items = [], []
+                if i % _SLICE == _SLICE - 1:
+                    await asyncio.sleep(0)
+            if keys:  # the last window could not be sealed: write the ones before it
+                await gate.acquire()
+                tg.create_task(self._write_seals(keys, items, gate))
+
+    async def _write_seals(
+        self, keys: list[tuple[str, int]], items: list[Item], gate: asyncio.Semaphore
+    ) -> None:
         sealed = False
         try:
-            parts = seal(self.scheme, self.windows.begin_seal(key), now_ms)
-            await self._put([self.scheme.part_item(p) for p in parts], "seal")
+            await self._put(items, "seal")
             sealed = True
-            self._m.sealed_parts.inc(len(parts))
-        except (ValueError, PackedError):
-            log.exception("window %s of %r could not be sealed", key[1], key[0])
+            self._m.sealed_parts.inc(len(items))
         finally:
-            self.windows.end_seal(key, sealed=sealed)
+            gate.release()
+            for key in keys:
+                self.windows.end_seal(key, sealed=sealed)
 
     async def _advance_checkpoint(self, now_ms: int) -> None:
         at = self.windows.checkpoint_ms(now_ms)
@@ -476,17 +575,3 @@ class WindowWriter:
                     self._m.window_write_retries.labels("unprocessed").inc()
                 await self._sleep(self._backoff.delay_s(attempt))
                 attempt += 1
-
-
-def _stage_chunks(blobs: list[tuple[bytes, int]]) -> Iterator[list[tuple[bytes, int]]]:
-    """Blobs grouped into staging items of at most ``_MAX_STAGE_BYTES`` of blobs each."""
-    chunk: list[tuple[bytes, int]] = []
-    size = 0
-    for b in blobs:
-        if chunk and size + len(b[0]) > _MAX_STAGE_BYTES:
-            yield chunk
-            chunk, size = [], 0
-        chunk.append(b)
-        size += len(b[0])
-    if chunk:
-        yield chunk

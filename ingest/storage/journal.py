@@ -62,6 +62,7 @@ __all__ = [
     "JournalSequence",
     "decode_journal",
     "encode_journal",
+    "journal_blobs",
     "journal_items",
     "parse_journal_item",
 ]
@@ -182,7 +183,7 @@ def journal_items(
     """
     pk = {"S": journal_pk(worker)}
     out: list[tuple[int, Item]] = []
-    for k, (blob, n) in enumerate(_blobs(readings)):
+    for k, (blob, n) in enumerate(journal_blobs(readings)):
         item: Item = {
             "pk": pk,
             "sk": {"N": str(sk + k)},
@@ -194,7 +195,13 @@ def journal_items(
     return out
 
 
-def _blobs(readings: Sequence[Reading]) -> list[tuple[bytes, int]]:
+def journal_blobs(readings: Sequence[Reading]) -> list[tuple[bytes, int]]:
+    """``readings`` as blobs of at most :data:`MAX_JOURNAL_BLOB_BYTES` each, with their
+    counts: one blob, or halves (recursively) until each fits, in order.
+
+    Raises:
+        ValueError: One reading alone encodes larger.
+    """
     blob = encode_journal(readings)
     if len(blob) <= MAX_JOURNAL_BLOB_BYTES or len(readings) <= 1:
         if len(blob) > MAX_JOURNAL_BLOB_BYTES:
@@ -203,7 +210,7 @@ def _blobs(readings: Sequence[Reading]) -> list[tuple[bytes, int]]:
             )
         return [(blob, len(readings))]
     half = len(readings) // 2
-    return _blobs(readings[:half]) + _blobs(readings[half:])
+    return journal_blobs(readings[:half]) + journal_blobs(readings[half:])
 
 
 def parse_journal_item(item: Mapping[str, Any]) -> JournalEntry:

@@ -21,7 +21,7 @@ from ingest.storage.layout import (
     window_of_sk,
     window_sk,
 )
-from ingest.storage.packed import PackedDecodeError, encode_window
+from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import query_pages
 from ingest.storage.table import create_table
 from ingest.storage.windows import (
@@ -186,17 +186,17 @@ def test_any_interleaving_reads_back_each_reading_once_before_and_after_compacti
     assert key(merge_parts([*after.values(), *leftovers])) == expected
 
 
-def test_a_staging_blob_gives_every_sensor_or_one_sensor_back() -> None:
-    rs = [r(T0 + i, float(i), sensor=f"dev-{i % 3}") for i in range(30)]
+def test_a_staging_blob_gives_every_sensor_or_one_sensor_back_in_write_order() -> None:
+    rs = [r(T0 + i, float(i), sensor=f"dev-{i % 3}") for i in range(30)][::-1]
     blob = encode_stage(rs)
-    assert key(decode_stage(blob)) == key(sorted(rs, key=lambda x: (x.sensor_id, x.ts_ms)))
+    assert key(decode_stage(blob)) == key(rs)
     assert key(decode_stage(blob, "dev-2")) == key([x for x in rs if x.sensor_id == "dev-2"])
     assert decode_stage(blob, "dev-9") == []
     for cut in range(1, len(blob)):
         with pytest.raises(PackedDecodeError):
             decode_stage(blob[:cut])
-    with pytest.raises(PackedDecodeError, match="format 2"):
-        decode_stage(b"\x02" + blob[1:])
+    with pytest.raises(PackedDecodeError, match="format 3"):
+        decode_stage(b"\x03" + blob[1:])
 
 
 @pytest.mark.asyncio(loop_scope="session")
@@ -213,8 +213,8 @@ async def test_parts_and_staging_written_to_a_real_table_read_back(
         async with LeanDynamoClient(table=unique_name, aws=aws) as lean:
             assert await lean.batch_write([SCHEME.part_item(p) for p in parts]) == []
             sk = SCHEME.stage_sk(T0 + 10_000, "worker-1")
-            blobs = [encode_window(w1[:10])]
-            stage = SCHEME.stage_item(sensor_group("dev-1", 256), sk, T0 + 10_000, blobs, 10)
+            blob = encode_stage(w1[:10])
+            stage = SCHEME.stage_item(sensor_group("dev-1", 256), sk, T0 + 10_000, blob, 10)
             assert await lean.batch_write([stage]) == []
         kwargs = {
             "TableName": unique_name,
