@@ -26,6 +26,7 @@ from bench.capacity import US_EAST_1_USD_PER_MILLION_WRU
 from bench.errors import BenchError
 from bench.scenarios import QUICK_SCENARIOS, SCENARIOS, get_scenario
 from ingest.core.aio import leaf_exceptions
+from ingest.storage.layout import TableLayout
 
 __all__ = ["RESULTS_DIR", "add_commands", "cmd_bench"]
 
@@ -76,6 +77,21 @@ def add_commands(subparsers: Any) -> None:
         metavar="ARG",
         help="extra argument for `iot-ingest run` (repeatable), e.g. --ingest-arg=--shards=8",
     )
+    p.add_argument(
+        "--layout",
+        choices=("reading", "packed", "both"),
+        default="reading",
+        help="table layout of our pipeline (both: one phase each, side by side)",
+    )
+    p.add_argument(
+        "--window-seconds",
+        type=int,
+        default=900,
+        help="packed: sealed window width (900; shorter runs see seals sooner)",
+    )
+    p.add_argument(
+        "--stage-interval-ms", type=int, default=10_000, help="packed: staging interval (10000)"
+    )
     p.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
     p.set_defaults(func=cmd_bench)
 
@@ -100,6 +116,14 @@ def _all_phases(result: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def _layouts(args: argparse.Namespace) -> tuple[TableLayout, ...]:
+    reading = TableLayout()
+    packed = TableLayout(
+        kind="packed", window_ms=args.window_seconds * 1000, stage_ms=args.stage_interval_ms
+    )
+    return {"reading": (reading,), "packed": (packed,), "both": (reading, packed)}[args.layout]
+
+
 async def _run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
     from bench.loadrun import LoadSpec, run_bench
 
@@ -109,6 +133,7 @@ async def _run(args: argparse.Namespace, out_dir: Path) -> dict[str, Any]:
         "seed": args.seed,
         "usd_per_million_wru": args.usd_per_million_wru,
         "ingest_args": tuple(args.ingest_arg),
+        "layouts": _layouts(args),
     }
     if not args.quick:
         scenario = get_scenario(args.scenario)
@@ -179,12 +204,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
         for e in leaves:
             print(f"iot-ingest bench: {e}", file=sys.stderr)
         return 2
-    from bench.report import figure_table, write_outputs
+    from bench.report import figure_table, layout_table, write_outputs
 
     paths = write_outputs(result, out_dir, command, plots=not args.no_plots)
     for name, doc in (result.get("scenarios") or {result["scenario"]: result}).items():
         print(f"\n{name} ({doc['duration_s']:g} s at {doc['rate_per_s']:,.0f} readings/s)")
         print(figure_table(doc))
+        if doc.get("layouts"):
+            print("\nper table layout:\n" + layout_table(doc))
     print(f"\nwrote {', '.join(str(p) for p in paths)} in {time.monotonic() - t0:.0f} s")
     phases = _all_phases(result)
     bad = [p for p in phases if int(p["lost"]) or not p.get("drained", True)]

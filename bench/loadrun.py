@@ -103,6 +103,8 @@ class LoadSpec:
         stall_timeout_s: Give up draining sooner when nothing was written for this long.
         usd_per_million_wru: On-demand write price used for the cost figure.
         ingest_args: Extra arguments for ``iot-ingest run`` (e.g. a slow-path flag).
+        layouts: Table layouts ``ours`` runs on, one phase each, side by side in the
+            result (the first is the headline; ``layouts`` in the result holds each).
     """
 
     scenario: Scenario
@@ -117,6 +119,20 @@ class LoadSpec:
     stall_timeout_s: float = 20.0
     usd_per_million_wru: float = US_EAST_1_USD_PER_MILLION_WRU
     ingest_args: tuple[str, ...] = ()
+    layouts: tuple[TableLayout, ...] = (TableLayout(),)
+
+
+def layout_args(layout: TableLayout) -> list[str]:
+    """``iot-ingest run`` flags that give a worker the table's layout."""
+    args = ["--layout", layout.kind, "--bucket-minutes", str(layout.bucket_ms // 60_000)]
+    if layout.kind == "reading":
+        return [*args, "--shards", str(layout.shards)]
+    return [
+        *args,
+        "--window-seconds", str(layout.window_ms // 1000),
+        "--stage-interval-ms", str(layout.stage_ms),
+        "--staging-groups", str(layout.groups),
+    ]  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -168,11 +184,10 @@ def _machine_busy() -> float:
     return (total - idle) / os.sysconf("SC_CLK_TCK")
 
 
-async def _prepare_table(endpoint: str) -> None:
+async def _prepare_table(endpoint: str, layout: TableLayout) -> None:
     """Create the table (on-demand) and its layout record, as ``iot-ingest table create`` would."""
     from aiobotocore.session import get_session
 
-    layout = TableLayout()
     async with get_session().create_client(
         "dynamodb",
         region_name="us-east-1",
@@ -198,6 +213,7 @@ def _worker_argv(
     broker_url: str,
     endpoint: str,
     scratch: Path,
+    layout: TableLayout,
 ) -> list[str]:
     if pipeline == "ours":
         return [
@@ -223,6 +239,7 @@ def _worker_argv(
             str(scratch / f"ingest-{i}"),
             "--log-level",
             "WARNING",
+            *layout_args(layout),
             *spec.ingest_args,
         ]
     return [
@@ -401,10 +418,18 @@ async def _verify(logs: Path, manifest: Path, endpoint: str, pipeline: Pipeline)
     return report
 
 
-async def run_phase(spec: LoadSpec, pipeline: Pipeline, out_dir: Path) -> _Phase:
-    """Run one pipeline on the spec's scenario on fresh servers; collect what it did."""
+async def run_phase(
+    spec: LoadSpec, pipeline: Pipeline, out_dir: Path, layout: TableLayout | None = None
+) -> _Phase:
+    """Run one pipeline on the spec's scenario on fresh servers; collect what it did.
+
+    The workers are stopped before the sink's final accounting: what they write while
+    they stop (a ``packed`` table's last seals) is counted.
+    """
     scenario = spec.scenario
-    logs = out_dir / "logs" / f"{scenario.name}-{pipeline}"
+    layout = layout or TableLayout()
+    suffix = "" if layout.kind == "reading" or pipeline == "baseline" else f"-{layout.kind}"
+    logs = out_dir / "logs" / f"{scenario.name}-{pipeline}{suffix}"
     phase = _Phase(pipeline)
     py = _python()
     t_start = time.monotonic()
@@ -426,13 +451,13 @@ async def run_phase(spec: LoadSpec, pipeline: Pipeline, out_dir: Path) -> _Phase
         )
         await sink.wait_line("READY", 30)
         sink_url = f"http://127.0.0.1:{sink_port}"
-        await _prepare_table(sink_url)
+        await _prepare_table(sink_url, layout)
         http = await stack.enter_async_context(aiohttp.ClientSession())
 
         workers: list[_Worker] = []
         for i in range(spec.workers):
             port = free_port()
-            argv = _worker_argv(spec, pipeline, i, port, broker.url, sink_url, scratch)
+            argv = _worker_argv(spec, pipeline, i, port, broker.url, sink_url, scratch, layout)
             proc = ManagedProcess(
                 f"{pipeline}-worker-{i}",
                 argv,
@@ -526,6 +551,8 @@ async def run_phase(spec: LoadSpec, pipeline: Pipeline, out_dir: Path) -> _Phase
             phase.cpu_s += s.cpu_s - w.cpu0_s
             phase.hwm_kb.append(s.hwm_kb)
         phase.sink_cpu_s = procstat.cpu_seconds(sink.pid) - sink_cpu0
+        for w in workers:
+            await w.proc.stop()
         phase.final = await get_json(http, f"{sink_url}/_stats?sensors=1", timeout_s=60)
         log.info(
             "%s: %s in %.1f s after the publisher; %d of %s readings durable",
@@ -609,6 +636,16 @@ def phase_figures(phase: _Phase, spec: LoadSpec) -> dict[str, Any]:
         "peak_rss_mb_total": sum(phase.hwm_kb) / 1024 if phase.hwm_kb else None,
         "write_units": wu,
         "write_units_per_reading": wu / readings if readings else None,
+        "write_units_per_reading_by_kind": {
+            k.removeprefix("write_units."): v / readings
+            for k, v in sorted(counts.items())
+            if k.startswith("write_units.") and readings
+        },
+        "item_bytes_by_kind": {
+            k.removeprefix("item_bytes."): v
+            for k, v in sorted(counts.items())
+            if k.startswith("item_bytes.")
+        },
         "usd_per_million_wru": spec.usd_per_million_wru,
         "cost_per_million_usd": cost_per_million_readings_usd(
             wu, readings, spec.usd_per_million_wru
@@ -707,19 +744,27 @@ async def run_bench(spec: LoadSpec, out_dir: Path) -> dict[str, Any]:
         + 240
         + (_VERIFY_TIMEOUT_S if spec.target != "sink" else 0)
     )
-    pipelines: list[Pipeline] = ["ours", "baseline"] if spec.baseline else ["ours"]
+    phases: list[tuple[Pipeline, TableLayout]] = [("ours", lay) for lay in spec.layouts]
+    if spec.baseline:
+        phases.append(("baseline", TableLayout()))
     figures: dict[str, dict[str, Any]] = {}
-    for pipeline in pipelines:
-        log.info("%s: %s phase", spec.scenario.name, pipeline)
+    by_layout: dict[str, dict[str, Any]] = {}
+    for pipeline, layout in phases:
+        log.info("%s: %s phase (%s layout)", spec.scenario.name, pipeline, layout.kind)
         try:
             async with asyncio.timeout(bound_s):
-                phase = await run_phase(spec, pipeline, out_dir)
+                phase = await run_phase(spec, pipeline, out_dir, layout)
         except TimeoutError:
             raise BenchError(
                 f"the {pipeline} phase of {spec.scenario.name} exceeded {bound_s:g} s; "
                 f"logs in {out_dir / 'logs'}"
             ) from None
-        figures[pipeline] = phase_figures(phase, spec)
+        fig = phase_figures(phase, spec) | {"layout": layout.key_parameters()}
+        if pipeline == "ours":
+            by_layout[layout.kind] = fig
+            figures.setdefault("ours", fig)
+        else:
+            figures[pipeline] = fig
     ours = figures["ours"]
     base = figures.get("baseline")
     result: dict[str, Any] = {
@@ -743,6 +788,11 @@ async def run_bench(spec: LoadSpec, out_dir: Path) -> dict[str, Any]:
         "baseline": base,
         "ratio": _ratios(ours, base),
     }
+    if len(by_layout) > 1:
+        result["layouts"] = {
+            kind: {k: v for k, v in fig.items() if k not in ("timeline", "latency_hist_ms")}
+            for kind, fig in by_layout.items()
+        }
     return result
 
 

@@ -26,6 +26,7 @@ __all__ = [
     "Row",
     "figure_table",
     "format_value",
+    "layout_table",
     "main",
     "summary_table",
     "write_outputs",
@@ -88,6 +89,36 @@ def figure_table(result: dict[str, Any]) -> str:
             else "–"
         )
         lines.append(f"| {label} | {format_value(a, fmt)} | {format_value(b, fmt)} | {ratio} |")
+    return "\n".join(lines)
+
+
+LAYOUT_ROWS: tuple[Row, ...] = (
+    ("readings made durable", "readings_durable", "{:,}"),
+    ("write units per reading", "write_units_per_reading", "{:.4f}"),
+    ("… journal", "write_units_per_reading_by_kind.journal", "{:.4f}"),
+    ("… staging", "write_units_per_reading_by_kind.stage", "{:.4f}"),
+    ("… sealed windows", "write_units_per_reading_by_kind.window", "{:.4f}"),
+    ("… reading items", "write_units_per_reading_by_kind.reading", "{:.4f}"),
+    ("… the table's records", "write_units_per_reading_by_kind.record", "{:.4f}"),
+    ("items per reading", "items_per_reading", "{:.4f}"),
+    ("CPU µs per reading", "cpu_us_per_reading", "{:,.1f}"),
+    ("latency p99 ms (publish → durable)", "latency_ms.p99", "{:,.0f}"),
+    ("lost readings", "lost", "{:,}"),
+    ("cost per million readings (USD)", "cost_per_million_usd", "{:.4f}"),
+)
+
+
+def layout_table(result: dict[str, Any]) -> str:
+    """A markdown table of one scenario's figures per table layout (``--layout both``)."""
+    layouts: dict[str, dict[str, Any]] = result.get("layouts") or {}
+    kinds = list(layouts)
+    lines = [
+        "| figure | " + " | ".join(kinds) + " |",
+        "|---|" + "---:|" * len(kinds),
+    ]
+    for label, path, fmt in LAYOUT_ROWS:
+        cells = [format_value(_get(layouts[k], path), fmt) for k in kinds]
+        lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -208,6 +239,8 @@ def _markdown(result: dict[str, Any], images: dict[str, list[str]], command: str
             figure_table(doc),
             "",
         ]
+        if doc.get("layouts"):
+            lines += ["Our pipeline per table layout, in this run:", "", layout_table(doc), ""]
         lines += [f"![{img}]({img})" for img in images.get(name, [])]
         lines.append("")
     lines += [

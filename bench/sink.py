@@ -18,13 +18,17 @@ the same figures as throughput runs.
 Accounting, per item acknowledged by a BatchWriteItem (``GET /_stats``):
 
 * ``distinct_keys`` and ``rewritten_keys`` (keys written more than once);
-  with ``?sensors=1`` also the distinct keys per sensor id (``pk`` up to ``#``);
+  with ``?sensors=1`` also the distinct keys per sensor id (``pk`` up to ``#``).
+  A ``packed`` table's readings are counted where they become durable, in its
+  journal items (decoded), as the keys (sensor id, timestamp);
 * ``write_units`` and ``item_bytes``: item size by DynamoDB's rules
   (:mod:`bench.capacity`), one write unit per started KB; PutItem counts the
-  same way, UpdateItem (registry) one unit each (those items are small);
+  same way, UpdateItem (registry) one unit each (those items are small); and
+  the same per kind of item (``write_units.journal`` …, :func:`item_kind`);
 * ``latency_ms``: a histogram ``{ms: count}`` of *durable time − scheduled
   publish time*, where the scheduled time is the item's sort key (the
-  reading's ``ts``, which the simulator sets to the scheduled publish time).
+  reading's ``ts``, which the simulator sets to the scheduled publish time;
+  for a journal item, each of its readings' ``ts``).
   ``POST /_clock {"ts0_ms": T, "wall0_ms": W, "speed": s}`` maps it instead
   to ``W + (sk - T) / s`` for publishers whose timestamps run faster than
   the clock (the hot-sensor backlog);
@@ -59,6 +63,8 @@ from aiohttp import web
 
 from bench.capacity import item_size_bytes, write_units
 from bench.histogram import MsHistogram
+from ingest.storage.journal import parse_journal_item
+from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE
 
 __all__ = ["Sink", "main", "make_app"]
 
@@ -263,22 +269,39 @@ class Sink:
         ts_map = self._ts_map
         scheduled: list[float] = []
         n = wu = nbytes = 0
+        c = self.counts
         for items in items_by_table.values():
             for item in items:
                 pk, sk = item["pk"]["S"], item["sk"]["N"]
                 size = sizes[id(item)] if sizes is not None else item_size_bytes(item)
                 nbytes += size
-                wu += write_units(size)
+                units = write_units(size)
+                wu += units
                 self.max_item_bytes = max(self.max_item_bytes, size)
                 parts[pk] += 1
                 sec[pk] += 1
-                if self.track_keys:
-                    keys[(pk, sk)] += 1
-                ts = float(sk)
-                scheduled.append(ts if ts_map is None else ts_map[1] + (ts - ts_map[0]) / ts_map[2])
                 n += 1
+                kind = item_kind(pk, sk)
+                c[f"write_units.{kind}"] += units
+                c[f"items.{kind}"] += 1
+                c[f"item_bytes.{kind}"] += size
+                if kind == "reading":
+                    stamps = [(pk, sk)]
+                elif kind == "journal":
+                    # A packed table's readings are durable (acknowledged) in the journal.
+                    stamps = [
+                        (r.sensor_id, str(r.ts_ms)) for r in parse_journal_item(item).readings
+                    ]
+                else:
+                    continue
+                for key in stamps:
+                    if self.track_keys:
+                        keys[key] += 1
+                    ts = float(key[1])
+                    scheduled.append(
+                        ts if ts_map is None else ts_map[1] + (ts - ts_map[0]) / ts_map[2]
+                    )
         self.latency.record_many(now_ms, scheduled)
-        c = self.counts
         c["items"] += n
         c["write_units"] += wu
         c["item_bytes"] += nbytes
@@ -423,6 +446,19 @@ class Sink:
         q = request.query
         doc = self.stats_doc(per_sensor=q.get("sensors") == "1", light=q.get("light") == "1")
         return _ok(doc)
+
+
+def item_kind(pk: str, sk: str) -> str:
+    """What an item written is: ``reading`` (a ``reading`` table's), or a ``packed``
+    table's ``journal``, ``stage`` or ``window`` (a sealed part), or ``record`` (the
+    table's own: layout, registry, checkpoint)."""
+    if pk.startswith(JOURNAL_PREFIX):
+        return "record" if sk == "0" else "journal"
+    if pk.startswith(STAGE_PREFIX):
+        return "stage"
+    if pk.startswith("#"):
+        return "record"
+    return "window" if int(sk) >= WINDOW_PART_SPACE else "reading"
 
 
 def make_app(sink: Sink) -> web.Application:
