@@ -60,6 +60,7 @@ __all__ = [
     "Pipeline",
     "Target",
     "environment",
+    "layout_args",
     "phase_figures",
     "run_bench",
     "run_phase",

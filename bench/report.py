@@ -21,6 +21,7 @@ import orjson
 from bench.scenarios import SCENARIOS
 
 __all__ = [
+    "LAYOUT_ROWS",
     "ROWS",
     "SUMMARY",
     "Row",

@@ -66,7 +66,12 @@ from bench.histogram import MsHistogram
 from ingest.storage.journal import parse_journal_item
 from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE
 
-__all__ = ["Sink", "main", "make_app"]
+__all__ = [
+    "Sink",
+    "item_kind",
+    "main",
+    "make_app",
+]
 
 log = logging.getLogger(__name__)
 

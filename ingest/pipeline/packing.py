@@ -56,8 +56,10 @@ from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, en
 
 __all__ = [
     "CHECKPOINT_SK",
+    "Decoded",
     "JournalPlacer",
     "OpenWindows",
+    "Staged",
     "WindowWriter",
 ]
 
