@@ -308,6 +308,11 @@ class Plan:
         return sum(self.monthly_usd.values())
 
 
+def _ceil(x: float) -> int:
+    """``math.ceil`` that ignores float noise (31.000000000000004 is 31)."""
+    return math.ceil(round(x, 9))
+
+
 def _units(nbytes: float) -> int:
     """Write units of one item of ``nbytes`` bytes (1 per started KB, at least 1)."""
     return write_units(math.ceil(nbytes))
@@ -371,12 +376,12 @@ def make_plan(
                 f"flush interval ({model.journal_flush_s * 1000:g} ms): acks wait for it",
             )
     per_worker = worker_utilization * 1e6 / cpu.value
-    workers_cpu = max(1, math.ceil(rate / per_worker))
+    workers_cpu = max(1, _ceil(rate / per_worker))
     limit = inflight_limit if inflight_limit is not None else broker.inflight
     inflight = fleet.messages_per_s * latency.value / 1000  # Little's law
     by_window = inflight / limit
     by_rate = fleet.messages_per_s / broker.msgs_per_s if broker.msgs_per_s else 0.0
-    workers_conn = max(1, math.ceil(max(by_window, by_rate) - 1e-9))
+    workers_conn = max(1, _ceil(max(by_window, by_rate)))
     workers = max(workers_cpu, workers_conn)
 
     # -- writes -----------------------------------------------------------------------
@@ -517,9 +522,9 @@ def make_plan(
     per_day_gb = rate * DAY_S * stored.value / GB
     table_gb = per_day_gb * layout.retention_days
     by_partition = {
-        "writes": math.ceil(wcu / PARTITION_WCU - 1e-9),
-        "reads": math.ceil(rcu / PARTITION_RCU - 1e-9),
-        "storage": math.ceil(table_gb * GB / PARTITION_BYTES - 1e-9),
+        "writes": _ceil(wcu / PARTITION_WCU),
+        "reads": _ceil(rcu / PARTITION_RCU),
+        "storage": _ceil(table_gb * GB / PARTITION_BYTES),
     }
     partitions = max(1, *by_partition.values())
 
