@@ -9,11 +9,13 @@ from typing import Any
 import orjson
 import pytest
 
+from bench.archivesize import parquet_bytes_per_reading
 from bench.plan import (
     BROKERS,
     MEASURED_CPU_US_PER_MESSAGE_SINGLE,
     MEASURED_CPU_US_PER_READING_BATCHED,
     MEASURED_LATENCY_P99_MS,
+    MEASURED_PARQUET_BYTES_PER_METRIC,
     Dashboards,
     Figure,
     Fleet,
@@ -26,6 +28,7 @@ from bench.plan import (
 )
 from ingest.cli.main import main as cli_main
 from ingest.storage.layout import TableLayout
+from simulator.signals import kind_names
 
 MONTH_READINGS_10K_1HZ = 10_000 * 30 * 86_400  # 25.92e9 readings a month
 
@@ -114,9 +117,16 @@ def test_standard_ia_prices_and_per_line_overrides() -> None:
 def test_the_archive_holds_its_months_of_parquet() -> None:
     fleet = Fleet(sensors=10_000, rate_hz=1.0, metrics=5)
     p = _plan(fleet, archive_months=12)
-    assert p.archive_bytes_per_reading.value == pytest.approx(2.9 * 5)
-    assert p.archive_gb_per_month == pytest.approx(MONTH_READINGS_10K_1HZ * 14.5 / 1e9)
-    assert p.monthly_usd["S3 archive"] == pytest.approx(12 * 375.84 * 0.023, rel=1e-12)
+    assert p.archive_bytes_per_reading.value == pytest.approx(3.05 * 5)
+    assert p.archive_gb_per_month == pytest.approx(MONTH_READINGS_10K_1HZ * 15.25 / 1e9)
+    assert p.monthly_usd["S3 archive"] == pytest.approx(12 * 395.28 * 0.023, rel=1e-12)
+
+
+def test_the_parquet_figure_is_what_the_archivers_encoder_makes() -> None:
+    # An hour of each simulator kind at 1 Hz (a day takes 6 s: python -m bench.archivesize).
+    measured = [parquet_bytes_per_reading(k, hz=1.0, seconds=3_600) for k in kind_names()]
+    per_metric = sum(b for _, b in measured) / sum(m for m, _ in measured)
+    assert per_metric == pytest.approx(MEASURED_PARQUET_BYTES_PER_METRIC.value, rel=0.15)
 
 
 def test_dashboard_reads_query_every_shard_of_each_sensor() -> None:
@@ -142,6 +152,8 @@ def test_a_hot_sensor_is_spread_over_its_shards() -> None:
     p1 = _plan(hot, shards=1)
     assert p1.hottest_key_wcu_per_s == 2_000.0
     assert not p1.hottest_key_ok
+    assert any("at most 1,000 distinct readings a second" in n for n in p1.notes)
+    assert _plan(Fleet(sensors=1, rate_hz=1_000.0, metrics=4)).notes == []
 
 
 def test_a_million_sensors_load_each_registry_partition() -> None:
