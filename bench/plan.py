@@ -706,14 +706,14 @@ def render_table(plans: list[Plan], inputs: dict[str, Any]) -> str:
     lines.append(
         " " * width
         + " | "
-        + " | ".join(p.layout.ljust(c) for p, c in zip(plans, cols, strict=True))
+        + " | ".join(p.layout.ljust(c) for p, c in zip(plans, cols, strict=True)).rstrip()
     )
     lines.append("-" * width + "-+-" + "-+-".join("-" * c for c in cols))
     for label, cells in rows:
         lines.append(
             label.ljust(width)
             + " | "
-            + " | ".join(s.ljust(c) for s, c in zip(cells, cols, strict=True))
+            + " | ".join(s.ljust(c) for s, c in zip(cells, cols, strict=True)).rstrip()
         )
     lines.append("")
     notes: list[str] = []
