@@ -415,3 +415,23 @@ def test_a_file_that_is_not_a_bench_result_is_refused(
     bad.write_bytes(b'{"hello": 1}')
     assert cli_main([*BASE, "--bench", str(bad)]) == 2
     assert "not a bench result.json" in capsys.readouterr().err
+
+
+def test_the_table_flags_a_key_over_a_partitions_writes(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["plan", "--sensors", "1", "--rate-hz", "2000", "--metrics", "4", "--layout"]
+    assert cli_main([*argv, "reading", "--readings-per-message", "20", "--shards", "1"]) == 0
+    hot = next(line for line in capsys.readouterr().out.splitlines() if "hottest key" in line)
+    assert "2,000.0 WCU/s — OVER 1,000/s" in hot
+    assert cli_main([*argv, "reading", "--readings-per-message", "20"]) == 0
+    hot = next(line for line in capsys.readouterr().out.splitlines() if "hottest key" in line)
+    assert "500.0 WCU/s" in hot and "OVER" not in hot
+
+
+def test_the_broker_flags_set_the_connections(capsys: pytest.CaptureFixture[str]) -> None:
+    common = [*BASE, "--layout", "reading", "--latency-ms", "50"]
+    p = _json([*common, "--broker", "mosquitto"], capsys)["plans"][0]
+    assert (p["broker"], p["inflight_limit"], p["workers"]) == ("Mosquitto", 20, 25)
+    p = _json([*common, "--broker", "mosquitto", "--inflight-limit", "1000"], capsys)["plans"][0]
+    assert (p["inflight_limit"], p["workers"]) == (1000, 1)
