@@ -5,6 +5,7 @@
     iot-ingest bench --scenario gateway --duration 60 [--output DIR] [--workers N]
                      [--rate R] [--target sink|moto|dynalite] [--no-baseline]
     iot-ingest bench --quick --output DIR     # ≤ 60 s smoke run, no speed asserted
+    iot-ingest plan --sensors N --rate-hz R --metrics M   # capacity and cost (bench.plancmd)
 
 Exit status: 0 when every expected reading was durable and none was lost (both
 pipelines), 1 when some were lost or not drained, 2 when the run could not be
@@ -36,7 +37,10 @@ log = logging.getLogger(__name__)
 
 
 def add_commands(subparsers: Any) -> None:
-    """Register ``bench`` on the ``iot-ingest`` command's subparsers."""
+    """Register ``bench`` and ``plan`` on the ``iot-ingest`` command's subparsers."""
+    from bench.plancmd import add_plan_command
+
+    add_plan_command(subparsers)
     p = subparsers.add_parser(
         "bench",
         help="end-to-end load run: broker, DynamoDB target, workers, simulator; report",
