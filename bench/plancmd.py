@@ -160,7 +160,9 @@ def load_bench_result(path: Path) -> tuple[str, dict[str, Figure]]:
     if not isinstance(doc, dict) or "readings_per_s" not in doc:
         raise ValueError(f"{file} is not a bench result.json (no readings_per_s)")
     args = [str(a) for a in doc.get("ingest_args") or []]
-    kind = str(doc.get("layout") or "reading")
+    # ``layout`` is the run's key parameters ({"layout": "packed", …}; older runs: absent).
+    recorded = doc.get("layout")
+    kind = str((recorded.get("layout") if isinstance(recorded, dict) else recorded) or "reading")
     for i, a in enumerate(args):
         if a.startswith("--layout="):
             kind = a.split("=", 1)[1]

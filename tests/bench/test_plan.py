@@ -340,7 +340,8 @@ def test_bench_results_override_the_figures(
                 "cpu_us_per_reading": 20.0,
                 "latency_ms": {"p99": 60},
                 "write_units_per_reading": 0.042,
-                "ingest_args": ["--layout=packed"],
+                "ingest_args": [],
+                "layout": {"layout": "packed", "bucket_minutes": 1440, "window_ms": 900000},
             }
         )
     )
