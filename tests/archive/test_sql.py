@@ -1,0 +1,315 @@
+"""``iot-ingest archive ddl`` and ``archive sql``: on archives the archiver wrote on moto."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from pathlib import Path
+
+import orjson
+import pyarrow as pa
+import pytest
+
+from ingest.archive.sql import athena_ddl, select_keys
+from ingest.cli.main import main
+from ingest.storage.archive.parquet import to_table
+from ingest.storage.archive.paths import data_key
+from ingest.storage.archive.reader import read_cold
+from ingest.storage.layout import Reading
+from tests.archive.conftest import DAY_MS, HOUR_MS, ArchiveEnv
+from tests.archive.test_archive_integration import FIRST_MS, SENSORS, archivable, make_readings
+
+# --- DDL ------------------------------------------------------------------------------
+
+
+def _parse_ddl(ddl: str) -> tuple[dict[str, str], dict[str, str], dict[str, str], str]:
+    """Columns, partition columns, TBLPROPERTIES and LOCATION of the DDL (name → type)."""
+    cols_text = re.search(r"\((.*?)\)\nPARTITIONED BY", ddl, re.S)
+    parts_text = re.search(r"PARTITIONED BY \((.*?)\)\nSTORED AS PARQUET", ddl, re.S)
+    props_text = re.search(r"TBLPROPERTIES \((.*?)\);", ddl, re.S)
+    location = re.search(r"LOCATION '([^']+)'", ddl)
+    assert cols_text and parts_text and props_text and location, ddl
+
+    def columns(text: str) -> dict[str, str]:
+        return dict(re.findall(r"`([^`]+)`\s+(\w+)", text))
+
+    props = dict(re.findall(r"'([^']+)'='([^']*)'", props_text.group(1)))
+    return columns(cols_text.group(1)), columns(parts_text.group(1)), props, location.group(1)
+
+
+def _java_to_strftime(fmt: str) -> str:
+    return fmt.replace("yyyy", "%Y").replace("MM", "%m").replace("dd", "%d")
+
+
+_ARROW_TO_ATHENA = {
+    pa.timestamp("ms", tz="UTC"): "timestamp",
+    pa.float64(): "double",
+    pa.string(): "string",
+}
+
+
+def test_ddl_columns_match_the_parquet_schema_and_projection_the_keys() -> None:
+    readings = [
+        Reading("dev-1", 1_795_348_800_000, {"temp": 1.5, "hum": 3}, {"site": "a"}),
+        Reading("dev-1", 1_795_348_800_001, {"pressure": 1013}, {"room": "b"}),
+    ]
+    schema = to_table(readings).schema
+    ddl = athena_ddl(
+        bucket="my-archive",
+        prefix="arch/v1",
+        metrics=["temp", "hum", "pressure"],
+        tags=["site", "room"],
+        database="iot",
+        table="readings_archive",
+    )
+    assert ddl.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `iot`.`readings_archive` (")
+    cols, parts, props, location = _parse_ddl(ddl)
+    # Every Parquet column the archiver writes, with its Athena type; nothing else.
+    assert cols == {f.name: _ARROW_TO_ATHENA[f.type] for f in schema}
+    # The partition columns are the key=value segments of the object keys.
+    key = data_key("arch/v1", "dev-1", 1_795_348_800_000)
+    segments = [s.split("=")[0] for s in key.split("/") if "=" in s]
+    assert list(parts) == segments == ["sensor_id", "date"]
+    assert all(t == "string" for t in parts.values())
+    assert location == "s3://my-archive/arch/v1/"
+    assert props["projection.enabled"] == "true"
+    assert props["projection.sensor_id.type"] == "injected"
+    assert props["projection.date.type"] == "date"
+    assert (props["projection.date.interval"], props["projection.date.interval.unit"]) == (
+        "1",
+        "DAYS",
+    )
+    first, last = props["projection.date.range"].split(",")
+    assert last == "NOW"
+    template = props["storage.location.template"]
+    assert set(re.findall(r"\$\{(\w+)\}", template)) == set(parts)
+    fmt = _java_to_strftime(props["projection.date.format"])
+
+    # Keys the archiver (and the Streams consumer) write, over day boundaries and widths:
+    # the template filled in with the projected values is the key's folder.
+    starts = [
+        1_795_348_800_000 + k * 5 * 60_000 for k in range(-3, 400, 7)
+    ] + [  # five-minute buckets around midnights
+        1_700_000_000_000 - 1_700_000_000_000 % DAY_MS + d * DAY_MS for d in range(0, 20, 3)
+    ]
+    for sid in ("dev-1", "007", "a.b:c_d-e"):
+        for start in starts:
+            for tag in ("", "shard-0001-49"):
+                key = data_key("arch/v1", sid, start, stream_tag=tag)
+                day = time.strftime(fmt, time.gmtime(start // 1000))
+                assert first <= day  # inside the projected range (ISO dates sort as strings)
+                folder = template.replace("${sensor_id}", sid).replace("${date}", day)
+                assert "${" not in folder
+                assert f"s3://my-archive/{key}".rpartition("/")[0] + "/" == folder
+                assert folder.startswith(location)
+
+
+def test_ddl_enum_sensors_and_bad_names() -> None:
+    _, _, props, _ = _parse_ddl(
+        athena_ddl(
+            bucket="b", prefix="archive", sensors=["dev-1", "dev-2"], first_date="2026-01-01"
+        )
+    )
+    assert props["projection.sensor_id.type"] == "enum"
+    assert props["projection.sensor_id.values"] == "dev-1,dev-2"
+    assert props["projection.date.range"] == "2026-01-01,NOW"
+    from ingest.storage.archive.errors import ArchiveConfigError
+
+    with pytest.raises(ArchiveConfigError, match="Athena column"):
+        athena_ddl(bucket="b", prefix="archive", metrics=["Temp"])
+    with pytest.raises(ArchiveConfigError, match="YYYY-MM-DD"):
+        athena_ddl(bucket="b", prefix="archive", first_date="2026-13-01")
+
+
+async def test_ddl_command_discovers_the_archived_columns(
+    archive_env: ArchiveEnv,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = archive_env
+    readings = make_readings()
+    await env.put(readings)
+    assert (await env.archiver(grace_ms=0).run_once()).ok
+    archived = [r for r in readings if archivable(r)]
+    creds(monkeypatch)
+    argv = ["archive", "ddl", *s3_flags(env), "--discover", "500", "--table-name", "t1"]
+    assert await asyncio.to_thread(main, argv) == 0
+    cols, _, _, location = _parse_ddl(capsys.readouterr().out)
+    want = {"ts": "timestamp"}
+    want |= {f"m_{k}": "double" for r in archived for k in r.metrics}
+    want |= {f"g_{k}": "string" for r in archived for k in r.tags}
+    assert cols == want
+    assert location == f"s3://{env.store.bucket}/archive/"
+
+
+# --- which objects --------------------------------------------------------------------
+
+
+def test_select_keys_takes_the_bucket_reaching_into_the_range() -> None:
+    day = 1_795_305_600_000  # a midnight
+    width = 3 * DAY_MS  # buckets wider than a day start on an earlier date
+    keys = [data_key("a", "s", day + k * width) for k in range(5)]
+    keys.append(data_key("a", "s", day + width, stream_tag="x-1"))
+    keys.append(data_key("a", "t", day))
+    got = select_keys(keys, day + width + DAY_MS, day + 3 * width - 1)
+    assert got == sorted(
+        [
+            data_key("a", "s", day + width),
+            data_key("a", "s", day + width, stream_tag="x-1"),
+            data_key("a", "s", day + 2 * width),
+            data_key("a", "t", day),
+        ]
+    )
+    # A bucket starting at the range's start: the one before is not needed.
+    assert select_keys(keys[:5], day + width, day + width) == [data_key("a", "s", day + width)]
+    assert select_keys(keys, None, None) == sorted(keys)
+
+
+# --- SQL ------------------------------------------------------------------------------
+
+
+def creds(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "test")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "test")
+
+
+def s3_flags(env: ArchiveEnv) -> list[str]:
+    return [
+        "--s3-bucket",
+        env.store.bucket,
+        "--s3-endpoint",
+        env.endpoint,
+        "--region",
+        "us-east-1",
+    ]
+
+
+async def test_sql_equals_the_cold_reader_for_a_sensor_and_range(
+    archive_env: ArchiveEnv,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    env = archive_env
+    readings = make_readings(seed=7, per_bucket=9)
+    await env.put(readings)
+    report = await env.archiver(grace_ms=0).run_once()
+    assert report.ok and report.rows > 0
+    creds(monkeypatch)
+
+    # A range cutting buckets in the middle (3-hour buckets).
+    start = FIRST_MS + 4 * HOUR_MS + 1234
+    end = start + 11 * HOUR_MS
+    sid = "dev-a"
+    want = await read_cold(env.store, env.layout, sid, start, end)
+    assert len(want) > 20 and {r.ts_ms for r in want} != set()
+    keep = tmp_path / "objs"
+    argv = [
+        "archive",
+        "sql",
+        *s3_flags(env),
+        "--sensor",
+        sid,
+        "--start",
+        str(start),
+        "--end",
+        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(end // 1000)) + f".{end % 1000:03d}Z",
+        "--json",
+        "--keep",
+        str(keep),
+        "SELECT * FROM readings ORDER BY ts",
+    ]
+    assert await asyncio.to_thread(main, argv) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert len(rows) == len(want)
+    for row, r in zip(rows, want, strict=True):
+        assert row["sensor_id"] == sid
+        assert row["ts_ms"] == r.ts_ms
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(r.ts_ms // 1000))
+        assert row["ts"] == f"{stamp}.{r.ts_ms % 1000:03d}Z"
+        metrics = {k[2:]: v for k, v in row.items() if k.startswith("m_") and v is not None}
+        tags = {k[2:]: v for k, v in row.items() if k.startswith("g_") and v is not None}
+        assert metrics == {k: float(v) for k, v in r.metrics.items()}
+        assert tags == r.tags
+    # Only that sensor's objects that overlap the range were downloaded.
+    width = env.layout.bucket_ms
+    overlapping = {
+        b
+        for r in readings
+        if r.sensor_id == sid and archivable(r)
+        if (b := r.ts_ms - r.ts_ms % width) + width > start and b <= end
+    }
+    assert len(overlapping) > 2
+    got_files = sorted(p.name for p in keep.rglob("*.parquet"))
+    assert all(f"sensor_id={sid}" in str(p) for p in keep.rglob("*.parquet"))
+    assert got_files == sorted(data_key("x", sid, b).rpartition("/")[2] for b in overlapping)
+
+    # The whole archive: counts per sensor equal the archiver's, and what it archived.
+    archived = [r for r in readings if archivable(r)]
+    argv = [
+        "archive",
+        "sql",
+        *s3_flags(env),
+        "--csv",
+        "SELECT sensor_id, count(*) AS n, sum(m_temp) AS t FROM readings GROUP BY 1 ORDER BY 1",
+    ]
+    assert await asyncio.to_thread(main, argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "sensor_id,n,t"
+    got = {
+        line.split(",")[0]: (int(line.split(",")[1]), float(line.split(",")[2]))
+        for line in lines[1:]
+    }
+    assert set(got) == set(SENSORS)
+    assert sum(n for n, _ in got.values()) == report.rows == len(archived)
+    for s in SENSORS:
+        mine = [r for r in archived if r.sensor_id == s]
+        assert got[s][0] == len(mine)
+        assert got[s][1] == pytest.approx(sum(float(r.metrics["temp"]) for r in mine))
+
+    # The default output: a table with the row count.
+    argv = ["archive", "sql", *s3_flags(env), "--sensor", sid, "SELECT count(*) AS n FROM readings"]
+    assert await asyncio.to_thread(main, argv) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0].strip() == "n" and out[-1] == "(1 row)"
+    assert int(out[2]) == len([r for r in archived if r.sensor_id == sid])
+
+
+async def test_sql_bad_statement_is_a_clear_error(
+    archive_env: ArchiveEnv,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    env = archive_env
+    await env.put(make_readings())
+    assert (await env.archiver(grace_ms=0).run_once()).ok
+    creds(monkeypatch)
+    for statement, words in (
+        ("SELEC count(*) FROM readings", "syntax error"),
+        ("SELECT no_such_column FROM readings", "no_such_column"),
+    ):
+        code = await asyncio.to_thread(main, ["archive", "sql", *s3_flags(env), statement])
+        captured = capsys.readouterr()
+        assert code == 1
+        assert captured.out == ""
+        # (Log lines of the archiver's pass may precede it: logging goes to stderr.)
+        errors = [line for line in captured.err.splitlines() if line.startswith("iot-ingest:")]
+        assert len(errors) == 1 and errors[0].startswith("iot-ingest: SQL error: ")
+        assert words in errors[0]
+        assert "Traceback" not in captured.err
+    # An empty archive is an empty view, not an error.
+    code = await asyncio.to_thread(
+        main,
+        [
+            "archive",
+            "sql",
+            *s3_flags(env),
+            "--sensor",
+            "nobody",
+            "--csv",
+            "SELECT count(*) AS n FROM readings",
+        ],
+    )
+    assert code == 0
+    assert capsys.readouterr().out.splitlines() == ["n", "0"]
