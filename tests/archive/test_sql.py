@@ -17,7 +17,7 @@ from ingest.storage.archive.parquet import to_table
 from ingest.storage.archive.paths import data_key
 from ingest.storage.archive.reader import read_cold
 from ingest.storage.layout import Reading
-from tests.archive.conftest import DAY_MS, HOUR_MS, ArchiveEnv
+from tests.archive.conftest import DAY_MS, HOUR_MS, NOW_MS, ArchiveEnv
 from tests.archive.test_archive_integration import FIRST_MS, SENSORS, archivable, make_readings
 
 # --- DDL ------------------------------------------------------------------------------
@@ -313,3 +313,61 @@ async def test_sql_bad_statement_is_a_clear_error(
     )
     assert code == 0
     assert capsys.readouterr().out.splitlines() == ["n", "0"]
+
+
+async def test_sql_keeps_a_reading_in_a_batch_object_and_a_stream_part_once(
+    archive_env: ArchiveEnv,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from ingest.storage.archive.parquet import encode
+
+    env = archive_env
+    readings = make_readings(seed=3)
+    await env.put(readings)
+    assert (await env.archiver(grace_ms=0).run_once()).ok
+    sid = "dev-b"
+    mine = sorted(
+        (r for r in readings if r.sensor_id == sid and archivable(r)), key=lambda r: r.ts_ms
+    )
+    dup, width = mine[0], env.layout.bucket_ms
+    bucket = dup.ts_ms - dup.ts_ms % width
+    free = next(t for t in range(bucket, bucket + width) if t not in {r.ts_ms for r in mine})
+    # A Streams consumer's part of that bucket (as StreamArchiver._write puts it): the
+    # batch object's first reading (another value) and one the batch object lacks.
+    part = [Reading(sid, dup.ts_ms, {"temp": -999.0}), Reading(sid, free, {"temp": 7.25})]
+    await env.store.put(
+        data_key(env.store.prefix, sid, bucket, stream_tag="shard-0001-42"),
+        encode(part),
+        content_type="application/vnd.apache.parquet",
+    )
+    want = await read_cold(env.store, env.layout, sid, FIRST_MS - DAY_MS, NOW_MS)
+    assert len(want) == len(mine) + 1
+    creds(monkeypatch)
+    argv = [
+        "archive",
+        "sql",
+        *s3_flags(env),
+        "--sensor",
+        sid,
+        "--json",
+        "SELECT ts_ms, m_temp FROM readings ORDER BY ts_ms",
+    ]
+    assert await asyncio.to_thread(main, argv) == 0
+    rows = orjson.loads(capsys.readouterr().out)
+    assert [(r["ts_ms"], r["m_temp"]) for r in rows] == [
+        (r.ts_ms, float(r.metrics["temp"])) for r in want
+    ]
+    assert (dup.ts_ms, float(dup.metrics["temp"])) in [(r["ts_ms"], r["m_temp"]) for r in rows]
+    argv = [
+        "archive",
+        "sql",
+        *s3_flags(env),
+        "--sensor",
+        sid,
+        "--csv",
+        "SELECT count(*) AS n, count(DISTINCT object) AS o FROM archive_rows",
+    ]
+    assert await asyncio.to_thread(main, argv) == 0
+    n_objects = len({r.ts_ms - r.ts_ms % width for r in mine}) + 1
+    assert capsys.readouterr().out.splitlines()[1] == f"{len(mine) + 2},{n_objects}"
