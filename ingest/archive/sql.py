@@ -49,6 +49,7 @@ __all__ = [
     "QueryResult",
     "SQLError",
     "athena_ddl",
+    "athena_name_ok",
     "discover_columns",
     "download",
     "format_csv",
@@ -64,6 +65,11 @@ _METRIC, _TAG = "m_", "g_"
 # Athena/Glue column names: lowercase letters, digits, underscore (anything else needs
 # quoting in every query and Glue lower-cases them anyway).
 _ATHENA_NAME = re.compile(r"[a-z0-9_]{1,255}")
+
+
+def athena_name_ok(name: str) -> bool:
+    """True when ``name`` (a column as stored, e.g. ``m_temp``) can be an Athena column."""
+    return _ATHENA_NAME.fullmatch(name) is not None
 
 
 class SQLError(ArchiveError):

@@ -415,7 +415,7 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
 
 def cmd_ddl(args: argparse.Namespace) -> int:
     """Print the Athena/Glue DDL of the archive."""
-    from ingest.archive.sql import athena_ddl, discover_columns
+    from ingest.archive.sql import athena_ddl, athena_name_ok, discover_columns
     from ingest.core.aio import run_async
 
     cfg = _config(args)
@@ -426,8 +426,16 @@ def cmd_ddl(args: argparse.Namespace) -> int:
         async def go() -> int:
             async with _store(args, cfg) as store:
                 found_m, found_t = await discover_columns(store, limit=args.discover)
-            metrics.update(found_m)
-            tags.update(found_t)
+            for found, kind, into in ((found_m, "m_", metrics), (found_t, "g_", tags)):
+                for name in found:
+                    if athena_name_ok(kind + name):
+                        into.add(name)
+                    else:
+                        print(
+                            f"column {kind + name!r} left out: Athena columns are "
+                            "lowercase a-z, 0-9 and _",
+                            file=sys.stderr,
+                        )
             return 0
 
         run_async(go)

@@ -132,10 +132,22 @@ async def test_ddl_command_discovers_the_archived_columns(
     await env.put(readings)
     assert (await env.archiver(grace_ms=0).run_once()).ok
     archived = [r for r in readings if archivable(r)]
+    # A Streams part of another sensor with a name Athena cannot take, and a new one.
+    from ingest.storage.archive.parquet import encode
+
+    odd = Reading("dev-z", FIRST_MS, {"Bad Name": 1.0, "extra": 2.0}, {"floor": "3"})
+    await env.store.put(
+        data_key(env.store.prefix, "dev-z", FIRST_MS, stream_tag="s-1"),
+        encode([odd]),
+        content_type="application/vnd.apache.parquet",
+    )
+    archived.append(Reading("dev-z", FIRST_MS, {"extra": 2.0}, {"floor": "3"}))
     creds(monkeypatch)
     argv = ["archive", "ddl", *s3_flags(env), "--discover", "500", "--table-name", "t1"]
     assert await asyncio.to_thread(main, argv) == 0
-    cols, _, _, location = _parse_ddl(capsys.readouterr().out)
+    captured = capsys.readouterr()
+    assert "'m_Bad Name' left out" in captured.err
+    cols, _, _, location = _parse_ddl(captured.out)
     want = {"ts": "timestamp"}
     want |= {f"m_{k}": "double" for r in archived for k in r.metrics}
     want |= {f"g_{k}": "string" for r in archived for k in r.tags}
