@@ -84,7 +84,7 @@ def _column(prefix: str, name: str) -> str:
     if not _ATHENA_NAME.fullmatch(col):
         raise ArchiveConfigError(
             f"column {col!r} cannot be an Athena column (lowercase a-z, 0-9 and _ only); "
-            "leave that name out of --metric/--tag"
+            "leave that name out of --metric-name/--tag-name"
         )
     return col
 

@@ -144,16 +144,25 @@ def _add_sql_commands(sub: Any) -> None:
         description="Print the CREATE EXTERNAL TABLE statement of the archive for Athena/Glue: "
         "Parquet columns as the archiver writes them, partitions sensor_id and date as in "
         "the object keys, partition projection (no crawler). Metric and tag columns come "
-        "from --metric/--tag and, with --discover N, from the schemas of N archived objects.",
+        "from --metric-name/--tag-name and, with --discover N, from the schemas of N archived objects.",
     )
     _add_common(dd, table=False)
     dd.add_argument("--database", default="default", help="Glue database (default: default)")
     dd.add_argument("--table-name", default="iot_archive", help="table name (default: iot_archive)")
+    # Not --metric: argparse would take it for an abbreviation of archive's --metrics-port.
     dd.add_argument(
-        "--metric", action="append", default=[], metavar="NAME", help="a metric column (m_NAME)"
+        "--metric-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a metric column, m_NAME (repeatable)",
     )
     dd.add_argument(
-        "--tag", action="append", default=[], metavar="NAME", help="a tag column (g_NAME)"
+        "--tag-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a tag column, g_NAME (repeatable)",
     )
     dd.add_argument(
         "--discover",
@@ -419,8 +428,8 @@ def cmd_ddl(args: argparse.Namespace) -> int:
     from ingest.core.aio import run_async
 
     cfg = _config(args)
-    metrics: set[str] = set(args.metric)
-    tags: set[str] = set(args.tag)
+    metrics: set[str] = set(args.metric_name)
+    tags: set[str] = set(args.tag_name)
     if args.discover:
 
         async def go() -> int:

@@ -144,11 +144,13 @@ async def test_ddl_command_discovers_the_archived_columns(
     archived.append(Reading("dev-z", FIRST_MS, {"extra": 2.0}, {"floor": "3"}))
     creds(monkeypatch)
     argv = ["archive", "ddl", *s3_flags(env), "--discover", "500", "--table-name", "t1"]
+    argv += ["--metric-name", "given", "--tag-name", "given_tag", "--database", "iot"]
     assert await asyncio.to_thread(main, argv) == 0
     captured = capsys.readouterr()
     assert "'m_Bad Name' left out" in captured.err
     cols, _, _, location = _parse_ddl(captured.out)
-    want = {"ts": "timestamp"}
+    assert captured.out.startswith("CREATE EXTERNAL TABLE IF NOT EXISTS `iot`.`t1` (")
+    want = {"ts": "timestamp", "m_given": "double", "g_given_tag": "string"}
     want |= {f"m_{k}": "double" for r in archived for k in r.metrics}
     want |= {f"g_{k}": "string" for r in archived for k in r.tags}
     assert cols == want
