@@ -40,7 +40,12 @@ from typing import Any
 
 import orjson
 
-from ingest.storage.archive.errors import ArchiveConfigError, ArchiveError, VerifyError
+from ingest.storage.archive.errors import (
+    ArchiveConfigError,
+    ArchiveError,
+    VerifyError,
+    single_archive_error,
+)
 from ingest.storage.archive.paths import parse_key
 from ingest.storage.archive.store import S3Store
 
@@ -253,6 +258,10 @@ async def download(
     """Copy the objects to ``dest``, at their key below the archive prefix; the local paths.
 
     An object deleted between LIST and GET (a re-archive replaced it) is skipped.
+
+    Raises:
+        StorageError: S3 failed (the first error, not an exception group).
+        VerifyError: a key that would lead outside ``dest``.
     """
     sem = asyncio.Semaphore(concurrency)
     cut = len(store.prefix) + 1
@@ -263,12 +272,20 @@ async def download(
         if data is None:
             return None
         path = dest / key[cut:]
+        if ".." in Path(key[cut:]).parts:  # a foreign key must not write outside dest
+            raise VerifyError(f"s3://{store.bucket}/{key}: not an archive key", key=key)
         path.parent.mkdir(parents=True, exist_ok=True)
         await asyncio.to_thread(path.write_bytes, data)
         return path
 
-    async with asyncio.TaskGroup() as tg:
-        tasks = [tg.create_task(one(k)) for k in keys]
+    try:
+        async with asyncio.TaskGroup() as tg:
+            tasks = [tg.create_task(one(k)) for k in keys]
+    except BaseExceptionGroup as group:  # one of the archive's errors, not the wrapper
+        found = single_archive_error(group)
+        if found is None:
+            raise
+        raise found from group
     return [p for t in tasks if (p := t.result()) is not None]
 
 

@@ -385,3 +385,19 @@ async def test_sql_keeps_a_reading_in_a_batch_object_and_a_stream_part_once(
     assert await asyncio.to_thread(main, argv) == 0
     n_objects = len({r.ts_ms - r.ts_ms % width for r in mine}) + 1
     assert capsys.readouterr().out.splitlines()[1] == f"{len(mine) + 2},{n_objects}"
+
+
+async def test_download_refuses_a_key_leading_outside_its_directory(
+    archive_env: ArchiveEnv, tmp_path: Path
+) -> None:
+    from ingest.archive.sql import download, list_data_keys
+    from ingest.storage.archive.errors import VerifyError
+
+    env = archive_env
+    key = f"{env.store.prefix}/sensor_id=x/../../evil/part-20261122T1200Z.parquet"
+    await env.store.put(key, b"PAR1", content_type="application/octet-stream")
+    keys = await list_data_keys(env.store)
+    assert keys == [key]
+    with pytest.raises(VerifyError, match="not an archive key"):
+        await download(env.store, keys, tmp_path / "d")
+    assert not (tmp_path / "evil").exists()
