@@ -403,13 +403,13 @@ async def test_download_refuses_a_key_leading_outside_its_directory(
     assert not (tmp_path / "evil").exists()
 
 
-def test_views_keep_sensor_ids_as_text_and_type_the_columns(tmp_path: Path) -> None:
+def test_views_keep_numeric_sensor_ids_as_text_and_type_the_columns(tmp_path: Path) -> None:
     from ingest.archive.sql import open_archive, query
     from ingest.storage.archive.parquet import encode
 
     files = []
     t0 = 1_795_348_800_000
-    for sid in ("007", "a.b:c_d-e"):
+    for sid in ("42", "a.b:c_d-e"):
         key = data_key("archive", sid, t0)
         path = tmp_path / key.removeprefix("archive/")
         path.parent.mkdir(parents=True)
@@ -426,7 +426,7 @@ def test_views_keep_sensor_ids_as_text_and_type_the_columns(tmp_path: Path) -> N
         "g_k": "VARCHAR",
     }
     rows = query(db, "SELECT sensor_id, ts_ms, epoch_ms(ts), m_v FROM readings ORDER BY 1").rows
-    assert rows == [("007", t0 + 1, t0 + 1, 2.0), ("a.b:c_d-e", t0 + 1, t0 + 1, 2.0)]
+    assert rows == [("42", t0 + 1, t0 + 1, 2.0), ("a.b:c_d-e", t0 + 1, t0 + 1, 2.0)]
     objects = query(db, "SELECT object FROM archive_rows ORDER BY 1").rows
-    assert objects == [(data_key("archive", "007", t0),), (data_key("archive", "a.b:c_d-e", t0),)]
+    assert objects == [(data_key("archive", "42", t0),), (data_key("archive", "a.b:c_d-e", t0),)]
     db.close()
