@@ -430,3 +430,9 @@ def test_views_keep_numeric_sensor_ids_as_text_and_type_the_columns(tmp_path: Pa
     objects = query(db, "SELECT object FROM archive_rows ORDER BY 1").rows
     assert objects == [(data_key("archive", "42", t0),), (data_key("archive", "a.b:c_d-e", t0),)]
     db.close()
+    # Alone (nothing else to make the column text), 42 is still the text '42'.
+    db = open_archive(tmp_path, files[:1], key_prefix="archive")
+    assert query(db, "SELECT sensor_id, typeof(sensor_id) FROM readings").rows == [
+        ("42", "VARCHAR")
+    ]
+    db.close()
