@@ -3,7 +3,9 @@
 Also ``iot-ingest archive streams``: archive what TTL deletes, from the table's
 DynamoDB stream (one poll, or every N seconds), and ``iot-ingest archive
 lifecycle``: put the S3 lifecycle rule that moves old archive objects to a
-colder storage class. The table, region, DynamoDB endpoint and credentials come
+colder storage class. ``iot-ingest archive ddl`` prints the Athena/Glue table of
+the archive (partition projection), ``iot-ingest archive sql "SELECT …"`` runs SQL
+over the archive with DuckDB (the objects needed are downloaded first). The table, region, DynamoDB endpoint and credentials come
 from the same configuration as ``iot-ingest run`` (config file <
 ``IOT_INGEST_*`` environment < flags); S3 options are this command's flags.
 With ``--every``, ``--metrics-port`` serves ``/metrics`` (``iot_archive_*``),
@@ -17,13 +19,23 @@ import asyncio
 import contextlib
 import logging
 import sys
+import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from ingest.config import add_table_flags
 from ingest.core.argtypes import port, positive_float, positive_int
 
-__all__ = ["add_commands", "cmd_archive", "cmd_lifecycle", "cmd_streams", "default_horizon_ms"]
+__all__ = [
+    "add_commands",
+    "cmd_archive",
+    "cmd_ddl",
+    "cmd_lifecycle",
+    "cmd_sql",
+    "cmd_streams",
+    "default_horizon_ms",
+]
 
 log = logging.getLogger("ingest.archive")
 
@@ -111,6 +123,96 @@ def add_commands(subparsers: Any) -> None:
         help="target class (default GLACIER_IR: still instantly readable by the query API)",
     )
     lc.set_defaults(func=cmd_lifecycle)
+    _add_sql_commands(sub)
+
+
+def _time(text: str) -> int:
+    """An argparse type: epoch ms, RFC 3339 with an offset, or now-<n><unit>."""
+    from queries.errors import BadParameter
+    from queries.read.params import parse_time
+
+    try:
+        return parse_time("time", text, now_ms=int(time.time() * 1000))
+    except BadParameter as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_sql_commands(sub: Any) -> None:
+    dd = sub.add_parser(
+        "ddl",
+        help="print the Athena/Glue CREATE EXTERNAL TABLE of the archive (partition projection)",
+        description="Print the CREATE EXTERNAL TABLE statement of the archive for Athena/Glue: "
+        "Parquet columns as the archiver writes them, partitions sensor_id and date as in "
+        "the object keys, partition projection (no crawler). Metric and tag columns come "
+        "from --metric-name/--tag-name and, with --discover N, from the schemas of N archived objects.",
+    )
+    _add_common(dd, table=False)
+    dd.add_argument("--database", default="default", help="Glue database (default: default)")
+    dd.add_argument("--table-name", default="iot_archive", help="table name (default: iot_archive)")
+    # Not --metric: argparse would take it for an abbreviation of archive's --metrics-port.
+    dd.add_argument(
+        "--metric-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a metric column, m_NAME (repeatable)",
+    )
+    dd.add_argument(
+        "--tag-name",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="a tag column, g_NAME (repeatable)",
+    )
+    dd.add_argument(
+        "--discover",
+        type=positive_int,
+        metavar="N",
+        help="also take the metric and tag names of N archived objects (reads S3)",
+    )
+    dd.add_argument(
+        "--first-date",
+        default="2020-01-01",
+        help="first date partition of the projection, YYYY-MM-DD (default 2020-01-01)",
+    )
+    dd.add_argument(
+        "--sensor-ids",
+        help="comma-separated sensor ids: enum projection (default: injected, so every "
+        "query must filter on sensor_id)",
+    )
+    dd.set_defaults(func=cmd_ddl)
+    sq = sub.add_parser(
+        "sql",
+        help="run SQL over the archive with DuckDB (views readings, archive_rows)",
+        description="Download the archive objects needed (all, or those of --sensor and "
+        "--start/--end) into a temporary directory and run one SQL statement with DuckDB "
+        "over the views readings (sensor_id, ts TIMESTAMP UTC, ts_ms BIGINT epoch ms, "
+        "date DATE, m_<metric> DOUBLE, g_<tag> VARCHAR; each reading once) and "
+        "archive_rows (every object's rows, with its key in object).",
+    )
+    _add_common(sq, table=False)
+    sq.add_argument("statement", help='the SQL statement, e.g. "SELECT count(*) FROM readings"')
+    sq.add_argument(
+        "--sensor",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="only this sensor's objects (repeatable; default: every sensor)",
+    )
+    sq.add_argument(
+        "--start", type=_time, help="readings from this time (epoch ms, RFC 3339, now-1d)"
+    )
+    sq.add_argument("--end", type=_time, help="readings up to this time, inclusive")
+    out = sq.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="print a JSON array of objects")
+    out.add_argument("--csv", action="store_true", help="print CSV with a header row")
+    sq.add_argument(
+        "--keep", type=Path, metavar="DIR", help="download into DIR and keep it (default: temp)"
+    )
+    sq.add_argument(
+        "--timing", action="store_true", help="print download and query times to stderr"
+    )
+    sq.set_defaults(func=cmd_sql)
 
 
 def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
@@ -318,3 +420,104 @@ def cmd_lifecycle(args: argparse.Namespace) -> int:
         return 0
 
     return run_async(go)
+
+
+def cmd_ddl(args: argparse.Namespace) -> int:
+    """Print the Athena/Glue DDL of the archive."""
+    from ingest.archive.sql import athena_ddl, athena_name_ok, discover_columns
+    from ingest.core.aio import run_async
+
+    cfg = _config(args)
+    metrics: set[str] = set(args.metric_name)
+    tags: set[str] = set(args.tag_name)
+    if args.discover:
+
+        async def go() -> int:
+            async with _store(args, cfg) as store:
+                found_m, found_t = await discover_columns(store, limit=args.discover)
+            for found, kind, into in ((found_m, "m_", metrics), (found_t, "g_", tags)):
+                for name in found:
+                    if athena_name_ok(kind + name):
+                        into.add(name)
+                    else:
+                        print(
+                            f"column {kind + name!r} left out: Athena columns are "
+                            "lowercase a-z, 0-9 and _",
+                            file=sys.stderr,
+                        )
+            return 0
+
+        run_async(go)
+    sensors = [s.strip() for s in (args.sensor_ids or "").split(",") if s.strip()]
+    print(
+        athena_ddl(
+            bucket=args.s3_bucket,
+            prefix=args.s3_prefix,
+            metrics=metrics,
+            tags=tags,
+            database=args.database,
+            table=args.table_name,
+            first_date=args.first_date,
+            sensors=sensors,
+        ),
+        end="",
+    )
+    return 0
+
+
+def cmd_sql(args: argparse.Namespace) -> int:
+    """Download the objects needed, run the statement with DuckDB, print the result."""
+    import tempfile
+
+    from ingest.archive.sql import (
+        download,
+        format_csv,
+        format_json,
+        format_table,
+        list_data_keys,
+        open_archive,
+        query,
+        select_keys,
+    )
+    from ingest.core.aio import run_async
+    from ingest.storage.archive.errors import ArchiveConfigError
+
+    if args.start is not None and args.end is not None and args.end < args.start:
+        raise ArchiveConfigError("--end is before --start")
+    cfg = _config(args)
+    with contextlib.ExitStack() as stack:
+        if args.keep is not None:
+            root = args.keep
+            root.mkdir(parents=True, exist_ok=True)
+        else:
+            root = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="iot-archive-")))
+        t0 = time.perf_counter()
+        files: list[Path] = []
+
+        async def fetch() -> int:
+            async with _store(args, cfg) as store:
+                await store.check()
+                keys = select_keys(await list_data_keys(store, args.sensor), args.start, args.end)
+                files.extend(await download(store, keys, root))
+            return 0
+
+        run_async(fetch)
+        t1 = time.perf_counter()
+        db = open_archive(
+            root, files, key_prefix=args.s3_prefix.strip("/"), start_ms=args.start, end_ms=args.end
+        )
+        stack.callback(db.close)
+        result = query(db, args.statement)
+        t2 = time.perf_counter()
+        if args.json:
+            print(format_json(result))
+        elif args.csv:
+            print(format_csv(result), end="")
+        else:
+            print(format_table(result))
+        if args.timing:
+            print(
+                f"{len(files)} objects downloaded in {t1 - t0:.3f} s, query {t2 - t1:.3f} s",
+                file=sys.stderr,
+            )
+    return 0
