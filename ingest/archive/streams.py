@@ -178,6 +178,11 @@ class StreamArchiver:
         batch_records: int = 10_000,
         metrics: ArchiveMetrics | None = None,
     ) -> None:
+        if layout.kind != "reading":
+            raise ArchiveConfigError(
+                f"the table has the {layout.kind!r} layout; its stream holds windows, not "
+                "readings: this version archives only 'reading' tables (decision 0008)"
+            )
         self.streams = streams
         self.stream_arn = stream_arn
         self.store = store

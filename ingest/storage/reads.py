@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import heapq
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from ingest.storage.dynamo import Queryable
@@ -31,6 +31,9 @@ from ingest.storage.windows import Part, WindowScheme, decode_stage, merge_parts
 __all__ = [
     "Caller",
     "follow",
+    "merge_staged",
+    "packed_staged",
+    "packed_windows",
     "partition_query",
     "query_pages",
     "query_partition",
@@ -177,65 +180,91 @@ async def read_packed(
     """Every reading of a sensor in [start_ms, end_ms] of a ``packed`` table, ascending,
     each timestamp once.
 
-    The sealed windows of the range (one Query per bucket; every set of a window merged,
-    :func:`~ingest.storage.windows.merge_parts`) and, when the range reaches the part
-    that may not be sealed yet (:meth:`WindowScheme.staged_since`), the staging items of
-    the sensor's group written since then. Of two readings with one timestamp the later
-    write wins, whole: sets in seal order, then staging items in flush order.
+    The sealed windows of the range (:func:`packed_windows`, one Query per bucket) and,
+    when the range reaches the part that may not be sealed yet, the staging items of the
+    sensor's group written since then (:func:`packed_staged`), merged by
+    :func:`merge_staged`.
     """
     now = int(time.time() * 1000) if now_ms is None else now_ms
     layout = scheme.layout
-    first_window = scheme.window_start(start_ms)
-    last_window = scheme.window_start(end_ms)
-    pks = [layout.window_pk(sensor_id, b) for b in layout.bucket_starts(start_ms, end_ms)]
-
-    async def windows(pk: str) -> list[Part]:
-        kwargs: dict[str, Any] = {
-            "TableName": table,
-            "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": pk},
-                ":a": {"N": str(window_sk(first_window, 0))},
-                ":b": {"N": str(window_sk(last_window, WINDOW_PART_SPACE - 1))},
-            },
-        }
-        parts: list[Part] = []
-        async for page in query_pages(call, kwargs):
-            for item in page.get("Items", []):
-                ttl = item.get("ttl")
-                if ttl is None or int(ttl["N"]) * 1000 > now:
-                    parts.append(parse_part_item(item, sensor_id))
-        return parts
-
-    since = scheme.staged_since(now)
-    staged = end_ms >= since
     async with asyncio.TaskGroup() as tg:
-        sealed = [tg.create_task(windows(pk), name=f"windows-{pk}") for pk in pks]
-        staging = tg.create_task(
-            _staged(call, table, scheme, sensor_id, since, now) if staged else _nothing()
-        )
-    by_window: dict[int, list[Part]] = {}
+        sealed = [
+            tg.create_task(
+                packed_windows(call, table, scheme, sensor_id, lo, hi, now),
+                name=f"windows-{sensor_id}-{lo}",
+            )
+            for lo, hi in _bucket_spans(layout, start_ms, end_ms)
+        ]
+        staging = tg.create_task(packed_staged(call, table, scheme, sensor_id, end_ms, now))
+    windows: dict[int, list[Reading]] = {}
     for task in sealed:
-        for p in task.result():
-            by_window.setdefault(p.window_start_ms, []).append(p)
+        windows.update(task.result())
+    return merge_staged(windows, staging.result(), start_ms, end_ms)
+
+
+def _bucket_spans(layout: TableLayout, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+    return [
+        (max(start_ms, b), min(end_ms, b + layout.bucket_ms - 1))
+        for b in layout.bucket_starts(start_ms, end_ms)
+    ]
+
+
+def merge_staged(
+    windows: Mapping[int, Sequence[Reading]], staged: Sequence[Reading], start_ms: int, end_ms: int
+) -> list[Reading]:
+    """Sealed windows' readings and staged readings as one ascending list in
+    [start_ms, end_ms], each timestamp once: of two readings with one timestamp the later
+    write wins, whole (sets in seal order, then staging items in flush order)."""
     latest: dict[int, Reading] = {}
-    for start in sorted(by_window):
-        for r in merge_parts(by_window[start]):
+    for start in sorted(windows):
+        for r in windows[start]:
             latest[r.ts_ms] = r
-    for r in staging.result():
+    for r in staged:
         latest[r.ts_ms] = r
     return [latest[t] for t in sorted(latest) if start_ms <= t <= end_ms]
 
 
-async def _nothing() -> list[Reading]:
-    return []
+async def packed_windows(
+    call: Caller,
+    table: str,
+    scheme: WindowScheme,
+    sensor_id: str,
+    start_ms: int,
+    end_ms: int,
+    now_ms: int,
+) -> dict[int, list[Reading]]:
+    """The sealed windows overlapping [start_ms, end_ms] (within one bucket: one Query),
+    each window's sets merged (:func:`~ingest.storage.windows.merge_parts`); window
+    start → its readings (the whole window: callers clip). Parts past their TTL at
+    ``now_ms`` are left out."""
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
+        "ExpressionAttributeValues": {
+            ":pk": {"S": scheme.layout.window_pk(sensor_id, start_ms)},
+            ":a": {"N": str(window_sk(scheme.window_start(start_ms), 0))},
+            ":b": {"N": str(window_sk(scheme.window_start(end_ms), WINDOW_PART_SPACE - 1))},
+        },
+    }
+    parts: dict[int, list[Part]] = {}
+    async for page in query_pages(call, kwargs):
+        for item in page.get("Items", []):
+            ttl = item.get("ttl")
+            if ttl is None or int(ttl["N"]) * 1000 > now_ms:
+                p = parse_part_item(item, sensor_id)
+                parts.setdefault(p.window_start_ms, []).append(p)
+    return {start: merge_parts(ps) for start, ps in parts.items()}
 
 
-async def _staged(
-    call: Caller, table: str, scheme: WindowScheme, sensor_id: str, since_ms: int, now_ms: int
+async def packed_staged(
+    call: Caller, table: str, scheme: WindowScheme, sensor_id: str, end_ms: int, now_ms: int
 ) -> list[Reading]:
-    """A sensor's readings in the staging items of its group flushed since ``since_ms``
-    (in flush order)."""
+    """A sensor's readings in its group's staging items that may not be sealed yet at
+    ``now_ms`` (flushed since :meth:`WindowScheme.staged_since`), in flush order; none
+    when the range ends before that (one Query per UTC hour of staging, usually one)."""
+    since_ms = scheme.staged_since(now_ms)
+    if end_ms < since_ms:
+        return []
     group = sensor_group(sensor_id, scheme.groups)
     out: list[Reading] = []
     hour = since_ms - since_ms % _HOUR_MS

@@ -34,6 +34,7 @@ from typing import Any
 
 from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import follow, partition_query
+from queries.read.packedread import read_packed_page
 from queries.read.reader import ReadStats, TableReader
 from queries.read.tiers import HOT, Tier, markers, read_bucket
 
@@ -158,6 +159,19 @@ async def read_page(
     """
     layout = reader.layout
     now = reader.now_s() if now_s is None else now_s
+    if layout.kind == "packed":
+        items, nxt, served = await read_packed_page(
+            reader,
+            sensor_id,
+            start_ms,
+            end_ms,
+            limit=limit,
+            descending=descending,
+            fields=fields,
+            stats=stats,
+            now_s=now,
+        )
+        return Page(items, nxt, served)
     buckets = layout.bucket_starts(start_ms, end_ms)
     if descending:
         buckets.reverse()

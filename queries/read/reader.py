@@ -115,10 +115,16 @@ PAGES_PER_PARTITION = 16
 def legal_fanout(layout: TableLayout, max_range_ms: int) -> int:
     """DynamoDB calls the widest legal read of one sensor needs at the least.
 
-    One Query per partition (shard) of every bucket a range of ``max_range_ms`` touches
-    when it does not start on a bucket boundary, plus the archive-marker Query.
+    ``reading``: one Query per partition (shard) of every bucket a range of
+    ``max_range_ms`` touches when it does not start on a bucket boundary, plus the
+    archive-marker Query. ``packed``: one Query per chunk of windows
+    (:data:`queries.read.packedread.WINDOWS_PER_QUERY`) of every bucket touched, plus
+    the staging items of two UTC hours.
     """
     buckets = -(-max_range_ms // layout.bucket_ms) + 1
+    if layout.kind == "packed":
+        chunk_ms = layout.window_ms * 4  # WINDOWS_PER_QUERY (a module above this one)
+        return buckets * -(-layout.bucket_ms // chunk_ms) + 2
     return buckets * layout.shards + 1
 
 
@@ -174,13 +180,6 @@ class TableReader:
             raise TableError(
                 f"table {client.table!r} has no layout record (pk={LAYOUT_PK!r}): it was not "
                 "created by iot-ingest; run `iot-ingest table create` or the ingest service first"
-            )
-        if layout.kind != "reading":
-            # The packed layout's readers are being built (decision 0008): refuse rather
-            # than read a packed table's keys as one-reading items and answer nothing.
-            raise TableError(
-                f"table {client.table!r} has the {layout.kind!r} layout; this version reads "
-                "only 'reading' tables"
             )
         return cls(client, layout, concurrency=concurrency, cold=cold)
 

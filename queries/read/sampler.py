@@ -25,6 +25,7 @@ import numpy as np
 
 from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
+from queries.read.packedread import read_packed_range
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
 from queries.read.reader import ReadStats, TableReader
@@ -126,6 +127,17 @@ async def read_series(
     now = reader.now_s() if now_s is None else now_s
     first_ms, last_ms = grid.origin_ms, grid.end_ms - 1
     buckets = layout.bucket_starts(first_ms, last_ms)
+    if layout.kind == "packed":
+        series = SensorSeries()
+        if fields is not None:
+            for name in fields:
+                series.metrics[name] = SeriesAccumulator(grid, aggs)
+        readings = await read_packed_range(
+            reader, sensor_id, first_ms, last_ms, fields=fields, stats=stats, now_s=now
+        )
+        series.fold_readings(readings, grid, aggs)
+        series.tiers = [(b, HOT) for b in buckets]
+        return series
     archived = await markers(reader, sensor_id, first_ms, last_ms, stats)
     jobs: deque[tuple[str, int, int]] = deque(
         (pk, max(first_ms, bucket), min(last_ms, bucket + layout.bucket_ms - 1))

@@ -256,9 +256,7 @@ def test_the_packed_layouts_own_items_are_reserved(pk: str) -> None:
     assert is_reserved_pk(pk)
 
 
-async def test_a_staging_round_writes_one_item_per_sensor_group_whatever_the_sensor_count() -> (
-    None
-):
+async def test_a_staging_round_writes_one_item_per_sensor_group_whatever_the_sensor_count() -> None:
     table, clock = Table(), [T0 + 10_000]
     windows = OpenWindows(SCHEME)
     writer = _writer(table, windows, clock)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import math
 import time
+from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, Reading, TableLayout
+from queries.read.params import AGGREGATIONS
 from queries.read.reader import TableReader
 
 
@@ -110,3 +113,43 @@ def expired(item: Item, now_s: float) -> Item:
 def ms_now() -> int:
     """Now, epoch milliseconds."""
     return time.time_ns() // 1_000_000
+
+
+def reference(
+    points: list[tuple[int, float]], start: int, end: int, step: int
+) -> tuple[list[int], dict[str, list[Any]]]:
+    """Windows [k*step, (k+1)*step) overlapping [start, end], aggregated the obvious way."""
+    first = start // step
+    last = end // step
+    windows: dict[int, list[tuple[int, float]]] = defaultdict(list)
+    for ts, v in points:
+        k = ts // step
+        if first <= k <= last:
+            windows[k].append((ts, v))
+    starts = [k * step for k in range(first, last + 1)]
+    out: dict[str, list[Any]] = {a: [] for a in AGGREGATIONS}
+    for k in range(first, last + 1):
+        w = sorted(windows.get(k, []))
+        values = [v for _, v in w]
+        out["count"].append(len(w))
+        if not w:
+            for a in ("avg", "min", "max", "sum", "first", "last"):
+                out[a].append(None)
+            continue
+        out["sum"].append(math.fsum(values))
+        out["avg"].append(math.fsum(values) / len(values))
+        out["min"].append(min(values))
+        out["max"].append(max(values))
+        out["first"].append(w[0][1])
+        out["last"].append(w[-1][1])
+    return starts, out
+
+
+def assert_close(got: list[Any], want: list[Any], what: str) -> None:
+    assert len(got) == len(want), what
+    for i, (g, w) in enumerate(zip(got, want, strict=True)):
+        if w is None:
+            assert g is None or (isinstance(g, float) and math.isnan(g)), f"{what}[{i}]: {g}"
+        else:
+            assert g is not None, f"{what}[{i}]: None, want {w}"
+            assert math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6), f"{what}[{i}]: {g} != {w}"

@@ -9,9 +9,6 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 
-import pytest
-
-from ingest.core.errors import TableError
 from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import read_range
 from queries.read.pages import read_page
@@ -178,11 +175,3 @@ async def test_fields_project_metrics_and_the_layout_record_is_used(
 
     status, _, body = await api.get("/v1/sensors/proj-1/readings", start=start, end=start + HOUR_MS)
     assert body["readings"][5] == {"ts": readings[5].ts_ms, **readings[5].metrics}
-
-
-async def test_a_packed_table_is_refused_by_name_not_read_as_empty(
-    make_table: Callable[..., Awaitable[TestTable]],
-) -> None:
-    table = await make_table(TableLayout(bucket_ms=HOUR_MS, kind="packed", window_ms=300_000))
-    with pytest.raises(TableError, match=r"has the 'packed' layout; this version reads only"):
-        await TableReader.load(table.client)

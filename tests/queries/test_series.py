@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import math
 import random
-from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from typing import Any
 
 import numpy as np
 from hypothesis import given, settings
@@ -15,47 +12,7 @@ from hypothesis import strategies as st
 from ingest.storage.layout import Reading
 from queries.read.params import AGGREGATIONS
 from queries.read.series import STEP_LADDER_MS, SeriesAccumulator, WindowGrid, choose_step
-from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
-
-
-def reference(
-    points: list[tuple[int, float]], start: int, end: int, step: int
-) -> tuple[list[int], dict[str, list[Any]]]:
-    """Windows [k*step, (k+1)*step) overlapping [start, end], aggregated the obvious way."""
-    first = start // step
-    last = end // step
-    windows: dict[int, list[tuple[int, float]]] = defaultdict(list)
-    for ts, v in points:
-        k = ts // step
-        if first <= k <= last:
-            windows[k].append((ts, v))
-    starts = [k * step for k in range(first, last + 1)]
-    out: dict[str, list[Any]] = {a: [] for a in AGGREGATIONS}
-    for k in range(first, last + 1):
-        w = sorted(windows.get(k, []))
-        values = [v for _, v in w]
-        out["count"].append(len(w))
-        if not w:
-            for a in ("avg", "min", "max", "sum", "first", "last"):
-                out[a].append(None)
-            continue
-        out["sum"].append(math.fsum(values))
-        out["avg"].append(math.fsum(values) / len(values))
-        out["min"].append(min(values))
-        out["max"].append(max(values))
-        out["first"].append(w[0][1])
-        out["last"].append(w[-1][1])
-    return starts, out
-
-
-def assert_close(got: list[Any], want: list[Any], what: str) -> None:
-    assert len(got) == len(want), what
-    for i, (g, w) in enumerate(zip(got, want, strict=True)):
-        if w is None:
-            assert g is None or (isinstance(g, float) and math.isnan(g)), f"{what}[{i}]: {g}"
-        else:
-            assert g is not None, f"{what}[{i}]: None, want {w}"
-            assert math.isclose(g, w, rel_tol=1e-9, abs_tol=1e-6), f"{what}[{i}]: {g} != {w}"
+from tests.queries.harness import HOUR_MS, Api, TestTable, assert_close, ms_now, reference
 
 
 @st.composite
