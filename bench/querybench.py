@@ -13,7 +13,9 @@ units from the ``X-Read-Units`` header. Latency here measures the local
 server (dynalite is far slower than DynamoDB), so the read units are the
 figure that carries over to AWS.
 
-Run: ``python -m bench.querybench [--target dynalite|moto] [--hours 24] [--repeat 3]``.
+Run: ``python -m bench.querybench [--target dynalite|moto] [--hours 24] [--repeat 3]
+[--layout reading|packed|both]``: a ``packed`` table holds the same readings as sealed
+15-minute windows (one set each, as the write stage seals them).
 """
 
 from __future__ import annotations
@@ -34,8 +36,9 @@ from ingest.aws.settings import AwsSettings
 from ingest.core.errors import DynamoRetriable
 from ingest.core.retry import Backoff
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.table import create_table
+from ingest.storage.windows import WindowScheme, seal
 from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
@@ -57,11 +60,25 @@ def _reading(start_ms: int, i: int) -> Reading:
     return Reading(SENSOR, start_ms + i * 1000, metrics, {"site": "bench"})
 
 
+def _items(layout: TableLayout, start_ms: int, n: int) -> list[Item]:
+    """The table's items for ``n`` readings: one each, or sealed windows (``packed``, each
+    window one set, as the write stage seals them)."""
+    if layout.kind == "reading":
+        return [layout.to_item(_reading(start_ms, i)) for i in range(n)]
+    scheme = WindowScheme(layout)
+    windows: dict[int, list[Reading]] = {}
+    for i in range(n):
+        r = _reading(start_ms, i)
+        windows.setdefault(scheme.window_start(r.ts_ms), []).append(r)
+    return [scheme.part_item(p) for rs in windows.values() for p in seal(scheme, rs, start_ms)]
+
+
 async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int) -> None:
     sem = asyncio.Semaphore(8)
+    all_items = _items(layout, start_ms, n)
 
     async def batch(first: int) -> None:
-        items = [layout.to_item(_reading(start_ms, i)) for i in range(first, min(first + 25, n))]
+        items = all_items[first : first + 25]
         backoff = Backoff(base_ms=50, cap_ms=2000)
         attempt = 0
         async with sem:
@@ -73,7 +90,7 @@ async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int
                     attempt += 1
 
     async with asyncio.TaskGroup() as tg:
-        for first in range(0, n, 25):
+        for first in range(0, len(all_items), 25):
             tg.create_task(batch(first))
 
 
@@ -97,12 +114,14 @@ async def _timed(
     return time.perf_counter() - t0, units, items
 
 
-async def run_query_bench(target: str, hours: int, repeat: int) -> list[dict[str, Any]]:
-    """Fill a table, run the queries, return one result row per query."""
+async def run_query_bench(
+    target: str, hours: int, repeat: int, layout_kind: str = "reading"
+) -> list[dict[str, Any]]:
+    """Fill a table of the layout, run the queries, return one result row per query."""
     server_cls = DynaliteServer if target == "dynalite" else MotoServer
     async with server_cls() as server, contextlib.AsyncExitStack() as stack:
-        layout = TableLayout()
-        table = f"querybench-{int(time.time())}"
+        layout = TableLayout(kind=layout_kind)
+        table = f"querybench-{layout_kind}-{int(time.time())}"
         client = await stack.enter_async_context(
             DynamoClient(
                 table=table,
@@ -149,6 +168,7 @@ async def run_query_bench(target: str, hours: int, repeat: int) -> list[dict[str
                         "read_units": runs[-1][1],
                         "items": runs[-1][2],
                         "target": target,
+                        "layout": layout_kind,
                     }
                 )
         return rows
@@ -160,16 +180,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--hours", type=int, default=24)
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--json", action="store_true", help="one JSON object per query")
+    parser.add_argument(
+        "--layout",
+        choices=["reading", "packed", "both"],
+        default="reading",
+        help="table layout (both: one table each, the same readings)",
+    )
     args = parser.parse_args(argv)
-    rows = asyncio.run(run_query_bench(args.target, args.hours, args.repeat))
+    kinds = ["reading", "packed"] if args.layout == "both" else [args.layout]
+    rows = [
+        row
+        for kind in kinds
+        for row in asyncio.run(run_query_bench(args.target, args.hours, args.repeat, kind))
+    ]
     if args.json:
         for row in rows:
             print(orjson.dumps(row).decode())
     else:
-        print(f"| query ({args.target}) | items | median latency | read units |")
-        print("| --- | ---: | ---: | ---: |")
+        print(f"| query ({args.target}) | layout | items | median latency | read units |")
+        print("| --- | --- | ---: | ---: | ---: |")
         for r in rows:
-            print(f"| {r['query']} | {r['items']} | {r['latency_s']:.2f} s | {r['read_units']:g} |")
+            print(
+                f"| {r['query']} | {r['layout']} | {r['items']} | {r['latency_s']:.2f} s "
+                f"| {r['read_units']:g} |"
+            )
     return 0
 
 

@@ -243,6 +243,23 @@ class Worker:
         await self.stop()
 
 
+PACKED_LAYOUT: dict[str, Any] = {
+    "layout": "packed",
+    "bucket_minutes": 60,
+    "window_seconds": 60,
+    "stage_interval_ms": 500,
+}
+"""A packed table whose windows the quick runs see staged, and sealed at the stop."""
+
+
+@pytest.fixture(params=["reading", "packed"])
+def table_layout(request: pytest.FixtureRequest) -> dict[str, Any]:
+    """The table layout's config keys of a scenario's workers: each runs on both layouts
+    (on ``packed``, readings become durable in the journal and are read back from the
+    staging items and sealed windows; verify counts each timestamp once)."""
+    return {} if request.param == "reading" else PACKED_LAYOUT
+
+
 def worker_options(
     *, broker_url: str, endpoint: str, name: str, data_dir: Path, **overrides: Any
 ) -> dict[str, Any]:

@@ -43,6 +43,7 @@ async def test_broker_restart_under_qos1_load(
     unique_name: str,
     tmp_path: Path,
     figure: Callable[..., None],
+    table_layout: dict[str, Any],
     how: Literal["stop", "kill"],
 ) -> None:
     cfg = make_config(
@@ -50,6 +51,7 @@ async def test_broker_restart_under_qos1_load(
         endpoint=moto_server.endpoint_url,
         name=unique_name,
         data_dir=tmp_path,
+        **table_layout,
     )
     sim = sim_config(mosquitto.url, unique_name, rate_per_s=200, duration_s=RUN_S, devices=10)
     start_ts_ms = sim.traffic.start_ts_ms

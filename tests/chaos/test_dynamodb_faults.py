@@ -47,6 +47,7 @@ async def test_dynamodb_down_holds_acks_bounds_intake_and_recovers_every_reading
     fault_proxy: Callable[..., Awaitable[Any]],
     workers: Callable[..., Worker],
     figure: Callable[..., None],
+    table_layout: dict[str, Any],
 ) -> None:
     proxy = await fault_proxy(moto_server.endpoint_url, seed=3)
     worker = workers(
@@ -57,6 +58,7 @@ async def test_dynamodb_down_holds_acks_bounds_intake_and_recovers_every_reading
             name=unique_name,
             data_dir=tmp_path / "data",
             mqtt_receive_maximum=RECEIVE_MAXIMUM,
+            **table_layout,
         ),
     )
     await worker.start()
@@ -128,6 +130,7 @@ async def test_half_of_writes_throttled_loses_and_duplicates_nothing(
     tmp_path: Path,
     fault_proxy: Callable[..., Awaitable[Any]],
     figure: Callable[..., None],
+    table_layout: dict[str, Any],
 ) -> None:
     # Half the BatchWriteItem calls fail: a quarter partly (UnprocessedItems, HTTP 200), a
     # quarter wholly (ProvisionedThroughputExceeded / ThrottlingException, HTTP 400).
@@ -137,6 +140,7 @@ async def test_half_of_writes_throttled_loses_and_duplicates_nothing(
         endpoint=proxy.url,
         name=unique_name,
         data_dir=tmp_path,
+        **table_layout,
     )
     duration_s = 60 if FULL else 10
     rate = 400

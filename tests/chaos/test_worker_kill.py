@@ -33,6 +33,7 @@ async def test_sigkill_one_of_two_shared_workers_loses_and_duplicates_nothing(
     tmp_path: Path,
     workers: Callable[..., Worker],
     figure: Callable[..., None],
+    table_layout: dict[str, Any],
 ) -> None:
     common = worker_options(
         broker_url=mosquitto.url,
@@ -40,6 +41,7 @@ async def test_sigkill_one_of_two_shared_workers_loses_and_duplicates_nothing(
         name=unique_name,
         data_dir=tmp_path,
         shared_group="chaos",
+        **table_layout,
     )
     a = workers(
         "a", **{**common, "mqtt_client_id": f"{unique_name}-a"[-64:], "data_dir": tmp_path / "a"}
