@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import socket
 import sys
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from ingest.config import (
     table_config,
 )
 from ingest.core.aio import leaf_exceptions, run_async
+from ingest.core.argtypes import positive_float
 from ingest.core.errors import ConfigError, IngestError
 from ingest.core.logs import setup_logging
 from queries.cli import add_commands as queries_commands
@@ -42,6 +44,7 @@ __all__ = [
     "cmd_run",
     "cmd_table_backup_create",
     "cmd_table_backup_list",
+    "cmd_table_compact",
     "cmd_table_create",
     "main",
 ]
@@ -230,6 +233,46 @@ def cmd_table_create(args: argparse.Namespace) -> int:
         for line in _feature_lines(report, args):
             print(line)
         return 0
+
+    return run_async(go)
+
+
+def cmd_table_compact(args: argparse.Namespace) -> int:
+    """One compaction pass over a packed table's recent periods (exit 0), or the loop."""
+    cfg = table_config(args)
+
+    async def go() -> int:
+        from ingest.core.aio import install_stop_signals
+        from ingest.storage.compaction import compact_pass
+        from ingest.storage.dynamo import DynamoClient
+        from ingest.storage.table import read_layout
+        from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme
+
+        async with DynamoClient.from_config(cfg) as client:
+            layout = await read_layout(client)
+            if layout is None or layout.kind != "packed":
+                kind = "no layout record" if layout is None else f"the {layout.kind!r} layout"
+                raise ConfigError(f"table {cfg.table!r} has {kind}: only a packed table compacts")
+            scheme = WindowScheme(layout)
+            stop = asyncio.Event()
+            install_stop_signals(stop)
+            while True:
+                report = await compact_pass(
+                    client,
+                    scheme,
+                    worker=f"compact-{socket.gethostname()}",
+                    now_ms=int(time.time() * 1000),
+                    lookback_ms=round(args.lookback_hours * 3_600_000),
+                    settle_ms=SEAL_GRACE_MS + 2 * layout.stage_ms + 60_000,
+                )
+                print(report.summary(), flush=True)
+                if args.every is None:
+                    return 0
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(args.every):
+                        await stop.wait()
+                if stop.is_set():
+                    return 0
 
     return run_async(go)
 
@@ -436,6 +479,22 @@ def build_parser() -> argparse.ArgumentParser:
         "(NEW_AND_OLD_IMAGES)",
     )
     p.set_defaults(func=cmd_table_create)
+    p = table.add_parser(
+        "compact",
+        help="packed tables: merge the windows sealed in several sets (late readings, "
+        "restarts, shared workers) into one, idempotently",
+    )
+    add_config_flags(p)
+    p.add_argument(
+        "--lookback-hours",
+        type=positive_float,
+        default=24.0,
+        help="compact the periods of the last H hours (24)",
+    )
+    p.add_argument(
+        "--every", type=positive_float, help="repeat every S seconds until SIGTERM/SIGINT"
+    )
+    p.set_defaults(func=cmd_table_compact)
     backup = table.add_parser("backup", help="on-demand backups").add_subparsers(
         dest="backup_cmd", required=True
     )

@@ -42,6 +42,7 @@ from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.pipeline.acks import Pending
 from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
+from ingest.storage.compaction import seal_log_items
 from ingest.storage.dynamo import TableClient
 from ingest.storage.journal import (
     MAX_JOURNAL_BLOB_BYTES,
@@ -379,7 +380,7 @@ class WindowWriter:
         self._now_ms = now_ms
         self._sleep = sleep
         self._checkpoint: int | None = None
-        self._stage_index: dict[int, int] = {}
+        self._log_ms = 0
         self.healthy = True
 
     # -- start ---------------------------------------------------------------
@@ -532,11 +533,24 @@ class WindowWriter:
     async def _write_seals(
         self, keys: list[tuple[str, int]], items: list[Item], gate: asyncio.Semaphore
     ) -> None:
+        """Write one batch of parts, then the seal log of its windows (which compaction
+        reads to find the windows sealed more than once)."""
         sealed = False
         try:
             await self._put(items, "seal")
             sealed = True
             self._m.sealed_parts.inc(len(items))
+            periods: dict[int, list[str]] = {}
+            for sensor, start in keys:
+                periods.setdefault(start, []).append(sensor)
+            # A millisecond of its own per batch: batches of one round must not share a key.
+            self._log_ms = max(self._now_ms(), self._log_ms + 1)
+            log_items = [
+                it
+                for start, sensors in periods.items()
+                for it in seal_log_items(self.scheme, start, self._worker, self._log_ms, sensors)
+            ]
+            await self._put(log_items, "seal log")
         finally:
             gate.release()
             for key in keys:

@@ -73,11 +73,13 @@ from typing import Any
 
 __all__ = [
     "ARCHIVE_POLICY_SK",
+    "COMPACTION_PK",
     "JOURNAL_PREFIX",
     "LAYOUT_KINDS",
     "LAYOUT_PK",
     "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
+    "SEAL_LOG_PREFIX",
     "SENSOR_ID_PATTERN",
     "STAGE_PREFIX",
     "WINDOW_PART_SPACE",
@@ -96,6 +98,7 @@ __all__ = [
     "parse_number",
     "registry_key",
     "registry_partition_keys",
+    "seal_log_pk",
     "sensor_group",
     "stage_pk",
     "stored_number",
@@ -117,6 +120,8 @@ _LATE_PREFIX = "#late#"
 MARKER_PREFIX = "#archive#"
 JOURNAL_PREFIX = "#journal#"
 STAGE_PREFIX = "#stage#"
+SEAL_LOG_PREFIX = "#sealed#"
+COMPACTION_PK = "#compaction"
 LAYOUT_KINDS = ("reading", "packed")
 WINDOW_PART_SPACE = 2**64
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
@@ -235,6 +240,12 @@ def stage_pk(group: int, hour_start_ms: int) -> str:
     return (
         f"{STAGE_PREFIX}{group}#{time.strftime('%Y-%m-%dT%H', time.gmtime(hour_start_ms // 1000))}"
     )
+
+
+def seal_log_pk(window_start_ms: int) -> str:
+    """The partition key of the seal log of one window period (``packed``): which sensors'
+    windows of that period each worker sealed, in which round (ingest.storage.compaction)."""
+    return f"{SEAL_LOG_PREFIX}{window_start_ms}"
 
 
 def sensor_group(sensor_id: str, groups: int) -> int:
