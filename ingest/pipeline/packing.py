@@ -71,8 +71,8 @@ CHECKPOINT_SK = 0
 _MAX_FLUSH_READINGS = 10_000
 """Readings in one journal batch before it is flushed whatever its age (≈ 220 KB)."""
 _STAGE_ITEMS_PER_GROUP = 16
-_SLICE = 256
-"""Windows encoded (staged or sealed) between two yields to the event loop."""
+_SLICE = 64
+"""Windows sealed between two yields to the event loop (≈ 20 ms of work)."""
 _STAGE_SLICE = 8
 """Staging blobs (one per group, usually) encoded between two yields to the event loop."""
 _WRITES_IN_FLIGHT = 4
@@ -505,13 +505,24 @@ class WindowWriter:
 
     async def _seal(self, due: list[tuple[str, int]], now_ms: int) -> None:
         """Seal the windows ``due``: their parts in batches, each window forgotten once
-        every part of it is durable (put back if the round is cancelled first)."""
+        every part of it is durable (put back if the round is cancelled first).
+
+        Sensor group by sensor group: a staging blob holds one group's readings, so the
+        blobs decoded for a group are dropped before the next (decoding a whole period's
+        blobs at once held every reading of the period as objects: 1.4 GB at 10,000
+        sensors, measured).
+        """
         gate = asyncio.Semaphore(_WRITES_IN_FLIGHT)
         keys: list[tuple[str, int]] = []
         items: list[Item] = []
         decoded: Decoded = {}
+        groups = self.scheme.groups
+        due = sorted(due, key=lambda k: sensor_group(k[0], groups))
+        group = -1
         async with asyncio.TaskGroup() as tg:
             for i, key in enumerate(due):
+                if (g := sensor_group(key[0], groups)) != group:
+                    group, decoded = g, {}
                 try:
                     parts = seal(self.scheme, self.windows.begin_seal(key, decoded), now_ms)
                 except (ValueError, PackedError):
