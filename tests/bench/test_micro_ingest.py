@@ -24,13 +24,16 @@ from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt.client import Message
 from ingest.pipeline.acks import AckTracker, Pending
-from ingest.pipeline.batcher import Batch, Batcher, ReadingPlacer
+from ingest.pipeline.batcher import Batch, Batcher, Placer, ReadingPlacer
 from ingest.pipeline.codec import Limits, PayloadDecoder
 from ingest.pipeline.decode import DecodeStage, Inbox
+from ingest.pipeline.packing import JournalPlacer, OpenWindows, WindowWriter
 from ingest.pipeline.registry import SensorRegistry
 from ingest.pipeline.writer import Writer
 from ingest.storage.dynamohttp import LeanDynamoClient
+from ingest.storage.journal import JournalSequence
 from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.windows import WindowScheme
 
 NOW_MS = int(time.time() * 1000)
 
@@ -128,8 +131,12 @@ class _NoDeadLetters:
         raise AssertionError(f"unexpected dead letter: {args}")
 
 
-async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
-    """Decode → item → batch → BatchWriteItem body + SigV4 → acks, with the HTTP send stubbed."""
+async def _pipeline_pass(messages: list[Message], layout: str = "reading") -> tuple[int, int]:
+    """Decode → item → batch → BatchWriteItem body + SigV4 → acks, with the HTTP send stubbed.
+
+    ``packed``: the readings go into journal items (and open windows), then are staged
+    and sealed as a running worker would: the whole CPU a reading costs on that layout.
+    """
     client = LeanDynamoClient(
         table="bench",
         aws=AwsSettings(
@@ -152,10 +159,21 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
     acks = AckTracker(acked.extend)
     epoch = acks.new_epoch()
     queue: asyncio.Queue[Batch] = asyncio.Queue(16)
+    windows = OpenWindows(WindowScheme(TableLayout(kind="packed")))
+    placer: Placer = ReadingPlacer(TableLayout(), Batcher(flush_interval_ms=50))
+    if layout == "packed":
+        placer = JournalPlacer(
+            worker="bench",
+            windows=windows,
+            flush_interval_ms=50,
+            max_messages=5_000,
+            ttl_s=172_800,
+            sequence=JournalSequence(),
+        )
     stage = DecodeStage(
         inbox=Inbox(100_000),
         decoder=PayloadDecoder(sensor_topic_level=1, limits=Limits()),
-        placer=ReadingPlacer(TableLayout(), Batcher(flush_interval_ms=50)),
+        placer=placer,
         write_queue=queue,
         acks=acks,
         deadletters=_NoDeadLetters(),  # type: ignore[arg-type]
@@ -178,6 +196,17 @@ async def _pipeline_pass(messages: list[Message]) -> tuple[int, int]:
         stage.inbox.close()
         await decoding  # returns once every message is decoded and its batch queued
         await queue.join()
+        if layout == "packed":
+            staging = WindowWriter(
+                client=client,
+                windows=windows,
+                worker="bench",
+                journal_ttl_s=172_800,
+                metrics=metrics,
+                backoff=Backoff(base_ms=1, cap_ms=1),
+            )
+            await staging.close()  # staged, then every window sealed
+            assert windows.readings == 0
         for t in tasks:
             t.cancel()
     return len(acked), bodies[0]
@@ -201,3 +230,31 @@ def test_pipeline_gateway_100_messages_of_100(benchmark: BenchmarkFixture) -> No
 
     acked, requests = benchmark(run)
     assert (acked, requests) == (100, 400)  # every message acked; 25 items per request
+
+
+def _steady_messages() -> list[Message]:
+    """100 gateway messages of 100 readings of 40 sensors: 250 readings a sensor, as a
+    15-minute window holds at the gateway scenario's 0.3 Hz (a packed table's steady state)."""
+    messages: list[Message] = []
+    for m in range(100):
+        readings = [_reading(m * 100 + i, gateway="gw-1") for i in range(100)]
+        for r in readings:
+            r["sensor_id"] = r["sensor_id"][:-5] + f"{int(r['sensor_id'][-5:]) % 40:05d}"
+        messages.append(("sensors/gw-1/telemetry", orjson.dumps({"readings": readings}), 1, m + 1))
+    return messages
+
+
+@pytest.mark.benchmark(group="pipeline-steady")
+@pytest.mark.parametrize("layout", ["reading", "packed"])
+def test_pipeline_steady_state_per_layout(benchmark: BenchmarkFixture, layout: str) -> None:
+    """The hot path per reading on each layout, same messages (divide the time by 10,000);
+    ``packed`` includes what its readings cost later: staging and the seal of every window."""
+    messages = _steady_messages()
+
+    def run() -> tuple[int, int]:
+        return uvloop.run(_pipeline_pass(messages, layout))
+
+    acked, requests = benchmark(run)
+    assert acked == 100
+    # reading: 25 items a request; packed: one journal item, staging, 40 windows' seals.
+    assert requests == (400 if layout == "reading" else 6)
