@@ -23,6 +23,14 @@ receive → inbox → decode → **journal batch** → write queue → writers �
   on stop it seals every open window (:meth:`close`), so a worker that never comes back
   leaves nothing that only its journal holds.
 
+Two edges, both at least once: a reading goes into its open window when it is decoded,
+so one whose journal write is given up (dead-lettered with its message after
+``write_retry_deadline_s``) is still sealed, and a replay of the letter rewrites the same
+timestamp; and the seal at stop runs inside the shutdown deadline: what it cannot seal
+in time stays in the journal for the worker's next start (same client id), and a worker
+that never starts again leaves those readings in staging items only, for a day (its
+``iot_ingest_window_oldest_seconds`` says how far back that reaches).
+
 The checkpoint (``#journal#{worker}``, sort key 0) is the receipt time of the oldest
 reading still only in open windows: every journal item at or after it (a journal
 item's key is its flush's millisecond · 1000, never before its readings arrived) holds
