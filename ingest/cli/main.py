@@ -42,6 +42,7 @@ __all__ = [
     "cmd_deadletters_replay",
     "cmd_demo",
     "cmd_run",
+    "cmd_table_adopt_journal",
     "cmd_table_backup_create",
     "cmd_table_backup_list",
     "cmd_table_compact",
@@ -277,6 +278,35 @@ def cmd_table_compact(args: argparse.Namespace) -> int:
     return run_async(go)
 
 
+def cmd_table_adopt_journal(args: argparse.Namespace) -> int:
+    """Seal what a worker gone for good left only in its journal."""
+    cfg = table_config(args)
+
+    async def go() -> int:
+        from ingest.pipeline.packing import adopt_journal
+        from ingest.storage.dynamo import DynamoClient
+        from ingest.storage.table import read_layout
+        from ingest.storage.windows import WindowScheme
+
+        async with DynamoClient.from_config(cfg) as client:
+            layout = await read_layout(client)
+            if layout is None or layout.kind != "packed":
+                kind = "no layout record" if layout is None else f"the {layout.kind!r} layout"
+                raise ConfigError(
+                    f"table {cfg.table!r} has {kind}: only a packed table has journals"
+                )
+            n = await adopt_journal(
+                client,
+                WindowScheme(layout),
+                args.worker,
+                journal_ttl_s=cfg.journal_ttl_hours * 3600,
+            )
+        print(f"journal of {args.worker!r}: {n} readings sealed, its checkpoint moved on")
+        return 0
+
+    return run_async(go)
+
+
 def cmd_table_backup_create(args: argparse.Namespace) -> int:
     cfg = table_config(args)
 
@@ -495,6 +525,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--every", type=positive_float, help="repeat every S seconds until SIGTERM/SIGINT"
     )
     p.set_defaults(func=cmd_table_compact)
+    p = table.add_parser(
+        "adopt-journal",
+        help="packed tables: seal what a worker that will not start again (scaled down, its "
+        "stop cut short) left only in its journal; never for a running worker",
+    )
+    add_config_flags(p)
+    p.add_argument("--worker", required=True, help="the worker's MQTT client id")
+    p.set_defaults(func=cmd_table_adopt_journal)
     backup = table.add_parser("backup", help="on-demand backups").add_subparsers(
         dest="backup_cmd", required=True
     )

@@ -70,6 +70,7 @@ __all__ = [
     "OpenWindows",
     "Staged",
     "WindowWriter",
+    "adopt_journal",
 ]
 
 log = logging.getLogger(__name__)
@@ -610,3 +611,30 @@ class WindowWriter:
                     self._m.window_write_retries.labels("unprocessed").inc()
                 await self._sleep(self._backoff.delay_s(attempt))
                 attempt += 1
+
+
+async def adopt_journal(
+    client: TableClient, scheme: WindowScheme, worker: str, *, journal_ttl_s: int
+) -> int:
+    """Seal what a worker that is gone for good left only in its journal; the readings
+    read back.
+
+    Reads the worker's journal from its checkpoint, seals every window of it (as the
+    worker's own stop would have) and moves the checkpoint on. For a worker that will
+    not start again (scaled down, its stop cut short by the deadline): run on a live
+    worker's journal, it would move that worker's checkpoint past readings it has not
+    sealed yet.
+    """
+    windows = OpenWindows(scheme)
+    writer = WindowWriter(
+        client=client,
+        windows=windows,
+        worker=worker,
+        journal_ttl_s=journal_ttl_s,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=50, cap_ms=5_000),
+    )
+    await writer.recover()
+    readings = windows.readings
+    await writer.close()
+    return readings

@@ -19,11 +19,12 @@ import orjson
 
 from ingest.aws.settings import AwsSettings
 from ingest.config import Config
+from ingest.pipeline.packing import adopt_journal
 from ingest.pipeline.service import IngestService, layout_from_config
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import query_pages
-from ingest.storage.windows import needs_compaction, parse_part_item
+from ingest.storage.windows import WindowScheme, needs_compaction, parse_part_item
 from ingest.trial.servers import free_port
 from tests.drain import assert_drained
 from tests.ingest.harness import (
@@ -164,6 +165,45 @@ async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal
     assert worker.returncode == 0, tail(log)
     later = time.time() + _LATER_S
     end = start + 300 * 37
+    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    _check(got, expected)
+    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
+
+
+async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_sealed(
+    ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
+) -> None:
+    cfg = ingest_config(**PACKED)
+    layout = layout_from_config(cfg)
+    port = free_port()
+    log = tmp_path / "worker.log"
+    start = int(time.time() * 1000) - 10_000
+    start -= start % 60_000
+    msgs, expected = _messages(unique_name, 150, start)
+    worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
+    try:
+        sent = await publish(cfg.mqtt_url or "", msgs)
+        await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
+    finally:
+        worker.send_signal(signal.SIGKILL)  # never to start again
+        await worker.wait()
+    later = time.time() + _LATER_S
+    end = start + 150 * 37
+    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    assert sum(len(v) for v in got.values()) == 0  # acknowledged, in the journal only
+    async with DynamoClient(
+        table=cfg.table, aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
+    ) as client:
+        n = await adopt_journal(
+            client, WindowScheme(layout), cfg.mqtt_client_id, journal_ttl_s=3600
+        )
+        assert n >= sum(len(v) for v in expected.values())
+        assert (
+            await adopt_journal(  # the checkpoint moved on: nothing twice
+                client, WindowScheme(layout), cfg.mqtt_client_id, journal_ttl_s=3600
+            )
+            == 0
+        )
     got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
     _check(got, expected)
     await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
