@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CACHE_MB_ENV",
     "CURSOR_KEY_FILE_ENV",
+    "DEFAULT_CACHE_MB",
     "KEYS_FILE_ENV",
     "add_commands",
     "cache_settings",

@@ -27,9 +27,11 @@ only while no reading in it has expired (``now < `` its smallest ``ttl``), and i
 dropped after that, so a cached bucket never outlives what DynamoDB would return.
 
 Memory is bounded in bytes (``max_bytes``): each entry's size is an estimate from
-``sys.getsizeof`` of every object it holds (readings, their metric dicts, names and
-values, counted per reading even where they are shared: an over-estimate), and the
-least recently used entries are evicted until a new one fits. An entry larger than
+``sys.getsizeof`` of every object it holds (readings, their metric dicts and values,
+each distinct metric name once; small numbers that Python shares are counted per
+reading: an over-estimate), and the least recently used entries are evicted until a
+new one fits. Entries keep no tags (the API never returns them) and intern metric
+names. An entry larger than
 the whole bound is not kept. Counters (hits, misses, evictions, bytes) are read by
 the API's ``/metrics`` (:mod:`queries.api.metrics`).
 
@@ -49,7 +51,15 @@ from dataclasses import dataclass, field
 
 from ingest.storage.layout import Reading, TableLayout
 
-__all__ = ["NO_TTL", "BucketCache", "CacheEntry", "CacheKey", "Closure", "reading_bytes"]
+__all__ = [
+    "NO_TTL",
+    "BucketCache",
+    "CacheEntry",
+    "CacheKey",
+    "Closure",
+    "compact",
+    "reading_bytes",
+]
 
 NO_TTL = 2**62
 """The ``valid_until_s`` of an entry whose readings carry no ``ttl``."""
@@ -116,27 +126,39 @@ class CacheEntry:
         return out
 
 
-_EMPTY_DICT = sys.getsizeof({})
+_NO_TAGS: dict[str, str] = {}
+"""The tags of every cached reading: the API never returns tags, so none are kept (one
+shared empty dict, never written to)."""
 
 
 def reading_bytes(reading: Reading) -> int:
-    """Estimated bytes one cached reading holds (its list slot included)."""
-    size = 8 + sys.getsizeof(reading) + sys.getsizeof(reading.ts_ms)
+    """Estimated bytes one cached reading holds: the object, its timestamp, its metric
+    dict and values, its list slots (the entry's and the timestamp index's); metric names
+    are counted once per entry (:func:`compact`)."""
     metrics = reading.metrics
-    size += sys.getsizeof(metrics)
-    for k, v in metrics.items():
-        size += sys.getsizeof(k) + sys.getsizeof(v)
-    tags = reading.tags
-    size += sys.getsizeof(tags) if tags else _EMPTY_DICT
-    for k, s in tags.items():
-        size += sys.getsizeof(k) + sys.getsizeof(s)
+    size = 16 + sys.getsizeof(reading) + sys.getsizeof(reading.ts_ms) + sys.getsizeof(metrics)
+    for v in metrics.values():
+        size += sys.getsizeof(v)
     return size
 
 
-def _entry_bytes(key: CacheKey, readings: Sequence[Reading]) -> int:
-    # The entry, its key, the readings and the timestamp index.
-    size = 200 + sys.getsizeof(key.sensor_id) + 2 * (64 + 8 * len(readings))
-    return size + sum(reading_bytes(r) + 32 for r in readings)
+def compact(readings: Sequence[Reading]) -> tuple[list[Reading], int]:
+    """The readings as the cache keeps them (metric names interned, no tags), and their
+    estimated size: :func:`reading_bytes` each, plus each distinct metric name once."""
+    out: list[Reading] = []
+    names: dict[str, str] = {}
+    size = 0
+    for r in readings:
+        metrics = {names.setdefault(k, sys.intern(k)): v for k, v in r.metrics.items()}
+        kept = Reading(r.sensor_id, r.ts_ms, metrics, _NO_TAGS)
+        out.append(kept)
+        size += reading_bytes(kept)
+    return out, size + sum(sys.getsizeof(k) for k in names)
+
+
+def _entry_bytes(key: CacheKey, readings_bytes: int) -> int:
+    # The entry, its key, and its two lists' headers.
+    return 400 + sys.getsizeof(key.sensor_id) + readings_bytes
 
 
 def _wall_clock_ms() -> int:
@@ -204,10 +226,9 @@ class BucketCache:
         """Keep a closed bucket's readings (ascending); evict the least recently used
         entries until it fits. Returns the entry (not kept when it is larger than the
         whole bound)."""
-        nbytes = _entry_bytes(key, readings)
-        entry = CacheEntry(
-            tuple(readings), tier, valid_until_s, nbytes, [r.ts_ms for r in readings]
-        )
+        kept, size = compact(readings)
+        nbytes = _entry_bytes(key, size)
+        entry = CacheEntry(tuple(kept), tier, valid_until_s, nbytes, [r.ts_ms for r in kept])
         old = self._entries.get(key)
         if old is not None:
             self._drop(key, old)

@@ -26,7 +26,7 @@ from ingest.storage.layout import Reading, TableLayout
 from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
-from queries.read.cache import BucketCache, CacheKey, Closure, reading_bytes
+from queries.read.cache import BucketCache, CacheKey, Closure, compact
 from queries.read.reader import TableReader
 from tests.queries.harness import HOUR_MS, Api, TestTable, dynamo_client, ms_now
 
@@ -397,11 +397,16 @@ def test_closure_is_the_bucket_end_plus_the_allowance() -> None:
 def test_the_size_estimate_is_not_below_what_the_readings_hold() -> None:
     layout = TableLayout(bucket_ms=HOUR_MS)
     items = [layout.to_item(r) for r in readings_of(0, n=2000)]
+    want = [(r.ts_ms, r.metrics) for r in (TableLayout.from_item(it, SENSOR) for it in items)]
     tracemalloc.start()
     try:
         before = tracemalloc.get_traced_memory()[0]
-        parsed = [TableLayout.from_item(it, SENSOR) for it in items]
+        parsed = [TableLayout.from_item(it, SENSOR) for it in items]  # as a read makes them
+        kept, estimate = compact(parsed)
+        del parsed  # what stays is what the cache holds
         held = tracemalloc.get_traced_memory()[0] - before
     finally:
         tracemalloc.stop()
-    assert sum(reading_bytes(r) for r in parsed) >= held
+    assert len(kept) == 2000 and all(r.tags == {} for r in kept)
+    assert [(r.ts_ms, r.metrics) for r in kept] == want
+    assert held <= estimate <= 2 * held, (held, estimate)
