@@ -257,3 +257,26 @@ async def test_serve_caches_closed_buckets_with_the_ingest_configs_allowance(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+def test_cache_settings_from_flag_environment_and_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from ingest.config import load_config
+    from ingest.core.errors import ConfigError
+    from queries.cli import CACHE_MB_ENV, cache_settings
+
+    cfg = load_config(file=None, flags={"table": "tbl"}, env={"IOT_INGEST_MAX_PAST_MS": "600000"})
+    monkeypatch.delenv(CACHE_MB_ENV, raising=False)
+    got = cache_settings(cfg, argparse.Namespace(cache_mb=None))
+    # 64 MB by default; max_past_ms + 300 s write retries + 2 x 10 s registry + 60 s skew.
+    assert got == {"cache_max_bytes": 64 << 20, "cache_late_allowance_ms": 600_000 + 380_000}
+    monkeypatch.setenv(CACHE_MB_ENV, "0.5")
+    assert cache_settings(cfg, argparse.Namespace(cache_mb=None))["cache_max_bytes"] == 1 << 19
+    assert cache_settings(cfg, argparse.Namespace(cache_mb=0.0))["cache_max_bytes"] == 0
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv(CACHE_MB_ENV, bad)
+        with pytest.raises(ConfigError, match="MB"):
+            cache_settings(cfg, argparse.Namespace(cache_mb=None))
