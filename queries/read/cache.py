@@ -35,6 +35,9 @@ names. An entry larger than
 the whole bound is not kept. Counters (hits, misses, evictions, bytes) are read by
 the API's ``/metrics`` (:mod:`queries.api.metrics`).
 
+Only ``reading`` tables are cached: the ``packed`` layout's reads
+(:mod:`queries.read.packedread`) do not go through it.
+
 The cache holds no lock: the event loop runs one request's code at a time, and two
 requests missing the same bucket at once both read it (the second ``put`` replaces
 the first's equal entry).
