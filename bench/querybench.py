@@ -16,6 +16,20 @@ figure that carries over to AWS.
 Run: ``python -m bench.querybench [--target dynalite|moto] [--hours 24] [--repeat 3]
 [--layout reading|packed|both]``: a ``packed`` table holds the same readings as sealed
 15-minute windows (one set each, as the write stage seals them).
+
+**Dashboard refresh** (``--dashboard``): the dashboard's own request
+(``/v1/series?sensors=…&start=now-24h&end=now&agg=avg,min,max&max_points=266``)
+every ``--interval-s`` (5 s), while the sensor keeps sending at 1 Hz (the readings of
+each interval are written before the refresh), against two servers on the same
+table (hour buckets, 4 shards): one without the closed-bucket cache, one with it
+(``--cache-mb``, a late-readings allowance of ``--allowance-s``: the ingest's
+``max_past_ms`` plus its settle time). The report gives the read units and DynamoDB
+calls of each refresh, with and without the cache; with it, after the first load only
+the buckets that are not closed yet are read (the open one, and the previous one while
+its end is less than the allowance ago).
+
+``python -m bench.querybench --dashboard [--refreshes 6] [--interval-s 5]``: the
+dashboard refresh figure (a ``reading`` table).
 """
 
 from __future__ import annotations
@@ -43,7 +57,7 @@ from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
 
-__all__ = ["KEY_ID", "SECRET", "SENSOR", "main", "run_query_bench"]
+__all__ = ["KEY_ID", "SECRET", "SENSOR", "main", "run_dashboard_bench", "run_query_bench"]
 
 KEY_ID, SECRET = "bench", "bench"
 SENSOR = "bench-sensor-1"
@@ -174,6 +188,115 @@ async def run_query_bench(
         return rows
 
 
+_HOUR_MS = 3_600_000
+
+
+async def _refresh(http: aiohttp.ClientSession, url: str) -> tuple[float, int, float, int]:
+    """(read units, DynamoDB calls, seconds, retries) of one dashboard refresh; a 503 (the
+    local server dropped a connection) is retried after a second, as the page would on its
+    next refresh, up to 3 times."""
+    t0 = time.perf_counter()
+    for attempt in range(4):
+        async with http.get(url) as r:
+            body = await r.read()
+            if r.status == 503 and attempt < 3:
+                await asyncio.sleep(1.0)
+                continue
+            if r.status != 200:
+                raise RuntimeError(f"{url}: HTTP {r.status}: {body[:200]!r}")
+            return (
+                float(r.headers["X-Read-Units"]),
+                int(r.headers["X-DynamoDB-Calls"]),
+                time.perf_counter() - t0,
+                attempt,
+            )
+    raise AssertionError("unreachable")
+
+
+async def run_dashboard_bench(
+    target: str,
+    *,
+    hours: int = 24,
+    refreshes: int = 6,
+    interval_s: float = 5.0,
+    cache_mb: float = 64.0,
+    allowance_s: float = 1020.0,
+) -> list[dict[str, Any]]:
+    """Fill ``hours`` of 1 Hz readings up to now, then refresh the dashboard's 24 h chart
+    ``refreshes`` times, every ``interval_s``, on a server without and one with the cache;
+    one row per refresh."""
+    server_cls = DynaliteServer if target == "dynalite" else MotoServer
+    async with server_cls() as server, contextlib.AsyncExitStack() as stack:
+        layout = TableLayout(bucket_ms=_HOUR_MS, shards=4)
+        table = f"dashbench-{int(time.time())}"
+        client = await stack.enter_async_context(
+            DynamoClient(
+                table=table,
+                aws=AwsSettings(
+                    region="us-east-1",
+                    endpoint_url=server.endpoint_url,
+                    aws_access_key_id=KEY_ID,
+                    aws_secret_access_key=SECRET,
+                ),
+            )
+        )
+        await create_table(client, layout)
+        now_ms = time.time_ns() // 1_000_000
+        first_ms = now_ms - now_ms % 1000 - hours * 3_600_000
+        t0 = time.perf_counter()
+        written = hours * 3600
+        await _fill(client, layout, first_ms, written)
+        print(f"filled {written} readings in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+        urls = []
+        for cache_bytes in (0, int(cache_mb * 1024 * 1024)):
+            settings = ServeSettings(
+                table=table,
+                endpoint_url=server.endpoint_url,
+                aws_access_key_id=KEY_ID,
+                aws_secret_access_key=SECRET,
+                cache_max_bytes=cache_bytes,
+                cache_late_allowance_ms=int(allowance_s * 1000),
+            )
+            api = await stack.enter_async_context(ApiServer(create_app(settings), port=0))
+            urls.append(
+                f"{api.url}/v1/series?sensors={SENSOR}&start=now-{hours * 3600}s&end=now"
+                "&agg=avg,min,max&max_points=266"
+            )
+        rows = []
+        async with aiohttp.ClientSession() as http:
+            for i in range(refreshes):
+                if i:
+                    await asyncio.sleep(interval_s)
+                # The live sensor: its readings since the last refresh, then the refresh.
+                upto = (time.time_ns() // 1_000_000 - first_ms) // 1000 + 1
+                await _fill_range(client, layout, first_ms, written, upto)
+                written = max(written, upto)
+                plain = await _refresh(http, urls[0])
+                cached = await _refresh(http, urls[1])
+                rows.append(
+                    {
+                        "refresh": i + 1,
+                        "units_without_cache": plain[0],
+                        "calls_without_cache": plain[1],
+                        "units_with_cache": cached[0],
+                        "calls_with_cache": cached[1],
+                        "latency_without_s": plain[2],
+                        "latency_with_s": cached[2],
+                        "retries": plain[3] + cached[3],
+                        "target": target,
+                    }
+                )
+        return rows
+
+
+async def _fill_range(
+    client: DynamoClient, layout: TableLayout, start_ms: int, first: int, upto: int
+) -> None:
+    items = [layout.to_item(_reading(start_ms, i)) for i in range(first, upto)]
+    while items:
+        items = await client.batch_write(items[:25]) + items[25:]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--target", choices=["dynalite", "moto"], default="dynalite")
@@ -186,7 +309,26 @@ def main(argv: list[str] | None = None) -> int:
         default="reading",
         help="table layout (both: one table each, the same readings)",
     )
+    parser.add_argument(
+        "--dashboard",
+        action="store_true",
+        help="the dashboard refresh figure: a 24 h chart refreshed every --interval-s, read "
+        "units with and without the closed-bucket cache",
+    )
+    parser.add_argument("--refreshes", type=int, default=6)
+    parser.add_argument("--interval-s", type=float, default=5.0)
+    parser.add_argument("--cache-mb", type=float, default=64.0)
+    parser.add_argument(
+        "--allowance-s",
+        type=float,
+        default=1020.0,
+        help="late-readings allowance of the cache: the ingest's max_past_ms plus its settle "
+        "time (default 1020: max_past_ms of 10 minutes and the default settle time, 380 s, "
+        "rounded up to 7 minutes)",
+    )
     args = parser.parse_args(argv)
+    if args.dashboard:
+        return _dashboard_main(args)
     kinds = ["reading", "packed"] if args.layout == "both" else [args.layout]
     rows = [
         row
@@ -204,6 +346,34 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {r['query']} | {r['layout']} | {r['items']} | {r['latency_s']:.2f} s "
                 f"| {r['read_units']:g} |"
             )
+    return 0
+
+
+def _dashboard_main(args: argparse.Namespace) -> int:
+    rows = asyncio.run(
+        run_dashboard_bench(
+            args.target,
+            hours=args.hours,
+            refreshes=args.refreshes,
+            interval_s=args.interval_s,
+            cache_mb=args.cache_mb,
+            allowance_s=args.allowance_s,
+        )
+    )
+    if args.json:
+        for row in rows:
+            print(orjson.dumps(row).decode())
+        return 0
+    print(
+        f"| refresh ({args.target}, {args.hours} h, every {args.interval_s:g} s) "
+        "| read units, no cache | calls | read units, cache | calls |"
+    )
+    print("| ---: | ---: | ---: | ---: | ---: |")
+    for r in rows:
+        print(
+            f"| {r['refresh']} | {r['units_without_cache']:g} | {r['calls_without_cache']} "
+            f"| {r['units_with_cache']:g} | {r['calls_with_cache']} |"
+        )
     return 0
 
 

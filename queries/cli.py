@@ -27,12 +27,23 @@ if TYPE_CHECKING:
     from ingest.config import Config
     from queries.api.settings import ServeSettings
 
-__all__ = ["CURSOR_KEY_FILE_ENV", "KEYS_FILE_ENV", "add_commands", "cmd_apikey_hash", "cmd_serve"]
+__all__ = [
+    "CACHE_MB_ENV",
+    "CURSOR_KEY_FILE_ENV",
+    "DEFAULT_CACHE_MB",
+    "KEYS_FILE_ENV",
+    "add_commands",
+    "cache_settings",
+    "cmd_apikey_hash",
+    "cmd_serve",
+]
 
 log = logging.getLogger(__name__)
 
 KEYS_FILE_ENV = "IOT_INGEST_API_KEYS_FILE"
 CURSOR_KEY_FILE_ENV = "IOT_INGEST_CURSOR_KEY_FILE"
+CACHE_MB_ENV = "IOT_INGEST_QUERY_CACHE_MB"
+DEFAULT_CACHE_MB = 64.0
 
 _DAY_MS = 86_400_000
 
@@ -119,6 +130,14 @@ def add_commands(subparsers: Any) -> None:
     )
     p.add_argument("--s3-endpoint", help="S3 endpoint URL (default: AWS's)")
     p.add_argument("--s3-prefix", help="key prefix of the archive (default: archive)")
+    p.add_argument(
+        "--cache-mb",
+        type=float,
+        default=None,
+        help="memory bound of the cache of closed buckets, MB (buckets no reading can land in "
+        "any more: their end is more than the ingest's max_past_ms plus its settle time ago); "
+        f"0: no cache (default {DEFAULT_CACHE_MB:g}) [env {CACHE_MB_ENV}]",
+    )
     p.add_argument("--log-level", choices=["DEBUG", "INFO", "WARNING", "ERROR"], default=None)
     p.set_defaults(func=cmd_serve)
 
@@ -253,6 +272,33 @@ def _cursor_keys(args: argparse.Namespace) -> tuple[bytes, ...]:
     return keys
 
 
+def cache_settings(cfg: Config, args: argparse.Namespace) -> dict[str, int]:
+    """``cache_max_bytes`` (``--cache-mb`` or its environment variable) and
+    ``cache_late_allowance_ms``: the ingest's ``max_past_ms`` (the oldest reading it
+    accepts) plus its settle time (write retry deadline, two registry flushes and a
+    minute of clock skew, as ``iot-ingest archive`` computes it), from the same config.
+
+    Raises:
+        ConfigError: a cache size that is not a number >= 0.
+    """
+    from ingest.core.errors import ConfigError
+
+    raw: float | str | None = args.cache_mb
+    if raw is None:
+        raw = os.environ.get(CACHE_MB_ENV) or DEFAULT_CACHE_MB
+    try:
+        mb = float(raw)
+    except ValueError:
+        raise ConfigError(f"serve: {CACHE_MB_ENV}={raw!r}: not a number of MB") from None
+    if not mb >= 0 or mb == float("inf"):
+        raise ConfigError(f"serve: the cache size must be a number of MB >= 0, got {raw!r}")
+    settle_ms = int((cfg.write_retry_deadline_s + 2 * cfg.registry_interval_s + 60) * 1000)
+    return {
+        "cache_max_bytes": int(mb * 1024 * 1024),
+        "cache_late_allowance_ms": cfg.effective_max_past_ms + settle_ms,
+    }
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     """Run the server until SIGINT/SIGTERM; return the exit status."""
     from queries.api.server import run
@@ -267,8 +313,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
         )
     else:
         log.info("API keys: %s", ", ".join(k.name for k in access["auth"].keys))
+    cache = cache_settings(cfg, args)
+    if cache["cache_max_bytes"]:
+        log.info(
+            "closed-bucket cache: %.3g MB; a bucket is closed %.3g h after its end "
+            "(max_past_ms + settle time)",
+            cache["cache_max_bytes"] / 1024 / 1024,
+            cache["cache_late_allowance_ms"] / 3_600_000,
+        )
     try:
-        settings = _settings(cfg, args, access)
+        settings = _settings(cfg, args, access | cache)
     except ValueError as exc:
         from ingest.core.errors import ConfigError
 

@@ -41,11 +41,14 @@ from queries.api import grafana, routes
 from queries.api.auth import AccessControl
 from queries.api.cursor import CursorCodec
 from queries.api.metricnames import MetricNames
+from queries.api.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from queries.api.metrics import QueryMetrics
 from queries.api.openapi import openapi_document
 from queries.api.ratelimit import RateLimiter
 from queries.api.responses import JSONResponse
 from queries.api.settings import ServeSettings
 from queries.errors import QueryError, ReadUnavailable
+from queries.read.cache import BucketCache, Closure
 from queries.read.reader import ReadStats, TableReader
 
 __all__ = [
@@ -256,6 +259,16 @@ def create_app(
             if settings.s3_bucket is not None and table_reader.cold is None:
                 table_reader.cold = await stack.enter_async_context(open_cold_tier(settings))
                 stack.callback(setattr, table_reader, "cold", None)
+            if settings.cache_max_bytes > 0 and table_reader.cache is None:
+                table_reader.cache = BucketCache(
+                    settings.cache_max_bytes, Closure(settings.late_allowance_ms)
+                )
+                stack.callback(setattr, table_reader, "cache", None)
+                log.info(
+                    "closed-bucket cache: %d bytes, buckets cached %.3g h after their end",
+                    settings.cache_max_bytes,
+                    settings.late_allowance_ms / 3_600_000,
+                )
             yield
 
     async def index(_: Request) -> Response:
@@ -263,6 +276,15 @@ def create_app(
 
     async def openapi(_: Request) -> Response:
         return Response(openapi_json, media_type="application/json")
+
+    def current_cache() -> BucketCache | None:
+        current: TableReader | None = getattr(app.state, "reader", None)
+        return None if current is None else current.cache
+
+    query_metrics = QueryMetrics(current_cache)
+
+    async def metrics(_: Request) -> Response:
+        return Response(query_metrics.render(), media_type=METRICS_CONTENT_TYPE)
 
     async def healthz(request: Request) -> Response:
         layout = request.app.state.reader.layout
@@ -278,6 +300,7 @@ def create_app(
             Route("/", index, methods=["GET"]),
             Route("/openapi.json", openapi, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
             *routes.routes,
             *grafana.routes,
             Mount("/static", StaticFiles(directory=STATIC_DIR), name="static"),

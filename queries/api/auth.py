@@ -11,8 +11,9 @@ request outside :data:`PUBLIC_PATHS` it
 3. records the :class:`~queries.api.apikeys.Principal` in the request's state, where
    handlers read it (:func:`queries.api.responses.context`) to filter and check sensor ids.
 
-The dashboard page, its static files, ``/healthz`` and ``/openapi.json`` are
-public: the page asks for a key and sends it with its API calls.
+The dashboard page, its static files, ``/healthz``, ``/metrics`` (counters of the
+cache, no sensor data) and ``/openapi.json`` are public: the page asks for a key and
+sends it with its API calls.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ __all__ = ["PUBLIC_PATHS", "AccessControl"]
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = frozenset({"/", "/healthz", "/openapi.json"})
+PUBLIC_PATHS = frozenset({"/", "/healthz", "/metrics", "/openapi.json"})
 """Paths served without a key (also everything under ``/static/``)."""
 
 _REALM = 'Bearer realm="iot-ingest"'

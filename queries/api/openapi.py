@@ -511,6 +511,19 @@ def openapi_document(settings: ServeSettings) -> dict[str, Any]:
                 "responses": {"200": any_json},
             }
         },
+        "/metrics": {
+            "get": {
+                "tags": ["meta"],
+                "summary": "Prometheus metrics: the closed-bucket cache's hits, misses, "
+                "evictions and bytes (no DynamoDB call)",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition",
+                        "content": {"text/plain": {"schema": string}},
+                    }
+                },
+            }
+        },
         "/": {
             "get": {
                 "tags": ["meta"],

@@ -11,13 +11,16 @@ from queries.api.apikeys import AuthSettings
 from queries.api.cursor import MIN_KEY_BYTES
 from queries.api.ratelimit import RateLimitSettings
 
-__all__ = ["ServeSettings"]
+__all__ = ["DEFAULT_LATE_ALLOWANCE_MS", "ServeSettings"]
 
 _ORIGIN_RE = re.compile(
     r"https?://[A-Za-z0-9.\-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?"
 )
 
 _DAY_MS = 86_400_000
+
+DEFAULT_LATE_ALLOWANCE_MS = 30 * _DAY_MS + 420_000
+"""The late-readings allowance without a configuration: 30 days and the default settle time."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -57,6 +60,13 @@ class ServeSettings:
             at least 32 bytes; the first signs, every one verifies. Empty: a random key
             per process, so a cursor is valid only on the process that issued it (give
             replicas behind one load balancer the same keys). Never shown in ``repr``.
+        cache_max_bytes: The bound of the closed-bucket cache (:mod:`queries.read.cache`),
+            bytes; 0: no cache (every read goes to DynamoDB).
+        cache_late_allowance_ms: How long after a bucket's end a reading can still land in
+            it (the ingest's ``max_past_ms`` plus its settle time): a bucket is cached only
+            once this has passed. ``None``: 30 days and 7 minutes (the ingest's longest
+            default ``max_past_ms`` is the retention less a day; ``serve`` computes it from
+            the shared configuration).
     """
 
     table: str
@@ -81,6 +91,15 @@ class ServeSettings:
     s3_endpoint: str | None = None
     s3_prefix: str | None = None
     cursor_keys: tuple[bytes, ...] = field(default=(), repr=False)
+    cache_max_bytes: int = 0
+    cache_late_allowance_ms: int | None = None
+
+    @property
+    def late_allowance_ms(self) -> int:
+        """``cache_late_allowance_ms``, or its default."""
+        if self.cache_late_allowance_ms is not None:
+            return self.cache_late_allowance_ms
+        return DEFAULT_LATE_ALLOWANCE_MS
 
     @property
     def aws(self) -> AwsSettings:
@@ -118,6 +137,12 @@ class ServeSettings:
             raise ValueError(
                 f"default_page_limit ({self.default_page_limit}) exceeds "
                 f"max_page_limit ({self.max_page_limit})"
+            )
+        if self.cache_max_bytes < 0:
+            raise ValueError(f"cache_max_bytes must be >= 0, got {self.cache_max_bytes}")
+        if self.cache_late_allowance_ms is not None and self.cache_late_allowance_ms < 0:
+            raise ValueError(
+                f"cache_late_allowance_ms must be >= 0, got {self.cache_late_allowance_ms}"
             )
         if self.latest_future_ms < 0:
             raise ValueError(f"latest_future_ms must be >= 0, got {self.latest_future_ms}")

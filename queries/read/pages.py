@@ -20,6 +20,12 @@ With a cold tier (``TableReader.cold``), a bucket the archive holds is read whol
 by :func:`queries.read.tiers.read_bucket` instead (hot and cold merged, one bucket at a
 time) and spliced into the same ordered stream; ``Page.tiers`` says which tier
 served each bucket the page covered.
+
+With a cache (:mod:`queries.read.cache`), a closed bucket found there is sliced
+instead of read (the same readings, so the same cursors: a cursor is a timestamp), and
+a closed bucket the page read from end to end is kept. A page never reads more of a
+closed bucket than it needs to fill the cache: a bucket the page stops inside is
+simply not kept.
 """
 
 from __future__ import annotations
@@ -30,13 +36,16 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
+from ingest.storage.archive.manifest import Manifest
 from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import follow, partition_query
+from queries.read.cache import NO_TTL
+from queries.read.closed import cached, closed_buckets, keep
 from queries.read.packedread import read_packed_page
 from queries.read.reader import ReadStats, TableReader
-from queries.read.tiers import HOT, Tier, markers, read_bucket
+from queries.read.tiers import HOT, Tier, markers, min_ttl, read_bucket
 
 __all__ = ["MAX_PAGE_ITEMS", "Page", "PartitionStream", "read_page"]
 
@@ -50,7 +59,7 @@ class PartitionStream:
         now_s: Items with a TTL at or before this epoch second are dropped.
     """
 
-    __slots__ = ("buf", "done", "kwargs", "now_s", "reader")
+    __slots__ = ("buf", "done", "first_ttl", "kwargs", "now_s", "reader")
 
     def __init__(self, reader: TableReader, kwargs: dict[str, Any], now_s: int) -> None:
         self.reader = reader
@@ -58,6 +67,7 @@ class PartitionStream:
         self.now_s = now_s
         self.buf: deque[Item] = deque()
         self.done = False
+        self.first_ttl = NO_TTL  # the smallest ttl of the items kept so far
 
     async def fill(self, stats: ReadStats, limit: int | None = None) -> None:
         """Fetch pages until at least one item is buffered or the partition is exhausted.
@@ -72,7 +82,9 @@ class PartitionStream:
             resp = await self.reader.call("query", stats, **self.kwargs)
             now_s = self.now_s
             expired = TableLayout.is_expired
-            self.buf.extend(it for it in resp.get("Items", ()) if not expired(it, now_s))
+            kept = [it for it in resp.get("Items", ()) if not expired(it, now_s)]
+            self.first_ttl = min(self.first_ttl, min_ttl(kept))
+            self.buf.extend(kept)
             self.done = not follow(self.kwargs, resp)
 
 
@@ -179,14 +191,34 @@ async def read_page(
     sign = -1 if descending else 1
     out: list[Reading] = []
     max_wave = max(1, max_wave_partitions // layout.shards)
-    archived = await markers(reader, sensor_id, start_ms, end_ms, stats)
+    closed = closed_buckets(reader, buckets)
+    hits = cached(reader, sensor_id, closed, fields=fields, now_s=now)
+    pending = sorted(b for b in buckets if b not in hits)
+    archived: dict[int, Manifest] = {}
+    if pending:
+        span_lo = max(start_ms, pending[0])
+        span_hi = min(end_ms, pending[-1] + layout.bucket_ms - 1)
+        archived = await markers(reader, sensor_id, span_lo, span_hi, stats)
+
+    def whole(bucket: int) -> bool:
+        # A closed bucket this read covers from end to end: what it reads is all of it.
+        return bucket in closed and start_ms <= bucket and bucket + layout.bucket_ms - 1 <= end_ms
+
     tiers: list[tuple[int, Tier]] = []
     wave = 1
     pos = 0
     while pos < len(buckets) and len(out) < want:
+        entry = hits.get(buckets[pos])
+        if entry is not None:
+            lo = max(start_ms, buckets[pos])
+            hi = min(end_ms, buckets[pos] + layout.bucket_ms - 1)
+            out += entry.between(lo, hi, descending=descending)[: want - len(out)]
+            tiers.append((buckets[pos], cast(Tier, entry.tier)))
+            pos += 1
+            continue
         marker = archived.get(buckets[pos])
         if marker is not None:
-            readings, tier = await read_bucket(
+            readings, tier, first_ttl = await read_bucket(
                 reader,
                 sensor_id,
                 buckets[pos],
@@ -198,12 +230,20 @@ async def read_page(
                 stats=stats,
                 descending=descending,
             )
+            if whole(buckets[pos]):
+                ascending = readings[::-1] if descending else readings
+                keep(reader, sensor_id, buckets[pos], ascending, tier, first_ttl, fields=fields)
             tiers.append((buckets[pos], tier))
             out += readings[: want - len(out)]
             pos += 1
             continue
         chunk: list[int] = []
-        while pos < len(buckets) and len(chunk) < wave and buckets[pos] not in archived:
+        while (
+            pos < len(buckets)
+            and len(chunk) < wave
+            and buckets[pos] not in archived
+            and buckets[pos] not in hits
+        ):
             chunk.append(buckets[pos])
             pos += 1
         size = _page_size(want - len(out), layout.shards * len(chunk))
@@ -236,7 +276,15 @@ async def read_page(
                     tg.create_task(stream.fill(stats), name="page-fill")
         for bucket, streams in zip(chunk, waves, strict=True):
             tiers.append((bucket, HOT))
+            first = len(out)
             await _merge_bucket(streams, sensor_id, out, want, stats, sign)
+            if whole(bucket) and all(s.done and not s.buf for s in streams):
+                # The page took every reading of a closed bucket: keep them.
+                got = out[first:]
+                if descending:
+                    got.reverse()
+                first_ttl = min(s.first_ttl for s in streams)
+                keep(reader, sensor_id, bucket, got, HOT, first_ttl, fields=fields)
             if len(out) >= want:
                 break
         wave = min(wave * 2, max_wave)

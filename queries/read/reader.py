@@ -32,6 +32,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -40,6 +41,7 @@ from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import LAYOUT_PK, Reading, TableLayout
 from ingest.storage.table import read_layout
 from queries.errors import TooManyCalls, wrap_read_error
+from queries.read.cache import BucketCache, CacheKey
 
 if TYPE_CHECKING:
     from ingest.storage.archive.store import S3Store
@@ -142,6 +144,8 @@ class TableReader:
         concurrency: DynamoDB calls in flight at once, across every request.
         cold: The S3 archive of the table (the cold tier, see :mod:`queries.read.tiers`);
             ``None``: hot reads only.
+        cache: The cache of closed buckets (:mod:`queries.read.cache`); ``None``: every
+            read goes to DynamoDB (and the archive).
     """
 
     def __init__(
@@ -151,11 +155,13 @@ class TableReader:
         *,
         concurrency: int = 16,
         cold: S3Store | None = None,
+        cache: BucketCache | None = None,
     ) -> None:
         self.client = client
         self.layout = layout
         self.concurrency = concurrency
         self.cold = cold
+        self.cache = cache
         self._sem = asyncio.Semaphore(concurrency)
 
     def new_stats(self, *, max_calls_per_sensor: int | None = None) -> ReadStats:
@@ -205,6 +211,20 @@ class TableReader:
                 raise wrap_read_error(exc) from exc
         stats.add(resp)
         return resp
+
+    def cache_key(self, sensor_id: str, bucket: int, fields: Sequence[str] | None) -> CacheKey:
+        """The cache key of one sensor's bucket read with ``fields``: the table, its layout
+        parameters, the archive read with it, the sensor, the bucket, the projection."""
+        layout = self.layout
+        cold = self.cold
+        return CacheKey(
+            table=self.table,
+            layout=(layout.bucket_ms, layout.shards, layout.kind),
+            archive=None if cold is None else f"{cold.bucket}/{cold.prefix}",
+            sensor_id=sensor_id,
+            bucket=bucket,
+            fields=None if fields is None else tuple(fields),
+        )
 
     def now_s(self) -> int:
         """The current epoch second, as the TTL filter compares it."""

@@ -11,6 +11,11 @@ With a cold tier, buckets the archive holds are left out of the pool and read
 afterwards one at a time by :func:`queries.read.tiers.read_bucket` (hot and cold
 merged: one bucket of one sensor in memory); ``SensorSeries.tiers`` says which
 tier served each bucket of the windows' span.
+
+With a cache (:mod:`queries.read.cache`), closed buckets are taken from it, or read
+whole (even where the windows cover only part of one) and kept; they are folded one
+bucket at a time, in order, after the shard jobs of the open buckets, so a series
+served from the cache sums exactly as the one that filled it.
 """
 
 from __future__ import annotations
@@ -20,11 +25,15 @@ import functools
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
+from ingest.storage.archive.manifest import Manifest
 from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
+from queries.read.cache import CacheEntry
+from queries.read.closed import cached, closed_buckets, read_closed
 from queries.read.packedread import read_packed_range
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
@@ -36,6 +45,7 @@ __all__ = ["MAX_METRICS", "SensorSeries", "read_series"]
 
 MAX_METRICS = 64
 """Most metrics in one sensor's series when no ``fields`` are given (others are omitted)."""
+_FILLERS = 4  # closed buckets read whole at once per sensor (each fans out over its shards)
 
 
 @dataclass(slots=True)
@@ -138,13 +148,22 @@ async def read_series(
         series.fold_readings(readings, grid, aggs)
         series.tiers = [(b, HOT) for b in buckets]
         return series
-    archived = await markers(reader, sensor_id, first_ms, last_ms, stats)
+    closed = closed_buckets(reader, buckets)
+    hits = cached(reader, sensor_id, closed, fields=fields, now_s=now)
+    pending = [b for b in buckets if b not in hits]
+    archived: dict[int, Manifest] = {}
+    if pending:
+        span_lo = max(first_ms, pending[0])
+        span_hi = min(last_ms, pending[-1] + layout.bucket_ms - 1)
+        archived = await markers(reader, sensor_id, span_lo, span_hi, stats)
     jobs: deque[tuple[str, int, int]] = deque(
         (pk, max(first_ms, bucket), min(last_ms, bucket + layout.bucket_ms - 1))
-        for bucket in buckets
-        if bucket not in archived
+        for bucket in pending
+        if bucket not in archived and bucket not in closed
         for pk in layout.partition_keys(sensor_id, bucket)
     )
+    to_fill: deque[int] = deque(b for b in pending if b in closed)
+    filled: dict[int, CacheEntry] = {}
     series = SensorSeries()
     if fields is not None:
         for name in fields:
@@ -159,12 +178,37 @@ async def read_series(
             async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
                 series.fold(resp.get("Items", []), grid, aggs, now)
 
+    async def filler() -> None:
+        # Closed buckets not cached yet: each read whole (every shard at once) and kept.
+        while to_fill:
+            bucket = to_fill.popleft()
+            filled[bucket] = await read_closed(
+                reader,
+                sensor_id,
+                bucket,
+                archived.get(bucket),
+                fields=fields,
+                now_s=now,
+                stats=stats,
+            )
+
     async with asyncio.TaskGroup() as tg:
         for i in range(min(len(jobs), reader.concurrency)):
             tg.create_task(worker(), name=f"series-{sensor_id}-{i}")
+        for i in range(min(len(to_fill), _FILLERS)):
+            tg.create_task(filler(), name=f"series-fill-{sensor_id}-{i}")
     served: dict[int, Tier] = {}
-    for bucket, marker in sorted(archived.items()):
-        readings, served[bucket] = await read_bucket(
+    # Whole buckets folded one at a time, in order (the same sums, hit or miss).
+    for bucket in buckets:
+        entry = hits.get(bucket) or filled.get(bucket)
+        if entry is not None:
+            series.fold_readings(list(entry.readings), grid, aggs)
+            served[bucket] = cast(Tier, entry.tier)
+            continue
+        marker = archived.get(bucket)
+        if marker is None:
+            continue
+        readings, served[bucket], _ = await read_bucket(
             reader,
             sensor_id,
             bucket,

@@ -47,15 +47,26 @@ from typing import TYPE_CHECKING, Any, Literal
 from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
+from queries.read.cache import NO_TTL
 from queries.read.reader import ReadStats, TableReader
 
 if TYPE_CHECKING:
     pass
 
-__all__ = ["BOTH", "COLD", "HOT", "Tier", "markers", "read_bucket", "tiers_json"]
+__all__ = [
+    "BOTH",
+    "COLD",
+    "HOT",
+    "Tier",
+    "markers",
+    "min_ttl",
+    "read_bucket",
+    "read_hot_bucket",
+    "tiers_json",
+]
 
 Tier = Literal["hot", "cold", "hot+cold"]
 HOT: Tier = "hot"
@@ -105,12 +116,21 @@ class _ReaderCalls:
 
 async def _shard_readings(
     reader: TableReader, sensor_id: str, kwargs: dict[str, object], stats: ReadStats, now_s: int
-) -> list[Reading]:
+) -> tuple[list[Reading], int]:
+    """The partition's unexpired readings, and the smallest ``ttl`` among them."""
     readings: list[Reading] = []
     expired, parse = TableLayout.is_expired, TableLayout.from_item
+    first_ttl = NO_TTL
     async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
-        readings += [parse(it, sensor_id) for it in resp.get("Items", ()) if not expired(it, now_s)]
-    return readings
+        kept = [it for it in resp.get("Items", ()) if not expired(it, now_s)]
+        first_ttl = min(first_ttl, min_ttl(kept))
+        readings += [parse(it, sensor_id) for it in kept]
+    return readings, first_ttl
+
+
+def min_ttl(items: Sequence[Item]) -> int:
+    """The smallest ``ttl`` of the items (:data:`~queries.read.cache.NO_TTL` when none has one)."""
+    return min((int(it["ttl"]["N"]) for it in items if "ttl" in it), default=NO_TTL)
 
 
 async def _shard_count(reader: TableReader, kwargs: dict[str, object], stats: ReadStats) -> int:
@@ -150,7 +170,7 @@ async def read_bucket(
     now_s: int,
     stats: ReadStats,
     descending: bool = False,
-) -> tuple[list[Reading], Tier]:
+) -> tuple[list[Reading], Tier, int]:
     """One archived bucket's readings with lo <= ts <= hi, hot and cold merged, in order.
 
     Args:
@@ -166,7 +186,8 @@ async def read_bucket(
         descending: Newest first.
 
     Returns:
-        The readings (the metrics in ``fields``) and which tier served them.
+        The readings (the metrics in ``fields``), which tier served them, and the smallest
+        ``ttl`` of the hot readings read (:data:`~queries.read.cache.NO_TTL`: none).
 
     Raises:
         ReadFailed: DynamoDB or the archive failed.
@@ -191,7 +212,8 @@ async def read_bucket(
             )
             for pk in pks
         ]
-    hot = list(heapq.merge(*(t.result() for t in tasks), key=lambda r: r.ts_ms))
+    hot = list(heapq.merge(*(t.result()[0] for t in tasks), key=lambda r: r.ts_ms))
+    first_ttl = min(t.result()[1] for t in tasks)
     if lo == bucket and hi == last:
         hot_total = len(hot)
     else:
@@ -209,7 +231,7 @@ async def read_bucket(
     if hot_is_complete(marker, layout, hot_total, now_s * 1000):
         if descending:
             hot.reverse()
-        return hot, HOT
+        return hot, HOT, first_ttl
 
     def counted(_key: str) -> None:
         stats.cold_objects = (stats.cold_objects or 0) + 1
@@ -230,7 +252,38 @@ async def read_bucket(
         tier = BOTH
     else:
         tier = HOT
-    return merged, tier
+    return merged, tier, first_ttl
+
+
+async def read_hot_bucket(
+    reader: TableReader,
+    sensor_id: str,
+    bucket: int,
+    *,
+    fields: Sequence[str] | None,
+    now_s: int,
+    stats: ReadStats,
+) -> tuple[list[Reading], int]:
+    """A whole bucket's unexpired readings from DynamoDB, every shard, ascending, and the
+    smallest ``ttl`` among them (:data:`~queries.read.cache.NO_TTL`: none)."""
+    layout = reader.layout
+    last = bucket + layout.bucket_ms - 1
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(
+                _shard_readings(
+                    reader,
+                    sensor_id,
+                    partition_query(reader.table, pk, bucket, last, fields=fields, now_s=now_s),
+                    stats,
+                    now_s,
+                ),
+                name="bucket-hot",
+            )
+            for pk in layout.partition_keys(sensor_id, bucket)
+        ]
+    readings = list(heapq.merge(*(t.result()[0] for t in tasks), key=lambda r: r.ts_ms))
+    return readings, min(t.result()[1] for t in tasks)
 
 
 def tiers_json(tiers: Sequence[tuple[int, Tier]]) -> list[dict[str, object]]:

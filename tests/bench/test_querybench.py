@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bench.querybench import run_query_bench
+from bench.querybench import run_dashboard_bench, run_query_bench
 
 
 @pytest.mark.timeout(300)
@@ -19,3 +19,18 @@ async def test_query_bench_reports_every_query_with_read_units() -> None:
     assert rows[0]["items"] == 3600  # every reading of the hour, once
     assert rows[1]["items"] <= 500  # at most max_points windows
     assert all(r["read_units"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(300)
+async def test_dashboard_refresh_reads_only_the_open_bucket_after_the_first_load() -> None:
+    # Allowance 0: every bucket that ended is closed (the current hour's is open).
+    rows = await run_dashboard_bench(
+        "dynalite", hours=3, refreshes=3, interval_s=0.5, allowance_s=0.0
+    )
+    assert [r["refresh"] for r in rows] == [1, 2, 3]
+    assert all(r["calls_without_cache"] == 4 * 4 for r in rows)  # 4 buckets x 4 shards
+    assert rows[0]["calls_with_cache"] == 4 * 4  # the first load reads them all
+    for r in rows[1:]:
+        # The open bucket only (and the one before, should the hour turn meanwhile).
+        assert r["calls_with_cache"] in (4, 8), r
+        assert 0 < r["units_with_cache"] < r["units_without_cache"] / 2

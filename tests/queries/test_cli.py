@@ -212,3 +212,71 @@ def test_serve_refuses_a_bad_cursor_key_file_naming_file_and_line(tmp_path: Path
     )
     assert done.returncode == 2
     assert "missing.key" in done.stderr
+
+
+async def test_serve_caches_closed_buckets_with_the_ingest_configs_allowance(
+    make_table: Callable[..., Awaitable[TestTable]],
+) -> None:
+    """``--cache-mb`` from its environment variable, the allowance from the shared config
+    (``max_past_ms`` 0 and the default settle time: 300 + 2 × 10 + 60 s): buckets that ended hours
+    ago are served from the cache, the open one is read each time."""
+    table = await make_table()  # hour buckets
+    now = ms_now()
+    old = now - now % 3_600_000 - 3 * 3_600_000
+    await table.put([Reading("cli-c", old + 1000 * i, {"v": i}) for i in range(20)])
+    port = free_port()
+    env = {**os.environ, "IOT_INGEST_QUERY_CACHE_MB": "1", "IOT_INGEST_MAX_PAST_MS": "0"}
+    proc = await asyncio.create_subprocess_exec(
+        *_serve_cmd(table.name, table.endpoint, port),
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+        env=env,
+    )
+    try:
+        assert proc.stderr is not None
+        log = await _wait_for_line(proc.stderr, "Uvicorn running on", 30)
+        assert "closed-bucket cache: 1 MB; a bucket is closed 0.106 h after its end" in log
+        async with aiohttp.ClientSession() as session:
+            url = f"http://127.0.0.1:{port}"
+            closed = f"{url}/v1/sensors/cli-c/readings?start={old}&end={old + 3_599_999}"
+            spent = []
+            for _ in range(2):
+                async with session.get(closed) as resp:
+                    assert resp.status == 200 and (await resp.json())["count"] == 20
+                    spent.append(resp.headers["X-Read-Units"])
+            assert spent[0] != "0" and spent[1] == "0"
+            async with session.get(f"{url}/v1/sensors/cli-c/readings?start=now-1m") as resp:
+                assert resp.headers["X-DynamoDB-Calls"] != "0"  # the open bucket
+            async with session.get(url + "/metrics") as resp:
+                text = await resp.text()
+            assert "iot_query_cache_max_bytes 1.048576e+06" in text
+            assert "iot_query_cache_hits_total 1.0" in text
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+
+
+def test_cache_settings_from_flag_environment_and_config(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import argparse
+
+    from ingest.config import load_config
+    from ingest.core.errors import ConfigError
+    from queries.cli import CACHE_MB_ENV, cache_settings
+
+    cfg = load_config(file=None, flags={"table": "tbl"}, env={"IOT_INGEST_MAX_PAST_MS": "600000"})
+    monkeypatch.delenv(CACHE_MB_ENV, raising=False)
+    got = cache_settings(cfg, argparse.Namespace(cache_mb=None))
+    # 64 MB by default; max_past_ms + 300 s write retries + 2 x 10 s registry + 60 s skew.
+    assert got == {"cache_max_bytes": 64 << 20, "cache_late_allowance_ms": 600_000 + 380_000}
+    monkeypatch.setenv(CACHE_MB_ENV, "0.5")
+    assert cache_settings(cfg, argparse.Namespace(cache_mb=None))["cache_max_bytes"] == 1 << 19
+    assert cache_settings(cfg, argparse.Namespace(cache_mb=0.0))["cache_max_bytes"] == 0
+    for bad in ("lots", "-1", "nan"):
+        monkeypatch.setenv(CACHE_MB_ENV, bad)
+        with pytest.raises(ConfigError, match="MB"):
+            cache_settings(cfg, argparse.Namespace(cache_mb=None))

@@ -569,3 +569,56 @@ async def test_a_series_counts_and_caps_its_marker_query_like_every_other_read(
             assert body["error"]["code"] == "too_many_calls"
             assert resp.headers["X-DynamoDB-Calls"] == "1"
         assert client.queried == ["#archive#tier-a"]  # the one call the cap allows
+
+
+async def test_closed_archived_buckets_are_cached_with_their_tiers(
+    tiered: Tiered, moto_server: MotoServer
+) -> None:
+    """With the cache, the archived (and every other closed) bucket is read once, hot and
+    cold merged: the next identical request makes no DynamoDB call and fetches no object,
+    and answers the same, tiers included."""
+    env = tiered.env
+    endpoint = moto_server.endpoint_url
+    settings = ServeSettings(
+        table=env.dynamo.table,
+        endpoint_url=endpoint,
+        s3_bucket=env.store.bucket,
+        s3_endpoint=endpoint,
+        s3_prefix=env.store.prefix,
+        cache_max_bytes=1 << 24,
+        cache_late_allowance_ms=0,  # every bucket that ended is closed (no ingest here)
+        **CREDS,
+    )
+    async with (
+        ApiServer(create_app(settings)) as server,
+        aiohttp.ClientSession() as session,
+    ):
+        cached = Server(server.url, session)
+        end = NOW_MS - 1  # the buckets before the current one: all closed
+        lo = START - START % BUCKET_MS  # pages keep only buckets they read from end to end
+        for path, params in (
+            ("/v1/sensors/tier-a/readings", {"start": lo, "end": end, "limit": 10_000}),
+            ("/v1/sensors/tier-a/series", {"start": START, "end": end, "step": "1h", "agg": AGGS}),
+            (
+                "/v1/sensors/tier-b/readings",
+                {"start": lo, "end": end, "order": "desc", "fields": "hum"},
+            ),
+        ):
+            h1, first = await cached.get(path, **params)
+            # The series shares the raw page's entries (no projection): no read at all.
+            assert (float(h1["X-Read-Units"]) > 0) == ("readings" in path)
+            h2, again = await cached.get(path, **params)
+            assert again == first
+            assert (h2["X-Read-Units"], h2["X-DynamoDB-Calls"], h2["X-Cold-Objects"]) == (
+                "0",
+                "0",
+                "0",
+            )
+            _, plain = await tiered.archived.get(path, **params)
+            if "readings" in path:
+                assert first == plain
+            else:
+                assert first["tiers"] == plain["tiers"]
+                assert first["metrics"]["temp"]["count"] == plain["metrics"]["temp"]["count"]
+        assert "cold" in {t["tier"] for t in first["tiers"]}  # tier-b's archived buckets
+        assert int(h1["X-Cold-Objects"]) > 0
