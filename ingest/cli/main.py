@@ -11,7 +11,7 @@ import socket
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,6 +32,10 @@ from ingest.core.errors import ConfigError, IngestError
 from ingest.core.logs import setup_logging
 from queries.cli import add_commands as queries_commands
 from simulator.cli import add_commands as simulator_commands
+
+if TYPE_CHECKING:
+    from ingest.storage.dynamo import DynamoClient
+    from ingest.storage.windows import WindowScheme
 
 __all__ = [
     "STOP_MARGIN_S",
@@ -238,6 +242,18 @@ def cmd_table_create(args: argparse.Namespace) -> int:
     return run_async(go)
 
 
+async def _packed_scheme(client: DynamoClient, what: str) -> WindowScheme:
+    """The windows of a ``packed`` table; a ConfigError naming the table otherwise."""
+    from ingest.storage.table import read_layout
+    from ingest.storage.windows import WindowScheme
+
+    layout = await read_layout(client)
+    if layout is None or layout.kind != "packed":
+        kind = "no layout record" if layout is None else f"the {layout.kind!r} layout"
+        raise ConfigError(f"table {client.table!r} has {kind}: only a packed table {what}")
+    return WindowScheme(layout)
+
+
 def cmd_table_compact(args: argparse.Namespace) -> int:
     """One compaction pass over a packed table's recent periods (exit 0), or the loop."""
     cfg = table_config(args)
@@ -246,15 +262,11 @@ def cmd_table_compact(args: argparse.Namespace) -> int:
         from ingest.core.aio import install_stop_signals
         from ingest.storage.compaction import compact_pass
         from ingest.storage.dynamo import DynamoClient
-        from ingest.storage.table import read_layout
-        from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme
+        from ingest.storage.windows import SEAL_GRACE_MS
 
         async with DynamoClient.from_config(cfg) as client:
-            layout = await read_layout(client)
-            if layout is None or layout.kind != "packed":
-                kind = "no layout record" if layout is None else f"the {layout.kind!r} layout"
-                raise ConfigError(f"table {cfg.table!r} has {kind}: only a packed table compacts")
-            scheme = WindowScheme(layout)
+            scheme = await _packed_scheme(client, "compacts")
+            layout = scheme.layout
             stop = asyncio.Event()
             install_stop_signals(stop)
             while True:
@@ -285,19 +297,12 @@ def cmd_table_adopt_journal(args: argparse.Namespace) -> int:
     async def go() -> int:
         from ingest.pipeline.packing import adopt_journal
         from ingest.storage.dynamo import DynamoClient
-        from ingest.storage.table import read_layout
-        from ingest.storage.windows import WindowScheme
 
         async with DynamoClient.from_config(cfg) as client:
-            layout = await read_layout(client)
-            if layout is None or layout.kind != "packed":
-                kind = "no layout record" if layout is None else f"the {layout.kind!r} layout"
-                raise ConfigError(
-                    f"table {cfg.table!r} has {kind}: only a packed table has journals"
-                )
+            scheme = await _packed_scheme(client, "has journals")
             n = await adopt_journal(
                 client,
-                WindowScheme(layout),
+                scheme,
                 args.worker,
                 journal_ttl_s=cfg.journal_ttl_hours * 3600,
             )
