@@ -15,7 +15,6 @@ in one run, not absolute times across runs::
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import pytest
 from pytest_benchmark.fixture import BenchmarkFixture
@@ -23,39 +22,22 @@ from pytest_benchmark.fixture import BenchmarkFixture
 from ingest.mqtt import proto as mp
 from ingest.mqtt.client import Message, MqttConnection, MqttSettings
 from simulator.publisher import BrokerAddress, MqttPublisher
+from tests.ingest.hostile import connack_packet
+from tests.ingest.mqttfake import FakeTransport, attach
 
 N = 1000
 PAYLOAD = b'{"ts":1763780000123,"temperature":22.5,"humidity":45.2}'
 TOPIC = "sensors/env-00007/telemetry"
 
 
-class _Transport:
-    """Counts what is written; enough of an asyncio transport for both protocols."""
-
-    def __init__(self) -> None:
-        self.bytes_written = 0
-
-    def write(self, data: bytes) -> None:
-        self.bytes_written += len(data)
-
-    def is_closing(self) -> bool:
-        return False
-
-    def abort(self) -> None:
-        raise AssertionError("a benchmark connection was aborted")
-
-    def close(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+_CONNACK = connack_packet()  # success, MQTT 5
 
 
 def _pubacks(first: int, count: int) -> bytes:
     return mp.encode_pubacks(list(range(first, first + count)))
 
 
-def _open_publisher(loop: asyncio.AbstractEventLoop) -> tuple[MqttPublisher, _Transport]:
+def _open_publisher(loop: asyncio.AbstractEventLoop) -> tuple[MqttPublisher, FakeTransport]:
     async def make() -> MqttPublisher:
         return MqttPublisher(
             BrokerAddress(host="x", port=1),
@@ -68,9 +50,8 @@ def _open_publisher(loop: asyncio.AbstractEventLoop) -> tuple[MqttPublisher, _Tr
         )
 
     pub = loop.run_until_complete(make())
-    transport = _Transport()
     c = pub._conns[0]
-    c.connection_made(transport)  # type: ignore[arg-type]
+    transport = attach(c, keep=False)  # only counts: the rounds write a lot
     c.up = True
     pub._state = "open"
     return pub, transport
@@ -94,14 +75,14 @@ def test_publisher_1000_qos1_messages_and_their_pubacks(benchmark: BenchmarkFixt
 
         assert benchmark(run) == 0
         assert pub.stats.messages_acked == pub.stats.messages_sent > 0
-        assert transport.bytes_written > 0
+        assert transport.bytes_written > 0 and not transport.aborted
     finally:
         loop.close()
 
 
 @pytest.mark.benchmark(group="publisher")
 def test_publisher_floor_encode_and_parse_only(benchmark: BenchmarkFixture) -> None:
-    transport = _Transport()
+    transport = FakeTransport(keep=False)
     reader = mp.PacketReader()
     topic = TOPIC.encode()
     acks = [_pubacks(i, 100) for i in range(1, N + 1, 100)]
@@ -140,12 +121,13 @@ def test_client_receives_and_acks_1000_qos1_publishes(benchmark: BenchmarkFixtur
 
         def run() -> int:
             conn = loop.run_until_complete(make())  # a fresh one: packet ids repeat per round
-            conn.connection_made(_Transport())  # type: ignore[arg-type]
-            conn.data_received(b"\x20\x03\x00\x00\x00")  # CONNACK, MQTT 5
+            transport = attach(conn, keep=False)
+            conn.data_received(_CONNACK)
             got.clear()
             for chunk in _PUBLISHES:
                 conn.data_received(chunk)
                 conn.ack([m[3] for m in got[-20:]])
+            assert not transport.aborted
             return len(got)
 
         assert benchmark(run) == N
@@ -155,7 +137,7 @@ def test_client_receives_and_acks_1000_qos1_publishes(benchmark: BenchmarkFixtur
 
 @pytest.mark.benchmark(group="client")
 def test_client_floor_parse_only(benchmark: BenchmarkFixture) -> None:
-    transport = _Transport()
+    transport = FakeTransport(keep=False)
 
     def run() -> int:
         reader = mp.PacketReader()

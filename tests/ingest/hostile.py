@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 
 from ingest.mqtt import proto as mp
 
-__all__ = ["HostileBroker", "Peer", "Script"]
+__all__ = ["HostileBroker", "Peer", "Script", "connack_packet", "packet", "publish_packet"]
 
 
 def _varint(n: int) -> bytes:
@@ -48,14 +48,19 @@ def publish_packet(
     version: int = mp.V5,
 ) -> bytes:
     """A PUBLISH as a broker sends it (``qos`` may be anything 0..3, on purpose)."""
-    t = topic.encode()
-    body = struct.pack("!H", len(t)) + t
-    if qos:
-        body += struct.pack("!H", packet_id)
-    if version == mp.V5:
-        body += b"\x00"
-    first = (mp.PUBLISH << 4) | (qos << 1) | (0x08 if dup else 0)
-    return packet(first, body + payload)
+    return mp.encode_publish(topic, payload, qos=qos, packet_id=packet_id, dup=dup, version=version)
+
+
+def connack_packet(
+    reason_code: int = 0,
+    *,
+    version: int = mp.V5,
+    session_present: bool = False,
+    props: bytes = b"\x00",
+) -> bytes:
+    """A CONNACK: ``props`` (the encoded properties, none by default) is sent in MQTT 5 only."""
+    tail = props if version == mp.V5 else b""
+    return packet(mp.CONNACK << 4, bytes((int(session_present), reason_code)) + tail)
 
 
 @dataclass
@@ -118,8 +123,11 @@ class Peer:
         _, body = await self.expect(mp.CONNECT)
         self.connect_body = body
         self.version = body[6]
-        tail = connack_props if self.version == mp.V5 else b""
-        self.send(packet(0x20, bytes((int(session_present), 0)) + tail))
+        self.send(
+            connack_packet(
+                version=self.version, session_present=session_present, props=connack_props
+            )
+        )
 
     async def suback(self, granted: int = 1) -> int:
         """Read SUBSCRIBE and grant ``granted`` (a QoS, or a failure code); return its packet id."""

@@ -25,7 +25,7 @@ from ingest.pipeline.decode import Inbox
 from ingest.pipeline.service import IngestService
 from ingest.storage.layout import TableLayout
 from tests.ingest.harness import counter, make_config, read_table, running, wait_until
-from tests.ingest.hostile import HostileBroker, Peer, packet, publish_packet
+from tests.ingest.hostile import HostileBroker, Peer, connack_packet, packet, publish_packet
 
 NOW_MS = int(time.time() * 1000) - 30_000
 
@@ -405,7 +405,7 @@ async def test_a_broker_refusing_the_protocol_version_says_which_setting_to_chan
 
     async def script(peer: Peer) -> None:
         await peer.expect(mp.CONNECT)
-        peer.send(packet(0x20, b"\x00\x84\x00"))
+        peer.send(connack_packet(0x84))
 
     async with HostileBroker(script) as broker:
         service = IngestService(_config(broker, moto_server, unique_name, tmp_path))

@@ -10,60 +10,28 @@ and any delivered message is well formed.
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ingest.mqtt import proto as mp
 from ingest.mqtt.client import Message, MqttConnection, MqttSettings
-from tests.ingest.hostile import packet, publish_packet
-
-
-class _Transport:
-    """Just enough of an asyncio transport to record what the connection writes."""
-
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.aborted = False
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def abort(self) -> None:
-        self.aborted = self.closing = True
-
-    def close(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
+from tests.ingest.hostile import connack_packet, packet, publish_packet
+from tests.ingest.mqttfake import FakeTransport, attach
 
 
 def _written_types(data: bytes) -> list[int]:
     return [t for t, _, _ in mp.PacketReader().feed(bytes(data))]
 
 
-async def _feed(version: int, chunks: list[bytes]) -> tuple[_Transport, list[Message]]:
+async def _feed(version: int, chunks: list[bytes]) -> tuple[FakeTransport, list[Message]]:
     got: list[Message] = []
     conn = MqttConnection(
         MqttSettings(host="x", port=1, client_id="c", version=version, max_packet_bytes=2000),
         got.extend,
     )
-    transport = _Transport()
-    conn.connection_made(transport)  # type: ignore[arg-type]
-    connack = b"\x00\x00" + (b"\x00" if version == mp.V5 else b"")
-    conn.data_received(packet(0x20, connack))
+    transport = attach(conn)
+    conn.data_received(connack_packet(version=version))
     for c in chunks:
         if transport.aborted:
             break
@@ -98,10 +66,9 @@ def test_arbitrary_broker_bytes_never_raise_and_are_never_acknowledged(
 
 
 def test_publish_before_connack_is_a_protocol_error() -> None:
-    async def run() -> _Transport:
+    async def run() -> FakeTransport:
         conn = MqttConnection(MqttSettings(host="x", port=1, client_id="c"), lambda _: None)
-        transport = _Transport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
+        transport = attach(conn)
         conn.data_received(publish_packet("a/b", b"{}", qos=1, packet_id=1))
         return transport
 
@@ -115,9 +82,8 @@ def test_is_open_is_false_as_soon_as_the_transport_closes() -> None:
 
     async def run() -> tuple[bool, bool]:
         conn = MqttConnection(MqttSettings(host="x", port=1, client_id="c"), lambda _: None)
-        transport = _Transport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        conn.data_received(packet(0x20, b"\x00\x00\x00"))
+        attach(conn)
+        conn.data_received(connack_packet())
         conn._state = "open"  # as open() leaves it after CONNACK
         before = conn.is_open
         conn.data_received(packet(0xE0, b"\x98\x00"))  # DISCONNECT, administrative action
@@ -143,9 +109,8 @@ def test_republishing_dead_letters_on_a_closing_connection_drops_them_quietly() 
             backoff=Backoff(base_ms=10, cap_ms=10),
         )
         conn = MqttConnection(settings, lambda _: None)
-        transport = _Transport()
-        conn.connection_made(transport)  # type: ignore[arg-type]
-        conn.data_received(packet(0x20, b"\x00\x00\x00"))
+        transport = attach(conn)
+        conn.data_received(connack_packet())
         conn._state = "open"
         receiver._conn = conn
         conn.data_received(packet(0xE0, b"\x8b\x00"))  # DISCONNECT: server shutting down

@@ -17,7 +17,8 @@ from ingest.mqtt.client import MqttConnection, MqttSettings
 from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 from simulator.errors import BrokerRefused
 from simulator.publisher import BrokerAddress, MqttPublisher
-from tests.ingest.hostile import HostileBroker, Peer, packet
+from tests.ingest.hostile import HostileBroker, Peer, connack_packet
+from tests.ingest.mqttfake import FakeTransport, attach
 
 # Retriable refusals seen in the wild: server unavailable (3.1.1), unspecified, server
 # unavailable, server busy, quota exceeded, connection rate exceeded (5).
@@ -32,7 +33,7 @@ def test_the_non_retriable_connack_codes_are_defined_once_with_these_values() ->
 def _refusing(code: int) -> Any:
     async def script(peer: Peer) -> None:
         await peer.expect(mp.CONNECT)
-        peer.send(packet(0x20, bytes((0, code)) + (b"\x00" if code >= 0x80 else b"")))
+        peer.send(connack_packet(code, version=mp.V5 if code >= 0x80 else mp.V311))
         await peer.closed.wait()
 
     return script
@@ -168,33 +169,9 @@ def test_no_free_packet_id_is_an_error_not_a_hang() -> None:
 # -- reading packets, keepalive (over a recording transport) ------------------------
 
 
-class _Transport:
-    def __init__(self) -> None:
-        self.written = bytearray()
-        self.aborted = False
-        self.closing = False
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def abort(self) -> None:
-        self.aborted = self.closing = True
-
-    def close(self) -> None:
-        self.closing = True
-
-    def is_closing(self) -> bool:
-        return self.closing
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return default
-
-
-def _link(version: int = mp.V5, keepalive_s: int = 0) -> tuple[MqttLink, _Transport]:
+def _link(version: int = mp.V5, keepalive_s: int = 0) -> tuple[MqttLink, FakeTransport]:
     link = MqttLink("c", version=version, keepalive_s=keepalive_s)
-    transport = _Transport()
-    link.connection_made(transport)  # type: ignore[arg-type]
-    return link, transport
+    return link, attach(link)
 
 
 def test_packets_split_across_reads_come_out_whole_and_in_order() -> None:
@@ -273,8 +250,7 @@ async def test_the_connack_waiter_learns_why_the_link_was_lost() -> None:
 async def test_a_malformed_puback_drops_the_publishers_connection_keeping_earlier_acks() -> None:
     pub = MqttPublisher(BrokerAddress(host="x", port=1), ["sim"], ["t"], version=mp.V5)
     c = pub._conns[0]
-    transport = _Transport()
-    c.connection_made(transport)  # type: ignore[arg-type]
+    transport = attach(c)
     c.up = True
     pub._state = "open"
     for _ in range(3):
