@@ -273,7 +273,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ingest.core.errors import ConfigError
 
         raise ConfigError(f"serve: {exc}") from None
-    run(settings, host=args.host, port=args.port, log_level=cfg.log_level)
+    run(settings, host=args.host, port=args.port, log_level=cfg.operations.log_level)
     return 0
 
 
@@ -281,11 +281,11 @@ def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> 
     from queries.api.settings import ServeSettings
 
     return ServeSettings(
-        table=cfg.table,
-        region=cfg.region,
-        endpoint_url=cfg.dynamodb_endpoint,
-        aws_access_key_id=cfg.aws_access_key_id,
-        aws_secret_access_key=cfg.aws_secret_access_key,
+        table=cfg.dynamodb.table,
+        region=cfg.aws.region,
+        endpoint_url=cfg.aws.dynamodb_endpoint,
+        aws_access_key_id=cfg.aws.aws_access_key_id,
+        aws_secret_access_key=cfg.aws.aws_secret_access_key,
         max_range_ms=args.max_range_days * _DAY_MS,
         max_points=args.max_points,
         default_points=min(500, args.max_points),

@@ -306,18 +306,11 @@ async def test_series_across_the_boundary_equals_a_table_that_never_expired(
 
 
 def test_serve_takes_the_archive_options_of_iot_ingest_archive() -> None:
-    from types import SimpleNamespace
-
     from ingest.cli.main import build_parser
+    from ingest.config import Config
     from queries.cli import _settings
 
-    cfg: Any = SimpleNamespace(
-        table="t",
-        region="us-east-1",
-        dynamodb_endpoint=None,
-        aws_access_key_id=None,
-        aws_secret_access_key=None,
-    )
+    cfg = Config.model_validate({"table": "t", "region": "us-east-1"})
     argv = ["serve", "--table", "t", "--no-auth"]
     args = build_parser().parse_args(argv)
     plain = _settings(cfg, args, {})
