@@ -490,3 +490,33 @@ def test_a_bad_window_for_the_bucket_fails_naming_both_keys(source: str, tmp_pat
     assert "window_seconds=700 must divide the bucket (bucket_minutes=60: 3600 s)" in str(
         info.value
     )
+
+
+def test_the_mqtt_section_builds_the_connection_settings_of_its_keys(tmp_path: Path) -> None:
+    from ingest.mqtt import proto
+    from ingest.pipeline.service import PACKET_HEADROOM_BYTES, mqtt_settings
+
+    pw = tmp_path / "pw"
+    pw.write_text("from-file\n")
+    config = load_config(
+        env={},
+        flags={
+            "mqtt_url": "mqtt://user:url-pw@broker.example:1884",
+            "mqtt_client_id": "w-7",
+            "mqtt_protocol": "3.1.1",
+            "mqtt_keepalive_s": 45,
+            "mqtt_session_expiry_s": 60,
+            "mqtt_receive_maximum": 500,
+            "mqtt_password_file": str(pw),
+            "max_message_bytes": 4096,
+        },
+    )
+
+    s = mqtt_settings(config, config.mqtt.mqtt_url or "")
+
+    assert (s.host, s.port, s.client_id, s.version) == ("broker.example", 1884, "w-7", proto.V311)
+    assert (s.username, s.password, s.tls) == ("user", "from-file", None)
+    assert (s.keepalive_s, s.session_expiry_s, s.receive_maximum) == (45, 60, 500)
+    assert (s.clean_start, s.max_packet_bytes) == (False, 4096 + PACKET_HEADROOM_BYTES)
+    tls = config.mqtt.client_settings("mqtts://broker.example", max_packet_bytes=1)
+    assert (tls.port, tls.tls is not None) == (8883, True)
