@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
 from bench.capacity import US_EAST_1_USD_PER_MILLION_WRU, item_size_bytes, write_units
-from ingest.config import Config
+from ingest.config import PipelineConfig
 from ingest.storage.layout import REGISTRY_PARTITIONS, Reading, TableLayout
 from ingest.storage.windows import SEAL_GRACE_MS, STAGE_TTL_S
 
@@ -460,7 +460,7 @@ def make_plan(
             )
     # The registry (the service's, whatever the layout): one UpdateItem of a small item per
     # sensor per registry_refresh_s, spread over REGISTRY_PARTITIONS keys.
-    refresh = float(Config.model_fields["registry_refresh_s"].default)
+    refresh = float(PipelineConfig.model_fields["registry_refresh_s"].default)
     registry_per_s = fleet.sensors * (
         min(fleet.rate_hz, 1 / refresh) if refresh > 0 else fleet.rate_hz
     )

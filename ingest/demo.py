@@ -182,29 +182,31 @@ async def _run(
         )
         mqtt_url, protocol = broker.url, broker.protocol_for(protocol)
     dynamo = await unless_stopped(stop, stack.enter_async_context(EmbeddedDynamo()))
-    cfg = Config(
-        mqtt_url=mqtt_url,
-        mqtt_protocol=protocol,
-        dynamodb_endpoint=dynamo.endpoint_url,
-        table="iot-demo",
-        create_table=True,
-        bucket_minutes=opts.bucket_minutes,
-        shards=opts.shards,
-        retention_days=opts.retention_days,
-        # The replayed history must be accepted; it is all in before the archiver starts.
-        max_past_ms=max(history_ms + 60_000, 300_000),
-        # The history replays the devices' own past in batches over a few connections
-        # (gateway mode) under their own ids; the demo's loopback broker carries only
-        # its own simulator, so it trusts every publisher (SECURITY.md: sensor_id_rule).
-        sensor_id_rule="any",
-        data_dir=opts.data_dir,
-        metrics_port=0,
-        mqtt_client_id="iot-ingest-demo",
-        registry_interval_s=2.0,
-        registry_refresh_s=30.0,
-        shutdown_timeout_s=opts.shutdown_timeout_s * 2 / 3,
-        aws_access_key_id=_KEY,
-        aws_secret_access_key=_KEY,
+    cfg = Config.model_validate(
+        {
+            "mqtt_url": mqtt_url,
+            "mqtt_protocol": protocol,
+            "dynamodb_endpoint": dynamo.endpoint_url,
+            "table": "iot-demo",
+            "create_table": True,
+            "bucket_minutes": opts.bucket_minutes,
+            "shards": opts.shards,
+            "retention_days": opts.retention_days,
+            # The replayed history must be accepted; it is all in before the archiver starts.
+            "max_past_ms": max(history_ms + 60_000, 300_000),
+            # The history replays the devices' own past in batches over a few connections
+            # (gateway mode) under their own ids; the demo's loopback broker carries only
+            # its own simulator, so it trusts every publisher (SECURITY.md: sensor_id_rule).
+            "sensor_id_rule": "any",
+            "data_dir": opts.data_dir,
+            "metrics_port": 0,
+            "mqtt_client_id": "iot-ingest-demo",
+            "registry_interval_s": 2.0,
+            "registry_refresh_s": 30.0,
+            "shutdown_timeout_s": opts.shutdown_timeout_s * 2 / 3,
+            "aws_access_key_id": _KEY,
+            "aws_secret_access_key": _KEY,
+        }
     )
     layout = layout_from_config(cfg)
     if opts.archive:  # a bad option fails before anything else starts
@@ -225,7 +227,7 @@ async def _run(
                 else (None, None)
             )
             settings = ServeSettings(
-                table=cfg.table,
+                table=cfg.dynamodb.table,
                 endpoint_url=dynamo.endpoint_url,
                 s3_bucket=opts.s3_bucket if opts.archive else None,
                 s3_endpoint=dynamo.endpoint_url if opts.archive else None,
@@ -279,7 +281,7 @@ async def _run(
                         metrics_url=f"http://127.0.0.1:{service.health_port}/metrics",
                         mqtt_url=mqtt_url,
                         endpoint_url=dynamo.endpoint_url,
-                        table=cfg.table,
+                        table=cfg.dynamodb.table,
                         s3_bucket=opts.s3_bucket if opts.archive else None,
                         s3_prefix="archive",
                         archive_metrics_url=archive_metrics_url,
@@ -319,7 +321,7 @@ async def _open_archive(
     from ingest.storage.archive.store import S3Store
     from ingest.storage.dynamo import DynamoClient
 
-    endpoint = cfg.dynamodb_endpoint  # moto serves S3 on the same port
+    endpoint = cfg.aws.dynamodb_endpoint  # moto serves S3 on the same port
     client = await stack.enter_async_context(DynamoClient.from_config(cfg))
     store = await stack.enter_async_context(
         S3Store(

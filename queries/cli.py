@@ -292,7 +292,9 @@ def cache_settings(cfg: Config, args: argparse.Namespace) -> dict[str, int]:
         raise ConfigError(f"serve: {CACHE_MB_ENV}={raw!r}: not a number of MB") from None
     if not mb >= 0 or mb == float("inf"):
         raise ConfigError(f"serve: the cache size must be a number of MB >= 0, got {raw!r}")
-    settle_ms = int((cfg.write_retry_deadline_s + 2 * cfg.registry_interval_s + 60) * 1000)
+    settle_ms = int(
+        (cfg.pipeline.write_retry_deadline_s + 2 * cfg.pipeline.registry_interval_s + 60) * 1000
+    )
     return {
         "cache_max_bytes": int(mb * 1024 * 1024),
         "cache_late_allowance_ms": cfg.effective_max_past_ms + settle_ms,
@@ -327,7 +329,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         from ingest.core.errors import ConfigError
 
         raise ConfigError(f"serve: {exc}") from None
-    run(settings, host=args.host, port=args.port, log_level=cfg.log_level)
+    run(settings, host=args.host, port=args.port, log_level=cfg.operations.log_level)
     return 0
 
 
@@ -335,11 +337,11 @@ def _settings(cfg: Config, args: argparse.Namespace, access: dict[str, Any]) -> 
     from queries.api.settings import ServeSettings
 
     return ServeSettings(
-        table=cfg.table,
-        region=cfg.region,
-        endpoint_url=cfg.dynamodb_endpoint,
-        aws_access_key_id=cfg.aws_access_key_id,
-        aws_secret_access_key=cfg.aws_secret_access_key,
+        table=cfg.dynamodb.table,
+        region=cfg.aws.region,
+        endpoint_url=cfg.aws.dynamodb_endpoint,
+        aws_access_key_id=cfg.aws.aws_access_key_id,
+        aws_secret_access_key=cfg.aws.aws_secret_access_key,
         max_range_ms=args.max_range_days * _DAY_MS,
         max_points=args.max_points,
         default_points=min(500, args.max_points),

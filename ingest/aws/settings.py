@@ -1,7 +1,7 @@
 """Where and as whom a client reaches AWS: one settings object for every AWS client.
 
 The DynamoDB clients (aiobotocore and the lean HTTP writer), the S3 archive store and the
-Streams client all take an :class:`AwsSettings`; :meth:`ingest.config.Config.aws` builds
+Streams client all take an :class:`AwsSettings`; :meth:`ingest.config.AwsConfig.client_settings` builds
 the service's from its ``region``, ``dynamodb_endpoint`` and ``aws_*`` keys.
 """
 

@@ -223,14 +223,16 @@ def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
 def _settle_ms(cfg: Any, horizon_ms: int) -> int:
     """The settle time from the ingest's settings: its write retry deadline, two registry
     flushes (the policy refresh) and a minute of clock skew, at most a quarter of the horizon."""
-    wanted = int((cfg.write_retry_deadline_s + 2 * cfg.registry_interval_s + 60) * 1000)
+    wanted = int(
+        (cfg.pipeline.write_retry_deadline_s + 2 * cfg.pipeline.registry_interval_s + 60) * 1000
+    )
     cap = max(0, horizon_ms // 4)
     if wanted > cap:
         log.warning(
             "the ingest may retry a write for %g s (write_retry_deadline_s), but with a "
             "horizon of %.3g days late marks can only wait %.3g s (a quarter of it): a reading "
             "whose write takes longer and lands after its bucket was archived is missed",
-            cfg.write_retry_deadline_s,
+            cfg.pipeline.write_retry_deadline_s,
             horizon_ms / _DAY_MS,
             cap / 1000,
         )
@@ -240,12 +242,12 @@ def _settle_ms(cfg: Any, horizon_ms: int) -> int:
 
 def _check_late_limit(cfg: Any, layout: Any, settle_ms: int, every_s: float | None) -> None:
     """Say when a late reading can expire (TTL) before a pass archives it."""
-    margin_ms = settle_ms + round((cfg.registry_interval_s + (every_s or 0)) * 1000)
+    margin_ms = settle_ms + round((cfg.pipeline.registry_interval_s + (every_s or 0)) * 1000)
     limit_ms = layout.retention_ms - margin_ms
     late_ms = cfg.effective_max_past_ms
     if late_ms < limit_ms:
         return
-    explicit = cfg.max_past_ms is not None
+    explicit = cfg.limits.max_past_ms is not None
     log.log(
         logging.WARNING if explicit else logging.INFO,
         "the ingest accepts readings up to %.3g days old (max_past_ms%s), and their items "
@@ -314,7 +316,7 @@ def _store(args: argparse.Namespace, cfg: Any) -> Any:
     return S3Store(
         bucket=args.s3_bucket,
         prefix=args.s3_prefix,
-        aws=cfg.aws.with_endpoint(args.s3_endpoint),
+        aws=cfg.aws.client_settings().with_endpoint(args.s3_endpoint),
     )
 
 
@@ -380,7 +382,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
         async with (
             _dynamo(cfg) as dynamo,
             _store(args, cfg) as store,
-            StreamsClient(aws=cfg.aws) as streams,
+            StreamsClient(aws=cfg.aws.client_settings()) as streams,
         ):
             layout = (await TableReader.load(dynamo)).layout
             arn = await find_stream_arn(dynamo)
@@ -399,7 +401,7 @@ def cmd_streams(args: argparse.Namespace) -> int:
                 return 0
             await store.check()
             n = await consumer.poll_once()
-            print(f"{n} readings archived from the stream of {cfg.table}")
+            print(f"{n} readings archived from the stream of {cfg.dynamodb.table}")
             return 0
 
     return run_async(go)

@@ -81,27 +81,27 @@ async def _run(cfg: Config, stop: asyncio.Event) -> int:
     from ingest.trial.servers import EmbeddedBroker, EmbeddedDynamo
 
     async with contextlib.AsyncExitStack() as stack:
-        mqtt_url = cfg.mqtt_url
-        endpoint = cfg.dynamodb_endpoint
-        create = cfg.create_table
+        mqtt_url = cfg.mqtt.mqtt_url
+        endpoint = cfg.aws.dynamodb_endpoint
+        create = cfg.dynamodb.create_table
         try:
             if mqtt_url is None:
                 broker = await unless_stopped(
                     stop,
                     stack.enter_async_context(
-                        EmbeddedBroker(data_dir=Path(cfg.data_dir) / "broker")
+                        EmbeddedBroker(data_dir=Path(cfg.operations.data_dir) / "broker")
                     ),
                 )
                 mqtt_url = broker.url
-                protocol = broker.protocol_for(cfg.mqtt_protocol)
-                if protocol != cfg.mqtt_protocol:
-                    cfg = cfg.model_copy(update={"mqtt_protocol": protocol})
+                protocol = broker.protocol_for(cfg.mqtt.mqtt_protocol)
+                if protocol != cfg.mqtt.mqtt_protocol:
+                    cfg = cfg.replace(mqtt_protocol=protocol)
                 log.warning(
                     "try it: mosquitto_pub -p %d -q 1 -t sensors/dev-1/telemetry -m %s",
                     broker.port,
                     "'{\"temperature\": 22.5}'",
                 )
-            trial_dynamo = endpoint is None and not cfg.aws_access_key_id
+            trial_dynamo = endpoint is None and not cfg.aws.aws_access_key_id
             if trial_dynamo and not await unless_stopped(stop, _has_aws_credentials()):
                 dynamo = await unless_stopped(stop, stack.enter_async_context(EmbeddedDynamo()))
                 endpoint, create = dynamo.endpoint_url, True
@@ -122,11 +122,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from ingest.core.lifecycle import run_until_signalled
 
     cfg = config_from_args(args)
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.operations.log_level, cfg.operations.log_format)
     return run_async(
         lambda: run_until_signalled(
             lambda stop: _run(cfg, stop),
-            deadline_s=cfg.shutdown_timeout_s + STOP_MARGIN_S,
+            deadline_s=cfg.operations.shutdown_timeout_s + STOP_MARGIN_S,
             what="iot-ingest run",
         )
     )
@@ -211,11 +211,11 @@ def cmd_table_create(args: argparse.Namespace) -> int:
     from ingest.storage.table import TABLE_CLASSES, TableFeatures
 
     cfg = config_from_args(args)
-    setup_logging(cfg.log_level, cfg.log_format)
+    setup_logging(cfg.operations.log_level, cfg.operations.log_format)
     for region in args.replica_region or []:
-        if region == cfg.region:
+        if region == cfg.aws.region:
             raise ConfigError(
-                f"--replica-region {region} is the table's own region (--region {cfg.region}): "
+                f"--replica-region {region} is the table's own region (--region {cfg.aws.region}): "
                 "a replica goes to another region"
             )
     features = TableFeatures(
@@ -233,7 +233,7 @@ def cmd_table_create(args: argparse.Namespace) -> int:
             created = await create_table(client, layout_from_config(cfg), features=features)
             report = await describe_features(client, pitr=args.pitr)
         print(
-            f"table {cfg.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"
+            f"table {cfg.dynamodb.table}: {'created' if created else 'already exists'}; TTL on attribute 'ttl'"
         )
         for line in _feature_lines(report, args):
             print(line)
@@ -304,7 +304,7 @@ def cmd_table_adopt_journal(args: argparse.Namespace) -> int:
                 client,
                 scheme,
                 args.worker,
-                journal_ttl_s=cfg.journal_ttl_hours * 3600,
+                journal_ttl_s=cfg.dynamodb.journal_ttl_hours * 3600,
             )
         print(f"journal of {args.worker!r}: {n} readings sealed, its checkpoint moved on")
         return 0
@@ -320,9 +320,11 @@ def cmd_table_backup_create(args: argparse.Namespace) -> int:
         from ingest.storage.table import create_backup, default_backup_name
 
         async with DynamoClient.from_config(cfg) as client:
-            backup = await create_backup(client, args.name or default_backup_name(cfg.table))
+            backup = await create_backup(
+                client, args.name or default_backup_name(cfg.dynamodb.table)
+            )
         print(
-            f"backup {backup['name']} of table {cfg.table}: {backup['arn']} "
+            f"backup {backup['name']} of table {cfg.dynamodb.table}: {backup['arn']} "
             f"({backup['status']}, {backup['created']})"
         )
         return 0
@@ -357,7 +359,7 @@ def cmd_table_backup_list(args: argparse.Namespace) -> int:
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         for r in rows:
             print("  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)) + "  " + r[4])
-        print(f"{len(backups)} backups of table {cfg.table}", file=sys.stderr)
+        print(f"{len(backups)} backups of table {cfg.dynamodb.table}", file=sys.stderr)
         return 0
 
     return run_async(go)
@@ -386,7 +388,7 @@ def cmd_deadletters_list(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
     n = 0
     torn: list[TornLine] = []
-    for path, dl in iter_dead_letters(Path(cfg.data_dir) / "deadletters", torn=torn):
+    for path, dl in iter_dead_letters(Path(cfg.operations.data_dir) / "deadletters", torn=torn):
         if args.reason and args.reason not in dl.reason:
             continue
         n += 1
@@ -410,18 +412,18 @@ def cmd_deadletters_replay(args: argparse.Namespace) -> int:
     from ingest.pipeline.replay import ReplayReport, replay
 
     cfg = config_from_args(args)
-    setup_logging(cfg.log_level, cfg.log_format)
-    if cfg.mqtt_url is None and not args.dry_run:
+    setup_logging(cfg.operations.log_level, cfg.operations.log_format)
+    if cfg.mqtt.mqtt_url is None and not args.dry_run:
         raise ConfigError("deadletters replay needs --mqtt-url: the broker to re-publish to")
 
     async def go() -> int:
         from ingest.pipeline.service import mqtt_settings
 
-        settings = mqtt_settings(cfg, cfg.mqtt_url or "mqtt://127.0.0.1:1883")
+        settings = mqtt_settings(cfg, cfg.mqtt.mqtt_url or "mqtt://127.0.0.1:1883")
         report = ReplayReport()
         try:
             await replay(
-                Path(cfg.data_dir) / "deadletters",
+                Path(cfg.operations.data_dir) / "deadletters",
                 settings,
                 reason_filter=args.reason,
                 topic_override=args.to_topic,

@@ -111,9 +111,9 @@ class Limits:
 
     @classmethod
     def from_config(cls, cfg: Config) -> Limits:
-        """The limits of ``cfg``: each field from the config key of the same name
-        (``max_past_ms`` resolved against the retention when unset)."""
-        values = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)}
+        """The limits of ``cfg``: each field the key of the same name in its ``limits``
+        section (``max_past_ms`` resolved against the retention when unset)."""
+        values = {f.name: getattr(cfg.limits, f.name) for f in dataclasses.fields(cls)}
         values["max_past_ms"] = cfg.effective_max_past_ms
         return cls(**values)
 

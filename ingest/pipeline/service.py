@@ -45,10 +45,8 @@ import contextlib
 import functools
 import itertools
 import logging
-import ssl
 import time
 from pathlib import Path
-from urllib.parse import urlsplit
 
 from ingest.config import Config
 from ingest.core.errors import DynamoError, DynamoUnreachable
@@ -56,7 +54,6 @@ from ingest.core.gctune import tuned_gc
 from ingest.core.lifecycle import StopRequested, unless_stopped
 from ingest.core.metrics import HealthServer, Metrics
 from ingest.core.retry import Backoff
-from ingest.mqtt import proto as mqttproto
 from ingest.mqtt.client import MqttSettings
 from ingest.pipeline.acks import AckTracker
 from ingest.pipeline.batcher import Batch, Batcher, Placer, ReadingPlacer
@@ -86,46 +83,27 @@ log = logging.getLogger(__name__)
 
 
 def layout_from_config(cfg: Config) -> TableLayout:
+    """The table layout of ``cfg``'s ``dynamodb`` section."""
+    table = cfg.dynamodb
     return TableLayout(
-        bucket_ms=cfg.bucket_minutes * 60_000,
-        shards=cfg.shards,
-        retention_days=cfg.retention_days,
-        kind=cfg.layout,
-        window_ms=cfg.window_seconds * 1000,
-        groups=cfg.staging_groups,
-        stage_ms=cfg.stage_interval_ms,
+        bucket_ms=table.bucket_minutes * 60_000,
+        shards=table.shards,
+        retention_days=table.retention_days,
+        kind=table.layout,
+        window_ms=table.window_seconds * 1000,
+        groups=table.staging_groups,
+        stage_ms=table.stage_interval_ms,
     )
 
 
 def mqtt_settings(cfg: Config, url: str) -> MqttSettings:
-    """Connection settings from the config and the (possibly embedded) broker URL."""
-    parts = urlsplit(url)
-    tls_wanted = parts.scheme in ("mqtts", "ssl") or cfg.mqtt_ca_file is not None
-    tls: ssl.SSLContext | None = None
-    if tls_wanted:
-        tls = ssl.create_default_context(cafile=str(cfg.mqtt_ca_file) if cfg.mqtt_ca_file else None)
-        if cfg.mqtt_cert_file:
-            tls.load_cert_chain(
-                str(cfg.mqtt_cert_file), str(cfg.mqtt_key_file) if cfg.mqtt_key_file else None
-            )
-        if cfg.mqtt_alpn:
-            tls.set_alpn_protocols([p.strip() for p in cfg.mqtt_alpn.split(",") if p.strip()])
-    user, password = cfg.mqtt_credentials()
-    return MqttSettings(
-        host=parts.hostname or "127.0.0.1",
-        port=parts.port or (8883 if tls else 1883),
-        client_id=cfg.mqtt_client_id,
-        version=mqttproto.V5 if cfg.mqtt_protocol == "5" else mqttproto.V311,
-        tls=tls,
-        username=user,
-        password=password,
-        keepalive_s=cfg.mqtt_keepalive_s,
-        clean_start=False,
-        session_expiry_s=cfg.mqtt_session_expiry_s,
-        receive_maximum=cfg.mqtt_receive_maximum,
-        # Room for the topic and properties around the largest payload accepted; a larger
-        # payload arrives truncated and is refused as oversize (never buffered whole).
-        max_packet_bytes=cfg.max_message_bytes + PACKET_HEADROOM_BYTES,
+    """Connection settings from the ``mqtt`` section and the (possibly embedded) broker URL.
+
+    Packets have room for the topic and properties around the largest payload accepted; a
+    larger payload arrives truncated and is refused as oversize (never buffered whole).
+    """
+    return cfg.mqtt.client_settings(
+        url, max_packet_bytes=cfg.limits.max_message_bytes + PACKET_HEADROOM_BYTES
     )
 
 
@@ -134,9 +112,9 @@ class IngestService:
 
     Args:
         config: Validated configuration.
-        mqtt_url: Broker URL (defaults to ``config.mqtt_url``; the CLI passes the embedded one).
-        dynamodb_endpoint: DynamoDB endpoint (defaults to ``config.dynamodb_endpoint``).
-        create_table: Create the table if missing (defaults to ``config.create_table``).
+        mqtt_url: Broker URL (defaults to ``config.mqtt.mqtt_url``; the CLI passes the embedded one).
+        dynamodb_endpoint: DynamoDB endpoint (defaults to ``config.aws.dynamodb_endpoint``).
+        create_table: Create the table if missing (defaults to ``config.dynamodb.create_table``).
     """
 
     def __init__(
@@ -148,12 +126,12 @@ class IngestService:
         create_table: bool | None = None,
     ) -> None:
         self.config = config
-        url = mqtt_url or config.mqtt_url
+        url = mqtt_url or config.mqtt.mqtt_url
         if url is None:
             raise ValueError("IngestService needs a broker URL (the CLI starts an embedded one)")
         self.mqtt_url = url
-        self._endpoint = dynamodb_endpoint or config.dynamodb_endpoint
-        self._create = config.create_table if create_table is None else create_table
+        self._endpoint = dynamodb_endpoint or config.aws.dynamodb_endpoint
+        self._create = config.dynamodb.create_table if create_table is None else create_table
         self.metrics = Metrics()
         self.layout = layout_from_config(config)
         self.health_port: int | None = None
@@ -161,7 +139,7 @@ class IngestService:
         self._writer: Writer | None = None
         self._spool: DeadLetterSpool | None = None
         self._packed: tuple[WindowWriter, JournalSequence] | None = None
-        self._starting: str | None = f"starting: checking DynamoDB table {config.table!r}"
+        self._starting: str | None = f"starting: checking DynamoDB table {config.dynamodb.table!r}"
 
     def readiness(self) -> tuple[bool, list[str]]:
         if self._starting is not None:
@@ -191,7 +169,10 @@ class IngestService:
             # First, so that /healthz and /readyz answer while DynamoDB is waited for.
             health = await stack.enter_async_context(
                 HealthServer(
-                    self.metrics, self.readiness, host=cfg.metrics_host, port=cfg.metrics_port
+                    self.metrics,
+                    self.readiness,
+                    host=cfg.operations.metrics_host,
+                    port=cfg.operations.metrics_port,
                 )
             )
             self.health_port = health.port
@@ -211,9 +192,11 @@ class IngestService:
         on ``outer``), or None when ``stop`` was set first.
         """
         cfg = self.config
-        limit_s = cfg.startup_retry_deadline_s
-        backoff = Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms)
-        where = self._endpoint or f"https://dynamodb.{cfg.region}.amazonaws.com"
+        limit_s = cfg.pipeline.startup_retry_deadline_s
+        backoff = Backoff(
+            base_ms=cfg.pipeline.write_retry_base_ms, cap_ms=cfg.pipeline.write_retry_max_ms
+        )
+        where = self._endpoint or f"https://dynamodb.{cfg.aws.region}.amazonaws.com"
         started = time.monotonic()
         error: BaseException | None = None
         for attempt in itertools.count():
@@ -265,21 +248,21 @@ class IngestService:
         cfg = self.config
         client = await stack.enter_async_context(
             DynamoClient(
-                table=cfg.table,
-                max_connections=cfg.write_concurrency + 4,
-                aws=cfg.aws.with_endpoint(self._endpoint),
+                table=cfg.dynamodb.table,
+                max_connections=cfg.pipeline.write_concurrency + 4,
+                aws=cfg.aws.client_settings().with_endpoint(self._endpoint),
             )
         )
         if self._create:
             await create_table(client, self.layout)
         self.layout = await ensure_layout(client, self.layout)
         hot: TableClient = client
-        if cfg.writer == "lean":
+        if cfg.pipeline.writer == "lean":
             hot = await stack.enter_async_context(
                 LeanDynamoClient(
-                    table=cfg.table,
-                    max_connections=cfg.write_concurrency + 4,
-                    aws=cfg.aws.with_endpoint(self._endpoint),
+                    table=cfg.dynamodb.table,
+                    max_connections=cfg.pipeline.write_concurrency + 4,
+                    aws=cfg.aws.client_settings().with_endpoint(self._endpoint),
                 )
             )
         known = await known_sensors(hot)
@@ -290,10 +273,12 @@ class IngestService:
             packer = WindowWriter(
                 client=hot,
                 windows=windows,
-                worker=cfg.mqtt_client_id,
-                journal_ttl_s=cfg.journal_ttl_hours * 3600,
+                worker=cfg.mqtt.mqtt_client_id,
+                journal_ttl_s=cfg.dynamodb.journal_ttl_hours * 3600,
                 metrics=self.metrics,
-                backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
+                backoff=Backoff(
+                    base_ms=cfg.pipeline.write_retry_base_ms, cap_ms=cfg.pipeline.write_retry_max_ms
+                ),
             )
             self._packed = (packer, await packer.recover())
         return hot, known
@@ -306,54 +291,60 @@ class IngestService:
         ready: asyncio.Event | None,
     ) -> None:
         cfg, m = self.config, self.metrics
-        inbox = Inbox(cfg.inbox_max_messages)
-        write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.write_queue_batches)
+        inbox = Inbox(cfg.pipeline.inbox_max_messages)
+        write_queue: asyncio.Queue[Batch] = asyncio.Queue(cfg.pipeline.write_queue_batches)
         receiver = self._receiver = Receiver(
             settings=mqtt_settings(cfg, self.mqtt_url),
-            subscription=cfg.subscription,
+            subscription=cfg.mqtt.subscription,
             inbox=inbox,
             metrics=m,
-            backoff=Backoff(base_ms=cfg.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt_reconnect_max_ms),
+            backoff=Backoff(
+                base_ms=cfg.mqtt.mqtt_reconnect_min_ms, cap_ms=cfg.mqtt.mqtt_reconnect_max_ms
+            ),
         )
         acks = receiver.acks
-        topic = cfg.deadletter_topic
+        topic = cfg.operations.deadletter_topic
         spool = self._spool = DeadLetterSpool(
-            Path(cfg.data_dir) / "deadletters",
+            Path(cfg.operations.data_dir) / "deadletters",
             acks=acks,
             metrics=m,
             on_kept=None if not topic else functools.partial(_republish, receiver, topic),
         )
         registry = SensorRegistry(
-            client, m, refresh_s=cfg.registry_refresh_s, acks=acks, floors=known_sensors
+            client, m, refresh_s=cfg.pipeline.registry_refresh_s, acks=acks, floors=known_sensors
         )
         writer = self._writer = Writer(
             sink=client,
             acks=acks,
             deadletters=spool,
             metrics=m,
-            backoff=Backoff(base_ms=cfg.write_retry_base_ms, cap_ms=cfg.write_retry_max_ms),
-            deadline_s=cfg.write_retry_deadline_s,
+            backoff=Backoff(
+                base_ms=cfg.pipeline.write_retry_base_ms, cap_ms=cfg.pipeline.write_retry_max_ms
+            ),
+            deadline_s=cfg.pipeline.write_retry_deadline_s,
         )
         if self._packed is not None:
             packer, sequence = self._packed
             placer: Placer = JournalPlacer(
-                worker=cfg.mqtt_client_id,
+                worker=cfg.mqtt.mqtt_client_id,
                 windows=packer.windows,
-                flush_interval_ms=cfg.flush_interval_ms,
+                flush_interval_ms=cfg.pipeline.flush_interval_ms,
                 # Half the Receive Maximum: a batch never waits for its interval with the
                 # broker's in-flight window full (AWS IoT Core allows 100).
-                max_messages=cfg.mqtt_receive_maximum // 2,
-                ttl_s=cfg.journal_ttl_hours * 3600,
+                max_messages=cfg.mqtt.mqtt_receive_maximum // 2,
+                ttl_s=cfg.dynamodb.journal_ttl_hours * 3600,
                 sequence=sequence,
             )
         else:
-            placer = ReadingPlacer(self.layout, Batcher(flush_interval_ms=cfg.flush_interval_ms))
+            placer = ReadingPlacer(
+                self.layout, Batcher(flush_interval_ms=cfg.pipeline.flush_interval_ms)
+            )
         decoder = DecodeStage(
             inbox=inbox,
             decoder=PayloadDecoder(
-                sensor_topic_level=cfg.topic_sensor_level,
-                sensor_id_rule=cfg.sensor_id_rule,
-                sensor_id_separator=cfg.sensor_id_separator,
+                sensor_topic_level=cfg.mqtt.topic_sensor_level,
+                sensor_id_rule=cfg.limits.sensor_id_rule,
+                sensor_id_separator=cfg.limits.sensor_id_separator,
                 limits=Limits.from_config(cfg),
                 known_sensors=known_sensors,
             ),
@@ -371,12 +362,12 @@ class IngestService:
             tasks = [
                 tg.create_task(receiver.run(), name="receiver"),
                 tg.create_task(spool.run(), name="deadletters"),
-                tg.create_task(registry.run(cfg.registry_interval_s), name="registry"),
+                tg.create_task(registry.run(cfg.pipeline.registry_interval_s), name="registry"),
                 tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
             ]
             tasks += [
                 tg.create_task(writer.run(write_queue), name=f"writer-{i}")
-                for i in range(cfg.write_concurrency)
+                for i in range(cfg.pipeline.write_concurrency)
             ]
             packing = None
             if self._packed is not None:
@@ -386,8 +377,8 @@ class IngestService:
             await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
             if ready is not None and connected.done():
                 ready.set()
-                log.info("ingest ready: %s → table %s", cfg.subscription, cfg.table)
-            with tuned_gc(cfg.gc_young_threshold):
+                log.info("ingest ready: %s → table %s", cfg.mqtt.subscription, cfg.dynamodb.table)
+            with tuned_gc(cfg.pipeline.gc_young_threshold):
                 await stopped
             connected.cancel()
             await self._drain(receiver, decoding, write_queue, spool, registry, acks, packing)
@@ -405,10 +396,10 @@ class IngestService:
         packing: asyncio.Task[None] | None,
     ) -> None:
         """The stop protocol (the module docstring): each step waits for the one before."""
-        log.info("stopping: draining (deadline %.0f s)", self.config.shutdown_timeout_s)
+        log.info("stopping: draining (deadline %.0f s)", self.config.operations.shutdown_timeout_s)
         receiver.stop_intake()  # 1. stop reading: the inbox is closed
         try:
-            async with asyncio.timeout(self.config.shutdown_timeout_s):
+            async with asyncio.timeout(self.config.operations.shutdown_timeout_s):
                 await asyncio.wait([decoding])  # 2. the decoder returns once the inbox is empty
                 await write_queue.join()  # 3. every batch written or dead-lettered
                 await spool.drain()

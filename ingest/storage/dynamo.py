@@ -277,7 +277,9 @@ class DynamoClient(BotocoreClient):
     @classmethod
     def from_config(cls, cfg: Config, *, max_connections: int = 16) -> DynamoClient:
         """The client of ``cfg``'s table, endpoint, region and credentials."""
-        return cls(table=cfg.table, aws=cfg.aws, max_connections=max_connections)
+        return cls(
+            table=cfg.dynamodb.table, aws=cfg.aws.client_settings(), max_connections=max_connections
+        )
 
     def __init__(
         self,

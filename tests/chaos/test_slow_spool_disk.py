@@ -176,7 +176,7 @@ async def test_slow_spool_fsync_is_reported_and_nothing_is_acknowledged_before_i
     async with running(service):
         # Slow: every fsync 2 s.
         slow_disk.set(fsync_delay_s=SLOW_FSYNC_S)
-        sent = await publish(cfg.mqtt_url or "", malformed("slow"))
+        sent = await publish(cfg.mqtt.mqtt_url or "", malformed("slow"))
         await wait_until(lambda: counter(service, RECEIVED) >= sent, 30, "received")
         slow, slow_s = await watch_phase(
             service, completed_before=0, expect=sent, timeout_s=SLOW_FSYNC_S * PER_PHASE + 10
@@ -187,7 +187,7 @@ async def test_slow_spool_fsync_is_reported_and_nothing_is_acknowledged_before_i
         slow_disk.set(fsync_delay_s=STALL_FSYNC_S)
         t_stall = time.monotonic()
         stall_msgs = malformed("stall")
-        sent += await publish(cfg.mqtt_url or "", stall_msgs)
+        sent += await publish(cfg.mqtt.mqtt_url or "", stall_msgs)
         await wait_until(lambda: counter(service, RECEIVED) >= sent, 30, "received")
         await wait_until(lambda: not service.readiness()[0], STALL_FSYNC_S + 5, "readiness false")
         not_ready_after_s = time.monotonic() - t_stall
@@ -203,7 +203,7 @@ async def test_slow_spool_fsync_is_reported_and_nothing_is_acknowledged_before_i
             for i in range(VALID)
         ]
         t_valid = time.monotonic()
-        sent_valid = await publish(cfg.mqtt_url or "", valid)
+        sent_valid = await publish(cfg.mqtt.mqtt_url or "", valid)
         await wait_until(
             lambda: counter(service, "iot_ingest_items_written_total") >= sent_valid,
             2.5,

@@ -92,7 +92,7 @@ async def test_full_spool_disk_turns_readiness_false_and_holds_acks_until_space_
             (f"{unique_name}/s{i % 5}/telemetry", b'{"ts": 1, "v": ' + str(i).encode())
             for i in range(MALFORMED)
         ]
-        sent = await publish(cfg.mqtt_url or "", messages)
+        sent = await publish(cfg.mqtt.mqtt_url or "", messages)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received"
         )
@@ -171,7 +171,7 @@ async def test_a_write_the_full_disk_cuts_short_leaves_no_torn_line_and_no_dupli
     spool_file = small_tmpfs / "deadletters"
     service = IngestService(cfg)
     async with running(service):
-        await publish(cfg.mqtt_url or "", [first])
+        await publish(cfg.mqtt.mqtt_url or "", [first])
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= 1, 30, "first kept"
         )
@@ -179,7 +179,7 @@ async def test_a_write_the_full_disk_cuts_short_leaves_no_torn_line_and_no_dupli
         size_before = path.stat().st_size
         await asyncio.to_thread(_fill, small_tmpfs)
         room_in_page = path.stat().st_blocks * 512 - size_before
-        sent = await publish(cfg.mqtt_url or "", messages)
+        sent = await publish(cfg.mqtt.mqtt_url or "", messages)
         await wait_until(
             lambda: counter(service, "iot_ingest_deadletter_errors_total") >= 2, 30, "spool errors"
         )

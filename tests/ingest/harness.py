@@ -80,8 +80,8 @@ async def running(
         s = mqtt_settings(cfg, service.mqtt_url)
         await assert_drained(
             service.mqtt_url,
-            cfg.mqtt_client_id,
-            version=cfg.mqtt_protocol,
+            cfg.mqtt.mqtt_client_id,
+            version=cfg.mqtt.mqtt_protocol,
             quiet_s=1.0,
             tls=s.tls,
             username=s.username,
@@ -159,9 +159,9 @@ async def start_worker(
     }
     args = [
         sys.executable, "-m", "ingest.cli", "run",
-        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
-        "--dynamodb-endpoint", cfg.dynamodb_endpoint or "", "--create-table",
-        "--mqtt-client-id", cfg.mqtt_client_id, "--data-dir", str(cfg.data_dir),
+        "--mqtt-url", cfg.mqtt.mqtt_url or "", "--topic", cfg.mqtt.topic, "--table", cfg.dynamodb.table,
+        "--dynamodb-endpoint", cfg.aws.dynamodb_endpoint or "", "--create-table",
+        "--mqtt-client-id", cfg.mqtt.mqtt_client_id, "--data-dir", str(cfg.operations.data_dir),
         "--metrics-port", str(port), "--flush-interval-ms", "20", *extra,
     ]  # fmt: skip
     with log.open("ab") as out:  # the child keeps its own descriptor

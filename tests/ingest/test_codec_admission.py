@@ -74,7 +74,7 @@ async def test_restarted_service_knows_its_registry(
     ]
     first = IngestService(cfg)
     async with running(first):
-        await publish(cfg.mqtt_url or "", msgs)
+        await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(first, "iot_ingest_messages_completed_total") >= 5, 30, "complete"
         )
@@ -85,7 +85,7 @@ async def test_restarted_service_knows_its_registry(
         (f"{unique_name}/k{i}/telemetry", orjson.dumps({"ts": NOW + i, "v": i})) for i in range(3)
     ]
     async with running(second):
-        await publish(cfg.mqtt_url or "", again)
+        await publish(cfg.mqtt.mqtt_url or "", again)
         await wait_until(
             lambda: counter(second, "iot_ingest_messages_completed_total") >= 3, 30, "complete"
         )

@@ -44,7 +44,7 @@ def _config(
 async def _deliver(service: IngestService, cfg: Config, messages: list[tuple[str, bytes]]) -> None:
     """Publish (waiting for the broker's PUBACKs) and wait until the service completed them."""
     before = counter(service, "iot_ingest_messages_completed_total")
-    sent = await publish(cfg.mqtt_url or "", messages)
+    sent = await publish(cfg.mqtt.mqtt_url or "", messages)
     await wait_until(
         lambda: counter(service, "iot_ingest_messages_completed_total") >= before + sent,
         30,
@@ -56,7 +56,7 @@ async def test_a_gateway_cannot_write_another_gateways_sensors(
     mosquitto: Any, moto_server: Any, unique_name: str, tmp_path: Path
 ) -> None:
     cfg = _config(mosquitto, moto_server, unique_name, tmp_path)  # the default rule
-    assert cfg.sensor_id_rule == "prefix"
+    assert cfg.limits.sensor_id_rule == "prefix"
     now = int(time.time() * 1000) - 10_000
     topic_a, topic_b = f"{unique_name}/gw-a/telemetry", f"{unique_name}/gw-b/telemetry"
     genuine = {"readings": [{"sensor_id": "gw-b:pump", "ts": now, "flow": 1.0}]}
@@ -75,7 +75,7 @@ async def test_a_gateway_cannot_write_another_gateways_sensors(
 
     table = await read_table(
         moto_server.endpoint_url,
-        cfg.table,
+        cfg.dynamodb.table,
         service.layout,
         ["gw-a:boiler", "gw-b:pump", "victim"],
         now - 1,
@@ -104,7 +104,7 @@ async def test_a_gateway_cannot_write_another_gateways_sensors(
         {"readings": [forged["readings"][2]]},
     ]
     async with DynamoClient(
-        table=cfg.table,
+        table=cfg.dynamodb.table,
         aws=AwsSettings(region="us-east-1", endpoint_url=moto_server.endpoint_url, **AWS),
     ) as client:
         assert await known_sensor_ids(client) == {"gw-a:boiler", "gw-b:pump"}
@@ -114,7 +114,7 @@ async def test_without_ts_the_same_payload_received_twice_is_two_items(
     mosquitto: Any, moto_server: Any, unique_name: str, tmp_path: Path
 ) -> None:
     cfg = _config(mosquitto, moto_server, unique_name, tmp_path)
-    assert cfg.require_ts is False
+    assert cfg.limits.require_ts is False
     topic = f"{unique_name}/dev-1/telemetry"
     start = int(time.time() * 1000)
     service = IngestService(cfg)
@@ -124,7 +124,12 @@ async def test_without_ts_the_same_payload_received_twice_is_two_items(
         await _deliver(service, cfg, [(topic, b'{"t": 21.5}')])
 
     table = await read_table(
-        moto_server.endpoint_url, cfg.table, service.layout, ["dev-1"], start, start + 60_000
+        moto_server.endpoint_url,
+        cfg.dynamodb.table,
+        service.layout,
+        ["dev-1"],
+        start,
+        start + 60_000,
     )
     got = table["dev-1"]
     assert [r.metrics for r in got] == [{"t": 21.5}, {"t": 21.5}]
@@ -146,7 +151,12 @@ async def test_require_ts_dead_letters_readings_without_ts(
         await _deliver(service, cfg, [(topic, b'{"t": 21.5}')])
 
     table = await read_table(
-        moto_server.endpoint_url, cfg.table, service.layout, ["dev-1"], start - 1, start + 60_000
+        moto_server.endpoint_url,
+        cfg.dynamodb.table,
+        service.layout,
+        ["dev-1"],
+        start - 1,
+        start + 60_000,
     )
     assert [(r.ts_ms, r.metrics) for r in table["dev-1"]] == [(start, {"t": 20.0})]
     letters = [dl for _, dl in iter_dead_letters(tmp_path / "deadletters")]
@@ -157,14 +167,26 @@ async def test_require_ts_dead_letters_readings_without_ts(
 def test_config_keys_have_environment_variables_and_flags() -> None:
     env = {"IOT_INGEST_REQUIRE_TS": "true", "IOT_INGEST_SENSOR_ID_RULE": "topic"}
     cfg = load_config(env={**env, "IOT_INGEST_SENSOR_ID_SEPARATOR": "."})
-    assert (cfg.require_ts, cfg.sensor_id_rule, cfg.sensor_id_separator) == (True, "topic", ".")
+    assert (cfg.limits.require_ts, cfg.limits.sensor_id_rule, cfg.limits.sensor_id_separator) == (
+        True,
+        "topic",
+        ".",
+    )
     args = build_parser().parse_args(
         ["run", "--require-ts", "--sensor-id-rule", "any", "--sensor-id-separator", "_"]
     )
     cfg = config_from_args(args)
-    assert (cfg.require_ts, cfg.sensor_id_rule, cfg.sensor_id_separator) == (True, "any", "_")
+    assert (cfg.limits.require_ts, cfg.limits.sensor_id_rule, cfg.limits.sensor_id_separator) == (
+        True,
+        "any",
+        "_",
+    )
     defaults = load_config(env={})
-    assert (defaults.require_ts, defaults.sensor_id_rule, defaults.sensor_id_separator) == (
+    assert (
+        defaults.limits.require_ts,
+        defaults.limits.sensor_id_rule,
+        defaults.limits.sensor_id_separator,
+    ) == (
         False,
         "prefix",
         ":",

@@ -125,12 +125,12 @@ async def test_a_window_the_service_sealed_twice_is_compacted_into_one(
     scheme = WindowScheme(layout_from_config(cfg))
     now = int(time.time() * 1000)
     w = scheme.window_start(now - 90_000)
-    topic = cfg.topic.replace("+", "s1")
+    topic = cfg.mqtt.topic.replace("+", "s1")
     for half in (range(0, 10), range(10, 20)):  # two runs: each stop seals the window
         service = IngestService(cfg)
         async with running(service):
             sent = await publish(
-                cfg.mqtt_url or "",
+                cfg.mqtt.mqtt_url or "",
                 [(topic, orjson.dumps({"ts": w + i * 1000, "v": i})) for i in half],
             )
             await wait_until(
@@ -140,7 +140,7 @@ async def test_a_window_the_service_sealed_twice_is_compacted_into_one(
             )
         assert counter(service, "iot_ingest_sealed_parts_total") >= 1
     aws = AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
-    async with DynamoClient(table=cfg.table, aws=aws) as client:
+    async with DynamoClient(table=cfg.dynamodb.table, aws=aws) as client:
         assert needs_compaction(await window_parts(client, scheme, "s1", w))
         report = await compact_pass(
             client, scheme, worker="c1", now_ms=now + 600_000, lookback_ms=HOUR, settle_ms=0

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from ingest.config import Config, load_config, reference_markdown
+from ingest.config import KEYS, Config, load_config, reference_markdown
 from ingest.core.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -38,10 +38,10 @@ def config_error(**kwargs: Any) -> str:
 def test_defaults_without_any_source() -> None:
     config = load_config(env={})
 
-    assert config.table == "iot-readings"
-    assert config.shards == 4
-    assert config.bucket_minutes == 1440
-    assert config.mqtt_url is None
+    assert config.dynamodb.table == "iot-readings"
+    assert config.dynamodb.shards == 4
+    assert config.dynamodb.bucket_minutes == 1440
+    assert config.mqtt.mqtt_url is None
 
 
 def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
@@ -52,11 +52,11 @@ def test_precedence_file_then_environment_then_flags(tmp_path: Path) -> None:
 
     config = load_config(file=file, env=env, flags={"shards": 5})
 
-    assert config.shards == 5  # flag beats environment and file
-    assert config.table == "env-table"  # environment beats file
-    assert config.region == "eu-west-1"  # file beats default
-    assert config.retention_days == 7
-    assert config.write_concurrency == 16  # default
+    assert config.dynamodb.shards == 5  # flag beats environment and file
+    assert config.dynamodb.table == "env-table"  # environment beats file
+    assert config.aws.region == "eu-west-1"  # file beats default
+    assert config.dynamodb.retention_days == 7
+    assert config.pipeline.write_concurrency == 16  # default
 
 
 def test_unset_flags_and_empty_environment_values_do_not_override(tmp_path: Path) -> None:
@@ -64,7 +64,7 @@ def test_unset_flags_and_empty_environment_values_do_not_override(tmp_path: Path
 
     config = load_config(file=file, env={"IOT_INGEST_SHARDS": ""}, flags={"shards": None})
 
-    assert config.shards == 2
+    assert config.dynamodb.shards == 2
 
 
 def test_config_file_from_the_environment(tmp_path: Path) -> None:
@@ -72,7 +72,7 @@ def test_config_file_from_the_environment(tmp_path: Path) -> None:
 
     config = load_config(env={"IOT_INGEST_CONFIG": str(file)})
 
-    assert config.table == "from-env-file"
+    assert config.dynamodb.table == "from-env-file"
 
 
 def test_environment_values_are_converted() -> None:
@@ -84,9 +84,9 @@ def test_environment_values_are_converted() -> None:
 
     config = load_config(env=env)
 
-    assert config.create_table is True
-    assert config.write_retry_deadline_s == 12.5
-    assert config.data_dir == Path("/var/lib/iot")
+    assert config.dynamodb.create_table is True
+    assert config.pipeline.write_retry_deadline_s == 12.5
+    assert config.operations.data_dir == Path("/var/lib/iot")
 
 
 # -- errors name the key, the value and the source ---------------------------
@@ -172,7 +172,7 @@ def test_cross_key_error_does_not_dump_other_values() -> None:
 
 @pytest.mark.parametrize("minutes", [1, 5, 15, 60, 360, 1440, 2880, 10_080])
 def test_valid_bucket_minutes(minutes: int) -> None:
-    assert load_config(env={}, flags={"bucket_minutes": minutes}).bucket_minutes == minutes
+    assert load_config(env={}, flags={"bucket_minutes": minutes}).dynamodb.bucket_minutes == minutes
 
 
 @pytest.mark.parametrize(
@@ -212,7 +212,7 @@ def test_masked_hides_every_secret() -> None:
     assert masked["aws_access_key_id"] == "AKIAEXAMPLE"  # not a secret
     for secret in ("hunter2", "s3cret-mqtt", "s3cret-aws"):
         assert secret not in text
-    assert config.mqtt_password == "s3cret-mqtt"  # the config itself is unchanged
+    assert config.mqtt.mqtt_password == "s3cret-mqtt"  # the config itself is unchanged
 
 
 def test_masked_leaves_unset_secrets_and_plain_urls_alone() -> None:
@@ -226,7 +226,7 @@ def test_masked_leaves_unset_secrets_and_plain_urls_alone() -> None:
 def test_credentials_from_the_url_are_unquoted() -> None:
     config = config_of(mqtt_url="mqtt://al%40ice:p%3Ass@broker:1883")
 
-    assert config.mqtt_credentials() == ("al@ice", "p:ss")
+    assert config.mqtt.credentials() == ("al@ice", "p:ss")
 
 
 def test_password_file_is_read_and_wins(tmp_path: Path) -> None:
@@ -237,7 +237,7 @@ def test_password_file_is_read_and_wins(tmp_path: Path) -> None:
         flags={"mqtt_url": "mqtt://ingest:from-url@broker:1883", "mqtt_username": "operator"},
     )
 
-    assert config.mqtt_credentials() == ("operator", "from-file")
+    assert config.mqtt.credentials() == ("operator", "from-file")
     assert "from-file" not in json.dumps(config.masked())
 
 
@@ -255,12 +255,14 @@ def test_password_file_is_read_and_wins(tmp_path: Path) -> None:
     ],
 )
 def test_topic_sensor_level(values: dict[str, Any], level: int | None) -> None:
-    assert config_of(**values).topic_sensor_level == level
+    assert config_of(**values).mqtt.topic_sensor_level == level
 
 
 def test_subscription_with_and_without_a_shared_group() -> None:
-    assert config_of().subscription == "sensors/+/telemetry"
-    assert config_of(shared_group="workers").subscription == "$share/workers/sensors/+/telemetry"
+    assert config_of().mqtt.subscription == "sensors/+/telemetry"
+    assert (
+        config_of(shared_group="workers").mqtt.subscription == "$share/workers/sensors/+/telemetry"
+    )
 
 
 def test_max_past_defaults_to_the_retention_less_a_day() -> None:
@@ -305,6 +307,6 @@ def test_every_decoding_limit_is_the_config_key_of_its_name() -> None:
     assert (limits.max_tags_per_reading, limits.max_name_length) == (3, 9)
     assert (limits.max_past_ms, limits.require_ts) == (1234, True)
     for f in dataclasses.fields(Limits):
-        assert f.name in Config.model_fields, f"Limits.{f.name} has no config key"
+        assert KEYS.get(f.name) == "limits", f"Limits.{f.name} is no key of the limits section"
         if f.name != "max_past_ms":
-            assert getattr(limits, f.name) == getattr(cfg, f.name)
+            assert getattr(limits, f.name) == getattr(cfg.limits, f.name)

@@ -76,7 +76,7 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
     msgs, expected = _messages(unique_name, 600, start)
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
         )
@@ -95,7 +95,9 @@ async def test_unprocessed_throttling_and_5xx_are_retried_until_every_reading_la
         reg.get_sample_value("iot_ingest_write_retries_total", {"cause": "server_error"}) or 0
     ) > 0
     assert counter(service, "iot_ingest_dead_letters_total") == 0
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
 
 
 async def test_dynamodb_outage_holds_acks_and_recovers(
@@ -111,7 +113,7 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
     service = IngestService(cfg)
     async with running(service):
         await proxy.set_down(True)
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_received_total") >= sent, 30, "received"
         )
@@ -125,7 +127,9 @@ async def test_dynamodb_outage_holds_acks_and_recovers(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 60, "durable"
         )
         assert service.readiness()[0]
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
 
 
 async def test_shared_subscription_splits_work_and_loses_nothing(
@@ -140,7 +144,7 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     start = int(time.time() * 1000) - 30_000
     msgs, expected = _messages(unique_name, 400, start)
     async with running(a), running(b):
-        sent = await publish(a.config.mqtt_url or "", msgs)
+        sent = await publish(a.config.mqtt.mqtt_url or "", msgs)
 
         def done() -> float:
             return counter(a, "iot_ingest_messages_completed_total") + counter(
@@ -151,7 +155,9 @@ async def test_shared_subscription_splits_work_and_loses_nothing(
     assert counter(a, "iot_ingest_messages_received_total") > 0
     assert counter(b, "iot_ingest_messages_received_total") > 0
     assert done() == sent  # each message went to exactly one worker
-    await _assert_table_holds(dynamodb_endpoint, a.config.table, expected, start, start + 10_000)
+    await _assert_table_holds(
+        dynamodb_endpoint, a.config.dynamodb.table, expected, start, start + 10_000
+    )
 
 
 async def test_sigkill_mid_stream_then_restart_loses_nothing(
@@ -165,20 +171,25 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
     msgs, expected = _messages(unique_name, 900, start)
     worker = await start_worker(cfg, port, log)
     try:
-        await publish(cfg.mqtt_url or "", msgs[:300])
+        await publish(cfg.mqtt.mqtt_url or "", msgs[:300])
         # Kill while the next part is arriving (some received, not all durable).
-        pub = asyncio.create_task(publish(cfg.mqtt_url or "", msgs[300:600]))
+        pub = asyncio.create_task(publish(cfg.mqtt.mqtt_url or "", msgs[300:600]))
         await asyncio.sleep(0.05)
         worker.send_signal(signal.SIGKILL)
         await worker.wait()
         await pub
-        await publish(cfg.mqtt_url or "", msgs[600:])  # published while the service is down
+        await publish(cfg.mqtt.mqtt_url or "", msgs[600:])  # published while the service is down
         worker = await start_worker(cfg, port, log)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", 1)
 
         async def all_there() -> bool:
             got = await read_table(
-                dynamodb_endpoint, cfg.table, TableLayout(), expected, start, start + 10_000
+                dynamodb_endpoint,
+                cfg.dynamodb.table,
+                TableLayout(),
+                expected,
+                start,
+                start + 10_000,
             )
             return sum(len(v) for v in got.values()) >= len(msgs)
 
@@ -191,8 +202,10 @@ async def test_sigkill_mid_stream_then_restart_loses_nothing(
             worker.send_signal(signal.SIGTERM)
             await asyncio.wait_for(worker.wait(), 30)
     assert worker.returncode == 0, tail(log)
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
-    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
+    await assert_drained(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)
 
 
 async def test_paused_reading_keeps_a_healthy_broker_connection(
@@ -221,7 +234,7 @@ async def test_paused_reading_keeps_a_healthy_broker_connection(
     service = IngestService(cfg)
     async with running(service):
         await proxy.set_down(True)
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_inbox_messages") >= 100, 20, "a full inbox"
         )
@@ -233,4 +246,6 @@ async def test_paused_reading_keeps_a_healthy_broker_connection(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 90, "durable"
         )
         assert counter(service, "iot_ingest_mqtt_reconnects_total") == 0
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )

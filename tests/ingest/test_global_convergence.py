@@ -227,7 +227,7 @@ async def test_same_readings_any_order_duplicates_redeliveries_give_identical_it
         )
         # The registry flushes on its own clock: let it write what it saw before the outage
         # (what it still holds when it stops with DynamoDB down is lost: see the report).
-        await registry_shows(moto, cfg_b.table, sent_readings(first), 30)
+        await registry_shows(moto, cfg_b.dynamodb.table, sent_readings(first), 30)
         await proxy.set_down(True)
         await publish(mosquitto.url, held)
         await wait_until(
@@ -262,8 +262,8 @@ async def test_same_readings_any_order_duplicates_redeliveries_give_identical_it
     assert faults.get("unprocessed_responses", 0) > 0 and faults.get("throttle", 0) > 0
 
     # -- the two tables ------------------------------------------------------------------
-    items_a, reg_a, layout_a = split(await scan(moto, cfg_a.table))
-    items_b, reg_b, layout_b = split(await scan(moto, cfg_b.table))
+    items_a, reg_a, layout_a = split(await scan(moto, cfg_a.dynamodb.table))
+    items_b, reg_b, layout_b = split(await scan(moto, cfg_b.dynamodb.table))
     layout = layout_from_config(cfg_a)
     expected = {}
     for r in readings:

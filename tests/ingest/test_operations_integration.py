@@ -44,7 +44,7 @@ async def test_health_metrics_and_registry(
             assert r.status == 200
         async with http.get(base + "/readyz") as r:
             assert r.status == 200 and (await r.json())["ready"] is True
-        await publish(cfg.mqtt_url or "", msgs)
+        await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= 31, 30, "durable"
         )
@@ -57,7 +57,8 @@ async def test_health_metrics_and_registry(
         assert "iot_ingest_items_written_total 31.0" in text
         assert "iot_ingest_receive_to_durable_seconds_bucket" in text
     async with DynamoClient(
-        table=cfg.table, aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
+        table=cfg.dynamodb.table,
+        aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS),
     ) as c:
         listed = [
             it for pk in registry_partition_keys() for it in await query_partition(c, pk, 0, 2**113)
@@ -70,7 +71,7 @@ async def test_health_metrics_and_registry(
         assert reg0["m"]["M"]["t"]["N"] == "27"
         pk, sk = registry_key("reg-0")
         got = await c.call(
-            "get_item", TableName=cfg.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}}
+            "get_item", TableName=cfg.dynamodb.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}}
         )
         assert got["Item"]["sid"]["S"] == "reg-0"
 
@@ -84,7 +85,7 @@ async def test_deadletters_list_replay_and_republish(
 ) -> None:
     cfg = ingest_config(deadletter_topic=f"{unique_name}-dlq/all", max_future_ms=1000)
     future = int(time.time() * 1000) + 3_600_000
-    host, port = (cfg.mqtt_url or "").removeprefix("mqtt://").split(":")
+    host, port = (cfg.mqtt.mqtt_url or "").removeprefix("mqtt://").split(":")
     seen: list[bytes] = []
     watcher = MqttConnection(
         MqttSettings(
@@ -96,7 +97,7 @@ async def test_deadletters_list_replay_and_republish(
     async with watcher, running(service):
         await watcher.subscribe([(f"{unique_name}-dlq/#", 0)])
         await publish(
-            cfg.mqtt_url or "",
+            cfg.mqtt.mqtt_url or "",
             [(f"{unique_name}/d1/telemetry", orjson.dumps({"ts": future, "v": 1}))],
         )
         await wait_until(
@@ -118,7 +119,7 @@ async def test_deadletters_list_replay_and_republish(
                 "--data-dir",
                 str(tmp_path),
                 "--mqtt-url",
-                cfg.mqtt_url or "",
+                cfg.mqtt.mqtt_url or "",
             ],
         )
         assert rc == 0
@@ -138,7 +139,8 @@ async def test_broker_restart_reconnects_and_resumes(
     now = int(time.time() * 1000) - 10_000
     async with running(service):
         await publish(
-            cfg.mqtt_url or "", [(f"{unique_name}/r/telemetry", orjson.dumps({"ts": now, "v": 1}))]
+            cfg.mqtt.mqtt_url or "",
+            [(f"{unique_name}/r/telemetry", orjson.dumps({"ts": now, "v": 1}))],
         )
         await wait_until(
             lambda: counter(service, "iot_ingest_items_written_total") >= 1, 30, "first write"
@@ -150,7 +152,7 @@ async def test_broker_restart_reconnects_and_resumes(
         await mosquitto.start()  # type: ignore[attr-defined]
         await wait_until(lambda: service.readiness()[0], 30, "reconnected")
         await publish(
-            cfg.mqtt_url or "",
+            cfg.mqtt.mqtt_url or "",
             [(f"{unique_name}/r/telemetry", orjson.dumps({"ts": now + 1, "v": 2}))],
         )
         await wait_until(

@@ -114,14 +114,16 @@ async def test_every_reading_is_visible_then_sealed_once_and_the_broker_is_drain
     end = start + 400 * 37
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 30, "durable"
         )
         # Open windows: visible through the staging items within a few stage intervals.
         deadline = time.monotonic() + 10
         while True:
-            got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end)
+            got = await read_table(
+                dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end
+            )
             if sum(len(v) for v in got.values()) >= n or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.2)
@@ -130,11 +132,13 @@ async def test_every_reading_is_visible_then_sealed_once_and_the_broker_is_drain
     # Stopped: every window sealed, once, and the sealed windows alone hold every reading.
     assert counter(service, "iot_ingest_sealed_parts_total") >= len(expected)
     later = time.time() + _LATER_S
-    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
     _check(got, expected)
     for sid in expected:
         for w in range(start, end + 1, 60_000):
-            parts = await _parts(dynamodb_endpoint, cfg.table, layout, sid, w)
+            parts = await _parts(dynamodb_endpoint, cfg.dynamodb.table, layout, sid, w)
             assert not needs_compaction([p for p in parts if p.window_start_ms == w])
 
 
@@ -150,11 +154,11 @@ async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal
     msgs, expected = _messages(unique_name, 300, start)
     worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
     try:
-        sent = await publish(cfg.mqtt_url or "", msgs[:200])
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs[:200])
         await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
         worker.send_signal(signal.SIGKILL)  # acknowledged, only in the journal
         await worker.wait()
-        await publish(cfg.mqtt_url or "", msgs[200:])  # while it is down
+        await publish(cfg.mqtt.mqtt_url or "", msgs[200:])  # while it is down
         worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
         await wait_until_metric(port, "iot_ingest_journal_recovered_readings_total", 1)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", len(msgs) - sent)
@@ -165,9 +169,11 @@ async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal
     assert worker.returncode == 0, tail(log)
     later = time.time() + _LATER_S
     end = start + 300 * 37
-    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
     _check(got, expected)
-    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
+    await assert_drained(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)
 
 
 async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_sealed(
@@ -182,28 +188,33 @@ async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_se
     msgs, expected = _messages(unique_name, 150, start)
     worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
     try:
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
     finally:
         worker.send_signal(signal.SIGKILL)  # never to start again
         await worker.wait()
     later = time.time() + _LATER_S
     end = start + 150 * 37
-    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
     assert sum(len(v) for v in got.values()) == 0  # acknowledged, in the journal only
     async with DynamoClient(
-        table=cfg.table, aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS)
+        table=cfg.dynamodb.table,
+        aws=AwsSettings(region="us-east-1", endpoint_url=dynamodb_endpoint, **AWS),
     ) as client:
         n = await adopt_journal(
-            client, WindowScheme(layout), cfg.mqtt_client_id, journal_ttl_s=3600
+            client, WindowScheme(layout), cfg.mqtt.mqtt_client_id, journal_ttl_s=3600
         )
         assert n >= sum(len(v) for v in expected.values())
         assert (
             await adopt_journal(  # the checkpoint moved on: nothing twice
-                client, WindowScheme(layout), cfg.mqtt_client_id, journal_ttl_s=3600
+                client, WindowScheme(layout), cfg.mqtt.mqtt_client_id, journal_ttl_s=3600
             )
             == 0
         )
-    got = await read_table(dynamodb_endpoint, cfg.table, layout, expected, start, end, now_s=later)
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
     _check(got, expected)
-    await assert_drained(cfg.mqtt_url or "", cfg.mqtt_client_id)
+    await assert_drained(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)

@@ -47,14 +47,14 @@ async def test_single_and_batched_readings_are_written_once(
 
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt_url or "", messages)
+        sent = await publish(cfg.mqtt.mqtt_url or "", messages)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent,
             60,
             "all messages durable",
         )
     table = await read_table(
-        dynamodb_endpoint, cfg.table, service.layout, expected, now - 1, now + 100_000
+        dynamodb_endpoint, cfg.dynamodb.table, service.layout, expected, now - 1, now + 100_000
     )
     for sid, by_ts in expected.items():
         got = table[sid]
@@ -102,7 +102,7 @@ async def test_bad_input_goes_to_dead_letters_and_valid_traffic_flows(
 
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt_url or "", messages)
+        sent = await publish(cfg.mqtt.mqtt_url or "", messages)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent,
             60,
@@ -116,7 +116,7 @@ async def test_bad_input_goes_to_dead_letters_and_valid_traffic_flows(
         assert matching[0].topic == topic
     assert any("'x#y' is invalid" in dl.reason and dl.index == 0 for dl in letters)
     table = await read_table(
-        dynamodb_endpoint, cfg.table, service.layout, ["dev-1", "gw"], now - 1, now + 1000
+        dynamodb_endpoint, cfg.dynamodb.table, service.layout, ["dev-1", "gw"], now - 1, now + 1000
     )
     assert [r.metrics["temperature"] for r in table["dev-1"]] == [
         float(i) for i in range(len(corpus))

@@ -152,8 +152,8 @@ async def run_replay(cfg: Config, to_topic: str, *extra: str) -> tuple[int, str,
     """``python -m ingest.cli deadletters replay`` with the service's own settings."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "ingest.cli", "deadletters", "replay",
-        "--data-dir", str(cfg.data_dir), "--mqtt-url", cfg.mqtt_url or "",
-        "--mqtt-client-id", cfg.mqtt_client_id, "--to-topic", to_topic, *extra,
+        "--data-dir", str(cfg.operations.data_dir), "--mqtt-url", cfg.mqtt.mqtt_url or "",
+        "--mqtt-client-id", cfg.mqtt.mqtt_client_id, "--to-topic", to_topic, *extra,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )  # fmt: skip
     async with asyncio.timeout(60):
@@ -167,14 +167,14 @@ async def test_replays_beside_a_running_service_and_each_other_lose_and_repeat_n
     ingest_config: Callable[..., Config], unique_name: str, tmp_path: Path
 ) -> None:
     cfg = ingest_config(max_future_ms=1000)
-    directory = Path(cfg.data_dir) / "deadletters"
+    directory = Path(cfg.operations.data_dir) / "deadletters"
     to_topic = f"{unique_name}-replayed/all"
     future = int(time.time() * 1000) + 3_600_000
     published: list[bytes] = []
     stop = asyncio.Event()
 
     async def publish_malformed() -> None:
-        conn = MqttConnection(broker_settings(cfg.mqtt_url or "", f"pub-{unique_name}"))
+        conn = MqttConnection(broker_settings(cfg.mqtt.mqtt_url or "", f"pub-{unique_name}"))
         async with conn:
             i = 0
             while not stop.is_set():
@@ -188,7 +188,10 @@ async def test_replays_beside_a_running_service_and_each_other_lose_and_repeat_n
     service = IngestService(cfg)
     results: list[tuple[int, str, str]] = []
     snapshots: list[dict[str, tuple[int, str]]] = []
-    async with running(service), watching(cfg.mqtt_url or "", f"{unique_name}-replayed/#") as seen:
+    async with (
+        running(service),
+        watching(cfg.mqtt.mqtt_url or "", f"{unique_name}-replayed/#") as seen,
+    ):
         publisher = asyncio.create_task(publish_malformed(), name="publisher")
         await wait_until(lambda: len(published) >= 50, 30, "first dead letters")
         for round_ in (

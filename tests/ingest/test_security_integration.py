@@ -99,7 +99,7 @@ async def test_tls_and_password_ingest(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= 20, 30, "durable"
         )
     table = await read_table(
-        dynamodb_endpoint, cfg.table, service.layout, ["tls-dev"], now - 1, now + 100
+        dynamodb_endpoint, cfg.dynamodb.table, service.layout, ["tls-dev"], now - 1, now + 100
     )
     assert [r.metrics["v"] for r in table["tls-dev"]] == list(range(20))
 

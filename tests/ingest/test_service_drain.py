@@ -43,7 +43,7 @@ async def test_a_second_sigterm_during_the_drain_loses_no_acknowledged_work(
 
     run = asyncio.create_task(run_until_signalled(command, deadline_s=60))
     await asyncio.wait_for(ready.wait(), 30)
-    await publish(cfg.mqtt_url or "", msgs)
+    await publish(cfg.mqtt.mqtt_url or "", msgs)
     await wait_until(
         lambda: counter(service, "iot_ingest_messages_received_total") >= N, 30, "all received"
     )
@@ -58,8 +58,10 @@ async def test_a_second_sigterm_during_the_drain_loses_no_acknowledged_work(
 
     assert counter(service, "iot_ingest_messages_completed_total") == N
     assert counter(service, "iot_ingest_dead_letters_total") == 0
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
-    assert await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id) == 0
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
+    assert await broker_redelivers(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id) == 0
 
 
 async def test_a_drain_cut_short_by_its_deadline_acknowledges_exactly_what_was_written(
@@ -76,7 +78,7 @@ async def test_a_drain_cut_short_by_its_deadline_acknowledges_exactly_what_was_w
     stop, ready = asyncio.Event(), asyncio.Event()
     run = asyncio.create_task(service.run(stop, ready))
     await asyncio.wait_for(ready.wait(), 30)
-    await publish(cfg.mqtt_url or "", msgs)
+    await publish(cfg.mqtt.mqtt_url or "", msgs)
     await wait_until(
         lambda: counter(service, "iot_ingest_messages_received_total") >= N, 30, "all received"
     )
@@ -85,7 +87,7 @@ async def test_a_drain_cut_short_by_its_deadline_acknowledges_exactly_what_was_w
 
     completed = counter(service, "iot_ingest_messages_completed_total")
     assert 0 < completed < N  # the deadline cut the drain short
-    redelivered = await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id)
+    redelivered = await broker_redelivers(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)
     # Nothing was acknowledged that was not durable: the broker holds at least the others...
     assert redelivered >= N - completed
     # ...and every message durable before the disconnect was acknowledged. Only the batch

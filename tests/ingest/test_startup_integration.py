@@ -100,7 +100,7 @@ async def test_dynamodb_down_at_start_waits_not_ready_then_ingests(
         await _readyz_until(port, lambda status, body: status == 200 and body["ready"], 10)
         ts = int(time.time() * 1000) - 5_000
         sent = await publish(
-            cfg.mqtt_url or "",
+            cfg.mqtt.mqtt_url or "",
             [(f"{unique_name}/dev-1/telemetry", orjson.dumps({"ts": ts, "t": 21.5}))],
         )
         await wait_until(
@@ -111,17 +111,19 @@ async def test_dynamodb_down_at_start_waits_not_ready_then_ingests(
         await asyncio.wait_for(task, 60)
     task.result()
 
-    got = await read_table(dynamodb_endpoint, cfg.table, service.layout, ["dev-1"], ts, ts + 1)
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, service.layout, ["dev-1"], ts, ts + 1
+    )
     assert [(r.ts_ms, r.metrics) for r in got["dev-1"]] == [(ts, {"t": 21.5})]
-    assert await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id) == 0
+    assert await broker_redelivers(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id) == 0
 
 
 def _worker_args(cfg: Config, endpoint: str, metrics_port: int, *extra: str) -> list[str]:
     return [
         sys.executable, "-m", "ingest.cli", "run",
-        "--mqtt-url", cfg.mqtt_url or "", "--topic", cfg.topic, "--table", cfg.table,
-        "--dynamodb-endpoint", endpoint, "--mqtt-client-id", cfg.mqtt_client_id,
-        "--data-dir", str(cfg.data_dir), "--metrics-port", str(metrics_port),
+        "--mqtt-url", cfg.mqtt.mqtt_url or "", "--topic", cfg.mqtt.topic, "--table", cfg.dynamodb.table,
+        "--dynamodb-endpoint", endpoint, "--mqtt-client-id", cfg.mqtt.mqtt_client_id,
+        "--data-dir", str(cfg.operations.data_dir), "--metrics-port", str(metrics_port),
         "--write-retry-max-ms", "300", *extra,
     ]  # fmt: skip
 
@@ -188,7 +190,7 @@ async def test_missing_table_without_create_table_fails_at_once(
     ingest_config: Callable[..., Config],
 ) -> None:
     cfg = ingest_config(create_table=False, startup_retry_deadline_s=0)  # 0: else wait forever
-    with pytest.raises(TableError, match=f"table {cfg.table!r} does not exist"):
+    with pytest.raises(TableError, match=f"table {cfg.dynamodb.table!r} does not exist"):
         await asyncio.wait_for(IngestService(cfg).run(asyncio.Event()), 15)
 
 

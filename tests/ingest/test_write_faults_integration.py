@@ -90,13 +90,13 @@ async def test_answers_that_are_not_dynamodbs_are_retried_until_every_reading_la
     stop, task = await _start(service)
     try:
         proxy.not_json = 1.0
-        sent = await publish(cfg.mqtt_url or "", msgs[:40])
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs[:40])
         await _hold_failing(service, task, "a 200 with an HTML body", "bad_response")
         proxy.not_json, proxy.json_list = 0.0, 1.0
-        sent += await publish(cfg.mqtt_url or "", msgs[40:80])
+        sent += await publish(cfg.mqtt.mqtt_url or "", msgs[40:80])
         await _hold_failing(service, task, "a 200 with a [] body", "bad_response")
         proxy.json_list, proxy.throttle_text = 0.0, 1.0
-        sent += await publish(cfg.mqtt_url or "", msgs[80:])
+        sent += await publish(cfg.mqtt.mqtt_url or "", msgs[80:])
         await _hold_failing(service, task, "a 429 with a text body", "throttled")
         proxy.throttle_text = 0.0
         await wait_until(
@@ -114,8 +114,10 @@ async def test_answers_that_are_not_dynamodbs_are_retried_until_every_reading_la
     assert _retries(service, "throttled") >= faults["throttle_text"]
     assert counter(service, "iot_ingest_dead_letters_total") == 0
     assert counter(service, "iot_ingest_messages_completed_total") == sent == len(msgs)
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
-    assert await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id) == 0
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
+    assert await broker_redelivers(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id) == 0
 
 
 async def test_a_failing_credential_refresh_is_retried_until_every_reading_lands(
@@ -141,8 +143,10 @@ async def test_a_failing_credential_refresh_is_retried_until_every_reading_lands
         await _fail_credentials_then_recover(service, credential_endpoint, cfg, msgs)
     assert counter(service, "iot_ingest_dead_letters_total") == 0
     assert counter(service, "iot_ingest_messages_completed_total") == len(msgs)
-    await _assert_table_holds(dynamodb_endpoint, cfg.table, expected, start, start + 10_000)
-    assert await broker_redelivers(cfg.mqtt_url or "", cfg.mqtt_client_id) == 0
+    await _assert_table_holds(
+        dynamodb_endpoint, cfg.dynamodb.table, expected, start, start + 10_000
+    )
+    assert await broker_redelivers(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id) == 0
 
 
 async def _fail_credentials_then_recover(
@@ -154,7 +158,7 @@ async def _fail_credentials_then_recover(
     stop, task = await _start(service)
     try:
         credential_endpoint.failing = True
-        sent = await publish(cfg.mqtt_url or "", msgs)
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
         await _hold_failing(service, task, "a failed credential refresh", "credentials")
         credential_endpoint.failing = False
         await wait_until(

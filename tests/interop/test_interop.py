@@ -160,16 +160,16 @@ async def test_acks_are_held_until_durable_and_the_broker_redelivers_them(
         held = counter(first, RECEIVED)
         assert counter(first, COMPLETED) == 0, "acknowledged while nothing was durable"
     # The drain deadline passed with nothing durable: stopped without a single PUBACK.
-    assert not await stored(moto_server.endpoint_url, cfg.table, start)
+    assert not await stored(moto_server.endpoint_url, cfg.dynamodb.table, start)
     await proxy.set_down(False)
     second = IngestService(cfg)
     async with running(second, drained=False):
         if broker.traits.redelivers_in_flight:
-            items = await wait_stored(moto_server.endpoint_url, cfg.table, start, keys, 30)
+            items = await wait_stored(moto_server.endpoint_url, cfg.dynamodb.table, start, keys, 30)
         else:
             # The broker dropped what it had sent: nothing held comes back (docs/brokers.md).
             await asyncio.sleep(1.0)
-            items = await stored(moto_server.endpoint_url, cfg.table, start)
+            items = await stored(moto_server.endpoint_url, cfg.dynamodb.table, start)
             lost = len(keys) - len(items)
             assert lost == held, f"{broker.name} now keeps in-flight messages: update its Traits"
             keys = [k for k in keys if k in items]
@@ -179,7 +179,7 @@ async def test_acks_are_held_until_durable_and_the_broker_redelivers_them(
         held_in_flight=int(held), redelivered=int(redelivered), stored=len(items),
     )  # fmt: skip
     assert_once(items, keys)
-    await assert_broker_drained(broker, cfg.mqtt_client_id)
+    await assert_broker_drained(broker, cfg.mqtt.mqtt_client_id)
 
 
 @pytest.mark.timeout(120)
@@ -196,8 +196,8 @@ async def test_persistent_session_survives_sigkill_and_what_was_published_meanwh
     cfg = service_config(broker, proxy.url, unique_name, tmp_path)
     worker = Worker(
         "worker", tmp_path,
-        mqtt_url=cfg.mqtt_url, mqtt_protocol=cfg.mqtt_protocol, mqtt_client_id=cfg.mqtt_client_id,
-        topic=cfg.topic, table=cfg.table, dynamodb_endpoint=proxy.url, create_table=True,
+        mqtt_url=cfg.mqtt.mqtt_url, mqtt_protocol=cfg.mqtt.mqtt_protocol, mqtt_client_id=cfg.mqtt.mqtt_client_id,
+        topic=cfg.mqtt.topic, table=cfg.dynamodb.table, dynamodb_endpoint=proxy.url, create_table=True,
         data_dir=tmp_path / "worker", flush_interval_ms=20, registry_interval_s=1,
         shutdown_timeout_s=20, write_retry_base_ms=10, write_retry_max_ms=200,
     )  # fmt: skip
@@ -225,14 +225,14 @@ async def test_persistent_session_survives_sigkill_and_what_was_published_meanwh
             # The in-flight ones died with the connection; queued ones must all arrive.
             lost = during_keys[: int(in_flight)]
             expected = [k for k in before_keys + during_keys + after_keys if k not in lost]
-        items = await wait_stored(moto_server.endpoint_url, cfg.table, start, expected, 40)
+        items = await wait_stored(moto_server.endpoint_url, cfg.dynamodb.table, start, expected, 40)
         assert await worker.stop() == 0, worker.tail()
     finally:
         if worker.proc is not None and worker.proc.returncode is None:
             await worker.kill()
     interop_figure("sigkill", broker.name, in_flight_at_kill=int(in_flight), lost=len(lost))
     assert_once(items, expected)
-    await assert_broker_drained(broker, cfg.mqtt_client_id)
+    await assert_broker_drained(broker, cfg.mqtt.mqtt_client_id)
 
 
 @pytest.mark.timeout(90)
@@ -267,8 +267,8 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
         (error,) = info.value.exceptions
         assert "does not support shared subscriptions" in str(error)
         assert counter(a, RECEIVED) == 0
-        assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
-        await assert_broker_drained(broker, cfgs[0].mqtt_client_id)
+        assert not await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start)
+        await assert_broker_drained(broker, cfgs[0].mqtt.mqtt_client_id)
         return
     async with running(a, drained=False), running(b, drained=False):
         await publish_to(broker, msgs)
@@ -286,10 +286,10 @@ async def test_shared_subscription_gives_every_reading_to_one_worker(
             assert counter(a, RECEIVED) > 0 and counter(b, RECEIVED) > 0, "one worker idle"
             assert done() == len(msgs)  # each message went to exactly one worker
     if broker.traits.shared == "yes":
-        assert_once(await stored(moto_server.endpoint_url, cfgs[0].table, start), keys)
+        assert_once(await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start), keys)
     else:
-        assert not await stored(moto_server.endpoint_url, cfgs[0].table, start)
-    await asyncio.gather(*(assert_broker_drained(broker, c.mqtt_client_id) for c in cfgs))
+        assert not await stored(moto_server.endpoint_url, cfgs[0].dynamodb.table, start)
+    await asyncio.gather(*(assert_broker_drained(broker, c.mqtt.mqtt_client_id) for c in cfgs))
 
 
 @pytest.mark.timeout(60)
@@ -307,8 +307,8 @@ async def test_tls(
     async with running(service, drained=False):
         await publish_to(broker, msgs)
         await wait_until(lambda: counter(service, COMPLETED) >= len(msgs), 30, "durable")
-    assert_once(await stored(moto_server.endpoint_url, cfg.table, start), keys)
-    await assert_broker_drained(broker, cfg.mqtt_client_id)
+    assert_once(await stored(moto_server.endpoint_url, cfg.dynamodb.table, start), keys)
+    await assert_broker_drained(broker, cfg.mqtt.mqtt_client_id)
 
 
 @pytest.mark.timeout(60)
@@ -336,7 +336,7 @@ async def test_broker_delivery_traits(
     conn = MqttConnection(broker.client_settings(cid, clean_start=False), on_messages)
     connack = await conn.open()
     await conn.subscribe([(f"{prefix}/+/telemetry", 1)])
-    largest = Config.model_fields["max_message_bytes"].default
+    largest = Config().limits.max_message_bytes
     await publish_to(broker, [(f"{prefix}/big/telemetry", b"x" * largest)])
     await wait_until(lambda: len(got) == 1, 10, "the largest accepted message")
     assert len(got[0][1]) == largest

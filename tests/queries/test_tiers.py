@@ -306,21 +306,15 @@ async def test_series_across_the_boundary_equals_a_table_that_never_expired(
 
 
 def test_serve_takes_the_archive_options_of_iot_ingest_archive() -> None:
-    from types import SimpleNamespace
-
     from ingest.cli.main import build_parser
+    from ingest.config import Config
     from queries.cli import _settings
 
-    cfg: Any = SimpleNamespace(
-        table="t",
-        region="us-east-1",
-        dynamodb_endpoint=None,
-        aws_access_key_id=None,
-        aws_secret_access_key=None,
-    )
-    argv = ["serve", "--table", "t", "--no-auth"]
+    cfg = Config.model_validate({"table": "tbl", "region": "us-east-1"})
+    argv = ["serve", "--table", "tbl", "--no-auth"]
     args = build_parser().parse_args(argv)
     plain = _settings(cfg, args, {})
+    assert (plain.table, plain.region, plain.endpoint_url) == ("tbl", "us-east-1", None)
     assert (plain.s3_bucket, plain.s3_endpoint, plain.s3_prefix) == (None, None, None)
     s3 = ["--s3-bucket", "arch", "--s3-endpoint", "http://127.0.0.1:9", "--s3-prefix", "p"]
     settings = _settings(cfg, build_parser().parse_args(argv + s3), {})

@@ -245,7 +245,7 @@ async def test_ingest_role_writes_readings_and_is_refused_the_rest(
     ]
     service = IngestService(cfg)
     async with running(service):
-        sent = await publish(cfg.mqtt_url or "", messages)
+        sent = await publish(cfg.mqtt.mqtt_url or "", messages)
         await wait_until(
             lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 30, "durable"
         )
