@@ -128,6 +128,25 @@ async def _timed(
     return time.perf_counter() - t0, units, items
 
 
+async def _new_table(
+    stack: contextlib.AsyncExitStack, endpoint: str, table: str, layout: TableLayout
+) -> DynamoClient:
+    """A client of a new table of ``layout`` at ``endpoint``, open on ``stack``."""
+    client = await stack.enter_async_context(
+        DynamoClient(
+            table=table,
+            aws=AwsSettings(
+                region="us-east-1",
+                endpoint_url=endpoint,
+                aws_access_key_id=KEY_ID,
+                aws_secret_access_key=SECRET,
+            ),
+        )
+    )
+    await create_table(client, layout)
+    return client
+
+
 async def run_query_bench(
     target: str, hours: int, repeat: int, layout_kind: str = "reading"
 ) -> list[dict[str, Any]]:
@@ -136,18 +155,7 @@ async def run_query_bench(
     async with server_cls() as server, contextlib.AsyncExitStack() as stack:
         layout = TableLayout(kind=layout_kind)
         table = f"querybench-{layout_kind}-{int(time.time())}"
-        client = await stack.enter_async_context(
-            DynamoClient(
-                table=table,
-                aws=AwsSettings(
-                    region="us-east-1",
-                    endpoint_url=server.endpoint_url,
-                    aws_access_key_id=KEY_ID,
-                    aws_secret_access_key=SECRET,
-                ),
-            )
-        )
-        await create_table(client, layout)
+        client = await _new_table(stack, server.endpoint_url, table, layout)
         end_ms = (int(time.time()) // 3600) * 3_600_000
         start_ms = end_ms - hours * 3_600_000
         t0 = time.perf_counter()
@@ -229,18 +237,7 @@ async def run_dashboard_bench(
     async with server_cls() as server, contextlib.AsyncExitStack() as stack:
         layout = TableLayout(bucket_ms=_HOUR_MS, shards=4)
         table = f"dashbench-{int(time.time())}"
-        client = await stack.enter_async_context(
-            DynamoClient(
-                table=table,
-                aws=AwsSettings(
-                    region="us-east-1",
-                    endpoint_url=server.endpoint_url,
-                    aws_access_key_id=KEY_ID,
-                    aws_secret_access_key=SECRET,
-                ),
-            )
-        )
-        await create_table(client, layout)
+        client = await _new_table(stack, server.endpoint_url, table, layout)
         now_ms = time.time_ns() // 1_000_000
         first_ms = now_ms - now_ms % 1000 - hours * 3_600_000
         t0 = time.perf_counter()

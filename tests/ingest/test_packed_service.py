@@ -142,6 +142,21 @@ async def test_every_reading_is_visible_then_sealed_once_and_the_broker_is_drain
             assert not needs_compaction([p for p in parts if p.window_start_ms == w])
 
 
+async def _acknowledged_then_killed(
+    cfg: Config, port: int, log: Path, msgs: list[tuple[str, bytes]]
+) -> int:
+    """Start a packed worker, publish ``msgs``, and SIGKILL it once every one is
+    acknowledged (nothing staged or sealed yet: only its journal holds them)."""
+    worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
+    try:
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        await worker.wait()
+    return sent
+
+
 async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal(
     ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
 ) -> None:
@@ -152,14 +167,10 @@ async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal
     start = int(time.time() * 1000) - 10_000
     start -= start % 60_000
     msgs, expected = _messages(unique_name, 300, start)
+    sent = await _acknowledged_then_killed(cfg, port, log, msgs[:200])
+    await publish(cfg.mqtt.mqtt_url or "", msgs[200:])  # while it is down
     worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
     try:
-        sent = await publish(cfg.mqtt.mqtt_url or "", msgs[:200])
-        await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
-        worker.send_signal(signal.SIGKILL)  # acknowledged, only in the journal
-        await worker.wait()
-        await publish(cfg.mqtt.mqtt_url or "", msgs[200:])  # while it is down
-        worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
         await wait_until_metric(port, "iot_ingest_journal_recovered_readings_total", 1)
         await wait_until_metric(port, "iot_ingest_messages_completed_total", len(msgs) - sent)
     finally:
@@ -186,13 +197,7 @@ async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_se
     start = int(time.time() * 1000) - 10_000
     start -= start % 60_000
     msgs, expected = _messages(unique_name, 150, start)
-    worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
-    try:
-        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
-        await wait_until_metric(port, "iot_ingest_messages_completed_total", sent)
-    finally:
-        worker.send_signal(signal.SIGKILL)  # never to start again
-        await worker.wait()
+    await _acknowledged_then_killed(cfg, port, log, msgs)  # never to start again
     later = time.time() + _LATER_S
     end = start + 150 * 37
     got = await read_table(
