@@ -626,6 +626,9 @@ def phase_figures(phase: _Phase, spec: LoadSpec) -> dict[str, Any]:
         "readings_per_cpu_s": readings / phase.cpu_s if phase.cpu_s > 0 else None,
         "cpu_cores": phase.cpu_s / phase.window_s if phase.window_s else None,
         "latency_ms": _latency(hist),
+        "visible_ms": _latency(_shift(final.get("visible_ms", {}), offset_ms))
+        if final.get("visible_ms")
+        else None,
         "latency_ms_raw": _latency(raw_hist),
         "latency_offset_ms": offset_ms,
         "lost": lost,

@@ -104,6 +104,7 @@ LAYOUT_ROWS: tuple[Row, ...] = (
     ("items per reading", "items_per_reading", "{:.4f}"),
     ("CPU µs per reading", "cpu_us_per_reading", "{:,.1f}"),
     ("latency p99 ms (publish → durable)", "latency_ms.p99", "{:,.0f}"),
+    ("latency p99 ms (publish → visible, staging)", "visible_ms.p99", "{:,.0f}"),
     ("lost readings", "lost", "{:,}"),
     ("cost per million readings (USD)", "cost_per_million_usd", "{:.4f}"),
 )

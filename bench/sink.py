@@ -28,7 +28,8 @@ Accounting, per item acknowledged by a BatchWriteItem (``GET /_stats``):
 * ``latency_ms``: a histogram ``{ms: count}`` of *durable time − scheduled
   publish time*, where the scheduled time is the item's sort key (the
   reading's ``ts``, which the simulator sets to the scheduled publish time;
-  for a journal item, each of its readings' ``ts``).
+  for a journal item, each of its readings' ``ts``); ``visible_ms`` the same for
+  the readings of a packed table's staging items (publish → visible to readers);
   ``POST /_clock {"ts0_ms": T, "wall0_ms": W, "speed": s}`` maps it instead
   to ``W + (sk - T) / s`` for publishers whose timestamps run faster than
   the clock (the hot-sensor backlog);
@@ -64,7 +65,8 @@ from aiohttp import web
 from bench.capacity import item_size_bytes, write_units
 from bench.histogram import MsHistogram
 from ingest.storage.journal import parse_journal_item
-from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE
+from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE, binary_value
+from ingest.storage.windows import decode_stage
 
 __all__ = [
     "Sink",
@@ -115,6 +117,7 @@ class Sink:
         self.keys: Counter[tuple[str, str]] = Counter()
         self.partition_writes: Counter[str] = Counter()
         self.latency = MsHistogram()
+        self.visible = MsHistogram()
         self.upstream = upstream.rstrip("/") if upstream else None
         self.started = time.monotonic()
         self.first_write_s: float | None = None
@@ -273,6 +276,11 @@ class Sink:
         keys, parts, sec = self.keys, self.partition_writes, self._second_writes
         ts_map = self._ts_map
         scheduled: list[float] = []
+        visible: list[float] = []
+
+        def _scheduled(ts: float) -> float:
+            return ts if ts_map is None else ts_map[1] + (ts - ts_map[0]) / ts_map[2]
+
         n = wu = nbytes = 0
         c = self.counts
         for items in items_by_table.values():
@@ -298,15 +306,18 @@ class Sink:
                         (r.sensor_id, str(r.ts_ms)) for r in parse_journal_item(item).readings
                     ]
                 else:
+                    if kind == "stage":  # visible to readers from now on
+                        visible.extend(
+                            _scheduled(r.ts_ms) for r in decode_stage(binary_value(item["b"]))
+                        )
                     continue
                 for key in stamps:
                     if self.track_keys:
                         keys[key] += 1
-                    ts = float(key[1])
-                    scheduled.append(
-                        ts if ts_map is None else ts_map[1] + (ts - ts_map[0]) / ts_map[2]
-                    )
+                    scheduled.append(_scheduled(float(key[1])))
         self.latency.record_many(now_ms, scheduled)
+        if visible:
+            self.visible.record_many(now_ms, visible)
         c["items"] += n
         c["write_units"] += wu
         c["item_bytes"] += nbytes
@@ -440,6 +451,7 @@ class Sink:
         doc["hottest_partitions"] = self.partition_writes.most_common(8)
         doc["partitions"] = len(self.partition_writes)
         doc["latency_ms"] = self.latency.sparse()
+        doc["visible_ms"] = self.visible.sparse()
         if per_sensor:
             sensors: Counter[str] = Counter()
             for pk, _ in self.keys:

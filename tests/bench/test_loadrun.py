@@ -334,3 +334,28 @@ def test_sink_peak_partition_rate_is_per_wall_clock_second() -> None:
     assert doc["peak_partition_writes_per_s"] == 4
     assert doc["peak_partition"] == "hot#d#0"
     assert doc["hottest_partitions"][0] == ("hot#d#0", 4)
+
+
+def test_sink_counts_a_packed_tables_readings_in_its_journal_and_their_visibility() -> None:
+    from ingest.storage.journal import journal_items
+    from ingest.storage.windows import WindowScheme, encode_stage, seal
+
+    now = [2000.0]
+    state = Sink(clock=lambda: now[0])
+    scheme = WindowScheme(TableLayout(kind="packed"))
+    t0 = 1_999_000  # scheduled publish times: 1 s before the journal write
+    readings = [Reading(f"s{i % 2}", t0 + i, {"v": i}) for i in range(6)]
+    [(_, journal)] = journal_items("w1", 5_000, readings + readings[:2], 0)  # 2 redelivered
+    stage = scheme.stage_item(1, 7, 1_000, encode_stage(readings), 6)
+    parts = [scheme.part_item(p) for p in seal(scheme, readings[0::2], 1)]
+    state.account_batch({TABLE: [journal]})
+    now[0] = 2003.0  # staged 4 s after the publish
+    state.account_batch({TABLE: [stage, *parts]})
+    doc = state.stats_doc(per_sensor=True)
+    assert doc["distinct_keys"] == 6 and doc["rewritten_keys"] == 2
+    assert doc["sensor_keys"] == {"s0": 3, "s1": 3}
+    counts = doc["counts"]
+    assert counts["items.journal"] == 1 and counts["items.stage"] == 1
+    assert counts["items.window"] == len(parts)
+    assert percentile_from_sparse(doc["latency_ms"], 50) == pytest.approx(1000, abs=10)
+    assert percentile_from_sparse(doc["visible_ms"], 50) == pytest.approx(4000, abs=10)
