@@ -325,7 +325,7 @@ class PipelineConfig(_Section):
         ge=0,
         description="Least time between two registry writes of one sensor (at most one "
         "UpdateItem per active sensor per period; 'last seen' may lag by this much). 0: every "
-        "flush.",
+        "flush. Unset on a packed table: window_seconds (900).",
     )
     startup_retry_deadline_s: float = Field(
         300.0,
@@ -471,6 +471,20 @@ class Config(BaseModel):
             return self.limits.max_past_ms
         retention_ms = self.dynamodb.retention_days * 86_400_000
         return retention_ms - min(86_400_000, retention_ms // 2)
+
+    @property
+    def effective_registry_refresh_s(self) -> float:
+        """``registry_refresh_s``, or by default on a ``packed`` table the window width
+        (at least the default): its readings reach their sealed windows that late anyway,
+        and the registry's writes were a quarter of such a table's write units at 300 s
+        (docs/performance.md)."""
+        refresh = self.pipeline.registry_refresh_s
+        if (
+            "registry_refresh_s" in self.pipeline.model_fields_set
+            or self.dynamodb.layout != "packed"
+        ):
+            return refresh
+        return max(refresh, float(self.dynamodb.window_seconds))
 
     def keys(self) -> dict[str, Any]:
         """Every key and its value, flat (as the sources give them)."""

@@ -311,7 +311,7 @@ class IngestService:
             on_kept=None if not topic else functools.partial(_republish, receiver, topic),
         )
         registry = SensorRegistry(
-            client, m, refresh_s=cfg.pipeline.registry_refresh_s, acks=acks, floors=known_sensors
+            client, m, refresh_s=cfg.effective_registry_refresh_s, acks=acks, floors=known_sensors
         )
         writer = self._writer = Writer(
             sink=client,

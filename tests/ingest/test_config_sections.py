@@ -520,3 +520,18 @@ def test_the_mqtt_section_builds_the_connection_settings_of_its_keys(tmp_path: P
     assert (s.clean_start, s.max_packet_bytes) == (False, 4096 + PACKET_HEADROOM_BYTES)
     tls = config.mqtt.client_settings("mqtts://broker.example", max_packet_bytes=1)
     assert (tls.port, tls.tls is not None) == (8883, True)
+
+
+def test_a_packed_table_writes_its_registry_once_a_window_unless_told_otherwise() -> None:
+    assert load_config(env={}).effective_registry_refresh_s == 300
+    packed = {"IOT_INGEST_LAYOUT": "packed"}
+    assert load_config(env=packed).effective_registry_refresh_s == 900
+    assert (
+        load_config(env={**packed, "IOT_INGEST_WINDOW_SECONDS": "60"}).effective_registry_refresh_s
+        == 300
+    )
+    explicit = {**packed, "IOT_INGEST_REGISTRY_REFRESH_S": "300"}
+    assert load_config(env=explicit).effective_registry_refresh_s == 300
+    assert (
+        load_config(env=packed, flags={"registry_refresh_s": 5}).effective_registry_refresh_s == 5
+    )
