@@ -416,6 +416,13 @@ class IngestService:
                 "and the broker will redeliver them",
                 len(acks),
             )
+            if self._packed is not None and len(self._packed[0].windows):
+                log.warning(
+                    "shutdown deadline passed with %d windows not sealed: their readings stay in "
+                    "the journal of %r, for its next start (or `iot-ingest table adopt-journal`)",
+                    len(self._packed[0].windows),
+                    self.config.mqtt.mqtt_client_id,
+                )
         finally:
             await receiver.aclose()  # 6. DISCONNECT, keeping the session
         log.info("stopped")

@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import orjson
+import pytest
 
 from ingest.aws.settings import AwsSettings
 from ingest.config import Config
@@ -223,3 +224,46 @@ async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_se
     )
     _check(got, expected)
     await assert_drained(cfg.mqtt.mqtt_url or "", cfg.mqtt.mqtt_client_id)
+
+
+@pytest.mark.parametrize("dynamodb_endpoint", ["moto"], indirect=True)
+async def test_a_stop_cut_short_leaves_its_windows_to_the_journal_and_the_next_start_seals_them(
+    ingest_config: Callable[..., Config],
+    dynamodb_endpoint: str,
+    unique_name: str,
+    fault_proxy: Callable[..., Awaitable[Any]],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    proxy = await fault_proxy(dynamodb_endpoint, seed=5)
+    cfg = ingest_config(
+        **{**PACKED, "stage_interval_ms": 600_000},  # nothing staged or sealed before the stop
+        dynamodb_endpoint=proxy.url,
+        shutdown_timeout_s=2,
+        write_retry_base_ms=5,
+        write_retry_max_ms=50,
+    )
+    layout = layout_from_config(cfg)
+    start = int(time.time() * 1000) - 10_000
+    start -= start % 60_000
+    msgs, expected = _messages(unique_name, 120, start)
+    service = IngestService(cfg)
+    async with running(service):
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        await wait_until(
+            lambda: counter(service, "iot_ingest_messages_completed_total") >= sent, 30, "durable"
+        )
+        await proxy.set_down(True)  # the stop's seals cannot be written before its deadline
+    assert "windows not sealed: their readings stay in the journal" in caplog.text
+    await proxy.set_down(False)
+    later = time.time() + _LATER_S
+    end = start + 120 * 37
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
+    assert sum(len(v) for v in got.values()) == 0  # acknowledged, in the journal only
+    async with running(IngestService(cfg)):  # the next start reads its journal back
+        pass  # and its stop seals every window
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
+    _check(got, expected)
