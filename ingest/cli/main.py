@@ -255,13 +255,14 @@ async def _packed_scheme(client: DynamoClient, what: str) -> WindowScheme:
 
 
 def cmd_table_compact(args: argparse.Namespace) -> int:
-    """One compaction pass over a packed table's recent periods (exit 0), or the loop."""
+    """One compaction and rollup pass over a packed table's recent periods (exit 0), or the loop."""
     cfg = table_config(args)
 
     async def go() -> int:
         from ingest.core.aio import install_stop_signals
         from ingest.storage.compaction import compact_pass
         from ingest.storage.dynamo import DynamoClient
+        from ingest.storage.rollpass import rollup_pass
         from ingest.storage.windows import SEAL_GRACE_MS
 
         async with DynamoClient.from_config(cfg) as client:
@@ -270,15 +271,16 @@ def cmd_table_compact(args: argparse.Namespace) -> int:
             stop = asyncio.Event()
             install_stop_signals(stop)
             while True:
-                report = await compact_pass(
-                    client,
-                    scheme,
-                    worker=f"compact-{socket.gethostname()}",
-                    now_ms=int(time.time() * 1000),
-                    lookback_ms=round(args.lookback_hours * 3_600_000),
-                    settle_ms=SEAL_GRACE_MS + 2 * layout.stage_ms + 60_000,
-                )
+                window = {
+                    "worker": f"compact-{socket.gethostname()}",
+                    "now_ms": int(time.time() * 1000),
+                    "lookback_ms": round(args.lookback_hours * 3_600_000),
+                    "settle_ms": SEAL_GRACE_MS + 2 * layout.stage_ms + 60_000,
+                }
+                report = await compact_pass(client, scheme, **window)
                 print(report.summary(), flush=True)
+                rolled = await rollup_pass(client, scheme, **window)
+                print(rolled.summary(), flush=True)
                 if args.every is None:
                     return 0
                 with contextlib.suppress(TimeoutError):
@@ -519,14 +521,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = table.add_parser(
         "compact",
         help="packed tables: merge the windows sealed in several sets (late readings, "
-        "restarts, shared workers) into one, idempotently",
+        "restarts, shared workers) into one, and roll the closed hours up into minute "
+        "and hour bins (for /series), idempotently",
     )
     add_config_flags(p)
     p.add_argument(
         "--lookback-hours",
         type=positive_float,
         default=24.0,
-        help="compact the periods of the last H hours (24)",
+        help="compact and roll up the periods of the last H hours (24)",
     )
     p.add_argument(
         "--every", type=positive_float, help="repeat every S seconds until SIGTERM/SIGINT"

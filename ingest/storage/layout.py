@@ -79,6 +79,8 @@ __all__ = [
     "LAYOUT_PK",
     "MARKER_PREFIX",
     "REGISTRY_PARTITIONS",
+    "ROLLUP_LOG_PREFIX",
+    "ROLLUP_PREFIX",
     "SEAL_LOG_PREFIX",
     "SENSOR_ID_PATTERN",
     "STAGE_PREFIX",
@@ -98,6 +100,9 @@ __all__ = [
     "parse_number",
     "registry_key",
     "registry_partition_keys",
+    "rollup_day_log_key",
+    "rollup_log_pk",
+    "rollup_pk",
     "seal_log_pk",
     "sensor_group",
     "stage_pk",
@@ -122,6 +127,8 @@ JOURNAL_PREFIX = "#journal#"
 STAGE_PREFIX = "#stage#"
 SEAL_LOG_PREFIX = "#sealed#"
 COMPACTION_PK = "#compaction"
+ROLLUP_PREFIX = "#rollup#"
+ROLLUP_LOG_PREFIX = "#rolled#"
 LAYOUT_KINDS = ("reading", "packed")
 WINDOW_PART_SPACE = 2**64
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
@@ -246,6 +253,28 @@ def seal_log_pk(window_start_ms: int) -> str:
     """The partition key of the seal log of one window period (``packed``): which sensors'
     windows of that period each worker sealed, in which round (ingest.storage.compaction)."""
     return f"{SEAL_LOG_PREFIX}{window_start_ms}"
+
+
+def rollup_pk(step_ms: int, sensor_id: str) -> str:
+    """The partition key of a sensor's rollup items of one step (``packed``,
+    ingest.storage.rollups): ``1m`` (an item per hour) or ``1h`` (an item per day)."""
+    if step_ms == 60_000:
+        return f"{ROLLUP_PREFIX}1m#{sensor_id}"
+    if step_ms == 3_600_000:
+        return f"{ROLLUP_PREFIX}1h#{sensor_id}"
+    raise ValueError(f"rollups have steps of a minute or an hour, got {step_ms} ms")
+
+
+def rollup_log_pk(hour_start_ms: int) -> str:
+    """The partition key of the rollup log of one hour (``packed``): which seal rounds of
+    the hour's windows each rollup pass folded in (ingest.storage.rollpass)."""
+    return f"{ROLLUP_LOG_PREFIX}{hour_start_ms}"
+
+
+def rollup_day_log_key(day_start_ms: int) -> dict[str, dict[str, str]]:
+    """The key of the day log of one UTC day (``packed``): which of its hours the day's
+    hour rollups cover (ingest.storage.rollpass)."""
+    return {"pk": {"S": f"{ROLLUP_LOG_PREFIX}day"}, "sk": {"N": str(day_start_ms)}}
 
 
 def sensor_group(sensor_id: str, groups: int) -> int:

@@ -30,6 +30,7 @@ from ingest.storage.windows import Part, WindowScheme, decode_stage, merge_parts
 
 __all__ = [
     "Caller",
+    "bucket_spans",
     "follow",
     "merge_staged",
     "packed_staged",
@@ -193,7 +194,7 @@ async def read_packed(
                 packed_windows(call, table, scheme, sensor_id, lo, hi, now),
                 name=f"windows-{sensor_id}-{lo}",
             )
-            for lo, hi in _bucket_spans(layout, start_ms, end_ms)
+            for lo, hi in bucket_spans(layout, start_ms, end_ms)
         ]
         staging = tg.create_task(packed_staged(call, table, scheme, sensor_id, end_ms, now))
     windows: dict[int, list[Reading]] = {}
@@ -202,7 +203,7 @@ async def read_packed(
     return merge_staged(windows, staging.result(), start_ms, end_ms)
 
 
-def _bucket_spans(layout: TableLayout, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
+def bucket_spans(layout: TableLayout, start_ms: int, end_ms: int) -> list[tuple[int, int]]:
     return [
         (max(start_ms, b), min(end_ms, b + layout.bucket_ms - 1))
         for b in layout.bucket_starts(start_ms, end_ms)

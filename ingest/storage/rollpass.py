@@ -1,0 +1,346 @@
+"""The rollup pass of a ``packed`` table: which sensor-hours to roll up, and doing it.
+
+Decision 0008; the bins and their items are :mod:`ingest.storage.rollups`. The pass
+runs beside compaction (``iot-ingest table compact``, once or ``--every``), over the
+hours that closed between ``lookback`` and ``settle`` ago.
+
+**Which sensor-hours.** The seal log (:mod:`ingest.storage.compaction`) says, per window
+period, which sensors each sealing round sealed. A pass that rolls an hour up writes a
+**rollup log** item for it (``#rolled#{hour}``): the seal log entries it has folded in
+(their sort keys) and the sensors it rolled. The next pass over that hour rolls up
+again only the sensors of seal rounds it has not folded in yet: late readings, a
+redelivery sealed after a restart, a worker that could seal only after an outage. A
+compaction entry changes no reading, so it causes no new rollup. The log is written
+last: a crash before it makes the next pass redo the same work, which writes the same
+items (bins are computed from the merged windows: the same readings give the same
+blob).
+
+**Minute bins** of a sensor-hour: its windows overlapping the hour, merged (each
+timestamp once), one item (ConsistentRead: the windows a seal log entry names are
+durable before the entry is written). **Hour bins** of a sensor-day: once the day has
+closed (its last hour rolled up), from the day's minute items, one item saying which
+hours it covers (``h``); computed again when a minute item of a closed day changes, with
+a condition on the version it read, so two passes at once cannot leave a day item
+older than its minute items. A day not closed yet is read from its minute items.
+
+Cost, per sensor with readings in the hour: one Query of its windows (a few KB: the
+hour's readings), one write of ≈ 1–3 KB (1–3 write units); per sensor-day, a Query of
+24 minute items and one write of ≈ 1 KB; per hour, a Query per window period and one
+of the rollup log, and one log write.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from ingest.core.errors import DynamoError
+from ingest.storage.compaction import MAX_LOG_SENSORS, parse_seal_log
+from ingest.storage.dynamo import TableClient, is_condition_failure
+from ingest.storage.layout import (
+    Item,
+    binary_value,
+    rollup_day_log_key,
+    rollup_log_pk,
+    rollup_pk,
+    seal_log_pk,
+)
+from ingest.storage.packed import PackedDecodeError, inflate_frame
+from ingest.storage.reads import bucket_spans, merge_staged, packed_windows, query_pages
+from ingest.storage.rollups import (
+    DAY_MS,
+    HOUR_MS,
+    MINUTE_MS,
+    Bins,
+    bins_of_readings,
+    combine,
+    parse_rollup_item,
+    rollup_item,
+)
+from ingest.storage.windows import WindowScheme
+
+if sys.version_info >= (3, 14):
+    from compression import zstd
+else:
+    from backports import zstd
+
+__all__ = [
+    "RollupReport",
+    "day_hour_bins",
+    "parse_rollup_log",
+    "rollup_hour",
+    "rollup_log_items",
+    "rollup_pass",
+    "sensor_hour_bins",
+]
+
+_VERSION_RETRIES: Final = 5
+_compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.checksum_flag: 1})
+
+
+@dataclass(slots=True)
+class RollupReport:
+    """What a rollup pass did."""
+
+    hours: int = 0
+    sensor_hours: int = 0
+    days: int = 0
+    readings: int = 0
+    items_written: int = 0
+
+    def summary(self) -> str:
+        return (
+            f"rollups: {self.sensor_hours} sensor-hours in {self.hours} hours "
+            f"({self.readings} readings), {self.days} sensor-days, "
+            f"{self.items_written} items written"
+        )
+
+
+def _tag(worker: str) -> int:
+    return int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
+
+
+def rollup_log_items(
+    scheme: WindowScheme,
+    hour_ms: int,
+    worker: str,
+    pass_ms: int,
+    seen: Sequence[int],
+    sensors: Sequence[str],
+) -> list[Item]:
+    """The rollup log items of one pass over one hour (the first holds ``seen``)."""
+    ttl = (hour_ms + HOUR_MS + scheme.layout.retention_ms) // 1000
+    out: list[Item] = []
+    chunks = range(0, max(len(sensors), 1), MAX_LOG_SENSORS)
+    for index, first in enumerate(chunks):
+        body = {
+            "seen": [str(x) for x in seen] if index == 0 else [],
+            "sensors": list(sensors[first : first + MAX_LOG_SENSORS]),
+        }
+        out.append(
+            {
+                "pk": {"S": rollup_log_pk(hour_ms)},
+                "sk": {"N": str(pass_ms * 2**24 + _tag(worker) * 16 + index % 16)},
+                "ttl": {"N": str(ttl)},
+                "b": {
+                    "B": _compressor.compress(orjson.dumps(body), zstd.ZstdCompressor.FLUSH_FRAME)
+                },
+            }
+        )
+    return out
+
+
+def parse_rollup_log(item: Mapping[str, Any]) -> tuple[set[int], list[str]]:
+    """(seal log sort keys folded in, sensors rolled up) of a rollup log item.
+
+    Raises:
+        PackedDecodeError: Not a rollup log item.
+    """
+    try:
+        body = orjson.loads(inflate_frame(memoryview(binary_value(item["b"])), "rollup log"))
+        return {int(x) for x in body["seen"]}, [str(s) for s in body["sensors"]]
+    except (KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise PackedDecodeError(f"not a rollup log item: {exc!r}") from exc
+
+
+async def _items(
+    client: TableClient, pk: str, lo: int | None = None, hi: int | None = None
+) -> list[Item]:
+    kwargs: dict[str, Any] = {
+        "TableName": client.table,
+        "KeyConditionExpression": "pk = :pk",
+        "ExpressionAttributeValues": {":pk": {"S": pk}},
+        "ConsistentRead": True,
+    }
+    if lo is not None and hi is not None:
+        kwargs["KeyConditionExpression"] += " AND sk BETWEEN :a AND :b"
+        kwargs["ExpressionAttributeValues"].update({":a": {"N": str(lo)}, ":b": {"N": str(hi)}})
+    return [
+        item async for page in query_pages(client.call, kwargs) for item in page.get("Items", [])
+    ]
+
+
+async def sensor_hour_bins(
+    client: TableClient, scheme: WindowScheme, sensor_id: str, hour_ms: int, now_ms: int
+) -> tuple[dict[str, Bins], int]:
+    """A sensor's minute bins of one hour from its sealed windows (merged), and how many
+    readings they hold."""
+
+    async def consistent(operation: str, **kwargs: Any) -> dict[str, Any]:
+        return await client.call(operation, **kwargs, ConsistentRead=True)
+
+    windows: dict[int, list[Any]] = {}
+    end = hour_ms + HOUR_MS - 1
+    for lo, hi in bucket_spans(scheme.layout, hour_ms, end):
+        windows.update(
+            await packed_windows(consistent, client.table, scheme, sensor_id, lo, hi, now_ms)
+        )
+    readings = merge_staged(windows, [], hour_ms, end)
+    return bins_of_readings(readings, MINUTE_MS), len(readings)
+
+
+async def day_hour_bins(
+    client: TableClient, sensor_id: str, day_ms: int, covered: int
+) -> dict[str, Bins]:
+    """A sensor's hour bins of one day, from its minute items of the hours in ``covered``
+    (bit i: hour i)."""
+    merged: dict[str, list[Bins]] = {}
+    for item in await _items(client, rollup_pk(MINUTE_MS, sensor_id), day_ms, day_ms + DAY_MS - 1):
+        r = parse_rollup_item(item, sensor_id, MINUTE_MS)
+        if covered >> ((r.period_start_ms - day_ms) // HOUR_MS) & 1:
+            for name, b in r.bins.items():
+                merged.setdefault(name, []).append(combine(b, HOUR_MS))
+    return {name: _concat(parts) for name, parts in sorted(merged.items())}
+
+
+def _concat(parts: list[Bins]) -> Bins:
+    parts.sort(key=lambda b: int(b.start[0]))
+    return Bins(
+        start=np.concatenate([b.start for b in parts]),
+        count=np.concatenate([b.count for b in parts]),
+        min=np.concatenate([b.min for b in parts]),
+        max=np.concatenate([b.max for b in parts]),
+        first=np.concatenate([b.first for b in parts]),
+        last=np.concatenate([b.last for b in parts]),
+        sum_k=[k for b in parts for k in b.sum_k],
+        scale=[d for b in parts for d in b.scale],
+        fsum=np.concatenate([b.fsum for b in parts]),
+    )
+
+
+async def _write_day(
+    client: TableClient, scheme: WindowScheme, sensor_id: str, day_ms: int, covered: int
+) -> int:
+    """(Re)compute one sensor-day's hour item, conditionally on the version it replaces;
+    write units are the caller's to count (returns 1 item written)."""
+    key = {"pk": {"S": rollup_pk(HOUR_MS, sensor_id)}, "sk": {"N": str(day_ms)}}
+    for _ in range(_VERSION_RETRIES):
+        got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
+        old = got.get("Item")
+        version = int(old["v"]["N"]) if old and "v" in old else 0
+        bins = await day_hour_bins(client, sensor_id, day_ms, covered)
+        item = rollup_item(
+            scheme.layout, sensor_id, HOUR_MS, day_ms, bins, hours=covered, version=version + 1
+        )
+        condition: dict[str, Any] = (
+            {
+                "ConditionExpression": "v = :v",
+                "ExpressionAttributeValues": {":v": {"N": str(version)}},
+            }
+            if old
+            else {"ConditionExpression": "attribute_not_exists(pk)"}
+        )
+        try:
+            await client.call("put_item", TableName=client.table, Item=item, **condition)
+            return 1
+        except DynamoError as exc:
+            if not is_condition_failure(exc):
+                raise
+    raise DynamoError(
+        f"the hour rollups of {sensor_id!r} for day {day_ms} changed under {_VERSION_RETRIES} "
+        "recomputations in a row (another pass is writing them): left to the next pass"
+    )
+
+
+async def rollup_hour(
+    client: TableClient,
+    scheme: WindowScheme,
+    hour_ms: int,
+    *,
+    worker: str,
+    now_ms: int,
+    report: RollupReport,
+) -> list[str]:
+    """Roll up the sensors of one hour whose seal rounds are not folded in yet (see the
+    module docstring); the sensors rolled up."""
+    window_ms = scheme.window_ms
+    periods = range(scheme.window_start(hour_ms), hour_ms + HOUR_MS, window_ms)
+    entries = [
+        parse_seal_log(item)
+        for start in periods
+        for item in await _items(client, seal_log_pk(start))
+    ]
+    seen: set[int] = set()
+    for item in await _items(client, rollup_log_pk(hour_ms)):
+        seen |= parse_rollup_log(item)[0]
+    report.hours += 1
+    fresh = [e for e in entries if e[0] not in seen]
+    if not fresh:
+        return []
+    sensors = sorted({s for sk, kind, names in fresh if kind == "s" for s in names})
+    items: list[Item] = []
+    for sensor in sensors:
+        bins, n = await sensor_hour_bins(client, scheme, sensor, hour_ms, now_ms)
+        if not bins:
+            continue
+        items.append(rollup_item(scheme.layout, sensor, MINUTE_MS, hour_ms, bins))
+        report.sensor_hours += 1
+        report.readings += n
+    report.items_written += len(items)
+    while items:
+        items = await client.batch_write(items)
+    log = rollup_log_items(scheme, hour_ms, worker, now_ms, sorted(e[0] for e in entries), sensors)
+    while log:
+        log = await client.batch_write(log)
+    return sensors
+
+
+async def _rolled_sensors(client: TableClient, day_ms: int) -> tuple[int, set[str]]:
+    """(hours of the day with a rollup log, as bits; every sensor those logs rolled up)."""
+    covered, sensors = 0, set()
+    for h in range(24):
+        for item in await _items(client, rollup_log_pk(day_ms + h * HOUR_MS)):
+            covered |= 1 << h
+            sensors.update(parse_rollup_log(item)[1])
+    return covered, sensors
+
+
+async def rollup_pass(
+    client: TableClient,
+    scheme: WindowScheme,
+    *,
+    worker: str,
+    now_ms: int,
+    lookback_ms: int,
+    settle_ms: int,
+) -> RollupReport:
+    """Roll up the hours that ended between ``lookback_ms`` and ``settle_ms`` ago, then the
+    hour bins of the closed days among them: every sensor's the first time (or when an
+    hour of the day was rolled up for the first time since), the sensors rolled up again
+    otherwise. The day log (``#rolled#day`` / day) records which hours a day's items
+    cover, written after them."""
+    report = RollupReport()
+    last = (now_ms - settle_ms) // HOUR_MS * HOUR_MS - HOUR_MS
+    first = (now_ms - lookback_ms) // HOUR_MS * HOUR_MS
+    touched: dict[int, set[str]] = {}
+    for hour in range(first, last + 1, HOUR_MS):
+        rolled = await rollup_hour(
+            client, scheme, hour, worker=worker, now_ms=now_ms, report=report
+        )
+        touched.setdefault(hour - hour % DAY_MS, set()).update(rolled)
+    for day, sensors in sorted(touched.items()):
+        if day + DAY_MS - HOUR_MS > last:
+            continue  # not closed yet: readers use its minute items
+        covered, everyone = await _rolled_sensors(client, day)
+        key = rollup_day_log_key(day)
+        got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
+        before = int(got["Item"]["h"]["N"]) if "Item" in got else None
+        if before == covered and not sensors:
+            continue
+        todo = everyone if before != covered else sensors
+        for sensor in sorted(todo):
+            report.items_written += await _write_day(client, scheme, sensor, day, covered)
+            report.days += 1
+        ttl = (day + DAY_MS + scheme.layout.retention_ms) // 1000
+        await client.call(
+            "put_item",
+            TableName=client.table,
+            Item={**key, "h": {"N": str(covered)}, "ttl": {"N": str(ttl)}},
+        )
+    return report
