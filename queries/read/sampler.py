@@ -34,10 +34,10 @@ from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.read.cache import CacheEntry
 from queries.read.closed import cached, closed_buckets, read_closed
-from queries.read.packedread import read_packed_range
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
 from queries.read.reader import ReadStats, TableReader
+from queries.read.rollread import fold_packed_series
 from queries.read.series import SeriesAccumulator, WindowGrid
 from queries.read.tiers import HOT, Tier, markers, read_bucket
 
@@ -61,6 +61,19 @@ class SensorSeries:
     metrics: dict[str, SeriesAccumulator] = field(default_factory=dict)
     omitted: set[str] = field(default_factory=set)
     tiers: list[tuple[int, Tier]] = field(default_factory=list)
+
+    def accumulator(
+        self, name: str, grid: WindowGrid, aggs: tuple[Agg, ...]
+    ) -> SeriesAccumulator | None:
+        """The metric's accumulator, made if new; None past :data:`MAX_METRICS` (the
+        name is noted in ``omitted``)."""
+        acc = self.metrics.get(name)
+        if acc is None:
+            if len(self.metrics) >= MAX_METRICS:
+                self.omitted.add(name)
+                return None
+            acc = self.metrics[name] = SeriesAccumulator(grid, aggs)
+        return acc
 
     def fold(self, items: list[Item], grid: WindowGrid, aggs: tuple[Agg, ...], now_s: int) -> None:
         """Fold one DynamoDB page of items into the accumulators (expired items dropped)."""
@@ -103,12 +116,9 @@ class SensorSeries:
         aggs: tuple[Agg, ...],
     ) -> None:
         for name, (ts_list, values) in columns.items():
-            acc = self.metrics.get(name)
+            acc = self.accumulator(name, grid, aggs)
             if acc is None:
-                if len(self.metrics) >= MAX_METRICS:
-                    self.omitted.add(name)
-                    continue
-                acc = self.metrics[name] = SeriesAccumulator(grid, aggs)
+                continue
             acc.add(np.array(ts_list, dtype=np.int64), np.array(values, dtype=np.float64))
 
 
@@ -142,10 +152,9 @@ async def read_series(
         if fields is not None:
             for name in fields:
                 series.metrics[name] = SeriesAccumulator(grid, aggs)
-        readings = await read_packed_range(
-            reader, sensor_id, first_ms, last_ms, fields=fields, stats=stats, now_s=now
+        await fold_packed_series(
+            series, reader, sensor_id, grid, aggs, fields=fields, stats=stats, now_s=now
         )
-        series.fold_readings(readings, grid, aggs)
         series.tiers = [(b, HOT) for b in buckets]
         return series
     closed = closed_buckets(reader, buckets)

@@ -162,6 +162,49 @@ class SeriesAccumulator:
             self.last_ts[windows[better]] = cand[better]
             self.last[windows[better]] = values[last_pos[better]]
 
+    def add_bins(
+        self,
+        start: IntArray,
+        count: IntArray,
+        sums: FloatArray,
+        mins: FloatArray,
+        maxs: FloatArray,
+        firsts: FloatArray,
+        first_ts: IntArray,
+        lasts: FloatArray,
+        last_ts: IntArray,
+    ) -> None:
+        """Fold rollup bins (ascending by start; each within one window: the grid's step is a
+        multiple of theirs) into the windows. A bin's first and last value count as at
+        ``first_ts`` and ``last_ts`` (the start and the end of the span it covers: a bin
+        never overlaps the readings or other bins folded into its window, so this orders
+        them as their readings' timestamps would)."""
+        grid = self.grid
+        inside = (start >= grid.origin_ms) & (start < grid.end_ms)
+        if not inside.all():
+            start, count, sums = start[inside], count[inside], sums[inside]
+            mins, maxs, firsts, lasts = mins[inside], maxs[inside], firsts[inside], lasts[inside]
+            first_ts, last_ts = first_ts[inside], last_ts[inside]
+        if start.size == 0:
+            return
+        idx = (start - grid.origin_ms) // grid.step_ms
+        np.add.at(self.count, idx, count)
+        np.add.at(self.sum, idx, sums)
+        if self._minmax:
+            np.minimum.at(self.min, idx, mins)
+            np.maximum.at(self.max, idx, maxs)
+        if self._ends:
+            windows, first_pos = np.unique(idx, return_index=True)
+            last_pos = np.append(first_pos[1:], idx.size) - 1
+            cand = first_ts[first_pos]
+            better = cand < self.first_ts[windows]
+            self.first_ts[windows[better]] = cand[better]
+            self.first[windows[better]] = firsts[first_pos[better]]
+            cand = last_ts[last_pos]
+            better = cand > self.last_ts[windows]
+            self.last_ts[windows[better]] = cand[better]
+            self.last[windows[better]] = lasts[last_pos[better]]
+
     def result(self, agg: Agg) -> FloatArray | IntArray:
         """One aggregation per window: NaN for empty windows (``count``: 0)."""
         if agg == "count":

@@ -1,0 +1,157 @@
+"""A ``packed`` table's series from its rollups, raw readings only where none cover.
+
+Decision 0008; the bins are :mod:`ingest.storage.rollups`. A series whose step is a
+whole number of minutes reads, for the span of its windows:
+
+1. when the step is whole hours, the sensor's **hour items** of the span's days (one
+   Query): each covers the hours its day log says were rolled up;
+2. for the hours still uncovered, its **minute items** (one Query per run of
+   consecutive uncovered hours): each covers its whole hour;
+3. for the hours neither covers (the last hour or two, which the rollup pass has not
+   reached; hours before rollups existed), the **readings** (sealed windows and staging,
+   :func:`queries.read.packedread.read_packed_range`), one read per run.
+
+Bins are combined into the series' windows exactly (:func:`ingest.storage.rollups.combine`:
+counts and exact sums added as integers) before they are folded, so a window served
+from rollups alone has the exact sum of its readings, correctly rounded; the other
+aggregations (count, min, max, first, last) are exact whatever served them. A late
+reading is in the raw read at once and in the rollups after the next rollup pass.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+from typing import Any, Protocol
+
+import numpy as np
+
+from ingest.storage.layout import Reading, TableLayout, rollup_pk
+from ingest.storage.packed import PackedDecodeError
+from ingest.storage.reads import query_pages
+from ingest.storage.rollups import HOUR_MS, MINUTE_MS, RollupItem, combine, parse_rollup_item
+from queries.errors import ReadFailed
+from queries.read.packedread import read_packed_range
+from queries.read.params import Agg
+from queries.read.reader import ReadStats, TableReader
+from queries.read.series import SeriesAccumulator, WindowGrid
+
+__all__ = ["SeriesSink", "fold_packed_series"]
+
+_DAY_MS = 86_400_000
+
+
+class SeriesSink(Protocol):
+    """Where a sensor's series is folded (:class:`queries.read.sampler.SensorSeries`)."""
+
+    def accumulator(
+        self, name: str, grid: WindowGrid, aggs: tuple[Agg, ...]
+    ) -> SeriesAccumulator | None:
+        """The metric's accumulator (made if new), or None past the metric limit."""
+        ...
+
+    def fold_readings(
+        self, readings: list[Reading], grid: WindowGrid, aggs: tuple[Agg, ...]
+    ) -> None:
+        """Fold raw readings."""
+        ...
+
+
+async def _rollup_items(
+    reader: TableReader,
+    sensor_id: str,
+    step_ms: int,
+    lo: int,
+    hi: int,
+    stats: ReadStats,
+    now_s: int,
+) -> list[RollupItem]:
+    """The sensor's rollup items of one step whose period starts in [lo, hi]."""
+    kwargs: dict[str, Any] = {
+        "TableName": reader.table,
+        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
+        "ExpressionAttributeValues": {
+            ":pk": {"S": rollup_pk(step_ms, sensor_id)},
+            ":a": {"N": str(lo)},
+            ":b": {"N": str(hi)},
+        },
+    }
+    out: list[RollupItem] = []
+    async for page in query_pages(functools.partial(reader.call, stats=stats), kwargs):
+        for item in page.get("Items", []):
+            if TableLayout.is_expired(item, now_s):
+                continue
+            try:
+                out.append(parse_rollup_item(item, sensor_id, step_ms))
+            except PackedDecodeError as exc:
+                raise ReadFailed(f"a rollup item of {sensor_id!r} is corrupt: {exc}") from exc
+    return out
+
+
+def _runs(hours: Sequence[int]) -> list[tuple[int, int]]:
+    """Consecutive hour starts as [start, end) spans."""
+    out: list[tuple[int, int]] = []
+    for h in hours:
+        if out and out[-1][1] == h:
+            out[-1] = (out[-1][0], h + HOUR_MS)
+        else:
+            out.append((h, h + HOUR_MS))
+    return out
+
+
+def _fold(
+    series: SeriesSink,
+    item: RollupItem,
+    grid: WindowGrid,
+    aggs: tuple[Agg, ...],
+    fields: Sequence[str] | None,
+) -> None:
+    for name, bins in item.bins.items():
+        if fields is not None and name not in fields:
+            continue
+        acc = series.accumulator(name, grid, aggs)
+        if acc is None:
+            continue
+        b = combine(bins, grid.step_ms)
+        group = bins.start // grid.step_ms
+        edges = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1])))
+        first_ts = bins.start[edges]
+        last_ts = bins.start[np.append(edges[1:], group.size) - 1] + item.step_ms - 1
+        acc.add_bins(b.start, b.count, b.sums(), b.min, b.max, b.first, first_ts, b.last, last_ts)
+
+
+async def fold_packed_series(
+    series: SeriesSink,
+    reader: TableReader,
+    sensor_id: str,
+    grid: WindowGrid,
+    aggs: tuple[Agg, ...],
+    *,
+    fields: Sequence[str] | None,
+    stats: ReadStats,
+    now_s: int,
+) -> int:
+    """Fold a packed table's sensor into the series' accumulators (see the module
+    docstring); how many hours rollups served."""
+    lo, hi = grid.origin_ms, grid.end_ms  # [lo, hi)
+    hours = list(range(lo - lo % HOUR_MS, hi, HOUR_MS))
+    covered: set[int] = set()
+    if grid.step_ms % MINUTE_MS == 0:
+        if grid.step_ms % HOUR_MS == 0:
+            for item in await _rollup_items(
+                reader, sensor_id, HOUR_MS, lo - lo % _DAY_MS, hi - 1, stats, now_s
+            ):
+                _fold(series, item, grid, aggs, fields)
+                for a, b in item.covers():
+                    covered.update(range(a, b, HOUR_MS))
+        for a, b in _runs([h for h in hours if h not in covered]):
+            for item in await _rollup_items(reader, sensor_id, MINUTE_MS, a, b - 1, stats, now_s):
+                _fold(series, item, grid, aggs, fields)
+                covered.add(item.period_start_ms)
+    served = sum(1 for h in hours if h in covered)
+    for a, b in _runs([h for h in hours if h not in covered]):
+        readings = await read_packed_range(
+            reader, sensor_id, max(a, lo), min(b, hi) - 1, fields=fields, stats=stats, now_s=now_s
+        )
+        series.fold_readings(readings, grid, aggs)
+    return served
