@@ -15,7 +15,9 @@ figure that carries over to AWS.
 
 Run: ``python -m bench.querybench [--target dynalite|moto] [--hours 24] [--repeat 3]
 [--layout reading|packed|both]``: a ``packed`` table holds the same readings as sealed
-15-minute windows (one set each, as the write stage seals them).
+15-minute windows (one set each, as the write stage seals them) and, once the rollup
+pass has run over the filled hours (as ``iot-ingest table compact`` would), their
+minute and hour rollups: a series whose step is whole minutes reads those.
 
 **Dashboard refresh** (``--dashboard``): the dashboard's own request
 (``/v1/series?sensors=…&start=now-24h&end=now&agg=avg,min,max&max_points=266``)
@@ -49,8 +51,10 @@ from bench.servers import DynaliteServer, MotoServer
 from ingest.aws.settings import AwsSettings
 from ingest.core.errors import DynamoRetriable
 from ingest.core.retry import Backoff
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.compaction import seal_log_items
+from ingest.storage.dynamo import DynamoClient, put_all
 from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.rollpass import rollup_pass
 from ingest.storage.table import create_table
 from ingest.storage.windows import WindowScheme, seal
 from queries.api.app import create_app
@@ -108,6 +112,27 @@ async def _fill(client: DynamoClient, layout: TableLayout, start_ms: int, n: int
             tg.create_task(batch(first))
 
 
+async def _roll_up(client: DynamoClient, layout: TableLayout, start_ms: int, end_ms: int) -> str:
+    """Write the windows' seal log (as the write stage does) and run the rollup pass over
+    the filled hours, as ``iot-ingest table compact`` would once they closed."""
+    scheme = WindowScheme(layout)
+    log: list[Item] = []
+    for w in range(start_ms, end_ms, layout.window_ms):
+        log += seal_log_items(scheme, w, "bench", w + layout.window_ms + 61_000, [SENSOR])
+    await put_all(client, log)
+    settle_ms = 300_000
+    t0 = time.perf_counter()
+    report = await rollup_pass(
+        client,
+        scheme,
+        worker="bench",
+        now_ms=end_ms + settle_ms + 1,
+        lookback_ms=end_ms + settle_ms + 1 - start_ms,
+        settle_ms=settle_ms,
+    )
+    return f"{report.summary()} in {time.perf_counter() - t0:.1f} s"
+
+
 async def _timed(
     http: aiohttp.ClientSession, url: str, *, follow: bool
 ) -> tuple[float, float, int]:
@@ -163,6 +188,8 @@ async def run_query_bench(
         print(
             f"filled {hours * 3600} readings in {time.perf_counter() - t0:.1f} s", file=sys.stderr
         )
+        if layout.kind == "packed":
+            print(await _roll_up(client, layout, start_ms, end_ms), file=sys.stderr)
         settings = ServeSettings(
             table=table,
             endpoint_url=server.endpoint_url,
@@ -178,6 +205,7 @@ async def run_query_bench(
             ("series 1 h, 500 points", f"{base}/series?{hour}&max_points=500", False),
             (f"raw {hours} h (pages of 10,000)", f"{base}/readings?{day}&limit=10000", True),
             (f"series {hours} h, 500 points", f"{base}/series?{day}&max_points=500", False),
+            (f"series {hours} h, 1 h step", f"{base}/series?{day}&step=1h", False),
         ]
         rows = []
         async with aiohttp.ClientSession() as http:

@@ -27,9 +27,11 @@ and the like) is :class:`~ingest.core.errors.DynamoRejected`.
 
 from __future__ import annotations
 
+import asyncio
 import html
 import logging
 import re
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 import aiohttp
@@ -69,6 +71,7 @@ __all__ = [
     "is_condition_failure",
     "is_transient",
     "json_object",
+    "put_all",
     "unprocessed_puts",
     "wrap_error",
 ]
@@ -125,6 +128,17 @@ class BatchSink(Protocol):
     async def batch_write(self, items: list[Item]) -> list[Item]:
         """Put items; return those DynamoDB left unprocessed. Raise DynamoError."""
         ...
+
+
+async def put_all(sink: BatchSink, items: Sequence[Item], *, pause_s: float = 0.05) -> None:
+    """Put every item, 25 to a BatchWriteItem, sending again what DynamoDB left
+    unprocessed (after a pause that doubles, up to 2 s); errors propagate."""
+    for first in range(0, len(items), 25):
+        left = list(items[first : first + 25])
+        pause = pause_s
+        while left := await sink.batch_write(left):
+            await asyncio.sleep(pause)
+            pause = min(2 * pause, 2.0)
 
 
 class Queryable(Protocol):

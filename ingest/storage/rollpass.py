@@ -42,7 +42,7 @@ import orjson
 
 from ingest.core.errors import DynamoError
 from ingest.storage.compaction import MAX_LOG_SENSORS, parse_seal_log
-from ingest.storage.dynamo import TableClient, is_condition_failure
+from ingest.storage.dynamo import TableClient, is_condition_failure, put_all
 from ingest.storage.layout import (
     Item,
     binary_value,
@@ -283,11 +283,11 @@ async def rollup_hour(
         report.sensor_hours += 1
         report.readings += n
     report.items_written += len(items)
-    while items:
-        items = await client.batch_write(items)
-    log = rollup_log_items(scheme, hour_ms, worker, now_ms, sorted(e[0] for e in entries), sensors)
-    while log:
-        log = await client.batch_write(log)
+    await put_all(client, items)
+    await put_all(
+        client,
+        rollup_log_items(scheme, hour_ms, worker, now_ms, sorted(e[0] for e in entries), sensors),
+    )
     return sensors
 
 

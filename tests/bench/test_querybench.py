@@ -15,10 +15,21 @@ async def test_query_bench_reports_every_query_with_read_units() -> None:
         "series 1 h, 500 points",
         "raw 1 h (pages of 10,000)",
         "series 1 h, 500 points",
+        "series 1 h, 1 h step",
     ]
     assert rows[0]["items"] == 3600  # every reading of the hour, once
     assert rows[1]["items"] <= 500  # at most max_points windows
     assert all(r["read_units"] > 0 for r in rows)
+
+
+@pytest.mark.timeout(300)
+async def test_query_bench_on_a_packed_table_reads_its_rollups() -> None:
+    rows = {r["query"]: r for r in await run_query_bench("dynalite", 2, 1, "packed")}
+    assert rows["raw 2 h (pages of 10,000)"]["items"] == 7200
+    hourly = rows["series 2 h, 1 h step"]
+    assert hourly["items"] == 2
+    # Two minute items of ≈ 1 KB: the least a Query costs.
+    assert 0 < hourly["read_units"] <= 0.5, hourly
 
 
 @pytest.mark.timeout(300)

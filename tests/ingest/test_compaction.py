@@ -20,7 +20,7 @@ from ingest.storage.compaction import (
     seal_log_items,
     window_parts,
 )
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import DynamoClient, put_all
 from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.table import create_table
 from ingest.storage.windows import WindowScheme, merge_parts, needs_compaction, seal
@@ -44,11 +44,6 @@ def test_a_sensor_needs_compaction_when_sealed_in_two_rounds_since_its_last_comp
     assert parse_seal_log(item) == (int(item["sk"]["N"]), "s", ["x", "y"])
 
 
-async def _write(client: DynamoClient, items: list[dict[str, object]]) -> None:
-    while items:
-        items = await client.batch_write(items)  # type: ignore[arg-type]
-
-
 async def test_two_sets_become_one_the_later_write_wins_and_a_second_pass_does_nothing(
     dynamodb_endpoint: str, unique_name: str
 ) -> None:
@@ -61,8 +56,8 @@ async def test_two_sets_become_one_the_later_write_wins_and_a_second_pass_does_n
     sets = [seal(SCHEME, first, 1_000), seal(SCHEME, second, 2_000), seal(SCHEME, single, 1_000)]
     async with DynamoClient(table=unique_name, aws=aws) as client:
         await create_table(client, LAYOUT)
-        await _write(client, [SCHEME.part_item(p) for ps in sets for p in ps])
-        await _write(
+        await put_all(client, [SCHEME.part_item(p) for ps in sets for p in ps])
+        await put_all(
             client,
             seal_log_items(SCHEME, w, "w1", now - HOUR + 70_000, ["a", "b"])
             + seal_log_items(SCHEME, w, "w2", now - HOUR + 80_000, ["a"]),
@@ -101,8 +96,8 @@ async def test_a_crash_between_the_write_and_the_deletes_is_finished_by_the_next
     merged = seal(SCHEME, merge_parts(a + b), 2_000)  # what a compactor wrote, then crashed
     async with DynamoClient(table=unique_name, aws=aws) as client:
         await create_table(client, LAYOUT)
-        await _write(client, [SCHEME.part_item(p) for p in a + b + merged])
-        await _write(
+        await put_all(client, [SCHEME.part_item(p) for p in a + b + merged])
+        await put_all(
             client,
             seal_log_items(SCHEME, w, "w1", 10, ["a"]) + seal_log_items(SCHEME, w, "w1", 20, ["a"]),
         )

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 
 from ingest.aws.settings import AwsSettings
 from ingest.storage.compaction import seal_log_items
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import DynamoClient, put_all
 from ingest.storage.layout import Reading, TableLayout, rollup_pk
 from ingest.storage.rollpass import RollupReport, rollup_pass
 from ingest.storage.rollups import (
@@ -159,11 +159,6 @@ def test_minute_bins_of_a_1hz_sensor_take_a_fraction_of_a_byte_per_reading() -> 
     assert len(blob) < 0.5 * len(readings), len(blob)
 
 
-async def _write(client: DynamoClient, items: list[dict[str, object]]) -> None:
-    while items:
-        items = await client.batch_write(items)  # type: ignore[arg-type]
-
-
 async def _rollups(client: DynamoClient, sensor: str, step: int) -> dict[int, object]:
     resp = await client.call(
         "query",
@@ -198,7 +193,7 @@ async def test_the_pass_rolls_up_what_was_sealed_once_and_again_only_what_change
         for w, ws in by_window.items():
             items += [SCHEME.part_item(p) for p in seal(SCHEME, ws, round_ms)]
             items += seal_log_items(SCHEME, w, worker, round_ms, [sensor])
-        await _write(client, items)
+        await put_all(client, items)
 
     async def roll(at: int) -> RollupReport:
         return await rollup_pass(

@@ -13,7 +13,7 @@ import aiohttp
 from ingest.aws.settings import AwsSettings
 from ingest.core.metrics import Metrics
 from ingest.pipeline.registry import SensorRegistry
-from ingest.storage.dynamo import DynamoClient
+from ingest.storage.dynamo import DynamoClient, put_all
 from ingest.storage.layout import Item, Reading, TableLayout
 from queries.read.params import AGGREGATIONS
 from queries.read.reader import TableReader
@@ -53,10 +53,7 @@ class TestTable:
 
     async def put_items(self, items: list[Item]) -> None:
         """Write items, 25 per BatchWriteItem, resending what comes back unprocessed."""
-        for i in range(0, len(items), 25):
-            pending = items[i : i + 25]
-            while pending:
-                pending = await self.client.batch_write(pending)
+        await put_all(self.client, items)
 
     async def put(self, readings: list[Reading]) -> None:
         """Write readings through the table layout (one item each)."""
