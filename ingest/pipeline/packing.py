@@ -60,7 +60,7 @@ from ingest.storage.journal import (
 )
 from ingest.storage.layout import Item, Reading, journal_pk, sensor_group
 from ingest.storage.packed import PackedError
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, encode_stage, seal
 
 __all__ = [
@@ -409,15 +409,7 @@ class WindowWriter:
             ConsistentRead=True,
         )
         start_ms = int(got["Item"]["from"]["N"]) if "Item" in got else 0
-        kwargs = {
-            "TableName": table,
-            "KeyConditionExpression": "pk = :pk AND sk >= :sk",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": pk},
-                ":sk": {"N": str(max(start_ms * 1000, CHECKPOINT_SK + 1))},
-            },
-            "ConsistentRead": True,
-        }
+        kwargs = key_query(table, pk, max(start_ms * 1000, CHECKPOINT_SK + 1), consistent=True)
         last, items, readings = CHECKPOINT_SK, 0, 0
         async for page in query_pages(self._client.call, kwargs):
             for item in page.get("Items", []):
@@ -441,15 +433,9 @@ class WindowWriter:
         return JournalSequence(last)
 
     async def _last_journal_sk(self, pk: str) -> int:
+        kwargs = key_query(self._client.table, pk, CHECKPOINT_SK + 1, consistent=True)
         resp = await self._client.call(
-            "query",
-            TableName=self._client.table,
-            KeyConditionExpression="pk = :pk AND sk > :zero",
-            ExpressionAttributeValues={":pk": {"S": pk}, ":zero": {"N": str(CHECKPOINT_SK)}},
-            ScanIndexForward=False,
-            Limit=1,
-            ConsistentRead=True,
-            ProjectionExpression="sk",
+            "query", **kwargs, ScanIndexForward=False, Limit=1, ProjectionExpression="sk"
         )
         found = resp.get("Items", [])
         return int(found[0]["sk"]["N"]) if found else CHECKPOINT_SK

@@ -49,7 +49,7 @@ from ingest.storage.layout import (
     window_sk,
 )
 from ingest.storage.packed import PackedDecodeError, inflate_frame
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.windows import (
     Part,
     WindowScheme,
@@ -147,16 +147,13 @@ async def window_parts(
     client: TableClient, scheme: WindowScheme, sensor_id: str, window_start_ms: int
 ) -> list[Part]:
     """Every part of one sensor's window (one Query)."""
-    kwargs: dict[str, Any] = {
-        "TableName": client.table,
-        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
-        "ExpressionAttributeValues": {
-            ":pk": {"S": scheme.layout.window_pk(sensor_id, window_start_ms)},
-            ":a": {"N": str(window_sk(window_start_ms, 0))},
-            ":b": {"N": str(window_sk(window_start_ms, WINDOW_PART_SPACE - 1))},
-        },
-        "ConsistentRead": True,
-    }
+    kwargs = key_query(
+        client.table,
+        scheme.layout.window_pk(sensor_id, window_start_ms),
+        window_sk(window_start_ms, 0),
+        window_sk(window_start_ms, WINDOW_PART_SPACE - 1),
+        consistent=True,
+    )
     return [
         parse_part_item(item, sensor_id)
         async for page in query_pages(client.call, kwargs)
@@ -226,12 +223,7 @@ async def compact_period(
 ) -> list[str]:
     """Compact every window of one period that the seal log shows in several sets; the
     sensors compacted (logged as a compaction entry)."""
-    kwargs: dict[str, Any] = {
-        "TableName": client.table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": seal_log_pk(window_start_ms)}},
-        "ConsistentRead": True,
-    }
+    kwargs = key_query(client.table, seal_log_pk(window_start_ms), consistent=True)
     entries = [
         parse_seal_log(item)
         async for page in query_pages(client.call, kwargs)

@@ -32,6 +32,7 @@ __all__ = [
     "Caller",
     "bucket_spans",
     "follow",
+    "key_query",
     "merge_staged",
     "packed_staged",
     "packed_windows",
@@ -69,6 +70,29 @@ async def query_pages(call: Caller, kwargs: dict[str, Any]) -> AsyncIterator[dic
         yield resp
         if not more:
             return
+
+
+def key_query(
+    table: str, pk: str, lo: int | None = None, hi: int | None = None, *, consistent: bool = False
+) -> dict[str, Any]:
+    """Query arguments for one partition's items, with ``lo <= sk`` (and ``sk <= hi``)
+    when given: the table's own items (windows, staging, logs, rollups), whole."""
+    values: dict[str, Any] = {":pk": {"S": pk}}
+    condition = "pk = :pk"
+    if lo is not None and hi is not None:
+        condition += " AND sk BETWEEN :a AND :b"
+        values.update({":a": {"N": str(lo)}, ":b": {"N": str(hi)}})
+    elif lo is not None:
+        condition += " AND sk >= :a"
+        values[":a"] = {"N": str(lo)}
+    kwargs: dict[str, Any] = {
+        "TableName": table,
+        "KeyConditionExpression": condition,
+        "ExpressionAttributeValues": values,
+    }
+    if consistent:
+        kwargs["ConsistentRead"] = True
+    return kwargs
 
 
 def partition_query(
@@ -238,15 +262,12 @@ async def packed_windows(
     each window's sets merged (:func:`~ingest.storage.windows.merge_parts`); window
     start → its readings (the whole window: callers clip). Parts past their TTL at
     ``now_ms`` are left out."""
-    kwargs: dict[str, Any] = {
-        "TableName": table,
-        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
-        "ExpressionAttributeValues": {
-            ":pk": {"S": scheme.layout.window_pk(sensor_id, start_ms)},
-            ":a": {"N": str(window_sk(scheme.window_start(start_ms), 0))},
-            ":b": {"N": str(window_sk(scheme.window_start(end_ms), WINDOW_PART_SPACE - 1))},
-        },
-    }
+    kwargs = key_query(
+        table,
+        scheme.layout.window_pk(sensor_id, start_ms),
+        window_sk(scheme.window_start(start_ms), 0),
+        window_sk(scheme.window_start(end_ms), WINDOW_PART_SPACE - 1),
+    )
     parts: dict[int, list[Part]] = {}
     async for page in query_pages(call, kwargs):
         for item in page.get("Items", []):
@@ -270,14 +291,7 @@ async def packed_staged(
     out: list[Reading] = []
     hour = since_ms - since_ms % _HOUR_MS
     while hour <= now_ms:
-        kwargs: dict[str, Any] = {
-            "TableName": table,
-            "KeyConditionExpression": "pk = :pk AND sk >= :a",
-            "ExpressionAttributeValues": {
-                ":pk": {"S": stage_pk(group, hour)},
-                ":a": {"N": str(max(since_ms, 0) * 2**24)},
-            },
-        }
+        kwargs = key_query(table, stage_pk(group, hour), max(since_ms, 0) * 2**24)
         async for page in query_pages(call, kwargs):
             for item in page.get("Items", []):
                 out += decode_stage(binary_value(item["b"]), sensor_id)

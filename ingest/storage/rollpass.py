@@ -52,7 +52,13 @@ from ingest.storage.layout import (
     seal_log_pk,
 )
 from ingest.storage.packed import PackedDecodeError, inflate_frame
-from ingest.storage.reads import bucket_spans, merge_staged, packed_windows, query_pages
+from ingest.storage.reads import (
+    bucket_spans,
+    key_query,
+    merge_staged,
+    packed_windows,
+    query_pages,
+)
 from ingest.storage.rollups import (
     DAY_MS,
     HOUR_MS,
@@ -152,15 +158,7 @@ def parse_rollup_log(item: Mapping[str, Any]) -> tuple[set[int], list[str]]:
 async def _items(
     client: TableClient, pk: str, lo: int | None = None, hi: int | None = None
 ) -> list[Item]:
-    kwargs: dict[str, Any] = {
-        "TableName": client.table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": pk}},
-        "ConsistentRead": True,
-    }
-    if lo is not None and hi is not None:
-        kwargs["KeyConditionExpression"] += " AND sk BETWEEN :a AND :b"
-        kwargs["ExpressionAttributeValues"].update({":a": {"N": str(lo)}, ":b": {"N": str(hi)}})
+    kwargs = key_query(client.table, pk, lo, hi, consistent=True)
     return [
         item async for page in query_pages(client.call, kwargs) for item in page.get("Items", [])
     ]

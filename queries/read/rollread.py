@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 
 from ingest.storage.layout import Reading, TableLayout, rollup_pk
 from ingest.storage.packed import PackedDecodeError
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.rollups import HOUR_MS, MINUTE_MS, RollupItem, combine, parse_rollup_item
 from queries.errors import ReadFailed
 from queries.read.packedread import read_packed_range
@@ -67,15 +67,7 @@ async def _rollup_items(
     now_s: int,
 ) -> list[RollupItem]:
     """The sensor's rollup items of one step whose period starts in [lo, hi]."""
-    kwargs: dict[str, Any] = {
-        "TableName": reader.table,
-        "KeyConditionExpression": "pk = :pk AND sk BETWEEN :a AND :b",
-        "ExpressionAttributeValues": {
-            ":pk": {"S": rollup_pk(step_ms, sensor_id)},
-            ":a": {"N": str(lo)},
-            ":b": {"N": str(hi)},
-        },
-    }
+    kwargs = key_query(reader.table, rollup_pk(step_ms, sensor_id), lo, hi)
     out: list[RollupItem] = []
     async for page in query_pages(functools.partial(reader.call, stats=stats), kwargs):
         for item in page.get("Items", []):

@@ -63,13 +63,9 @@ class Table:
         assert operation == "query"
         values = kw["ExpressionAttributeValues"]
         pk = values[":pk"]["S"]
-        low = int((values.get(":sk") or values.get(":zero"))["N"])
-        strict = ":zero" in values
-        found = sorted(
-            (k[1], it)
-            for k, it in self.items.items()
-            if k[0] == pk and (k[1] > low if strict else k[1] >= low)
-        )
+        assert kw["KeyConditionExpression"] == "pk = :pk AND sk >= :a"
+        low = int(values[":a"]["N"])
+        found = sorted((k[1], it) for k, it in self.items.items() if k[0] == pk and k[1] >= low)
         rows = [it for _, it in found]
         if kw.get("ScanIndexForward") is False:
             rows.reverse()
