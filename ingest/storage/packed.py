@@ -97,12 +97,14 @@ else:
 __all__ = [
     "FORMAT_VERSION",
     "MAX_CONTENT_BYTES",
+    "Columns",
     "Cursor",
     "PackedDecodeError",
     "PackedEncodeError",
     "PackedError",
     "PackedVersionError",
     "check_version",
+    "decode_columns",
     "decode_window",
     "encode_window",
     "inflate_frame",
@@ -583,6 +585,43 @@ def decode_window(blob: bytes | bytearray | memoryview) -> list[Reading]:
         PackedVersionError: The blob is of a format version this reader does not know.
         PackedDecodeError: The blob is empty, truncated, corrupt or not a packed item.
     """
+    return _readings(*_columns_of(blob))
+
+
+@dataclass(frozen=True, slots=True)
+class Columns:
+    """A packed blob's content as columns (what :func:`decode_window` makes readings of).
+
+    Attributes:
+        sensor_id: Whose readings.
+        ts: Timestamps, ascending.
+        columns: Per column, its metric name, its values (int64, uint64 or float64, in
+            timestamp order) and the indices of the readings that have it (``None``:
+            every reading). A metric of several types is several columns of one name.
+    """
+
+    sensor_id: str
+    ts: _I64
+    columns: list[tuple[str, npt.NDArray[Any], _I64 | None]]
+
+
+def decode_columns(blob: bytes | bytearray | memoryview) -> Columns:
+    """Decode a packed blob into columns, without making readings (tags are checked and
+    left out); the same refusals as :func:`decode_window`."""
+    sensor_id, ts, names, columns, present, _ = _columns_of(blob)
+    return Columns(sensor_id, ts, list(zip(names, columns, present, strict=True)))
+
+
+def _columns_of(
+    blob: bytes | bytearray | memoryview,
+) -> tuple[
+    str,
+    _I64,
+    list[str],
+    list[npt.NDArray[Any]],
+    list[_I64 | None],
+    list[tuple[int, dict[str, str]]] | None,
+]:
     data = bytes(blob)
     check_version(data, FORMAT_VERSION, "packed item")
     content = inflate_frame(memoryview(data)[1:])
@@ -640,7 +679,16 @@ def inflate_frame(frame: memoryview, what: str = "packed item") -> bytes:
     return content
 
 
-def _parse(cur: Cursor) -> list[Reading]:
+def _parse(
+    cur: Cursor,
+) -> tuple[
+    str,
+    _I64,
+    list[str],
+    list[npt.NDArray[Any]],
+    list[_I64 | None],
+    list[tuple[int, dict[str, str]]] | None,
+]:
     limit = len(cur.buf)
     flags = cur.u8()
     if flags & ~(_FLAG_TAGS | _FLAG_MISSING):
@@ -678,7 +726,7 @@ def _parse(cur: Cursor) -> list[Reading]:
         raise PackedDecodeError(
             f"packed item is corrupt: {len(cur.buf) - cur.pos} bytes after its last column"
         )
-    return _readings(sensor_id, ts, names, columns, present, tags)
+    return sensor_id, ts, names, columns, present, tags
 
 
 def _read_head(cur: Cursor) -> _Head:

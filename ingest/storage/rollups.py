@@ -48,7 +48,7 @@ import numpy as np
 import numpy.typing as npt
 
 from ingest.storage.layout import Item, Reading, TableLayout, binary_value, rollup_pk
-from ingest.storage.packed import PackedDecodeError, decode_window, encode_window
+from ingest.storage.packed import PackedDecodeError, decode_columns, encode_window
 
 __all__ = [
     "DAY_MS",
@@ -254,40 +254,61 @@ def encode_bins(sensor_id: str, bins: Mapping[str, Bins]) -> bytes:
 
 
 def decode_bins(blob: bytes | bytearray | memoryview) -> dict[str, Bins]:
-    """The bins of a blob of :func:`encode_bins`.
+    """The bins of a blob of :func:`encode_bins` (decoded as columns: no rows are made).
 
     Raises:
         PackedDecodeError: Not such a blob.
     """
-    columns: dict[str, dict[str, list[Any]]] = {}
-    for r in decode_window(blob):
-        names = {key[1:] for key in r.metrics}
-        for name in names:
-            col = columns.setdefault(name, {s: [] for s in ("t", *_STATS)})
-            m = r.metrics
-            try:
-                col["t"].append(r.ts_ms)
-                for stat in ("c", "n", "x", "f", "l", "s"):
-                    col[stat].append(m[stat + name])
-                col["d"].append(m.get("d" + name, -1))
-            except KeyError as exc:
-                raise PackedDecodeError(f"rollup bin of {name!r} lacks {exc}") from exc
+    content = decode_columns(blob)
+    n = int(content.ts.size)
+    every = np.arange(n, dtype=np.int64)
+    stats: dict[str, dict[str, list[tuple[npt.NDArray[Any], _I64]]]] = {}
+    for key, values, present in content.columns:
+        if len(key) < 2 or key[0] not in _STATS:
+            raise PackedDecodeError(f"rollup blob holds a column {key!r} that is no bin's")
+        rows = every if present is None else present
+        stats.setdefault(key[1:], {}).setdefault(key[0], []).append((values, rows))
     out: dict[str, Bins] = {}
-    for name, col in sorted(columns.items()):
-        sums = col["s"]
-        scales = [int(d) if type(s) is int else -1 for s, d in zip(sums, col["d"], strict=True)]
+    for name, by_stat in sorted(stats.items()):
+        try:
+            [(count, rows)] = by_stat["c"]
+            cols = {s: _on_rows(by_stat[s], rows, name, s) for s in ("n", "x", "f", "l")}
+            sums = by_stat["s"]
+        except (KeyError, ValueError) as exc:
+            raise PackedDecodeError(f"rollup bins of {name!r} are incomplete") from exc
+        sum_k = [0] * rows.size
+        scale = [-1] * rows.size
+        fsum = np.zeros(rows.size, dtype=np.float64)
+        scales = by_stat.get("d", [])
+        for values, where in sums:
+            pos = np.searchsorted(rows, where)
+            if values.dtype.kind == "f":
+                fsum[pos] = values
+                continue
+            d = _on_rows(scales, where, name, "d")
+            for p, k, dd in zip(pos.tolist(), values.tolist(), d.tolist(), strict=True):
+                sum_k[p], scale[p] = int(k), int(dd)
         out[name] = Bins(
-            start=np.array(col["t"], dtype=np.int64),
-            count=np.array(col["c"], dtype=np.int64),
-            min=np.array(col["n"], dtype=np.float64),
-            max=np.array(col["x"], dtype=np.float64),
-            first=np.array(col["f"], dtype=np.float64),
-            last=np.array(col["l"], dtype=np.float64),
-            sum_k=[int(s) if d >= 0 else 0 for s, d in zip(sums, scales, strict=True)],
-            scale=scales,
-            fsum=np.array([0.0 if d >= 0 else float(s) for s, d in zip(sums, scales, strict=True)]),
+            start=content.ts[rows],
+            count=count.astype(np.int64),
+            min=cols["n"],
+            max=cols["x"],
+            first=cols["f"],
+            last=cols["l"],
+            sum_k=sum_k,
+            scale=scale,
+            fsum=fsum,
         )
     return out
+
+
+def _on_rows(
+    parts: list[tuple[npt.NDArray[Any], _I64]], rows: _I64, name: str, stat: str
+) -> npt.NDArray[Any]:
+    """One stat's values on ``rows`` (every one of them must have it, once)."""
+    if len(parts) != 1 or not np.array_equal(parts[0][1], rows):
+        raise PackedDecodeError(f"rollup bins of {name!r}: {stat!r} is not on every bin")
+    return parts[0][0]
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ import math
 import time
 from fractions import Fraction
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -15,6 +16,7 @@ from ingest.aws.settings import AwsSettings
 from ingest.storage.compaction import seal_log_items
 from ingest.storage.dynamo import DynamoClient, put_all
 from ingest.storage.layout import Reading, TableLayout, rollup_pk
+from ingest.storage.packed import PackedDecodeError, encode_window
 from ingest.storage.rollpass import RollupReport, rollup_pass
 from ingest.storage.rollups import (
     DAY_MS,
@@ -254,3 +256,17 @@ def test_bins_are_of_the_merged_window_a_later_set_winning_a_timestamp_whole() -
         and bins["v"].count.tolist() == [1]
         and bins["w"].count.tolist() == [1]
     )
+
+
+@pytest.mark.parametrize(
+    "metrics",
+    [
+        {"cv": 1},  # a count without the other stats
+        {"cv": 1, "nv": 1.0, "xv": 1.0, "fv": 1.0, "lv": 1.0},  # no sum
+        {"zv": 1.0},  # not a stat
+    ],
+)
+def test_a_blob_that_is_not_whole_bins_is_refused(metrics: dict[str, float | int]) -> None:
+    blob = encode_window([Reading("s", T0, metrics)])
+    with pytest.raises(PackedDecodeError):
+        decode_bins(blob)
