@@ -56,6 +56,13 @@ __all__ = [
 ]
 
 
+_CONNECTION_RETRY_PAUSES_S = (0.02, 0.1, 0.0)
+"""A read whose connection failed is sent again at once on a new one, twice at most: a
+pooled connection the server closed while idle (Node's servers close idle keep-alive
+connections after 5 s; NAT gateways drop idle flows) fails the next request sent on it
+before any byte of it is read, so sending it again is safe (reads are idempotent)."""
+
+
 @dataclass(slots=True)
 class ReadStats:
     """What one API request cost in DynamoDB: reported in response headers.
@@ -200,15 +207,23 @@ class TableReader:
 
         Raises:
             TooManyCalls: the request's call budget is spent (nothing is sent).
-            ReadFailed: DynamoDB refused the read (``ReadUnavailable`` when retriable).
+            ReadFailed: DynamoDB refused the read (``ReadUnavailable`` when retriable; a
+                connection that failed is tried twice more first, each try counted).
         """
         async with self._sem:
-            # Counted once it has a slot, so a call cancelled while waiting never counts.
-            stats.count_call()
-            try:
-                resp = await self.client.call(operation, ReturnConsumedCapacity="TOTAL", **kwargs)
-            except DynamoError as exc:
-                raise wrap_read_error(exc) from exc
+            for attempt, pause in enumerate(_CONNECTION_RETRY_PAUSES_S):
+                # Counted once it has a slot, so a call cancelled while waiting never counts.
+                stats.count_call()
+                try:
+                    resp = await self.client.call(
+                        operation, ReturnConsumedCapacity="TOTAL", **kwargs
+                    )
+                    break
+                except DynamoError as exc:
+                    last = attempt == len(_CONNECTION_RETRY_PAUSES_S) - 1
+                    if last or exc.cause != "connection":
+                        raise wrap_read_error(exc) from exc
+                await asyncio.sleep(pause)
         stats.add(resp)
         return resp
 

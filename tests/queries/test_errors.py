@@ -14,7 +14,7 @@ from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
 from queries.errors import ReadFailed, ReadUnavailable, wrap_read_error
-from queries.read.reader import TableReader
+from queries.read.reader import ReadStats, TableReader
 from tests.queries.harness import HOUR_MS, Api, TestTable, ms_now
 
 DAY_MS = 24 * HOUR_MS
@@ -163,3 +163,46 @@ async def test_a_bug_is_a_json_500_without_details() -> None:
         body = await resp.json()
     assert body["error"]["code"] == "internal_error"
     assert "secret" not in str(body)
+
+
+class _FlakyConnection:
+    """A client whose first ``failures`` calls fail as a pooled connection the server
+    closed while idle fails (botocore's ConnectionClosedError, mapped to ``connection``)."""
+
+    table = "flaky"
+
+    def __init__(self, failures: int, cause: str = "connection") -> None:
+        self.failures = failures
+        self.cause = cause
+        self.calls = 0
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise DynamoRetriable("ConnectionClosedError: closed", cause=self.cause)
+        return {"Items": [], "ConsumedCapacity": {"CapacityUnits": 0.5}}
+
+
+@pytest.mark.parametrize(("failures", "calls"), [(1, 2), (2, 3)])
+async def test_a_read_on_a_connection_the_server_closed_is_sent_again(
+    failures: int, calls: int
+) -> None:
+    client = _FlakyConnection(failures)
+    reader = TableReader(client, TableLayout())  # type: ignore[arg-type]
+    stats = ReadStats()
+    resp = await reader.call("query", stats, TableName="flaky")
+    assert resp["Items"] == [] and client.calls == calls
+    assert stats.calls == calls and stats.read_units == 0.5  # every try counted
+
+
+@pytest.mark.parametrize(
+    ("failures", "cause", "calls"), [(3, "connection", 3), (1, "throttled", 1)]
+)
+async def test_a_read_fails_after_three_broken_connections_or_at_once_when_throttled(
+    failures: int, cause: str, calls: int
+) -> None:
+    client = _FlakyConnection(failures, cause)
+    reader = TableReader(client, TableLayout())  # type: ignore[arg-type]
+    with pytest.raises(ReadUnavailable):
+        await reader.call("query", ReadStats(), TableName="flaky")
+    assert client.calls == calls
