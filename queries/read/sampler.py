@@ -34,7 +34,7 @@ from ingest.storage.layout import Item, Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.read.cache import CacheEntry
 from queries.read.closed import cached, closed_buckets, read_closed
-from queries.read.packedread import read_packed_range
+from queries.read.packedread import read_packed_tiered
 from queries.read.pages import MAX_PAGE_ITEMS
 from queries.read.params import Agg
 from queries.read.reader import ReadStats, TableReader
@@ -142,11 +142,10 @@ async def read_series(
         if fields is not None:
             for name in fields:
                 series.metrics[name] = SeriesAccumulator(grid, aggs)
-        readings = await read_packed_range(
+        readings, series.tiers = await read_packed_tiered(  # archived buckets: hot + cold
             reader, sensor_id, first_ms, last_ms, fields=fields, stats=stats, now_s=now
         )
         series.fold_readings(readings, grid, aggs)
-        series.tiers = [(b, HOT) for b in buckets]
         return series
     closed = closed_buckets(reader, buckets)
     hits = cached(reader, sensor_id, closed, fields=fields, now_s=now)
