@@ -20,11 +20,16 @@ import pytest
 from bench.servers import MotoServer
 from ingest.archive import archiver as archiver_mod
 from ingest.archive.archiver import PACKED_NO_DELETE
+from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main
+from ingest.config import Config
 from ingest.storage.archive.errors import ArchiveConfigError
 from ingest.storage.archive.manifest import Manifest, get_marker
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.dynamo import DynamoClient
+from ingest.storage.layout import ArchivePolicy, Reading, TableLayout
 from ingest.storage.registry import late_marks
+from ingest.storage.table import read_archive_policy
+from ingest.storage.windows import SEAL_GRACE_MS
 from tests.archive.conftest import (
     BUCKET_MS,
     DAY_MS,
@@ -229,6 +234,17 @@ async def test_delete_archived_is_refused_on_a_packed_table_with_the_reason(
     assert str(info.value) == PACKED_NO_DELETE
 
 
+async def _policy(endpoint: str, table: str) -> ArchivePolicy | None:
+    aws = AwsSettings(
+        region="us-east-1",
+        endpoint_url=endpoint,
+        aws_access_key_id="test",
+        aws_secret_access_key="test",
+    )
+    async with DynamoClient(table=table, aws=aws) as client:
+        return await read_archive_policy(client)
+
+
 def test_archive_command_one_pass_on_a_packed_table(
     moto_server: MotoServer,
     unique_name: str,
@@ -246,5 +262,11 @@ def test_archive_command_one_pass_on_a_packed_table(
     s3 = ["--s3-bucket", bucket, "--s3-endpoint", endpoint, "--region", "us-east-1"]
     assert main(["archive", *flags, *s3, "--horizon-days", "1"]) == 0
     assert f"1 buckets archived ({n} readings)" in capsys.readouterr().out
+    # The settle time it recorded waits for a late reading's seal too (grace + staging).
+    cfg = Config.model_validate({"table": unique_name, "region": "us-east-1"})
+    ingest_ms = (cfg.pipeline.write_retry_deadline_s + 2 * cfg.pipeline.registry_interval_s) * 1000
+    policy = asyncio.run(_policy(endpoint, unique_name))
+    assert policy is not None
+    assert policy.settle_ms == ingest_ms + 60_000 + SEAL_GRACE_MS + layout.stage_ms
     assert main(["archive", *flags, *s3, "--horizon-days", "1", "--delete-archived"]) == 2
     assert "refused on a 'packed' table" in capsys.readouterr().err
