@@ -20,6 +20,7 @@ import pytest
 from bench.servers import MotoServer
 from ingest.archive import archiver as archiver_mod
 from ingest.archive.archiver import PACKED_NO_DELETE
+from ingest.archive.streams import StreamArchiver
 from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main
 from ingest.config import Config
@@ -35,6 +36,7 @@ from tests.archive.conftest import (
     DAY_MS,
     HOUR_MS,
     NOW_MS,
+    PACKED_LAYOUT,
     ArchiveEnv,
     bucket_name,
     seed_table_and_bucket,
@@ -270,3 +272,44 @@ def test_archive_command_one_pass_on_a_packed_table(
     assert policy.settle_ms == ingest_ms + 60_000 + SEAL_GRACE_MS + layout.stage_ms
     assert main(["archive", *flags, *s3, "--horizon-days", "1", "--delete-archived"]) == 2
     assert "refused on a 'packed' table" in capsys.readouterr().err
+
+
+async def test_expired_parts_still_present_are_archived_and_a_corrupt_one_fails_its_bucket(
+    packed_env: ArchiveEnv,
+) -> None:
+    """Parts past their TTL that DynamoDB has not deleted yet are real readings (archived,
+    as expired items are on a reading table); a part that cannot be decoded leaves its
+    bucket unmarked, reported, and the other buckets archived."""
+    env = packed_env
+    await env.put(OLD)
+    past = {"N": str(NOW_MS // 1000 - 3600)}
+    b1 = await _parts(env, B1)
+    await env.dynamo.batch_write([{**it, "ttl": past} for it in b1])  # expired, not deleted
+    b2 = await _parts(env, B2)
+    await env.dynamo.batch_write([{**b2[0], "b": {"B": b"\x01not a window"}}])
+    report = await env.archiver().run_once()
+    assert report.archived == 1 and report.rows == 3
+    assert len(report.failed) == 1 and "unreadable" in report.failed[0]
+    assert "bucket" in report.failed[0] and SID in report.failed[0]
+    assert (await archived_readings(env))[B1] == as_floats(OLD[:3])
+    assert await get_marker(env.dynamo, SID, B2) is None  # left for the next pass
+    assert B2 not in await archived_readings(env)
+
+
+async def _parts(env: ArchiveEnv, bucket: int) -> list[dict[str, Any]]:
+    pk = env.layout.window_pk(SID, bucket)
+    resp = await env.dynamo.call(
+        "query",
+        TableName=env.dynamo.table,
+        KeyConditionExpression="pk = :pk",
+        ExpressionAttributeValues={":pk": {"S": pk}},
+    )
+    items: list[dict[str, Any]] = resp["Items"]
+    assert items
+    return items
+
+
+def test_the_streams_archiver_refuses_a_packed_table_and_names_the_batch_archiver() -> None:
+    with pytest.raises(ArchiveConfigError, match="archives only 'reading' tables") as info:
+        StreamArchiver(None, "arn:x", None, PACKED_LAYOUT)  # type: ignore[arg-type]
+    assert "`iot-ingest archive`" in str(info.value) and "'packed'" in str(info.value)
