@@ -340,7 +340,8 @@ async def _open_archive(
         # is shared with the ingest and the dashboard, which come first.
         ArchiveSettings(
             horizon_ms=round(opts.archive_horizon_s * 1000),
-            delete_archived=True,
+            # A packed table's parts are left to their TTL (docs/archival.md).
+            delete_archived=layout.kind == "reading",
             concurrency=1,
             query_concurrency=1,
         ),

@@ -115,15 +115,12 @@ def validate_horizon(layout: TableLayout, horizon_ms: int) -> None:
     below the retention, with room left for the archive to run.
 
     Raises:
-        ArchiveConfigError: the horizon is negative or too long for the retention, or the
-            table has the ``packed`` layout (its archival is not built yet: refused rather
-            than archive nothing and mark the buckets archived).
+        ArchiveConfigError: the horizon is negative or too long for the retention.
+
+    Either layout: a ``packed`` table's sealed windows expire at their window's end plus
+    the retention, later than a ``reading`` table's first item of the bucket, so the same
+    bound holds.
     """
-    if layout.kind != "reading":
-        raise ArchiveConfigError(
-            f"the table has the {layout.kind!r} layout; this version archives only "
-            "'reading' tables (decision 0008)"
-        )
     if horizon_ms <= 0:
         raise ArchiveConfigError(f"--horizon-days must be > 0, got {horizon_ms / DAY_MS:g}")
     if horizon_ms + layout.bucket_ms >= layout.retention_ms:

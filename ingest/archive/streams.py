@@ -180,8 +180,12 @@ class StreamArchiver:
     ) -> None:
         if layout.kind != "reading":
             raise ArchiveConfigError(
-                f"the table has the {layout.kind!r} layout; its stream holds windows, not "
-                "readings: this version archives only 'reading' tables (decision 0008)"
+                f"`archive streams` archives only 'reading' tables; this one has the "
+                f"{layout.kind!r} layout, whose stream carries sealed windows (a part's TTL "
+                "expiry or a compaction's delete removes readings that other sets of the "
+                "window may still hold), not one record per reading. Archive it with "
+                "`iot-ingest archive` (the batch archiver reads its sealed windows; "
+                "docs/archival.md, 'The packed layout')"
             )
         self.streams = streams
         self.stream_arn = stream_arn

@@ -220,12 +220,18 @@ def default_horizon_ms(bucket_ms: int, retention_days: int) -> int:
     return min(7 * _DAY_MS, retention_days * _DAY_MS - bucket_ms - _DAY_MS)
 
 
-def _settle_ms(cfg: Any, horizon_ms: int) -> int:
+def _settle_ms(cfg: Any, horizon_ms: int, layout: Any = None) -> int:
     """The settle time from the ingest's settings: its write retry deadline, two registry
-    flushes (the policy refresh) and a minute of clock skew, at most a quarter of the horizon."""
+    flushes (the policy refresh) and a minute of clock skew, at most a quarter of the horizon.
+    On a ``packed`` table also the seal of a late reading's window (the seal grace and a
+    staging interval): the archiver reads sealed windows, not the journal."""
     wanted = int(
         (cfg.pipeline.write_retry_deadline_s + 2 * cfg.pipeline.registry_interval_s + 60) * 1000
     )
+    if layout is not None and layout.kind == "packed":
+        from ingest.storage.windows import SEAL_GRACE_MS
+
+        wanted += SEAL_GRACE_MS + layout.stage_ms
     cap = max(0, horizon_ms // 4)
     if wanted > cap:
         log.warning(
@@ -338,7 +344,7 @@ def cmd_archive(args: argparse.Namespace) -> int:
                 if args.horizon_days is not None
                 else default_horizon_ms(layout.bucket_ms, layout.retention_days)
             )
-            settle_ms = _settle_ms(cfg, horizon_ms)
+            settle_ms = _settle_ms(cfg, horizon_ms, layout)
             _check_late_limit(cfg, layout, settle_ms, args.every)
             metrics = ArchiveMetrics()
             archiver = Archiver(

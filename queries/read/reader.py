@@ -128,12 +128,12 @@ def legal_fanout(layout: TableLayout, max_range_ms: int) -> int:
     ``max_range_ms`` touches when it does not start on a bucket boundary, plus the
     archive-marker Query. ``packed``: one Query per chunk of windows
     (:data:`queries.read.packedread.WINDOWS_PER_QUERY`) of every bucket touched, plus
-    the staging items of two UTC hours.
+    the staging items of two UTC hours and the archive-marker Query.
     """
     buckets = -(-max_range_ms // layout.bucket_ms) + 1
     if layout.kind == "packed":
         chunk_ms = layout.window_ms * 4  # WINDOWS_PER_QUERY (a module above this one)
-        return buckets * -(-layout.bucket_ms // chunk_ms) + 2
+        return buckets * -(-layout.bucket_ms // chunk_ms) + 3
     return buckets * layout.shards + 1
 
 

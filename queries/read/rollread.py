@@ -9,7 +9,8 @@ whole number of minutes reads, for the span of its windows:
    consecutive uncovered hours): each covers its whole hour;
 3. for the hours neither covers (the last hour or two, which the rollup pass has not
    reached; hours before rollups existed), the **readings** (sealed windows and staging,
-   :func:`queries.read.packedread.read_packed_range`), one read per run.
+   and the archive's objects for archived buckets:
+   :func:`queries.read.packedread.read_packed_tiered`), one read per run.
 
 Bins are combined into the series' windows exactly (:func:`ingest.storage.rollups.combine`:
 counts and exact sums added as integers) before they are folded, so a window served
@@ -31,10 +32,11 @@ from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.rollups import HOUR_MS, MINUTE_MS, RollupItem, combine, parse_rollup_item
 from queries.errors import ReadFailed
-from queries.read.packedread import read_packed_range
+from queries.read.packedread import read_packed_tiered
 from queries.read.params import Agg
 from queries.read.reader import ReadStats, TableReader
 from queries.read.series import SeriesAccumulator, WindowGrid
+from queries.read.tiers import Tier
 
 __all__ = ["SeriesSink", "fold_packed_series"]
 
@@ -122,9 +124,10 @@ async def fold_packed_series(
     fields: Sequence[str] | None,
     stats: ReadStats,
     now_s: int,
-) -> int:
+) -> dict[int, Tier]:
     """Fold a packed table's sensor into the series' accumulators (see the module
-    docstring); how many hours rollups served."""
+    docstring); the tier that served each bucket read as readings (the others were
+    served by rollups, which stay in DynamoDB: ``hot``)."""
     lo, hi = grid.origin_ms, grid.end_ms  # [lo, hi)
     hours = list(range(lo - lo % HOUR_MS, hi, HOUR_MS))
     covered: set[int] = set()
@@ -140,10 +143,11 @@ async def fold_packed_series(
             for item in await _rollup_items(reader, sensor_id, MINUTE_MS, a, b - 1, stats, now_s):
                 _fold(series, item, grid, aggs, fields)
                 covered.add(item.period_start_ms)
-    served = sum(1 for h in hours if h in covered)
+    served: dict[int, Tier] = {}
     for a, b in _runs([h for h in hours if h not in covered]):
-        readings = await read_packed_range(
+        readings, tiers = await read_packed_tiered(  # archived buckets: hot + cold
             reader, sensor_id, max(a, lo), min(b, hi) - 1, fields=fields, stats=stats, now_s=now_s
         )
+        served.update(tiers)
         series.fold_readings(readings, grid, aggs)
     return served

@@ -152,10 +152,10 @@ async def read_series(
         if fields is not None:
             for name in fields:
                 series.metrics[name] = SeriesAccumulator(grid, aggs)
-        await fold_packed_series(
+        by_bucket = await fold_packed_series(  # rollups, then readings (hot + cold)
             series, reader, sensor_id, grid, aggs, fields=fields, stats=stats, now_s=now
         )
-        series.tiers = [(b, HOT) for b in buckets]
+        series.tiers = [(b, by_bucket.get(b, HOT)) for b in buckets]
         return series
     closed = closed_buckets(reader, buckets)
     hits = cached(reader, sensor_id, closed, fields=fields, now_s=now)

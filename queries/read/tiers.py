@@ -20,6 +20,15 @@ sensor-bucket at a time (:func:`read_bucket`):
    only this bucket's objects) are merged in by timestamp; the hot reading wins
    where both hold one, so every timestamp appears once.
 
+On a ``packed`` table (decision 0008) the hot tier of a bucket is its one partition of
+sealed windows (every set merged, a later set winning a timestamp) and the staging
+readings not sealed yet, through the storage layer's
+:func:`~ingest.storage.reads.packed_windows`, :func:`~ingest.storage.reads.packed_staged`
+and :func:`~ingest.storage.reads.merge_staged`. It is read whole, whatever the
+sub-range: the bucket's hot count is its readings, not its items (a part holds hundreds,
+a reading may be in two sets), and a whole bucket is a few read units (a day of a 1 Hz
+sensor: 16). The rules after that are the same.
+
 Both tiers come out as :class:`~ingest.storage.layout.Reading` objects: the hot items
 parsed by :meth:`~ingest.storage.layout.TableLayout.from_item`, the archived readings as
 :func:`~ingest.storage.archive.reader.read_cold` decodes them (numbers in the form the
@@ -48,7 +57,14 @@ from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
 from ingest.storage.layout import Item, Reading, TableLayout
-from ingest.storage.reads import partition_query, query_pages
+from ingest.storage.reads import (
+    merge_staged,
+    packed_staged,
+    packed_windows,
+    partition_query,
+    query_pages,
+)
+from ingest.storage.windows import WindowScheme
 from queries.errors import ArchiveReadFailed, ArchiveUnavailable, ReadFailed
 from queries.read.cache import NO_TTL
 from queries.read.reader import ReadStats, TableReader
@@ -158,6 +174,40 @@ def _archive_error(exc: ArchiveError) -> ReadFailed:
     return ArchiveReadFailed(f"archive read failed: {exc}")
 
 
+async def _packed_hot(
+    reader: TableReader,
+    sensor_id: str,
+    bucket: int,
+    *,
+    fields: Sequence[str] | None,
+    now_s: int,
+    stats: ReadStats,
+) -> tuple[list[Reading], int]:
+    """A ``packed`` table's whole bucket from DynamoDB: its sealed windows and staged
+    readings merged (each timestamp once), ascending, parts past their TTL left out; and
+    the smallest ``ttl`` of the parts read (a part's is its window's end + retention)."""
+    layout = reader.layout
+    scheme = WindowScheme(layout)
+    call = functools.partial(reader.call, stats=stats)
+    last = bucket + layout.bucket_ms - 1
+    now_ms = now_s * 1000
+    async with asyncio.TaskGroup() as tg:
+        sealed = tg.create_task(
+            packed_windows(call, reader.table, scheme, sensor_id, bucket, last, now_ms),
+            name="tier-windows",
+        )
+        staged = tg.create_task(
+            packed_staged(call, reader.table, scheme, sensor_id, last, now_ms),
+            name="tier-staged",
+        )
+    windows = sealed.result()
+    readings = [_project(r, fields) for r in merge_staged(windows, staged.result(), bucket, last)]
+    first_ttl = (
+        (min(windows) + layout.window_ms + layout.retention_ms) // 1000 if windows else NO_TTL
+    )
+    return readings, first_ttl
+
+
 async def read_bucket(
     reader: TableReader,
     sensor_id: str,
@@ -197,6 +247,26 @@ async def read_bucket(
     assert store is not None, "read_bucket needs a cold tier"
     last = bucket + layout.bucket_ms - 1
     lo, hi = max(lo, bucket), min(hi, last)
+    if layout.kind == "packed":
+        whole, first_ttl = await _packed_hot(
+            reader, sensor_id, bucket, fields=fields, now_s=now_s, stats=stats
+        )
+        hot = [r for r in whole if lo <= r.ts_ms <= hi]
+        return await _with_cold(
+            reader,
+            sensor_id,
+            bucket,
+            marker,
+            lo,
+            hi,
+            hot,
+            len(whole),
+            first_ttl,
+            fields=fields,
+            now_s=now_s,
+            stats=stats,
+            descending=descending,
+        )
     pks = layout.partition_keys(sensor_id, bucket)
     async with asyncio.TaskGroup() as tg:
         tasks = [
@@ -228,6 +298,43 @@ async def read_bucket(
                 for pk in pks
             ]
         hot_total = sum(t.result() for t in counts)
+    return await _with_cold(
+        reader,
+        sensor_id,
+        bucket,
+        marker,
+        lo,
+        hi,
+        hot,
+        hot_total,
+        first_ttl,
+        fields=fields,
+        now_s=now_s,
+        stats=stats,
+        descending=descending,
+    )
+
+
+async def _with_cold(
+    reader: TableReader,
+    sensor_id: str,
+    bucket: int,
+    marker: Manifest,
+    lo: int,
+    hi: int,
+    hot: list[Reading],
+    hot_total: int,
+    first_ttl: int,
+    *,
+    fields: Sequence[str] | None,
+    now_s: int,
+    stats: ReadStats,
+    descending: bool,
+) -> tuple[list[Reading], Tier, int]:
+    """The hot readings of [lo, hi] (ascending), completed from the archive when the hot
+    tier may lack archived readings (``hot_total``: the whole bucket's hot count)."""
+    layout, store = reader.layout, reader.cold
+    assert store is not None, "read_bucket needs a cold tier"
     if hot_is_complete(marker, layout, hot_total, now_s * 1000):
         if descending:
             hot.reverse()
@@ -265,8 +372,11 @@ async def read_hot_bucket(
     stats: ReadStats,
 ) -> tuple[list[Reading], int]:
     """A whole bucket's unexpired readings from DynamoDB, every shard, ascending, and the
-    smallest ``ttl`` among them (:data:`~queries.read.cache.NO_TTL`: none)."""
+    smallest ``ttl`` among them (:data:`~queries.read.cache.NO_TTL`: none). A ``packed``
+    table: its sealed windows and staged readings, merged."""
     layout = reader.layout
+    if layout.kind == "packed":
+        return await _packed_hot(reader, sensor_id, bucket, fields=fields, now_s=now_s, stats=stats)
     last = bucket + layout.bucket_ms - 1
     async with asyncio.TaskGroup() as tg:
         tasks = [
