@@ -31,7 +31,6 @@ Item of a seal log entry (keys from :mod:`ingest.storage.layout`)::
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
@@ -45,6 +44,7 @@ from ingest.storage.layout import (
     WINDOW_PART_SPACE,
     Item,
     binary_value,
+    round_sk,
     seal_log_pk,
     window_sk,
 )
@@ -84,10 +84,6 @@ the item limit for real ids; more make several items)."""
 _compressor = zstd.ZstdCompressor(options={zstd.CompressionParameter.checksum_flag: 1})
 
 
-def _tag(worker: str) -> int:
-    return int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
-
-
 def seal_log_items(
     scheme: WindowScheme,
     window_start_ms: int,
@@ -108,7 +104,7 @@ def seal_log_items(
         out.append(
             {
                 "pk": {"S": seal_log_pk(window_start_ms)},
-                "sk": {"N": str(round_ms * 2**24 + _tag(worker) * 16 + index % 16)},
+                "sk": {"N": str(round_sk(round_ms, worker, index % 16))},
                 "ttl": {"N": str(ttl)},
                 "k": {"S": kind},
                 "b": {"B": blob},

@@ -103,6 +103,7 @@ __all__ = [
     "rollup_day_log_key",
     "rollup_log_pk",
     "rollup_pk",
+    "round_sk",
     "seal_log_pk",
     "sensor_group",
     "stage_pk",
@@ -253,6 +254,17 @@ def seal_log_pk(window_start_ms: int) -> str:
     """The partition key of the seal log of one window period (``packed``): which sensors'
     windows of that period each worker sealed, in which round (ingest.storage.compaction)."""
     return f"{SEAL_LOG_PREFIX}{window_start_ms}"
+
+
+def round_sk(round_ms: int, worker: str, index: int = 0) -> int:
+    """The sort key of one of a worker's items of one round (a staging flush, a sealing
+    round, a rollup pass): the round's millisecond · 2**24 + 20 bits of a hash of the
+    worker's id · 16 + the item's index in the round (< 16), so two workers' items of
+    one millisecond never collide and a retry of the same round overwrites."""
+    if not 0 <= index < 16:
+        raise ValueError(f"a round writes at most 16 items per partition, got {index}")
+    tag = int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
+    return round_ms * 2**24 + tag * 16 + index
 
 
 def rollup_pk(step_ms: int, sensor_id: str) -> str:

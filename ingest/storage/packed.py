@@ -173,6 +173,17 @@ class _Absent:
 _ABSENT = _Absent()
 
 
+_Parsed = tuple[
+    str,
+    _I64,
+    list[str],
+    list[npt.NDArray[Any]],
+    list[_I64 | None],
+    list[tuple[int, dict[str, str]]] | None,
+]
+"""A blob's content: sensor id, timestamps, column names, values, presence, tag runs."""
+
+
 @dataclass(slots=True)
 class _Column:
     name: str
@@ -614,14 +625,7 @@ def decode_columns(blob: bytes | bytearray | memoryview) -> Columns:
 
 def _columns_of(
     blob: bytes | bytearray | memoryview,
-) -> tuple[
-    str,
-    _I64,
-    list[str],
-    list[npt.NDArray[Any]],
-    list[_I64 | None],
-    list[tuple[int, dict[str, str]]] | None,
-]:
+) -> _Parsed:
     data = bytes(blob)
     check_version(data, FORMAT_VERSION, "packed item")
     content = inflate_frame(memoryview(data)[1:])
@@ -681,14 +685,7 @@ def inflate_frame(frame: memoryview, what: str = "packed item") -> bytes:
 
 def _parse(
     cur: Cursor,
-) -> tuple[
-    str,
-    _I64,
-    list[str],
-    list[npt.NDArray[Any]],
-    list[_I64 | None],
-    list[tuple[int, dict[str, str]]] | None,
-]:
+) -> _Parsed:
     limit = len(cur.buf)
     flags = cur.u8()
     if flags & ~(_FLAG_TAGS | _FLAG_MISSING):

@@ -31,7 +31,6 @@ of the rollup log, and one log write.
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -49,6 +48,7 @@ from ingest.storage.layout import (
     rollup_day_log_key,
     rollup_log_pk,
     rollup_pk,
+    round_sk,
     seal_log_pk,
 )
 from ingest.storage.packed import PackedDecodeError, inflate_frame
@@ -108,10 +108,6 @@ class RollupReport:
         )
 
 
-def _tag(worker: str) -> int:
-    return int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
-
-
 def rollup_log_items(
     scheme: WindowScheme,
     hour_ms: int,
@@ -132,7 +128,7 @@ def rollup_log_items(
         out.append(
             {
                 "pk": {"S": rollup_log_pk(hour_ms)},
-                "sk": {"N": str(pass_ms * 2**24 + _tag(worker) * 16 + index % 16)},
+                "sk": {"N": str(round_sk(pass_ms, worker, index % 16))},
                 "ttl": {"N": str(ttl)},
                 "b": {
                     "B": _compressor.compress(orjson.dumps(body), zstd.ZstdCompressor.FLUSH_FRAME)

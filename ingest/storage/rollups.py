@@ -63,6 +63,7 @@ __all__ = [
     "encode_bins",
     "parse_rollup_item",
     "rollup_item",
+    "runs",
 ]
 
 MINUTE_MS: Final = 60_000
@@ -136,14 +137,19 @@ def _scale(v: _F64) -> tuple[int, _I64] | None:
     return None
 
 
+def runs(start: _I64, step_ms: int) -> tuple[_I64, _I64]:
+    """Where each run of equal ``start // step_ms`` begins and ends (exclusive), for
+    ascending ``start``: the bins (or readings) that fall into each coarser bin."""
+    idx = start // step_ms
+    first = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
+    return first, np.append(first[1:], idx.size)
+
+
 def _column_bins(ts: _I64, values: Sequence[float | int], step_ms: int) -> Bins:
     """Bins of one metric's readings (``ts`` ascending, each timestamp once)."""
-    n = ts.size
     exact_ints = all(type(x) is float or -_EXACT_INT <= x <= _EXACT_INT for x in values)
     v = np.array(values, dtype=np.float64)
-    idx = ts // step_ms
-    starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
-    ends = np.append(starts[1:], n)
+    starts, ends = runs(ts, step_ms)
     count = (ends - starts).astype(np.int64)
     scaled = _scale(v) if exact_ints else None
     sum_k: list[int]
@@ -159,7 +165,7 @@ def _column_bins(ts: _I64, values: Sequence[float | int], step_ms: int) -> Bins:
         for i, (a, b) in enumerate(zip(starts.tolist(), ends.tolist(), strict=True)):
             fsum[i] = math.fsum(as_list[a:b])
     return Bins(
-        start=idx[starts] * step_ms,
+        start=ts[starts] // step_ms * step_ms,
         count=count,
         min=np.minimum.reduceat(v, starts),
         max=np.maximum.reduceat(v, starts),
@@ -205,12 +211,9 @@ def _combined_sum(
 
 def combine(bins: Bins, step_ms: int) -> Bins:
     """The bins at a coarser ``step_ms`` (a multiple of theirs): counts added, sums exact."""
-    idx = bins.start // step_ms
-    n = idx.size
-    if n == 0:
+    if len(bins) == 0:
         return bins
-    starts = np.flatnonzero(np.concatenate(([True], idx[1:] != idx[:-1])))
-    ends = np.append(starts[1:], n)
+    starts, ends = runs(bins.start, step_ms)
     sum_k: list[int] = []
     scales: list[int] = []
     fsum = np.zeros(starts.size, dtype=np.float64)
@@ -220,7 +223,7 @@ def combine(bins: Bins, step_ms: int) -> Bins:
         scales.append(d)
         fsum[i] = f
     return Bins(
-        start=idx[starts] * step_ms,
+        start=bins.start[starts] // step_ms * step_ms,
         count=np.add.reduceat(bins.count, starts),
         min=np.minimum.reduceat(bins.min, starts),
         max=np.maximum.reduceat(bins.max, starts),

@@ -62,6 +62,7 @@ from ingest.storage.layout import (
     Reading,
     TableLayout,
     binary_value,
+    round_sk,
     stage_pk,
     window_of_sk,
     window_sk,
@@ -189,10 +190,7 @@ class WindowScheme:
     def stage_sk(flush_ms: int, worker: str, index: int = 0) -> int:
         """A staging item's sort key: the flush's millisecond, 20 bits of the worker's id and
         the item's index among the flush's items of one group (< 16)."""
-        if not 0 <= index < 16:
-            raise ValueError(f"a flush writes at most 16 staging items per group, got {index}")
-        tag = int.from_bytes(hashlib.blake2b(worker.encode(), digest_size=3).digest()) % 2**20
-        return flush_ms * 2**24 + tag * 16 + index
+        return round_sk(flush_ms, worker, index)
 
 
 def _hash64(data: bytes) -> int:

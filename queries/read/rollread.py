@@ -25,12 +25,17 @@ import functools
 from collections.abc import Sequence
 from typing import Protocol
 
-import numpy as np
-
 from ingest.storage.layout import Reading, TableLayout, rollup_pk
 from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import key_query, query_pages
-from ingest.storage.rollups import HOUR_MS, MINUTE_MS, RollupItem, combine, parse_rollup_item
+from ingest.storage.rollups import (
+    HOUR_MS,
+    MINUTE_MS,
+    RollupItem,
+    combine,
+    parse_rollup_item,
+    runs,
+)
 from queries.errors import ReadFailed
 from queries.read.packedread import read_packed_tiered
 from queries.read.params import Agg
@@ -107,10 +112,9 @@ def _fold(
         if acc is None:
             continue
         b = combine(bins, grid.step_ms)
-        group = bins.start // grid.step_ms
-        edges = np.flatnonzero(np.concatenate(([True], group[1:] != group[:-1])))
-        first_ts = bins.start[edges]
-        last_ts = bins.start[np.append(edges[1:], group.size) - 1] + item.step_ms - 1
+        firsts, ends = runs(bins.start, grid.step_ms)
+        first_ts = bins.start[firsts]
+        last_ts = bins.start[ends - 1] + item.step_ms - 1
         acc.add_bins(b.start, b.count, b.sums(), b.min, b.max, b.first, first_ts, b.last, last_ts)
 
 

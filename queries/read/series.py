@@ -150,17 +150,7 @@ class SeriesAccumulator:
             np.minimum.at(self.min, idx, values)
             np.maximum.at(self.max, idx, values)
         if self._ends:
-            # idx is sorted: each window's run starts at first_pos and ends before the next.
-            windows, first_pos = np.unique(idx, return_index=True)
-            last_pos = np.append(first_pos[1:], idx.size) - 1
-            cand = ts_ms[first_pos]
-            better = cand < self.first_ts[windows]
-            self.first_ts[windows[better]] = cand[better]
-            self.first[windows[better]] = values[first_pos[better]]
-            cand = ts_ms[last_pos]
-            better = cand > self.last_ts[windows]
-            self.last_ts[windows[better]] = cand[better]
-            self.last[windows[better]] = values[last_pos[better]]
+            self._fold_ends(idx, ts_ms, values, ts_ms, values)
 
     def add_bins(
         self,
@@ -194,16 +184,28 @@ class SeriesAccumulator:
             np.minimum.at(self.min, idx, mins)
             np.maximum.at(self.max, idx, maxs)
         if self._ends:
-            windows, first_pos = np.unique(idx, return_index=True)
-            last_pos = np.append(first_pos[1:], idx.size) - 1
-            cand = first_ts[first_pos]
-            better = cand < self.first_ts[windows]
-            self.first_ts[windows[better]] = cand[better]
-            self.first[windows[better]] = firsts[first_pos[better]]
-            cand = last_ts[last_pos]
-            better = cand > self.last_ts[windows]
-            self.last_ts[windows[better]] = cand[better]
-            self.last[windows[better]] = lasts[last_pos[better]]
+            self._fold_ends(idx, first_ts, firsts, last_ts, lasts)
+
+    def _fold_ends(
+        self,
+        idx: IntArray,
+        first_ts: IntArray,
+        firsts: FloatArray,
+        last_ts: IntArray,
+        lasts: FloatArray,
+    ) -> None:
+        """Keep each window's earliest first and latest last (``idx`` sorted: each window's
+        run starts at its first position and ends before the next run's)."""
+        windows, first_pos = np.unique(idx, return_index=True)
+        last_pos = np.append(first_pos[1:], idx.size) - 1
+        cand = first_ts[first_pos]
+        better = cand < self.first_ts[windows]
+        self.first_ts[windows[better]] = cand[better]
+        self.first[windows[better]] = firsts[first_pos[better]]
+        cand = last_ts[last_pos]
+        better = cand > self.last_ts[windows]
+        self.last_ts[windows[better]] = cand[better]
+        self.last[windows[better]] = lasts[last_pos[better]]
 
     def result(self, agg: Agg) -> FloatArray | IntArray:
         """One aggregation per window: NaN for empty windows (``count``: 0)."""
