@@ -20,7 +20,7 @@ receive → inbox → decode → **journal batch** → write queue → writers �
   Its writes are retried until they succeed: the readings are durable in the journal
   already, so a failing write delays visibility, never loses anything. On start it
   reads its journal back from the checkpoint into the open windows (:meth:`recover`);
-  on stop it seals every open window (:meth:`close`), so a worker that never comes back
+  on stop it seals every open window (:meth:`seal_all`), so a worker that never comes back
   leaves nothing that only its journal holds.
 
 Two edges, both at least once: a reading goes into its open window when it is decoded,
@@ -465,7 +465,7 @@ class WindowWriter:
         self._m.windows_open.set(len(self.windows))
         self._m.window_oldest_seconds.set(self.windows.oldest_s(self._now_ms()))
 
-    async def close(self) -> None:
+    async def seal_all(self) -> None:
         """Seal every open window (the stop protocol; readers then need no journal)."""
         await self.step(everything=True)
 
@@ -622,5 +622,5 @@ async def adopt_journal(
     )
     await writer.recover()
     readings = windows.readings
-    await writer.close()
+    await writer.seal_all()
     return readings

@@ -409,7 +409,7 @@ class IngestService:
                 if packing is not None and self._packed is not None:
                     packing.cancel()  # 5b. packed: seal every open window
                     await asyncio.wait([packing])
-                    await self._packed[0].close()
+                    await self._packed[0].seal_all()
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "

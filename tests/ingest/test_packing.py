@@ -183,7 +183,7 @@ async def test_only_windows_past_their_grace_are_sealed_and_the_checkpoint_follo
     assert len(windows) == 1
     checkpoint = table.items[(JOURNAL_PREFIX + "w1", CHECKPOINT_SK)]
     assert int(checkpoint["from"]["N"]) == T0 + 61_000  # the open window's first receipt
-    await writer.close()  # a stop seals the rest
+    await writer.seal_all()  # a stop seals the rest
     assert sorted(p.window_start_ms for p in table.parts("a")) == [T0, T0 + 60_000]
     assert len(windows) == 0
 
