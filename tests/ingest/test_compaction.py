@@ -21,7 +21,9 @@ from ingest.storage.compaction import (
     window_parts,
 )
 from ingest.storage.dynamo import DynamoClient, put_all
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout, rollup_pk
+from ingest.storage.rollpass import rollup_pass
+from ingest.storage.rollups import MINUTE_MS, parse_rollup_item
 from ingest.storage.table import create_table
 from ingest.storage.windows import WindowScheme, merge_parts, needs_compaction, seal
 from tests.ingest.harness import AWS, counter, publish, running, wait_until
@@ -141,5 +143,18 @@ async def test_a_window_the_service_sealed_twice_is_compacted_into_one(
             client, scheme, worker="c1", now_ms=now + 600_000, lookback_ms=HOUR, settle_ms=0
         )
         parts = await window_parts(client, scheme, "s1", w)
+        # The service's seal log drives the rollup pass too: the hour's minute bins.
+        rolled = await rollup_pass(
+            client, scheme, worker="r1", now_ms=now + 2 * HOUR, lookback_ms=3 * HOUR, settle_ms=0
+        )
+        got = await client.call(
+            "get_item",
+            TableName=client.table,
+            Key={"pk": {"S": rollup_pk(MINUTE_MS, "s1")}, "sk": {"N": str(w - w % HOUR)}},
+            ConsistentRead=True,
+        )
     assert report.windows == 1 and not needs_compaction(parts)
     assert [r.ts_ms for r in merge_parts(parts)] == [w + i * 1000 for i in range(20)]
+    assert rolled.sensor_hours == 1 and rolled.readings == 20
+    bins = parse_rollup_item(got["Item"], "s1", MINUTE_MS).bins["v"]
+    assert int(bins.count.sum()) == 20 and sum(bins.sum_k) == sum(range(20))
