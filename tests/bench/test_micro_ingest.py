@@ -205,7 +205,7 @@ async def _pipeline_pass(messages: list[Message], layout: str = "reading") -> tu
                 metrics=metrics,
                 backoff=Backoff(base_ms=1, cap_ms=1),
             )
-            await staging.close()  # staged, then every window sealed
+            await staging.seal_all()  # staged, then every window sealed
             assert windows.readings == 0
         for t in tasks:
             t.cancel()
