@@ -141,8 +141,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     setup_logging(args.log_level)
     opts = DemoOptions(
-        devices=args.devices,
+        **({} if args.devices is None else {"devices": args.devices}),
         rate_per_s=args.rate,
+        layout=args.layout,
         duration_s=args.duration,
         host=args.host,
         port=args.port,
@@ -468,8 +469,23 @@ def build_parser() -> argparse.ArgumentParser:
         "demo",
         help="everything on embedded defaults: broker, DynamoDB, ingest, a fleet, the dashboard",
     )
-    p.add_argument("--devices", type=int, default=100, help="simulated devices (default 100)")
-    p.add_argument("--rate", type=float, default=100.0, help="total readings/s (default 100)")
+    p.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        help="simulated devices, a reading a second each (default: DemoOptions.devices, "
+        "what the demo sustains on moto: README)",
+    )
+    p.add_argument(
+        "--rate", type=float, default=None, help="total readings/s (default: one per device)"
+    )
+    p.add_argument(
+        "--layout",
+        choices=["packed", "reading"],
+        default="packed",
+        help="table layout (default packed; reading: one item per reading, as before "
+        "decision 0008, which moto's whole-table Queries hold to about 100 devices)",
+    )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8080, help="dashboard port (default 8080; 0: any)")
