@@ -464,11 +464,12 @@ async def _compact_every(
     the replayed history). Every pass is logged; a failed one is retried at the next."""
     from ingest.core.errors import DynamoError
     from ingest.storage.compaction import compact_pass
+    from ingest.storage.compaction import settle_ms as compaction_settle_ms
     from ingest.storage.rollpass import rollup_pass
-    from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme
+    from ingest.storage.windows import WindowScheme
 
     scheme = WindowScheme(layout)
-    settle_ms = SEAL_GRACE_MS + 2 * layout.stage_ms + 60_000  # as the CLI's
+    settle_ms = compaction_settle_ms(scheme)  # as the CLI's
     every_ms = round(every_s * 1000)
     lookback_ms = first_lookback_ms + settle_ms + every_ms + layout.window_ms
     while True:

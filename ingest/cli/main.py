@@ -261,14 +261,12 @@ def cmd_table_compact(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         from ingest.core.aio import install_stop_signals
-        from ingest.storage.compaction import compact_pass
+        from ingest.storage.compaction import compact_pass, settle_ms
         from ingest.storage.dynamo import DynamoClient
         from ingest.storage.rollpass import rollup_pass
-        from ingest.storage.windows import SEAL_GRACE_MS
 
         async with DynamoClient.from_config(cfg) as client:
             scheme = await _packed_scheme(client, "compacts")
-            layout = scheme.layout
             stop = asyncio.Event()
             install_stop_signals(stop)
             while True:
@@ -276,7 +274,7 @@ def cmd_table_compact(args: argparse.Namespace) -> int:
                     "worker": f"compact-{socket.gethostname()}",
                     "now_ms": int(time.time() * 1000),
                     "lookback_ms": round(args.lookback_hours * 3_600_000),
-                    "settle_ms": SEAL_GRACE_MS + 2 * layout.stage_ms + 60_000,
+                    "settle_ms": settle_ms(scheme),
                 }
                 report = await compact_pass(client, scheme, **window)
                 print(report.summary(), flush=True)

@@ -51,6 +51,7 @@ from ingest.storage.layout import (
 from ingest.storage.packed import PackedDecodeError, inflate_frame
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.windows import (
+    SEAL_GRACE_MS,
     Part,
     WindowScheme,
     merge_parts,
@@ -73,6 +74,7 @@ __all__ = [
     "needing_compaction",
     "parse_seal_log",
     "seal_log_items",
+    "settle_ms",
     "window_parts",
 ]
 
@@ -155,6 +157,13 @@ async def window_parts(
         async for page in query_pages(client.call, kwargs)
         for item in page.get("Items", [])
     ]
+
+
+def settle_ms(scheme: WindowScheme) -> int:
+    """How long after a period ends a pass takes it (compaction, rollups): its seal grace
+    and two staging rounds have passed, and a minute more, so no worker seals it in the
+    normal course any more."""
+    return SEAL_GRACE_MS + 2 * scheme.layout.stage_ms + 60_000
 
 
 @dataclass(slots=True)

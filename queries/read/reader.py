@@ -56,8 +56,8 @@ __all__ = [
 ]
 
 
-_CONNECTION_RETRY_PAUSES_S = (0.02, 0.1, 0.0)
-"""A read whose connection failed is sent again at once on a new one, twice at most: a
+_CONNECTION_RETRY_PAUSES_S = (0.02, 0.1)
+"""A read whose connection failed is sent again on a new one after these pauses: a
 pooled connection the server closed while idle (Node's servers close idle keep-alive
 connections after 5 s; NAT gateways drop idle flows) fails the next request sent on it
 before any byte of it is read, so sending it again is safe (reads are idempotent)."""
@@ -211,7 +211,7 @@ class TableReader:
                 connection that failed is tried twice more first, each try counted).
         """
         async with self._sem:
-            for attempt, pause in enumerate(_CONNECTION_RETRY_PAUSES_S):
+            for pause in (*_CONNECTION_RETRY_PAUSES_S, None):
                 # Counted once it has a slot, so a call cancelled while waiting never counts.
                 stats.count_call()
                 try:
@@ -220,8 +220,7 @@ class TableReader:
                     )
                     break
                 except DynamoError as exc:
-                    last = attempt == len(_CONNECTION_RETRY_PAUSES_S) - 1
-                    if last or exc.cause != "connection":
+                    if pause is None or exc.cause != "connection":
                         raise wrap_read_error(exc) from exc
                 await asyncio.sleep(pause)
         stats.add(resp)
