@@ -59,7 +59,7 @@ if TYPE_CHECKING:
     from ingest.storage.layout import TableLayout
     from simulator.run import SimulationConfig
 
-__all__ = ["DemoInfo", "DemoOptions", "demo_config", "run_demo"]
+__all__ = ["DEFAULT_DEVICES", "DemoInfo", "DemoOptions", "demo_config", "run_demo"]
 
 log = logging.getLogger(__name__)
 
