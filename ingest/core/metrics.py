@@ -37,6 +37,17 @@ class Metrics:
             "Messages fully durable (and acknowledged if QoS 1 and still connected)",
             registry=r,
         )
+        self.messages_acknowledged = Counter(
+            p + "messages_acknowledged",
+            "QoS 1/2 messages acknowledged (PUBACK or PUBREC written to the connection)",
+            registry=r,
+        )
+        self.messages_unacknowledged = Counter(
+            p + "messages_unacknowledged",
+            "QoS 1/2 messages complete but not acknowledged (their connection had ended: "
+            "the broker redelivers them, and their rewrite is an overwrite)",
+            registry=r,
+        )
         self.readings_received = Counter(
             p + "readings_decoded", "Valid readings decoded", registry=r
         )

@@ -292,17 +292,19 @@ class MqttConnection(MqttLink):
         """Publish at QoS 0 (fire and forget at the protocol level; raises if closed)."""
         self._send(mp.encode_publish(topic, payload, version=self.settings.version))
 
-    def ack(self, packet_ids: list[int]) -> None:
-        """Acknowledge these packet ids, in this order (nothing if disconnected).
+    def ack(self, packet_ids: list[int]) -> bool:
+        """Acknowledge these packet ids, in this order; False if disconnected (none sent).
 
         PUBACK for QoS 1; PUBREC for a QoS 2 message (its PUBREL is answered at once).
         """
         t = self.transport
-        if t is None or t.is_closing() or not packet_ids:
-            return
+        if t is None or t.is_closing():
+            return False
+        if not packet_ids:
+            return True
         if not self._qos2:
             t.write(mp.encode_pubacks(packet_ids))
-            return
+            return True
         out = bytearray()
         for pid in packet_ids:
             if pid in self._qos2:
@@ -312,6 +314,7 @@ class MqttConnection(MqttLink):
             else:
                 out += mp.encode_puback(pid)
         t.write(bytes(out))
+        return True
 
     def pause_reading(self) -> None:
         """Stop reading the socket (backpressure); keepalive stops judging the broker."""

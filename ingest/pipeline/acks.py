@@ -9,7 +9,9 @@ message that completes early waits for the earlier ones.
 Messages received on an earlier connection are never acknowledged on a later
 one: the broker redelivers them (persistent session) and the copy is
 acknowledged when it completes; the deterministic keys make the second write
-an overwrite.
+an overwrite. Such a message is *stale*: complete, and left to the broker
+(``on_stale`` counts them, so that "acknowledged" and "left unacknowledged"
+add up to what completed).
 """
 
 from __future__ import annotations
@@ -43,15 +45,19 @@ class AckTracker:
     Args:
         send: Called with packet ids to acknowledge, in order, for the current epoch.
         on_complete: Called with the number of messages completed (for metrics).
+        on_stale: Called with the number of QoS 1/2 messages completed that are not
+            acknowledged because they came on an earlier connection.
     """
 
     def __init__(
         self,
         send: Callable[[list[int]], None],
         on_complete: Callable[[int], None] | None = None,
+        on_stale: Callable[[int], None] | None = None,
     ) -> None:
         self._send = send
         self._on_complete = on_complete
+        self._on_stale = on_stale
         self._queue: deque[Pending] = deque()
         self.epoch = 0
         self._idle = asyncio.Event()
@@ -88,17 +94,22 @@ class AckTracker:
     def _release(self) -> None:
         q = self._queue
         ids: list[int] = []
-        n = 0
+        n = stale = 0
         epoch = self.epoch
         while q and q[0].remaining <= 0:
             p = q.popleft()
             n += 1
-            if p.qos and p.epoch == epoch:
-                ids.append(p.packet_id)
+            if p.qos:
+                if p.epoch == epoch:
+                    ids.append(p.packet_id)
+                else:
+                    stale += 1
         if ids:
             self._send(ids)
         if n and self._on_complete is not None:
             self._on_complete(n)
+        if stale and self._on_stale is not None:
+            self._on_stale(stale)
         if not q:
             self._idle.set()
 

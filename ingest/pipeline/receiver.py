@@ -76,8 +76,16 @@ class Receiver:
         self._stopping = False
         self._closed = False
         self._paused = False
-        self.acks = AckTracker(self._send_acks, on_complete=metrics.messages_acked.inc)
+        self.acks = AckTracker(
+            self._send_acks,
+            on_complete=metrics.messages_acked.inc,
+            on_stale=self._left_to_broker,
+        )
         """The ack tracker: every stage that completes messages is given this one."""
+        self.acknowledged = 0
+        """QoS 1/2 messages acknowledged (written to their open connection) so far."""
+        self.left_unacknowledged = 0
+        """QoS 1/2 messages complete but not acknowledged: their connection had ended."""
         self.connected = asyncio.Event()
         self.last_error: str | None = None
 
@@ -111,9 +119,21 @@ class Receiver:
                 self._conn.resume_reading()
 
     def _send_acks(self, packet_ids: list[int]) -> None:
-        """PUBACKs for the current connection (the tracker filters older epochs)."""
-        if self._conn is not None:
-            self._conn.ack(packet_ids)
+        """PUBACKs for the current connection (the tracker filters older epochs).
+
+        Counted as acknowledged once written to the open connection (TCP delivers them
+        before the DISCONNECT that follows); with the connection gone, as left to the
+        broker, which redelivers them.
+        """
+        if self._conn is not None and self._conn.ack(packet_ids):
+            self.acknowledged += len(packet_ids)
+            self._m.messages_acknowledged.inc(len(packet_ids))
+        else:
+            self._left_to_broker(len(packet_ids))
+
+    def _left_to_broker(self, n: int) -> None:
+        self.left_unacknowledged += n
+        self._m.messages_unacknowledged.inc(n)
 
     def republish(self, topic: str, payloads: list[bytes]) -> None:
         """Best-effort QoS 0 copies (dead letters) on the current connection, if any.

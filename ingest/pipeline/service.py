@@ -29,8 +29,11 @@ the one before, all within ``shutdown_timeout_s``:
    hold its acknowledgement for a registry write.
 5. **Wait for the acks**: every tracked message complete, its PUBACK released in
    arrival order on the connection it came from.
-6. **Disconnect**: :meth:`Receiver.aclose` sends DISCONNECT (keeping the session);
-   then the tasks still waiting for work (writers, spool, registry) are cancelled.
+6. **Disconnect**: every stage still running is cancelled and ended (writers,
+   spool, registry: waiting for work, or cut short by the deadline), then
+   :meth:`Receiver.aclose` sends DISCONNECT (keeping the session). No message
+   completes after the DISCONNECT, so the last log line and the counters
+   ``iot_ingest_messages_acknowledged_total`` / ``_unacknowledged_total`` are exact.
 
 Whatever is not durable by the deadline stays unacknowledged, and the broker
 redelivers it on the next start; what was written and acknowledged before is
@@ -358,20 +361,22 @@ class IngestService:
         )
 
         async with asyncio.TaskGroup() as tg:
+            receiving = tg.create_task(receiver.run(), name="receiver")
             decoding = tg.create_task(decoder.run(), name="decoder")
-            tasks = [
-                tg.create_task(receiver.run(), name="receiver"),
+            stages = [
+                decoding,
                 tg.create_task(spool.run(), name="deadletters"),
                 tg.create_task(registry.run(cfg.pipeline.registry_interval_s), name="registry"),
                 tg.create_task(self._gauges(inbox, write_queue, acks), name="gauges"),
             ]
-            tasks += [
+            stages += [
                 tg.create_task(writer.run(write_queue), name=f"writer-{i}")
                 for i in range(cfg.pipeline.write_concurrency)
             ]
             packing = None
             if self._packed is not None:
                 packing = tg.create_task(self._packed[0].run(), name="windows")
+                stages.append(packing)
             connected = tg.create_task(receiver.connected.wait(), name="wait-connected")
             stopped = tg.create_task(stop.wait(), name="wait-stop")
             await asyncio.wait([connected, stopped], return_when=asyncio.FIRST_COMPLETED)
@@ -381,14 +386,13 @@ class IngestService:
             with tuned_gc(cfg.pipeline.gc_young_threshold):
                 await stopped
             connected.cancel()
-            await self._drain(receiver, decoding, write_queue, spool, registry, acks, packing)
-            for t in [decoding, *tasks]:
-                t.cancel()
+            await self._drain(receiver, stages, write_queue, spool, registry, acks, packing)
+            receiving.cancel()
 
     async def _drain(
         self,
         receiver: Receiver,
-        decoding: asyncio.Task[None],
+        stages: list[asyncio.Task[None]],
         write_queue: asyncio.Queue[Batch],
         spool: DeadLetterSpool,
         registry: SensorRegistry,
@@ -396,6 +400,7 @@ class IngestService:
         packing: asyncio.Task[None] | None,
     ) -> None:
         """The stop protocol (the module docstring): each step waits for the one before."""
+        decoding = stages[0]
         log.info("stopping: draining (deadline %.0f s)", self.config.operations.shutdown_timeout_s)
         receiver.stop_intake()  # 1. stop reading: the inbox is closed
         try:
@@ -424,8 +429,19 @@ class IngestService:
                     self.config.mqtt.mqtt_client_id,
                 )
         finally:
-            await receiver.aclose()  # 6. DISCONNECT, keeping the session
-        log.info("stopped")
+            # 6. Every stage ends before the DISCONNECT, so that no message completes
+            # after it: what was acknowledged and what is left to the broker are exact.
+            for t in stages:
+                t.cancel()
+            await asyncio.wait(stages)
+            await receiver.aclose()  # DISCONNECT, keeping the session
+        log.info(
+            "stopped: %d messages acknowledged, %d complete but left unacknowledged (their "
+            "connection had ended), %d not durable; the broker redelivers the last two",
+            receiver.acknowledged,
+            receiver.left_unacknowledged,
+            len(acks),
+        )
 
     async def _gauges(
         self, inbox: Inbox, write_queue: asyncio.Queue[Batch], acks: AckTracker

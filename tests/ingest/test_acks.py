@@ -19,6 +19,7 @@ class Recorder:
 
     calls: list[list[int]] = field(default_factory=list)
     completed: int = 0
+    stale: int = 0
 
     def send(self, ids: list[int]) -> None:
         assert ids, "send is never called with nothing to acknowledge"
@@ -27,6 +28,9 @@ class Recorder:
     def on_complete(self, n: int) -> None:
         self.completed += n
 
+    def on_stale(self, n: int) -> None:
+        self.stale += n
+
     @property
     def acked(self) -> list[int]:
         return [i for call in self.calls for i in call]
@@ -34,7 +38,7 @@ class Recorder:
 
 def tracker() -> tuple[AckTracker, Recorder]:
     rec = Recorder()
-    return AckTracker(rec.send, rec.on_complete), rec
+    return AckTracker(rec.send, rec.on_complete, rec.on_stale), rec
 
 
 def add(t: AckTracker, packet_id: int, *, qos: int = 1, units: int = 1) -> Pending:
@@ -118,6 +122,7 @@ def test_messages_of_an_older_epoch_are_not_acked() -> None:
 
     assert rec.calls == [[1, 2]]
     assert rec.completed == 3
+    assert rec.stale == 1  # complete, never acknowledged: counted as left to the broker
     assert new.epoch == 1
     assert old.epoch == 0
 
