@@ -15,20 +15,20 @@ import logging
 import signal
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from types import TracebackType
-from typing import Any, Self
+from typing import Any
 
 import aiohttp
 import orjson
 
 from bench.errors import BenchError
+from ingest.core.lifecycle import StartClose
 
 __all__ = ["ManagedProcess", "get_json", "get_text", "parse_prometheus"]
 
 log = logging.getLogger(__name__)
 
 
-class ManagedProcess:
+class ManagedProcess(StartClose):
     """One subprocess with a log file, stopped on exit from its context.
 
     Args:
@@ -69,13 +69,8 @@ class ManagedProcess:
     def running(self) -> bool:
         return self._proc is not None and self._proc.returncode is None
 
-    async def __aenter__(self) -> Self:
-        await self.start()
-        return self
-
-    async def __aexit__(
-        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
-    ) -> None:
+    async def aclose(self) -> None:
+        """:meth:`stop` (``async with`` does it on the way out)."""
         await self.stop()
 
     async def start(self) -> None:

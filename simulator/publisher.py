@@ -29,9 +29,11 @@ import ssl
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import TracebackType
 from typing import Protocol, Self
 from urllib.parse import unquote, urlsplit
 
+from ingest.core.lifecycle import AsyncResource, StartClose
 from ingest.mqtt import proto as mp
 from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 from simulator.errors import BrokerRefused, PublishError, SimConfigError
@@ -72,7 +74,12 @@ class Publisher(Protocol):
 
     async def __aenter__(self) -> Self: ...
 
-    async def __aexit__(self, *exc: object) -> None: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
 
     def publish_nowait(self, conn: int, payload: bytes) -> bool:
         """Queue or send ``payload`` on connection ``conn``; False if its queue is full."""
@@ -233,7 +240,7 @@ class _Connection(MqttLink):
                 self.pump()
 
 
-class MqttPublisher:
+class MqttPublisher(StartClose):
     """Many MQTT connections to one broker, each with its own topic.
 
     Args:
@@ -298,7 +305,8 @@ class MqttPublisher:
 
     # -- lifecycle ----------------------------------------------------------------
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
+        """Open every connection (``async with`` does it); raise if one is refused."""
         if self._state != "new":
             raise RuntimeError(f"MqttPublisher is {self._state}; create a new one")
         self._state = "opening"
@@ -309,10 +317,6 @@ class MqttPublisher:
             self._state = "closed"
             raise
         self._state = "open"
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Send DISCONNECT on every connection and close it (safe to call twice)."""
@@ -489,7 +493,7 @@ class MqttPublisher:
 
 
 @dataclass(slots=True)
-class MemoryPublisher:
+class MemoryPublisher(AsyncResource):
     """A publisher that keeps messages in memory (for tests of the run loop).
 
     Args:
@@ -501,12 +505,6 @@ class MemoryPublisher:
     max_pending: int = 1_000_000
     stats: PublishStats = field(default_factory=PublishStats)
     messages: list[tuple[int, bytes]] = field(default_factory=list)
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        return None
 
     def publish_nowait(self, conn: int, payload: bytes) -> bool:
         if not 0 <= conn < self.connections:

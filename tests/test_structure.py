@@ -161,3 +161,25 @@ def test_every_module_states_exactly_the_public_names_it_defines() -> None:
         if missing:
             problems.append(f"{rel}: public names missing from __all__: {missing}")
     assert not problems, "\n".join(problems)
+
+
+def test_only_the_lifecycle_bases_write_the_async_context_methods() -> None:
+    """Every resource is an ``AsyncResource`` or a ``StartClose`` (ingest.core.lifecycle):
+    one ``__aenter__``/``__aexit__`` pair, with the close-on-failed-start rule in one place.
+    A Protocol may declare them (a declaration is not an implementation)."""
+    allowed = REPO / "ingest" / "core" / "lifecycle.py"
+    found = []
+    for path in [*_modules(), *sorted((REPO / "tests").rglob("*.py"))]:
+        if path == allowed:
+            continue
+        for cls in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(cls, ast.ClassDef):
+                continue
+            if any(isinstance(b, ast.Name) and b.id == "Protocol" for b in cls.bases):
+                continue
+            found += [
+                f"{path.relative_to(REPO)}: {cls.name}.{f.name}"
+                for f in cls.body
+                if isinstance(f, ast.AsyncFunctionDef) and f.name in ("__aenter__", "__aexit__")
+            ]
+    assert not found, "\n".join(found)

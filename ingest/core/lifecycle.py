@@ -1,5 +1,11 @@
-"""Lifecycles: the async-context-manager shape of every startable resource, and the stop of
-a whole command on SIGTERM/SIGINT within a deadline.
+"""Lifecycles: the async-context-manager shape of every resource, and the stop of a whole
+command on SIGTERM/SIGINT within a deadline.
+
+Every resource that holds something open (a connection, a pool, a server, a process) is an
+:class:`AsyncResource`: an idempotent ``aclose()``, and ``async with`` closing it on the way
+out. One that must also be started is a :class:`StartClose`: ``async with`` runs
+``start()`` and closes what a failed start left open. Nothing else writes ``__aenter__``
+and ``__aexit__``.
 
 A long-running command (``run``, ``demo``) is one coroutine given a ``stop`` event
 (:func:`run_until_signalled`). The first SIGTERM or SIGINT sets it and starts the clock:
@@ -30,7 +36,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from types import TracebackType
 from typing import Any, Self, TypeVar
 
-__all__ = ["CANCEL_GRACE_S", "StartClose", "StopRequested", "run_until_signalled", "unless_stopped"]
+__all__ = [
+    "CANCEL_GRACE_S",
+    "AsyncResource",
+    "StartClose",
+    "StopRequested",
+    "run_until_signalled",
+    "unless_stopped",
+]
 
 log = logging.getLogger(__name__)
 
@@ -42,24 +55,18 @@ CANCEL_GRACE_S = 3.0
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class StartClose:
-    """Mixin: ``async with`` calls ``start()``, then ``aclose()`` (also when start fails).
+class AsyncResource:
+    """Base: ``async with`` gives the resource, and closes it (``aclose()``) on the way out.
 
-    Subclasses implement ``start`` and an idempotent ``aclose``.
+    Subclasses implement an idempotent ``aclose``.
     """
 
-    async def start(self) -> None:
-        raise NotImplementedError
+    __slots__ = ()
 
     async def aclose(self) -> None:
         raise NotImplementedError
 
     async def __aenter__(self) -> Self:
-        try:
-            await self.start()
-        except BaseException:
-            await self.aclose()
-            raise
         return self
 
     async def __aexit__(
@@ -69,6 +76,26 @@ class StartClose:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+class StartClose(AsyncResource):
+    """Base: ``async with`` calls ``start()``, then ``aclose()`` (also when start fails).
+
+    Subclasses implement ``start`` and an idempotent ``aclose``.
+    """
+
+    __slots__ = ()
+
+    async def start(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self) -> Self:
+        try:
+            await self.start()
+        except BaseException:
+            await self.aclose()
+            raise
+        return self
 
 
 class StopRequested(Exception):

@@ -16,6 +16,8 @@ from aiohttp import web
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from ingest.core.lifecycle import StartClose
+
 __all__ = ["Exposition", "HealthServer", "Metrics"]
 
 log = logging.getLogger(__name__)
@@ -174,7 +176,7 @@ class Exposition(Protocol):
     def render(self) -> bytes: ...
 
 
-class HealthServer:
+class HealthServer(StartClose):
     """Serves /metrics, /healthz (process alive) and /readyz (able to ingest).
 
     Args:
@@ -198,7 +200,8 @@ class HealthServer:
         self.port = port
         self._runner: web.AppRunner | None = None
 
-    async def __aenter__(self) -> HealthServer:
+    async def start(self) -> None:
+        """Serve (``async with`` does it); :attr:`port` is the bound one afterwards."""
         app = web.Application()
         app.router.add_get("/metrics", self._get_metrics)
         app.router.add_get("/healthz", self._get_health)
@@ -211,9 +214,9 @@ class HealthServer:
         if server is not None and server.sockets:
             self.port = int(server.sockets[0].getsockname()[1])
         log.info("metrics and health on http://%s:%d/metrics", self._host, self.port)
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
+    async def aclose(self) -> None:
+        """Stop serving; safe to call twice."""
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()

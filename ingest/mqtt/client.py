@@ -37,6 +37,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+from ingest.core.lifecycle import StartClose
 from ingest.mqtt import proto as mp
 from ingest.mqtt.link import MqttConnectError, MqttError, MqttLink
 
@@ -76,7 +77,7 @@ class MqttSettings:
 _CLIENT_ONLY_PACKETS = frozenset({0, mp.CONNECT, mp.SUBSCRIBE, mp.UNSUBSCRIBE, mp.PINGREQ})
 
 
-class MqttConnection(MqttLink):
+class MqttConnection(MqttLink, StartClose):
     """A client connection to an MQTT broker.
 
     Args:
@@ -112,12 +113,9 @@ class MqttConnection(MqttLink):
 
     # -- lifecycle ------------------------------------------------------------
 
-    async def __aenter__(self) -> MqttConnection:
+    async def start(self) -> None:
+        """``async with``: :meth:`open` (the CONNACK is in :attr:`session_present` & co.)."""
         await self.open()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def open(self) -> mp.Connack:
         """Connect and wait for CONNACK; raise :class:`MqttConnectError` if refused."""

@@ -30,9 +30,8 @@ import asyncio
 import functools
 import logging
 import time
-from types import TracebackType
-from typing import Self
 
+from ingest.core.lifecycle import AsyncResource
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.mqtt.client import Message, MqttConnection, MqttSettings
@@ -45,7 +44,7 @@ __all__ = ["Receiver"]
 log = logging.getLogger(__name__)
 
 
-class Receiver:
+class Receiver(AsyncResource):
     """Keeps one subscription alive, feeds the inbox and sends the acknowledgements.
 
     An async context manager: leaving it closes the receiver (:meth:`aclose`).
@@ -88,17 +87,6 @@ class Receiver:
         """QoS 1/2 messages complete but not acknowledged: their connection had ended."""
         self.connected = asyncio.Event()
         self.last_error: str | None = None
-
-    async def __aenter__(self) -> Self:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def _on_messages(self, epoch: int, chunk: list[Message]) -> None:
         if self._inbox.closed:

@@ -32,6 +32,7 @@ from ingest.aws.httpconn import HttpPool
 from ingest.aws.settings import AwsSettings
 from ingest.aws.sigv4 import Credentials, SigV4Signer
 from ingest.core.errors import DynamoRetriable
+from ingest.core.lifecycle import StartClose
 from ingest.storage.dynamo import error_answer, json_object, unprocessed_puts
 from ingest.storage.layout import Item
 
@@ -42,7 +43,7 @@ log = logging.getLogger(__name__)
 _TARGET = "DynamoDB_20120810."
 
 
-class LeanDynamoClient:
+class LeanDynamoClient(StartClose):
     """A minimal DynamoDB JSON-protocol client (BatchWriteItem, UpdateItem, Query…).
 
     Args:
@@ -81,7 +82,8 @@ class LeanDynamoClient:
         self._prefix = b'{"RequestItems":{' + orjson.dumps(table) + b":["
         self._closed = False
 
-    async def __aenter__(self) -> LeanDynamoClient:
+    async def start(self) -> None:
+        """Find the credentials and open the connection pool (``async with`` does it)."""
         if self._closed:
             raise RuntimeError("LeanDynamoClient is closed; create a new one")
         if self._static is None:
@@ -102,10 +104,6 @@ class LeanDynamoClient:
             max_connections=self._max_connections,
             timeout_s=self._timeout_s,
         )
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool; safe to call twice."""

@@ -16,12 +16,11 @@ import asyncio
 import contextlib
 import signal
 import socket
-from types import TracebackType
-from typing import Self
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from ingest.core.lifecycle import StartClose
 from queries.api.app import create_app, open_cold_tier, table_client
 from queries.api.settings import ServeSettings
 from queries.read.reader import TableReader
@@ -121,7 +120,7 @@ class _StartupProbe:
         await self.app(scope, receive, probe)
 
 
-class ApiServer:
+class ApiServer(StartClose):
     """The app served by uvicorn on a loopback port, inside the running event loop.
 
     Args:
@@ -147,7 +146,8 @@ class ApiServer:
         """``http://host:port`` of the listening socket."""
         return f"http://{self._host}:{self._port}"
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
+        """Listen, and return once uvicorn serves (raises if its startup failed)."""
         if self._closed or self._server is not None:
             raise RuntimeError("ApiServer is single-use; create a new one")
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -176,7 +176,6 @@ class ApiServer:
             except Exception as exc:
                 reason = reason or str(exc)
             raise RuntimeError(f"the API server did not start: {reason or 'it exited'}")
-        return self
 
     async def _serve(self, sock: socket.socket) -> None:
         assert self._server is not None
@@ -188,14 +187,6 @@ class ApiServer:
             raise RuntimeError(f"uvicorn exited with status {exc.code}") from None
         finally:
             sock.close()
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     async def aclose(self) -> None:
         """Stop serving (graceful, bounded by uvicorn's shutdown timeout); safe to call twice."""

@@ -34,6 +34,7 @@ import pytest_asyncio
 from bench.processes import parse_prometheus
 from bench.procstat import sample
 from bench.servers import REPO_ROOT
+from ingest.core.lifecycle import StartClose
 from ingest.trial.servers import free_port
 from simulator.faults import FaultConfig
 from simulator.fleet import Fleet
@@ -104,7 +105,7 @@ class Memory:
         return self.samples[min(len(self.samples) - 1, int(fraction * len(self.samples)))][1]
 
 
-class Worker:
+class Worker(StartClose):
     """One ``iot-ingest run`` subprocess; an async context manager (stopped with SIGTERM on exit).
 
     Args:
@@ -235,11 +236,7 @@ class Worker:
                 ) from None
         return proc.returncode if proc.returncode is not None else 0
 
-    async def __aenter__(self) -> Worker:
-        await self.start()
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
+    async def aclose(self) -> None:
         await self.stop()
 
 

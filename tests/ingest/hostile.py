@@ -19,6 +19,7 @@ import struct
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from ingest.core.lifecycle import StartClose
 from ingest.mqtt import proto as mp
 
 __all__ = ["HostileBroker", "Peer", "Script", "connack_packet", "packet", "publish_packet"]
@@ -170,7 +171,7 @@ class Peer:
 Script = Callable[[Peer], Awaitable[None]]
 
 
-class HostileBroker:
+class HostileBroker(StartClose):
     """Accepts MQTT clients on 127.0.0.1 and runs ``script`` for each connection.
 
     Args:
@@ -227,15 +228,16 @@ class HostileBroker:
                 await self.connected.wait()
         return self.peers[n - 1]
 
-    async def __aenter__(self) -> HostileBroker:
+    async def start(self) -> None:
         self._server = await asyncio.start_server(self._spawn, "127.0.0.1", 0, ssl=self.tls)
-        return self
 
-    async def __aexit__(self, *exc: object) -> None:
-        assert self._server is not None
-        self._server.close()
+    async def aclose(self) -> None:
+        server, self._server = self._server, None
+        if server is None:
+            return
+        server.close()
         for p in self.peers:
             p.close()
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=5)
-        await self._server.wait_closed()
+        await server.wait_closed()

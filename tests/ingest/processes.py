@@ -23,8 +23,8 @@ import signal
 import sys
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import Self
+
+from ingest.core.lifecycle import StartClose
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -122,7 +122,7 @@ async def wait_gone(procs: dict[Proc, str], timeout_s: float) -> dict[Proc, str]
         await asyncio.sleep(0.1)
 
 
-class Cli:
+class Cli(StartClose):
     """``python -m ingest.cli ARGS`` as a subprocess in a session of its own."""
 
     def __init__(self, *args: str, env: dict[str, str] | None = None, cwd: Path = REPO_ROOT):
@@ -147,7 +147,7 @@ class Cli:
     def text(self) -> str:
         return "".join(self.lines)
 
-    async def __aenter__(self) -> Self:
+    async def start(self) -> None:
         self._proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",
@@ -161,7 +161,6 @@ class Cli:
             start_new_session=True,
         )
         self._reader = asyncio.create_task(self._read(), name="cli-stderr")
-        return self
 
     async def _read(self) -> None:
         assert self.proc.stderr is not None
@@ -202,12 +201,7 @@ class Cli:
             await asyncio.wait_for(self._reader, 5)
         return status
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
+    async def aclose(self) -> None:
         proc = self._proc
         if proc is not None and proc.returncode is None:
             # Tidy up after a failed test: its servers too, if they are in sessions of their own.
