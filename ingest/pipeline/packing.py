@@ -31,6 +31,15 @@ in time stays in the journal for the worker's next start (same client id), and a
 that never starts again leaves those readings in staging items only, for a day (its
 ``iot_ingest_window_oldest_seconds`` says how far back that reaches).
 
+A seal in a bucket that an archive may hold already (below the archive policy's late
+threshold, the one the registry marks late readings by) marks that bucket late again
+once its parts and seal log are durable, before the checkpoint moves. The registry's
+mark at decode time is cleared by the first archive pass a settle time later; a seal
+held up longer than that (DynamoDB failing for minutes) would otherwise land after
+that pass and never be archived. It costs one UpdateItem per sensor and late bucket
+sealed (backfills only, with an archiver), and a policy read per seal round (at most
+every ``_POLICY_REFRESH_MS``).
+
 The checkpoint (``#journal#{worker}``, sort key 0) is the receipt time of the oldest
 reading still only in open windows: every journal item at or after it (a journal
 item's key is its flush's millisecond · 1000, never before its readings arrived) holds
@@ -40,11 +49,13 @@ everything that a restart needs; older ones are left to their TTL.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
@@ -58,9 +69,11 @@ from ingest.storage.journal import (
     journal_items,
     parse_journal_item,
 )
-from ingest.storage.layout import Item, Reading, journal_pk, sensor_group
+from ingest.storage.layout import ArchivePolicy, Item, Reading, journal_pk, sensor_group
 from ingest.storage.packed import PackedError
 from ingest.storage.reads import key_query, query_pages
+from ingest.storage.registry import write_late_mark
+from ingest.storage.table import read_archive_policy
 from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, encode_stage, seal
 
 __all__ = [
@@ -75,6 +88,8 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+T = TypeVar("T")
+
 CHECKPOINT_SK = 0
 """The sort key of a journal's checkpoint item (journal items' keys are epoch ms · 1000)."""
 _MAX_FLUSH_READINGS = 10_000
@@ -86,6 +101,8 @@ _STAGE_SLICE = 8
 """Staging blobs (one per group, usually) encoded between two yields to the event loop."""
 _WRITES_IN_FLIGHT = 4
 """BatchWriteItem calls of one staging or sealing round at once."""
+_POLICY_REFRESH_MS = 10_000
+"""Least time between two reads of the archive policy by the sealer (as the registry's)."""
 
 
 class JournalPlacer:
@@ -390,6 +407,8 @@ class WindowWriter:
         self._sleep = sleep
         self._checkpoint: int | None = None
         self._log_ms = 0
+        self._policy: ArchivePolicy | None = None
+        self._policy_read_ms: int | None = None
         self.healthy = True
 
     # -- start ---------------------------------------------------------------
@@ -557,10 +576,51 @@ class WindowWriter:
                 for it in seal_log_items(self.scheme, start, self._worker, self._log_ms, sensors)
             ]
             await self._put(log_items, "seal log")
+            await self._mark_late(keys)
         finally:
             gate.release()
             for key in keys:
                 self.windows.end_seal(key, sealed=sealed)
+
+    async def _mark_late(self, keys: list[tuple[str, int]]) -> None:
+        """Mark late the buckets of these sealed windows that an archive may hold already
+        (the module docstring): after their seal, before the checkpoint moves past them."""
+        policy = await self._archive_policy()
+        if policy is None:
+            return
+        threshold = policy.late_before(self._now_ms())
+        bw = policy.bucket_ms
+        for sensor, bucket in sorted({(s, w - w % bw) for s, w in keys if w < threshold}):
+            await self._retrying("late mark", functools.partial(self._write_mark, sensor, bucket))
+
+    async def _write_mark(self, sensor: str, bucket: int) -> None:
+        await write_late_mark(self._client, sensor, bucket, self._now_ms())
+
+    async def _archive_policy(self) -> ArchivePolicy | None:
+        now = self._now_ms()
+        if self._policy_read_ms is None or now - self._policy_read_ms >= _POLICY_REFRESH_MS:
+            self._policy = await self._retrying(
+                "archive policy read", lambda: read_archive_policy(self._client)
+            )
+            self._policy_read_ms = now
+        return self._policy
+
+    async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        """``call()`` until it succeeds (retried with backoff, whatever it raises)."""
+        attempt = 0
+        while True:
+            try:
+                got = await call()
+            except Exception as exc:
+                if attempt == 0 or attempt % 10 == 0:
+                    log.warning("%s failed, retrying: %s", what, exc)
+                self._m.window_write_retries.labels(what).inc()
+                self.healthy = False
+                await self._sleep(self._backoff.delay_s(attempt))
+                attempt += 1
+            else:
+                self.healthy = True
+                return got
 
     async def _advance_checkpoint(self, now_ms: int) -> None:
         at = self.windows.checkpoint_ms(now_ms)

@@ -24,13 +24,17 @@ from ingest.archive.streams import StreamArchiver
 from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main
 from ingest.config import Config
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.pipeline.packing import OpenWindows, WindowWriter
+from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.archive.errors import ArchiveConfigError
 from ingest.storage.archive.manifest import Manifest, get_marker
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import ArchivePolicy, Reading, TableLayout
 from ingest.storage.registry import late_marks
 from ingest.storage.table import read_archive_policy
-from ingest.storage.windows import SEAL_GRACE_MS
+from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme
 from tests.archive.conftest import (
     BUCKET_MS,
     DAY_MS,
@@ -226,6 +230,71 @@ async def test_late_reading_sealed_during_an_archive_of_its_packed_bucket_is_tak
     again = await env.archiver(now_ms=t2 + HOUR_MS).run_once()
     assert again.ok and (again.rearchived, again.rows, again.late) == (1, 1, 1)
     await assert_archived_once(env, OLD + first_late + raced, now_ms=t2 + HOUR_MS)
+
+
+async def test_a_late_seal_delayed_past_the_settle_time_marks_its_bucket_again(
+    packed_env: ArchiveEnv,
+) -> None:
+    """A late reading's mark (the registry's, at decode) is cleared by a pass that ran
+    while its seal was still held up (DynamoDB failing for longer than the settle time):
+    the seal marks the bucket again once it lands, so the next pass archives it."""
+    env = packed_env
+    await env.put(OLD)
+    await env.archiver().run_once()
+    late = readings_of(B1, [4_000], v=40.0)
+    t1 = NOW_MS + 60_000
+    registry = SensorRegistry(env.dynamo, Metrics(), wall_clock=lambda: t1 / 1000)
+    await registry.refresh_policy()
+    registry.observe(late)  # decoded, journaled and acknowledged: its seal is held up
+    await registry.flush()
+    cleared = await env.archiver(now_ms=t1 + SETTLE_MS + 1_000).run_once()
+    assert cleared.ok and cleared.rows == 0  # B1 unchanged in DynamoDB: nothing new
+    assert await late_marks(env.dynamo) == []  # the mark is gone, the reading not archived
+
+    t2 = t1 + SETTLE_MS + 120_000  # DynamoDB answers again: the window is sealed
+    windows = OpenWindows(WindowScheme(env.layout))
+    for r in late:
+        windows.add(r, t1)
+    writer = WindowWriter(
+        client=env.dynamo,
+        windows=windows,
+        worker="w-late",
+        journal_ttl_s=3600,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        now_ms=lambda: t2,
+    )
+    await writer.seal_all()
+    marks = await late_marks(env.dynamo)
+    assert [(m.sensor_id, m.bucket_start_ms, m.marked_at_ms) for m in marks] == [(SID, B1, t2)]
+
+    again = await env.archiver(now_ms=t2 + SETTLE_MS + 1_000).run_once()
+    assert again.ok and (again.rearchived, again.rows, again.late) == (1, 1, 1)
+    await assert_archived_once(env, OLD + late, now_ms=t2 + SETTLE_MS + 1_000)
+
+
+async def test_seals_of_buckets_no_archive_can_hold_yet_write_no_mark(
+    packed_env: ArchiveEnv,
+) -> None:
+    env = packed_env
+    await env.put(OLD)
+    await env.archiver().run_once()  # a policy is recorded (and its own marks written)
+    before = await late_marks(env.dynamo)
+    windows = OpenWindows(WindowScheme(env.layout))
+    for r in OLD_HOT:
+        windows.add(r, NOW_MS)
+    writer = WindowWriter(
+        client=env.dynamo,
+        windows=windows,
+        worker="w-hot",
+        journal_ttl_s=3600,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        now_ms=lambda: NOW_MS,
+    )
+    await writer.seal_all()
+    assert await env.count_items(SID, OLD_HOT[0].ts_ms - OLD_HOT[0].ts_ms % BUCKET_MS) == 2
+    assert await late_marks(env.dynamo) == before
 
 
 async def test_delete_archived_is_refused_on_a_packed_table_with_the_reason(
