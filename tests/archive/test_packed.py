@@ -232,6 +232,24 @@ async def test_late_reading_sealed_during_an_archive_of_its_packed_bucket_is_tak
     await assert_archived_once(env, OLD + first_late + raced, now_ms=t2 + HOUR_MS)
 
 
+async def _seal(env: ArchiveEnv, readings: list[Reading], *, received_ms: int, now_ms: int) -> None:
+    """Seal ``readings`` (received at ``received_ms``) as a worker's window writer does at
+    ``now_ms``: parts, seal log, and the late marks of its seals."""
+    windows = OpenWindows(WindowScheme(env.layout))
+    for r in readings:
+        windows.add(r, received_ms)
+    writer = WindowWriter(
+        client=env.dynamo,
+        windows=windows,
+        worker="w-seal",
+        journal_ttl_s=3600,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        now_ms=lambda: now_ms,
+    )
+    await writer.seal_all()
+
+
 async def test_a_late_seal_delayed_past_the_settle_time_marks_its_bucket_again(
     packed_env: ArchiveEnv,
 ) -> None:
@@ -252,19 +270,7 @@ async def test_a_late_seal_delayed_past_the_settle_time_marks_its_bucket_again(
     assert await late_marks(env.dynamo) == []  # the mark is gone, the reading not archived
 
     t2 = t1 + SETTLE_MS + 120_000  # DynamoDB answers again: the window is sealed
-    windows = OpenWindows(WindowScheme(env.layout))
-    for r in late:
-        windows.add(r, t1)
-    writer = WindowWriter(
-        client=env.dynamo,
-        windows=windows,
-        worker="w-late",
-        journal_ttl_s=3600,
-        metrics=Metrics(),
-        backoff=Backoff(base_ms=1, cap_ms=1),
-        now_ms=lambda: t2,
-    )
-    await writer.seal_all()
+    await _seal(env, late, received_ms=t1, now_ms=t2)
     marks = await late_marks(env.dynamo)
     assert [(m.sensor_id, m.bucket_start_ms, m.marked_at_ms) for m in marks] == [(SID, B1, t2)]
 
@@ -280,19 +286,7 @@ async def test_seals_of_buckets_no_archive_can_hold_yet_write_no_mark(
     await env.put(OLD)
     await env.archiver().run_once()  # a policy is recorded (and its own marks written)
     before = await late_marks(env.dynamo)
-    windows = OpenWindows(WindowScheme(env.layout))
-    for r in OLD_HOT:
-        windows.add(r, NOW_MS)
-    writer = WindowWriter(
-        client=env.dynamo,
-        windows=windows,
-        worker="w-hot",
-        journal_ttl_s=3600,
-        metrics=Metrics(),
-        backoff=Backoff(base_ms=1, cap_ms=1),
-        now_ms=lambda: NOW_MS,
-    )
-    await writer.seal_all()
+    await _seal(env, OLD_HOT, received_ms=NOW_MS, now_ms=NOW_MS)
     assert await env.count_items(SID, OLD_HOT[0].ts_ms - OLD_HOT[0].ts_ms % BUCKET_MS) == 2
     assert await late_marks(env.dynamo) == before
 

@@ -26,7 +26,7 @@ from ingest.storage.journal import (
 )
 from ingest.storage.layout import Reading, TableLayout, journal_pk
 from ingest.storage.packed import PackedDecodeError, PackedVersionError
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.table import create_table
 from tests.ingest.harness import AWS
 
@@ -211,11 +211,7 @@ async def test_a_journal_written_to_a_real_table_reads_back_exactly(
             for flush in flushes:
                 items = journal_items("w-1", seq.next(1_000), flush, ttl_s=2_000_000_000)
                 assert await writer.batch_write([it for _, it in items]) == []
-        kwargs = {
-            "TableName": unique_name,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": journal_pk("w-1")}},
-        }
+        kwargs = key_query(unique_name, journal_pk("w-1"))
         entries = []
         async for page in query_pages(admin.call, kwargs):
             entries += [parse_journal_item(it) for it in page["Items"]]

@@ -24,7 +24,7 @@ from ingest.pipeline.packing import adopt_journal
 from ingest.pipeline.service import IngestService, layout_from_config
 from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Reading, TableLayout
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.windows import WindowScheme, needs_compaction, parse_part_item
 from ingest.trial.servers import free_port
 from tests.drain import assert_drained
@@ -91,11 +91,7 @@ async def _parts(
     async with DynamoClient(
         table=table, aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **AWS)
     ) as client:
-        kwargs = {
-            "TableName": table,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": {"S": layout.window_pk(sensor, start)}},
-        }
+        kwargs = key_query(table, layout.window_pk(sensor, start))
         return [
             parse_part_item(it, sensor)
             async for page in query_pages(client.call, kwargs)
@@ -158,16 +154,23 @@ async def _acknowledged_then_killed(
     return sent
 
 
+def _setup(
+    ingest_config: Callable[..., Config], prefix: str, n: int
+) -> tuple[Config, TableLayout, int, list[tuple[str, bytes]], dict[str, dict[int, float]]]:
+    """A packed worker's config and layout, and ``n`` readings from 10 s ago (a minute's
+    start, so they fall in one or two windows of each sensor) as messages."""
+    cfg = ingest_config(**PACKED)
+    start = int(time.time() * 1000) - 10_000
+    start -= start % 60_000
+    msgs, expected = _messages(prefix, n, start)
+    return cfg, layout_from_config(cfg), start, msgs, expected
+
+
 async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal(
     ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
 ) -> None:
-    cfg = ingest_config(**PACKED)
-    layout = layout_from_config(cfg)
-    port = free_port()
-    log = tmp_path / "worker.log"
-    start = int(time.time() * 1000) - 10_000
-    start -= start % 60_000
-    msgs, expected = _messages(unique_name, 300, start)
+    cfg, layout, start, msgs, expected = _setup(ingest_config, unique_name, 300)
+    port, log = free_port(), tmp_path / "worker.log"
     sent = await _acknowledged_then_killed(cfg, port, log, msgs[:200])
     await publish(cfg.mqtt.mqtt_url or "", msgs[200:])  # while it is down
     worker = await start_worker(cfg, port, log, *_PACKED_FLAGS)
@@ -191,13 +194,8 @@ async def test_a_killed_workers_acknowledged_readings_come_back_from_its_journal
 async def test_what_a_worker_gone_for_good_left_in_its_journal_is_adopted_and_sealed(
     ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str, tmp_path: Path
 ) -> None:
-    cfg = ingest_config(**PACKED)
-    layout = layout_from_config(cfg)
-    port = free_port()
-    log = tmp_path / "worker.log"
-    start = int(time.time() * 1000) - 10_000
-    start -= start % 60_000
-    msgs, expected = _messages(unique_name, 150, start)
+    cfg, layout, start, msgs, expected = _setup(ingest_config, unique_name, 150)
+    port, log = free_port(), tmp_path / "worker.log"
     await _acknowledged_then_killed(cfg, port, log, msgs)  # never to start again
     later = time.time() + _LATER_S
     end = start + 150 * 37

@@ -22,7 +22,7 @@ from ingest.storage.layout import (
     window_sk,
 )
 from ingest.storage.packed import PackedDecodeError
-from ingest.storage.reads import query_pages
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.table import create_table
 from ingest.storage.windows import (
     MAX_PART_BYTES,
@@ -230,11 +230,7 @@ async def test_parts_and_staging_written_to_a_real_table_read_back(
             async for page in query_pages(admin.call, kwargs)
             for it in page["Items"]
         ]
-        stage_kwargs = {
-            "TableName": unique_name,
-            "KeyConditionExpression": "pk = :pk",
-            "ExpressionAttributeValues": {":pk": stage["pk"]},
-        }
+        stage_kwargs = key_query(unique_name, stage["pk"]["S"])
         staged = [
             it async for page in query_pages(admin.call, stage_kwargs) for it in page["Items"]
         ]

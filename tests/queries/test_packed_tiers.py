@@ -15,16 +15,12 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import pytest
 import pytest_asyncio
 
 from bench.servers import MotoServer
 from ingest.storage.layout import Item, Reading
-from ingest.storage.reads import query_pages
-from queries.api.app import create_app
-from queries.api.server import ApiServer
-from queries.api.settings import ServeSettings
+from ingest.storage.reads import key_query, query_pages
 from queries.read.cache import BucketCache, Closure
 from queries.read.closed import read_closed
 from queries.read.reader import TableReader
@@ -37,27 +33,22 @@ from tests.queries.test_tiers import (
     A3,
     A4,
     AGGS,
-    CREDS,
     END,
     NOW_MS,
     START,
-    Server,
     Tiered,
     _expected,
     _same_metrics,
     _tiers,
     in_bucket,
     make_readings,
+    serve_tiered,
 )
 
 
 async def _parts(env: ArchiveEnv, sid: str, bucket: int) -> list[Item]:
     """Every sealed part of a sensor's bucket (its one partition)."""
-    kwargs: dict[str, Any] = {
-        "TableName": env.dynamo.table,
-        "KeyConditionExpression": "pk = :pk",
-        "ExpressionAttributeValues": {":pk": {"S": env.layout.window_pk(sid, bucket)}},
-    }
+    kwargs = key_query(env.dynamo.table, env.layout.window_pk(sid, bucket))
     return [it async for page in query_pages(env.dynamo.call, kwargs) for it in page["Items"]]
 
 
@@ -109,22 +100,7 @@ async def packed_tiered(moto_server: MotoServer, unique_name: str) -> AsyncItera
             open_archive_env(endpoint, f"{unique_name}-ref", PACKED_LAYOUT)
         )
         await ref.put(readings)  # the reference: sealed once, nothing ever lost
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        servers = []
-        for settings in (
-            ServeSettings(
-                table=env.dynamo.table,
-                endpoint_url=endpoint,
-                s3_bucket=env.store.bucket,
-                s3_endpoint=endpoint,
-                s3_prefix=env.store.prefix,
-                **CREDS,
-            ),
-            ServeSettings(table=ref.dynamo.table, endpoint_url=endpoint, **CREDS),
-        ):
-            server = await stack.enter_async_context(ApiServer(create_app(settings)))
-            servers.append(Server(server.url, session))
-        yield Tiered(env, servers[0], servers[1], readings)
+        yield await serve_tiered(stack, endpoint, env, ref, readings)
 
 
 async def test_readings_over_archived_packed_buckets_equal_a_table_that_never_expired(

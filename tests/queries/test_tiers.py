@@ -25,9 +25,7 @@ import pytest_asyncio
 
 from bench.servers import MotoServer
 from ingest.aws.settings import AwsSettings
-from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import Item, Reading
-from ingest.storage.table import create_table
 from queries.api.app import create_app
 from queries.api.server import ApiServer
 from queries.api.settings import ServeSettings
@@ -127,37 +125,39 @@ async def tiered(
         env, [r for r in readings if r.sensor_id == "tier-b" and r.ts_ms < A4 + BUCKET_MS]
     )
 
-    endpoint = moto_server.endpoint_url
     async with contextlib.AsyncExitStack() as stack:
         ref = await stack.enter_async_context(
-            DynamoClient(
-                table=f"{unique_name}-ref",
-                aws=AwsSettings(region="us-east-1", endpoint_url=endpoint, **CREDS),
-            )
+            open_archive_env(moto_server.endpoint_url, f"{unique_name}-ref", LAYOUT)
         )
-        await create_table(ref, LAYOUT)
-        stack.push_async_callback(ref.call, "delete_table", TableName=ref.table)
-        items = [LAYOUT.to_item(r) for r in readings]
-        for i in range(0, len(items), 25):
-            pending = items[i : i + 25]
-            while pending:
-                pending = await ref.batch_write(pending)
-        session = await stack.enter_async_context(aiohttp.ClientSession())
-        servers = []
-        for settings in (
-            ServeSettings(
-                table=env.dynamo.table,
-                endpoint_url=endpoint,
-                s3_bucket=env.store.bucket,
-                s3_endpoint=endpoint,
-                s3_prefix=env.store.prefix,
-                **CREDS,
-            ),
-            ServeSettings(table=ref.table, endpoint_url=endpoint, **CREDS),
-        ):
-            server = await stack.enter_async_context(ApiServer(create_app(settings)))
-            servers.append(Server(server.url, session))
-        yield Tiered(env, servers[0], servers[1], readings)
+        await ref.put(readings)  # the reference: nothing ever expired
+        yield await serve_tiered(stack, moto_server.endpoint_url, env, ref, readings)
+
+
+async def serve_tiered(
+    stack: contextlib.AsyncExitStack,
+    endpoint: str,
+    env: ArchiveEnv,
+    ref: ArchiveEnv,
+    readings: list[Reading],
+) -> Tiered:
+    """The API over ``env``'s table with its archive, and over ``ref``'s table alone, both
+    at ``endpoint`` (servers and session closed with ``stack``)."""
+    session = await stack.enter_async_context(aiohttp.ClientSession())
+    servers = []
+    for settings in (
+        ServeSettings(
+            table=env.dynamo.table,
+            endpoint_url=endpoint,
+            s3_bucket=env.store.bucket,
+            s3_endpoint=endpoint,
+            s3_prefix=env.store.prefix,
+            **CREDS,
+        ),
+        ServeSettings(table=ref.dynamo.table, endpoint_url=endpoint, **CREDS),
+    ):
+        server = await stack.enter_async_context(ApiServer(create_app(settings)))
+        servers.append(Server(server.url, session))
+    return Tiered(env, servers[0], servers[1], readings)
 
 
 def _expected(readings: list[Reading], sid: str, lo: int, hi: int) -> list[dict[str, Any]]:
