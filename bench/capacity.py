@@ -13,7 +13,9 @@ and value sizes, where
 * a set is the sum of its elements.
 
 A standard write consumes one write unit per started KB (1,024 bytes) of the
-item. On-demand tables bill write request units: ``US_EAST_1_USD_PER_MILLION_WRU``
+item; a read one unit per started 4 KB of the items it returns (a Query: of their sum),
+half of that when eventually consistent. :class:`MeteredClient` counts both on a
+client's calls, for a figure measured on real items instead of computed by hand. On-demand tables bill write request units: ``US_EAST_1_USD_PER_MILLION_WRU``
 is the us-east-1 price (Standard table class) since the 50 % reduction of
 on-demand throughput prices on 1 November 2024; see docs/performance.md for
 the source, and pass another price where it differs.
@@ -22,13 +24,19 @@ the source, and pass another price where it differs.
 from __future__ import annotations
 
 import base64
+from collections.abc import Sequence
 from typing import Any
+
+from ingest.storage.dynamo import TableClient
+from ingest.storage.layout import Item
 
 __all__ = [
     "US_EAST_1_USD_PER_MILLION_WRU",
+    "MeteredClient",
     "cost_per_million_readings_usd",
     "item_size_bytes",
     "number_size_bytes",
+    "read_units",
     "write_units",
 ]
 
@@ -84,6 +92,58 @@ def item_size_bytes(item: dict[str, Any]) -> int:
 def write_units(size_bytes: int) -> int:
     """Write units of one standard write of an item of ``size_bytes`` (1 per started KB)."""
     return max(1, -(-size_bytes // 1024))
+
+
+def read_units(size_bytes: int, *, consistent: bool) -> float:
+    """Read units of one read returning ``size_bytes`` (1 per started 4 KB; half of that
+    when eventually consistent)."""
+    units = max(1, -(-size_bytes // 4096))
+    return float(units) if consistent else units / 2
+
+
+class MeteredClient:
+    """A table client that counts the write and read units its calls consume, by the rules
+    above (what DynamoDB bills for the items sent and returned): puts and batch writes by
+    each item's size, Query and GetItem by the size of what came back. An UpdateItem is
+    counted as a write of one unit (its bill depends on the stored item: not known here).
+
+    Args:
+        client: The client to call.
+    """
+
+    def __init__(self, client: TableClient) -> None:
+        self._client = client
+        self.write_units = 0
+        self.read_units = 0.0
+        self.items_written = 0
+
+    @property
+    def table(self) -> str:
+        return self._client.table
+
+    def _wrote(self, items: Sequence[Item]) -> None:
+        self.items_written += len(items)
+        self.write_units += sum(write_units(item_size_bytes(dict(it))) for it in items)
+
+    async def batch_write(self, items: list[Item]) -> list[Item]:
+        left = await self._client.batch_write(items)
+        self._wrote([it for it in items if it not in left])
+        return left
+
+    async def call(self, operation: str, **kwargs: Any) -> dict[str, Any]:
+        resp = await self._client.call(operation, **kwargs)
+        consistent = bool(kwargs.get("ConsistentRead"))
+        if operation == "put_item":
+            self._wrote([kwargs["Item"]])
+        elif operation in ("update_item", "delete_item"):
+            self.write_units += 1
+        elif operation == "query":
+            size = sum(item_size_bytes(it) for it in resp.get("Items", []))
+            self.read_units += read_units(size, consistent=consistent)
+        elif operation == "get_item":
+            size = item_size_bytes(resp["Item"]) if "Item" in resp else 0
+            self.read_units += read_units(size, consistent=consistent)
+        return resp
 
 
 def cost_per_million_readings_usd(

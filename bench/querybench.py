@@ -47,6 +47,7 @@ from typing import Any
 import aiohttp
 import orjson
 
+from bench.capacity import MeteredClient
 from bench.servers import DynaliteServer, MotoServer
 from ingest.aws.settings import AwsSettings
 from ingest.core.errors import DynamoRetriable
@@ -122,15 +123,22 @@ async def _roll_up(client: DynamoClient, layout: TableLayout, start_ms: int, end
     await put_all(client, log)
     settle_ms = 300_000
     t0 = time.perf_counter()
+    metered = MeteredClient(client)
     report = await rollup_pass(
-        client,
+        metered,
         scheme,
         worker="bench",
         now_ms=end_ms + settle_ms + 1,
         lookback_ms=end_ms + settle_ms + 1 - start_ms,
         settle_ms=settle_ms,
     )
-    return f"{report.summary()} in {time.perf_counter() - t0:.1f} s"
+    per = max(1, report.readings)
+    return (
+        f"{report.summary()} in {time.perf_counter() - t0:.1f} s: "
+        f"{metered.write_units} write units ({metered.write_units / per:.5f} a reading), "
+        f"{metered.read_units:g} read units ({metered.read_units / per:.5f} a reading), "
+        "by the item-size rules of bench.capacity"
+    )
 
 
 async def _timed(
