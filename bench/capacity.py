@@ -22,6 +22,7 @@ the source, and pass another price where it differs.
 from __future__ import annotations
 
 import base64
+from collections.abc import Mapping
 from typing import Any
 
 __all__ = [
@@ -66,7 +67,7 @@ def _value_size(value: dict[str, Any]) -> int:
     raise ValueError(f"unknown DynamoDB attribute type {kind!r}")
 
 
-def item_size_bytes(item: dict[str, Any]) -> int:
+def item_size_bytes(item: Mapping[str, Any]) -> int:
     """Size of an item (DynamoDB wire format) by DynamoDB's documented rules.
 
     Args:

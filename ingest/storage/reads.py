@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from ingest.storage.dynamo import Queryable
+from ingest.storage.items import ReadingItem
 from ingest.storage.layout import (
     WINDOW_PART_SPACE,
-    Item,
     Reading,
     TableLayout,
     binary_value,
@@ -150,9 +150,10 @@ def partition_query(
 
 async def query_partition(
     client: Queryable, pk: str, start_ms: int, end_ms: int, *, descending: bool = False
-) -> list[Item]:
-    """All items of one partition with start_ms <= sk <= end_ms, in sk order (TTL not applied)."""
-    items: list[Item] = []
+) -> list[ReadingItem]:
+    """All items of one reading partition with start_ms <= sk <= end_ms, in sk order (TTL
+    not applied)."""
+    items: list[ReadingItem] = []
     kwargs = partition_query(client.table, pk, start_ms, end_ms, descending=descending)
     async for resp in query_pages(client.call, kwargs):
         items += resp.get("Items", [])

@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import Item
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import (
     merge_staged,
     packed_staged,
@@ -145,6 +146,7 @@ async def _shard_readings(
 
 
 def min_ttl(items: Sequence[Item]) -> int:
+    # Of any partition a PartitionStream reads (readings, the registry): the general type.
     """The smallest ``ttl`` of the items (:data:`~queries.read.cache.NO_TTL` when none has one)."""
     return min((int(it["ttl"]["N"]) for it in items if "ttl" in it), default=NO_TTL)
 
