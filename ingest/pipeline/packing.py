@@ -52,7 +52,7 @@ from ingest.pipeline.acks import Pending
 from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
 from ingest.storage.compaction import seal_log_items
 from ingest.storage.dynamo import TableClient
-from ingest.storage.items import CheckpointItem, Item, StageItem, WindowPartItem
+from ingest.storage.items import CheckpointItem, Item, JournalItem, StageItem, WindowPartItem
 from ingest.storage.journal import (
     MAX_JOURNAL_BLOB_BYTES,
     JournalSequence,
@@ -413,6 +413,7 @@ class WindowWriter:
         start_ms = int(checkpoint["from"]["N"]) if checkpoint is not None else 0
         kwargs = key_query(table, pk, max(start_ms * 1000, CHECKPOINT_SK + 1), consistent=True)
         last, items, readings = CHECKPOINT_SK, 0, 0
+        item: JournalItem
         async for page in query_pages(self._client.call, kwargs):
             for item in page.get("Items", []):
                 entry = parse_journal_item(item)

@@ -9,9 +9,14 @@ or a ``KeyError`` at run time.
 
 **Zero cost.** A ``TypedDict`` is a plain ``dict`` at run time. Items are built as
 dict literals annotated with these types, never by calling the classes, and nothing
-here validates anything at run time: the hot path runs the same bytecode as with
-``dict[str, Any]`` (measured: ``tests/bench/test_micro_ingest.py``, no difference
-beyond the noise, see the commit that introduced this module).
+here validates anything at run time. The hot path runs the same bytecode as with
+``dict[str, Any]``: ``TableLayout.to_item``/``from_item``, ``Batcher.add``, the
+writer's ``write``, ``journal_items``, ``part_item`` and the read path's
+``PartitionStream.fill`` disassemble to the same instructions before and after.
+Measured (``tests/bench/test_micro_ingest.py``, medians of two runs each, before and
+after alternating, on a shared 2-core machine): ``reading_to_item_100`` 0.205/0.204 ms
+before, 0.209/0.198 ms after; ``pipeline_gateway_100_messages_of_100`` 294/177 ms
+before, 279/187 ms after (the noise of the machine, not of the change).
 
 **What is typed, what is not.** Items that come back from DynamoDB arrive as ``Any``
 (the clients return ``dict[str, Any]`` responses), so a parser that declares the item
