@@ -1,7 +1,8 @@
 """Table layout: the one place that knows how a reading becomes a DynamoDB item.
 
 Both the write path (`ingest`) and the read path (`queries`, archival) import
-this module; nothing else builds or parses keys.
+this module; nothing else builds or parses keys. The attributes' types, item kind by
+item kind, are :mod:`ingest.storage.items` (``TypedDict`` s that mypy checks).
 
 Item shape (DynamoDB wire format, short attribute names so items stay < 1 KB)::
 
