@@ -24,7 +24,7 @@ the source, and pass another price where it differs.
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from ingest.storage.dynamo import TableClient
@@ -74,7 +74,7 @@ def _value_size(value: dict[str, Any]) -> int:
     raise ValueError(f"unknown DynamoDB attribute type {kind!r}")
 
 
-def item_size_bytes(item: dict[str, Any]) -> int:
+def item_size_bytes(item: Mapping[str, Any]) -> int:
     """Size of an item (DynamoDB wire format) by DynamoDB's documented rules.
 
     Args:
@@ -123,9 +123,9 @@ class MeteredClient:
 
     def _wrote(self, items: Sequence[Item]) -> None:
         self.items_written += len(items)
-        self.write_units += sum(write_units(item_size_bytes(dict(it))) for it in items)
+        self.write_units += sum(write_units(item_size_bytes(it)) for it in items)
 
-    async def batch_write(self, items: list[Item]) -> list[Item]:
+    async def batch_write(self, items: Sequence[Item]) -> list[Item]:
         left = await self._client.batch_write(items)
         self._wrote([it for it in items if it not in left])
         return left

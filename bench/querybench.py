@@ -42,6 +42,7 @@ import contextlib
 import statistics
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import aiohttp
@@ -54,7 +55,8 @@ from ingest.core.errors import DynamoRetriable
 from ingest.core.retry import Backoff
 from ingest.storage.compaction import seal_log_items
 from ingest.storage.dynamo import DynamoClient, put_all
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import Item
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.rollpass import rollup_pass
 from ingest.storage.table import create_table
 from ingest.storage.windows import WindowScheme, seal
@@ -79,7 +81,7 @@ def _reading(start_ms: int, i: int) -> Reading:
     return Reading(SENSOR, start_ms + i * 1000, metrics, {"site": "bench"})
 
 
-def _items(layout: TableLayout, start_ms: int, n: int) -> list[Item]:
+def _items(layout: TableLayout, start_ms: int, n: int) -> Sequence[Item]:
     """The table's items for ``n`` readings: one each, or sealed windows (``packed``, each
     window one set, as the write stage seals them)."""
     if layout.kind == "reading":
@@ -325,7 +327,7 @@ async def run_dashboard_bench(
 async def _fill_range(
     client: DynamoClient, layout: TableLayout, start_ms: int, first: int, upto: int
 ) -> None:
-    items = [layout.to_item(_reading(start_ms, i)) for i in range(first, upto)]
+    items: list[Item] = [layout.to_item(_reading(start_ms, i)) for i in range(first, upto)]
     while items:
         items = await client.batch_write(items[:25]) + items[25:]
 

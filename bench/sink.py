@@ -56,7 +56,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import aiohttp
 import orjson
@@ -64,6 +64,7 @@ from aiohttp import web
 
 from bench.capacity import item_size_bytes, write_units
 from bench.histogram import MsHistogram
+from ingest.storage.items import JournalItem
 from ingest.storage.journal import parse_journal_item
 from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE, binary_value
 from ingest.storage.windows import decode_stage
@@ -303,7 +304,8 @@ class Sink:
                 elif kind == "journal":
                     # A packed table's readings are durable (acknowledged) in the journal.
                     stamps = [
-                        (r.sensor_id, str(r.ts_ms)) for r in parse_journal_item(item).readings
+                        (r.sensor_id, str(r.ts_ms))
+                        for r in parse_journal_item(cast(JournalItem, item)).readings
                     ]
                 else:
                     if kind == "stage":  # visible to readers from now on

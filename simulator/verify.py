@@ -24,7 +24,8 @@ from aiobotocore.config import AioConfig
 from aiobotocore.session import get_session
 from botocore.exceptions import BotoCoreError, ClientError
 
-from ingest.storage.layout import LAYOUT_PK, Item, TableLayout, registry_partition_keys
+from ingest.storage.items import ReadingItem
+from ingest.storage.layout import LAYOUT_PK, TableLayout, registry_partition_keys
 from ingest.storage.reads import query_pages, read_packed
 from ingest.storage.windows import WindowScheme
 from simulator.errors import SimulatorError
@@ -149,8 +150,9 @@ class _Reader:
         self.gate = asyncio.Semaphore(concurrency)
         self.queries = 0
 
-    async def query_partition(self, pk: str) -> list[Item]:
-        items: list[Item] = []
+    async def query_partition(self, pk: str) -> list[Any]:
+        """Every item of partition ``pk``, of whatever kind it holds (the caller types them)."""
+        items: list[Any] = []
         kwargs: dict[str, Any] = {
             "TableName": self.table,
             "KeyConditionExpression": "pk = :pk",
@@ -200,7 +202,9 @@ async def _read_sensor(
         for bucket in layout.bucket_starts(span[0], span[1])
         for pk in layout.partition_keys(sensor_id, bucket)
     ]
-    pages = await asyncio.gather(*(reader.query_partition(pk) for pk in pks))
+    pages: list[list[ReadingItem]] = await asyncio.gather(
+        *(reader.query_partition(pk) for pk in pks)
+    )
     for items in pages:
         for item in items:
             r = TableLayout.from_item(item)

@@ -14,7 +14,8 @@ import asyncio
 from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import SourceError, single_archive_error
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import ReadingItem
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import merge_staged, packed_windows, query_partition
 from ingest.storage.windows import WindowScheme
@@ -29,7 +30,7 @@ async def export_bucket(
     bucket_start_ms: int,
     *,
     limit: asyncio.Semaphore | None = None,
-) -> dict[str, list[Item]]:
+) -> dict[str, list[ReadingItem]]:
     """Every item of a sensor's bucket, expired or not, by shard partition key.
 
     Expired items still present are archived too: they are real readings that
@@ -48,7 +49,7 @@ async def export_bucket(
     end_ms = bucket_start_ms + layout.bucket_ms - 1
     sem = limit or asyncio.Semaphore(layout.shards)
 
-    async def one(pk: str) -> list[Item]:
+    async def one(pk: str) -> list[ReadingItem]:
         async with sem:
             try:
                 return await query_partition(client, pk, bucket_start_ms, end_ms)

@@ -23,12 +23,12 @@ or with ``fs = 0`` keep the whole window.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import ArchiveConfigError, SourceError
 from ingest.storage.archive.manifest import Manifest, query_markers
 from ingest.storage.dynamo import DynamoClient
+from ingest.storage.items import NumberValue
 from ingest.storage.layout import TableLayout
 from ingest.storage.registry import LateMark, registry_items
 
@@ -142,8 +142,7 @@ def archive_window(
     return Window(first, last)
 
 
-def _number(item: dict[str, Any], name: str) -> int | None:
-    value = item.get(name)
+def _number(value: NumberValue | None) -> int | None:
     return int(value["N"]) if value is not None else None
 
 
@@ -157,7 +156,7 @@ async def list_sensors(client: DynamoClient) -> list[SensorSpan]:
     try:
         async for it in registry_items(client, ("fs", "ls"), consistent=True):
             sid = it["sid"]["S"]
-            sensors[sid] = SensorSpan(sid, _number(it, "fs"), _number(it, "ls"))
+            sensors[sid] = SensorSpan(sid, _number(it.get("fs")), _number(it.get("ls")))
     except DynamoError as exc:
         raise SourceError(
             f"cannot list sensors in table {client.table!r}: {exc}", retriable=exc.retriable

@@ -50,7 +50,8 @@ from ingest.storage.archive.parquet import content_checksum, decode, encode
 from ingest.storage.archive.paths import data_key
 from ingest.storage.archive.store import S3Store
 from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Item, Reading, TableLayout, is_reserved_pk
+from ingest.storage.items import ReadingItem
+from ingest.storage.layout import Reading, TableLayout, is_reserved_pk
 
 __all__ = ["StreamArchiver", "StreamsClient", "find_stream_arn", "is_ttl_delete"]
 
@@ -312,7 +313,7 @@ class StreamArchiver:
         for rec in records:
             if not is_ttl_delete(rec, include_user_deletes=self.include_user_deletes):
                 continue
-            old: Item = rec["dynamodb"]["OldImage"]
+            old: ReadingItem = rec["dynamodb"]["OldImage"]
             r = TableLayout.from_item(old)
             g = (r.sensor_id, self.layout.bucket_start(r.ts_ms))
             groups[g].append(r)

@@ -11,14 +11,16 @@ import time
 from typing import Protocol
 
 from ingest.pipeline.acks import Pending
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import KeyedItem
+from ingest.storage.layout import Reading, TableLayout
 
 __all__ = ["MAX_BATCH_ITEMS", "Batch", "Batcher", "Placer", "ReadingPlacer"]
 
 MAX_BATCH_ITEMS = 25
 
-Batch = list[tuple[Item, list[Pending]]]
-"""Items to write, each with the messages waiting for it."""
+Batch = list[tuple[KeyedItem, list[Pending]]]
+"""Items to write (reading items, journal items: typed as far as the writer needs, by
+their key), each with the messages waiting for it."""
 
 
 class Batcher:
@@ -36,13 +38,13 @@ class Batcher:
             raise ValueError(f"max_items must be 1..{MAX_BATCH_ITEMS}, got {max_items}")
         self.max_items = max_items
         self.flush_interval_ms = flush_interval_ms
-        self._entries: dict[tuple[str, str], tuple[Item, list[Pending]]] = {}
+        self._entries: dict[tuple[str, str], tuple[KeyedItem, list[Pending]]] = {}
         self._opened = 0.0
 
     def __len__(self) -> int:
         return len(self._entries)
 
-    def add(self, item: Item, pending: Pending) -> Batch | None:
+    def add(self, item: KeyedItem, pending: Pending) -> Batch | None:
         """Add an item; return a full batch when this one filled it."""
         entries = self._entries
         if not entries:

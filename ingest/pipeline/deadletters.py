@@ -55,11 +55,13 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import cast
 
 from ingest.core.metrics import Metrics
 from ingest.pipeline.acks import AckTracker, Pending
+from ingest.storage.items import JournalItem, KeyedItem, ReadingItem
 from ingest.storage.journal import parse_journal_item
-from ingest.storage.layout import JOURNAL_PREFIX, Item
+from ingest.storage.layout import JOURNAL_PREFIX
 from ingest.storage.spool import (
     DeadLetter,
     fsync_dir,
@@ -148,21 +150,22 @@ class DeadLetterSpool:
         """Queue an entry; each of ``pendings`` is completed by one unit once it is on disk."""
         await self._queue.put((entry, pendings))
 
-    async def put_item(self, item: Item, pendings: list[Pending], reason: str) -> None:
+    async def put_item(self, item: KeyedItem, pendings: list[Pending], reason: str) -> None:
         """Dead-letter an item the writer could not write (completes every waiting message).
 
         A ``packed`` table's journal item becomes one letter per reading, each with its
         own message's topic (its ``pendings`` are one per reading, in order).
         """
         now_ms = int(time.time() * 1000)
+        # The partition key tells the kind, which no type can: the casts say so.
         if item["pk"]["S"].startswith(JOURNAL_PREFIX):
-            readings = parse_journal_item(item).readings
+            readings = parse_journal_item(cast(JournalItem, item)).readings
             for r, p in zip(readings, pendings, strict=True):
                 letter = DeadLetter(now_ms, "write", reason, p.topic, reading_message(r))
                 await self._queue.put((letter, [p]))
             return
         topic = pendings[0].topic if pendings else ""
-        entry = DeadLetter(now_ms, "write", reason, topic, reading_payload(item))
+        entry = DeadLetter(now_ms, "write", reason, topic, reading_payload(cast(ReadingItem, item)))
         await self._queue.put((entry, pendings))
 
     def _path(self, time_ms: int) -> Path:

@@ -52,7 +52,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -63,13 +63,14 @@ from ingest.pipeline.acks import Pending
 from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
 from ingest.storage.compaction import seal_log_items
 from ingest.storage.dynamo import TableClient
+from ingest.storage.items import CheckpointItem, Item, JournalItem, StageItem, WindowPartItem
 from ingest.storage.journal import (
     MAX_JOURNAL_BLOB_BYTES,
     JournalSequence,
     journal_items,
     parse_journal_item,
 )
-from ingest.storage.layout import ArchivePolicy, Item, Reading, journal_pk, sensor_group
+from ingest.storage.layout import ArchivePolicy, Reading, journal_pk, sensor_group
 from ingest.storage.packed import PackedError
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.registry import write_late_mark
@@ -365,7 +366,7 @@ def _stage_blobs(
     return _stage_blobs(entries[:half]) + _stage_blobs(entries[half:])
 
 
-def _chunks(items: list[Item], size: int) -> Iterator[list[Item]]:
+def _chunks(items: Sequence[Item], size: int) -> Iterator[Sequence[Item]]:
     for i in range(0, len(items), size):
         yield items[i : i + size]
 
@@ -427,9 +428,11 @@ class WindowWriter:
             Key={"pk": {"S": pk}, "sk": {"N": str(CHECKPOINT_SK)}},
             ConsistentRead=True,
         )
-        start_ms = int(got["Item"]["from"]["N"]) if "Item" in got else 0
+        checkpoint: CheckpointItem | None = got.get("Item")
+        start_ms = int(checkpoint["from"]["N"]) if checkpoint is not None else 0
         kwargs = key_query(table, pk, max(start_ms * 1000, CHECKPOINT_SK + 1), consistent=True)
         last, items, readings = CHECKPOINT_SK, 0, 0
+        item: JournalItem
         async for page in query_pages(self._client.call, kwargs):
             for item in page.get("Items", []):
                 entry = parse_journal_item(item)
@@ -494,7 +497,7 @@ class WindowWriter:
             staged.append((group, blob))
             if len(staged) % _STAGE_SLICE == 0:
                 await asyncio.sleep(0)
-        items: list[Item] = []
+        items: list[StageItem] = []
         index: dict[int, int] = {}
         for group, blob in staged:
             i = index[group] = index.get(group, -1) + 1
@@ -511,7 +514,9 @@ class WindowWriter:
                 tg.create_task(self._put_released(batch, "stage", gate))
         self._m.stage_items.inc(len(items))
 
-    async def _put_released(self, items: list[Item], what: str, gate: asyncio.Semaphore) -> None:
+    async def _put_released(
+        self, items: Sequence[Item], what: str, gate: asyncio.Semaphore
+    ) -> None:
         try:
             await self._put(items, what)
         finally:
@@ -528,7 +533,7 @@ class WindowWriter:
         """
         gate = asyncio.Semaphore(_WRITES_IN_FLIGHT)
         keys: list[tuple[str, int]] = []
-        items: list[Item] = []
+        items: list[WindowPartItem] = []
         decoded: Decoded = {}
         groups = self.scheme.groups
         due = sorted(due, key=lambda k: sensor_group(k[0], groups))
@@ -556,7 +561,7 @@ class WindowWriter:
                 tg.create_task(self._write_seals(keys, items, gate))
 
     async def _write_seals(
-        self, keys: list[tuple[str, int]], items: list[Item], gate: asyncio.Semaphore
+        self, keys: list[tuple[str, int]], items: list[WindowPartItem], gate: asyncio.Semaphore
     ) -> None:
         """Write one batch of parts, then the seal log of its windows (which compaction
         reads to find the windows sealed more than once)."""
@@ -626,7 +631,7 @@ class WindowWriter:
         at = self.windows.checkpoint_ms(now_ms)
         if self._checkpoint is not None and at <= self._checkpoint:
             return
-        item: Item = {
+        item: CheckpointItem = {
             "pk": {"S": journal_pk(self._worker)},
             "sk": {"N": str(CHECKPOINT_SK)},
             "from": {"N": str(at)},
@@ -635,7 +640,7 @@ class WindowWriter:
         await self._put([item], "checkpoint")
         self._checkpoint = at
 
-    async def _put(self, items: list[Item], what: str) -> None:
+    async def _put(self, items: Sequence[Item], what: str) -> None:
         """Write ``items`` until every one is durable (retried with backoff)."""
         for chunk in _chunks(items, MAX_BATCH_ITEMS):
             attempt = 0

@@ -84,6 +84,7 @@ from ingest.core.errors import DynamoError
 from ingest.core.metrics import Metrics
 from ingest.pipeline.acks import AckTracker, Pending
 from ingest.storage.dynamo import TableClient, is_condition_failure
+from ingest.storage.items import AttributeValue, ItemKey, RegistryItem
 from ingest.storage.layout import (
     ArchivePolicy,
     Reading,
@@ -446,10 +447,10 @@ class SensorRegistry:
     async def _update(self, sid: str, entry: _Pending) -> _Pending | None:
         """Write one sensor's observations; return what to retry with the next flush."""
         pk, sk = registry_key(sid)
-        key = {"pk": {"S": pk}, "sk": {"N": str(sk)}}
+        key: ItemKey = {"pk": {"S": pk}, "sk": {"N": str(sk)}}
         floor = self._floors.get(sid)
         learn = floor is None or entry.min_ts < floor
-        values = {
+        values: dict[str, AttributeValue] = {
             ":sid": {"S": sid},
             ":ls": {"N": str(entry.last_ts)},
             ":m": {"M": {k: {"N": format_number(v)} for k, v in entry.metrics.items()}},
@@ -457,7 +458,7 @@ class SensorRegistry:
             ":fs": {"N": str(entry.min_ts)},
         }
         names = {"#sid": "sid", "#ls": "ls", "#m": "m", "#n": "n", "#fs": "fs"}
-        stored: dict[str, Any] | None = None
+        stored: RegistryItem | None = None
         try:
             resp = await self._call(
                 Key=key,
@@ -506,7 +507,7 @@ class SensorRegistry:
         self._floors[sid] = entry.min_ts
         return None
 
-    async def _set_latest(self, sid: str, key: dict[str, Any], values: dict[str, Any]) -> None:
+    async def _set_latest(self, sid: str, key: ItemKey, values: dict[str, AttributeValue]) -> None:
         try:
             await self._call(
                 Key=key,
@@ -520,7 +521,7 @@ class SensorRegistry:
                 return  # a newer reading's flush got there first
             log.warning("registry latest-values update for %s failed: %s", sid, exc)
 
-    async def _lower_fs(self, sid: str, key: dict[str, Any], min_ts: int) -> bool | None:
+    async def _lower_fs(self, sid: str, key: ItemKey, min_ts: int) -> bool | None:
         """Lower the stored first-seen time to ``min_ts``.
 
         Returns:

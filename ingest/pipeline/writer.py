@@ -35,7 +35,7 @@ from ingest.pipeline.acks import AckTracker, Pending
 from ingest.pipeline.batcher import Batch
 from ingest.pipeline.deadletters import DeadLetterSpool
 from ingest.storage.dynamo import BatchSink
-from ingest.storage.layout import Item
+from ingest.storage.items import Item, KeyedItem
 
 __all__ = ["Writer"]
 
@@ -90,7 +90,7 @@ class Writer:
 
     async def write(self, batch: Batch) -> None:
         """Write one batch until every item is durable or dead-lettered."""
-        waiting: dict[tuple[str, str], tuple[Item, list[Pending]]] = {
+        waiting: dict[tuple[str, str], tuple[KeyedItem, list[Pending]]] = {
             _key(it): (it, ps) for it, ps in batch
         }
         started = time.monotonic()
@@ -162,7 +162,7 @@ class Writer:
 
     async def _retry_or_give_up(
         self,
-        waiting: dict[tuple[str, str], tuple[Item, list[Pending]]],
+        waiting: dict[tuple[str, str], tuple[KeyedItem, list[Pending]]],
         started: float,
         attempt: int,
         why: str,
@@ -182,7 +182,7 @@ class Writer:
         return True
 
     async def _split(
-        self, waiting: dict[tuple[str, str], tuple[Item, list[Pending]]], exc: DynamoError
+        self, waiting: dict[tuple[str, str], tuple[KeyedItem, list[Pending]]], exc: DynamoError
     ) -> None:
         entries = list(waiting.values())
         waiting.clear()
@@ -193,6 +193,8 @@ class Writer:
         for item, pendings in entries:
             await self.write([(item, pendings)])
 
-    async def _dead_letter(self, entries: list[tuple[Item, list[Pending]]], reason: str) -> None:
+    async def _dead_letter(
+        self, entries: list[tuple[KeyedItem, list[Pending]]], reason: str
+    ) -> None:
         for item, pendings in entries:
             await self._dead.put_item(item, pendings, reason)

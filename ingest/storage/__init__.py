@@ -1,6 +1,7 @@
 """The table and the archive as data: the only layer that knows item shapes and keys.
 
 ``layout`` (every key: readings, layout record, registry, late marks, archive markers),
+``items`` (every item kind's wire format, as ``TypedDict`` s mypy checks),
 ``dynamo`` (the aiobotocore client, error mapping, the ``TableClient`` protocol),
 ``dynamohttp`` (the lean HTTP writer), ``table`` (create, layout record, backups),
 ``reads`` (the one pager, whole-range reads), ``registry`` (registry and late-mark

@@ -33,16 +33,16 @@ from __future__ import annotations
 
 import sys
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 import orjson
 
 from ingest.storage.dynamo import TableClient
+from ingest.storage.items import Item, SealLogItem
 from ingest.storage.layout import (
     WINDOW_PART_SPACE,
-    Item,
     binary_value,
     round_sk,
     seal_log_pk,
@@ -93,11 +93,11 @@ def seal_log_items(
     round_ms: int,
     sensors: Sequence[str],
     kind: str = "s",
-) -> list[Item]:
+) -> list[SealLogItem]:
     """The seal log items of one round's windows of one period (``kind`` ``c``: of a
     compaction)."""
     ttl = (window_start_ms + scheme.window_ms + scheme.layout.retention_ms) // 1000
-    out: list[Item] = []
+    out: list[SealLogItem] = []
     for index, first in enumerate(range(0, len(sensors), MAX_LOG_SENSORS)):
         blob = _compressor.compress(
             orjson.dumps(list(sensors[first : first + MAX_LOG_SENSORS])),
@@ -115,7 +115,7 @@ def seal_log_items(
     return out
 
 
-def parse_seal_log(item: Mapping[str, Any]) -> tuple[int, str, list[str]]:
+def parse_seal_log(item: SealLogItem) -> tuple[int, str, list[str]]:
     """(sort key, kind, sensor ids) of a seal log item.
 
     Raises:
@@ -197,7 +197,7 @@ async def compact_window(
         return False
     merged = merge_parts(parts)
     new = seal(scheme, merged, max(p.sealed_ms for p in parts))
-    items = [scheme.part_item(p) for p in new]
+    items: Sequence[Item] = [scheme.part_item(p) for p in new]
     while items:  # durable first: a crash here leaves duplicates, never a loss
         items = await client.batch_write(items)
     keep = {p.part for p in new}
@@ -238,7 +238,9 @@ async def compact_period(
     sensors = needing_compaction(entries)
     done = [s for s in sensors if await compact_window(client, scheme, s, window_start_ms, report)]
     if sensors:  # also those found single already: the log stops naming them
-        items = seal_log_items(scheme, window_start_ms, worker, now_ms, sensors, "c")
+        items: Sequence[Item] = seal_log_items(
+            scheme, window_start_ms, worker, now_ms, sensors, "c"
+        )
         while items:
             items = await client.batch_write(items)
     return done

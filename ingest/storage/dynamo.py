@@ -52,7 +52,7 @@ from botocore.exceptions import (
 from ingest.aws.client import BotocoreClient
 from ingest.aws.settings import AwsSettings
 from ingest.core.errors import DynamoError, DynamoRejected, DynamoRetriable
-from ingest.storage.layout import Item
+from ingest.storage.items import Item
 
 if TYPE_CHECKING:
     from ingest.config import Config
@@ -125,7 +125,7 @@ def is_transient(exc: BaseException) -> bool:
 class BatchSink(Protocol):
     """Where batches go: the writer's one dependency (a fake in unit tests)."""
 
-    async def batch_write(self, items: list[Item]) -> list[Item]:
+    async def batch_write(self, items: Sequence[Item]) -> list[Item]:
         """Put items; return those DynamoDB left unprocessed. Raise DynamoError."""
         ...
 
@@ -319,7 +319,7 @@ class DynamoClient(BotocoreClient):
         await super().start()
         self.client.meta.events.register("before-parse.dynamodb", _check_answer)
 
-    async def batch_write(self, items: list[Item]) -> list[Item]:
+    async def batch_write(self, items: Sequence[Item]) -> list[Item]:
         try:
             resp = await self.client.batch_write_item(
                 RequestItems={self.table: [{"PutRequest": {"Item": it}} for it in items]}

@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import logging
 import ssl
+from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -148,7 +149,7 @@ class LeanDynamoClient(StartClose):
             return json_object(operation, status, raw)
         raise error_answer(status, raw)
 
-    async def batch_write(self, items: list[Item]) -> list[Item]:
+    async def batch_write(self, items: Sequence[Item]) -> list[Item]:
         """BatchWriteItem of PutRequests; return the items DynamoDB left unprocessed."""
         puts = b",".join(
             [b'{"PutRequest":{"Item":' + orjson.dumps(it, default=_binary) + b"}}" for it in items]

@@ -35,13 +35,14 @@ replayed into other readings.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
 import orjson
 
-from ingest.storage.layout import SENSOR_ID_PATTERN, Item, Reading, binary_value, journal_pk
+from ingest.storage.items import JournalItem, StringValue
+from ingest.storage.layout import SENSOR_ID_PATTERN, Reading, binary_value, journal_pk
 from ingest.storage.packed import (
     PackedDecodeError,
     PackedVersionError,
@@ -174,17 +175,17 @@ class JournalEntry:
 
 def journal_items(
     worker: str, sk: int, readings: Sequence[Reading], ttl_s: int
-) -> list[tuple[int, Item]]:
+) -> list[tuple[int, JournalItem]]:
     """The journal items holding one flush, as (sort key, item) pairs.
 
     A flush whose blob would exceed :data:`MAX_JOURNAL_BLOB_BYTES` is split into halves
     until each fits; the parts take the keys ``sk, sk + 1, …``: the caller reserves them
     (``JournalSequence.next`` once per part).
     """
-    pk = {"S": journal_pk(worker)}
-    out: list[tuple[int, Item]] = []
+    pk: StringValue = {"S": journal_pk(worker)}
+    out: list[tuple[int, JournalItem]] = []
     for k, (blob, n) in enumerate(journal_blobs(readings)):
-        item: Item = {
+        item: JournalItem = {
             "pk": pk,
             "sk": {"N": str(sk + k)},
             "ttl": {"N": str(ttl_s)},
@@ -213,7 +214,7 @@ def journal_blobs(readings: Sequence[Reading]) -> list[tuple[bytes, int]]:
     return journal_blobs(readings[:half]) + journal_blobs(readings[half:])
 
 
-def parse_journal_item(item: Mapping[str, Any]) -> JournalEntry:
+def parse_journal_item(item: JournalItem) -> JournalEntry:
     """A journal item (wire format; ``b`` as bytes) as its entry.
 
     Raises:

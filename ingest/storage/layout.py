@@ -1,7 +1,8 @@
 """Table layout: the one place that knows how a reading becomes a DynamoDB item.
 
 Both the write path (`ingest`) and the read path (`queries`, archival) import
-this module; nothing else builds or parses keys.
+this module; nothing else builds or parses keys. The attributes' types, item kind by
+item kind, are :mod:`ingest.storage.items` (``TypedDict`` s that mypy checks).
 
 Item shape (DynamoDB wire format, short attribute names so items stay < 1 KB)::
 
@@ -71,6 +72,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.storage import items as _items
+from ingest.storage.items import (
+    ArchivePolicyItem,
+    ItemKey,
+    LayoutItem,
+    ReadingItem,
+    ReadingProjection,
+)
+
 __all__ = [
     "ARCHIVE_POLICY_SK",
     "COMPACTION_PK",
@@ -112,8 +122,9 @@ __all__ = [
     "window_sk",
 ]
 
-Item = dict[str, Any]
-"""A DynamoDB item in wire format (``{"pk": {"S": ...}, ...}``)."""
+Item = _items.Item
+"""Any item in wire format: :data:`ingest.storage.items.Item`, named here too for the many
+modules that import it with the layout (the typed items are in :mod:`ingest.storage.items`)."""
 
 SENSOR_ID_PATTERN = re.compile(r"[A-Za-z0-9_.:\-]{1,128}")
 """Allowed sensor ids: never the key delimiter ``#``, at most 128 characters."""
@@ -283,7 +294,7 @@ def rollup_log_pk(hour_start_ms: int) -> str:
     return f"{ROLLUP_LOG_PREFIX}{hour_start_ms}"
 
 
-def rollup_day_log_key(day_start_ms: int) -> dict[str, dict[str, str]]:
+def rollup_day_log_key(day_start_ms: int) -> ItemKey:
     """The key of the day log of one UTC day (``packed``): which of its hours the day's
     hour rollups cover (ingest.storage.rollpass)."""
     return {"pk": {"S": f"{ROLLUP_LOG_PREFIX}day"}, "sk": {"N": str(day_start_ms)}}
@@ -413,10 +424,10 @@ class TableLayout:
 
     # -- items --------------------------------------------------------------
 
-    def to_item(self, reading: Reading) -> Item:
+    def to_item(self, reading: Reading) -> ReadingItem:
         """Map a reading to its item, in DynamoDB wire format."""
         ts = reading.ts_ms
-        item: Item = {
+        item: ReadingItem = {
             "pk": {"S": self.partition_key(reading.sensor_id, ts)},
             "sk": {"N": str(ts)},
             "ttl": {"N": str((ts + self.retention_ms) // 1000)},
@@ -427,7 +438,7 @@ class TableLayout:
         return item
 
     @staticmethod
-    def from_item(item: Item, sensor_id: str | None = None) -> Reading:
+    def from_item(item: ReadingItem | ReadingProjection, sensor_id: str | None = None) -> Reading:
         """Map an item (wire format) back to its reading.
 
         Args:
@@ -455,10 +466,10 @@ class TableLayout:
 
     # -- the layout record --------------------------------------------------
 
-    def to_layout_item(self) -> Item:
+    def to_layout_item(self) -> LayoutItem:
         """The layout record (a ``reading`` table's has no ``layout``: records written
         before the ``packed`` layout existed read as ``reading``)."""
-        item: Item = {
+        item: LayoutItem = {
             "pk": {"S": LAYOUT_PK},
             "sk": {"N": "0"},
             "bucket_ms": {"N": str(self.bucket_ms)},
@@ -473,7 +484,7 @@ class TableLayout:
         return item
 
     @classmethod
-    def from_layout_item(cls, item: Item) -> TableLayout:
+    def from_layout_item(cls, item: LayoutItem) -> TableLayout:
         kind = item.get("layout", {"S": "reading"})["S"]
         packed = {}
         if kind != "reading":
@@ -536,7 +547,7 @@ class ArchivePolicy:
         x = now_ms + self.settle_ms + lookahead_ms - self.horizon_ms
         return x - x % self.bucket_ms
 
-    def to_item(self) -> Item:
+    def to_item(self) -> ArchivePolicyItem:
         return {
             "pk": {"S": LAYOUT_PK},
             "sk": {"N": str(ARCHIVE_POLICY_SK)},
@@ -547,7 +558,7 @@ class ArchivePolicy:
         }
 
     @classmethod
-    def from_item(cls, item: Item) -> ArchivePolicy:
+    def from_item(cls, item: ArchivePolicyItem) -> ArchivePolicy:
         return cls(
             horizon_ms=int(item["hz"]["N"]),
             bucket_ms=int(item["bw"]["N"]),

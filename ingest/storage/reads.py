@@ -16,9 +16,9 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from typing import Any
 
 from ingest.storage.dynamo import Queryable
+from ingest.storage.items import ReadingItem, StageItem, WindowPartItem
 from ingest.storage.layout import (
     WINDOW_PART_SPACE,
-    Item,
     Reading,
     TableLayout,
     binary_value,
@@ -150,9 +150,10 @@ def partition_query(
 
 async def query_partition(
     client: Queryable, pk: str, start_ms: int, end_ms: int, *, descending: bool = False
-) -> list[Item]:
-    """All items of one partition with start_ms <= sk <= end_ms, in sk order (TTL not applied)."""
-    items: list[Item] = []
+) -> list[ReadingItem]:
+    """All items of one reading partition with start_ms <= sk <= end_ms, in sk order (TTL
+    not applied)."""
+    items: list[ReadingItem] = []
     kwargs = partition_query(client.table, pk, start_ms, end_ms, descending=descending)
     async for resp in query_pages(client.call, kwargs):
         items += resp.get("Items", [])
@@ -269,6 +270,7 @@ async def packed_windows(
         window_sk(scheme.window_start(end_ms), WINDOW_PART_SPACE - 1),
     )
     parts: dict[int, list[Part]] = {}
+    item: WindowPartItem
     async for page in query_pages(call, kwargs):
         for item in page.get("Items", []):
             ttl = item.get("ttl")
@@ -290,6 +292,7 @@ async def packed_staged(
     group = sensor_group(sensor_id, scheme.groups)
     out: list[Reading] = []
     hour = since_ms - since_ms % _HOUR_MS
+    item: StageItem
     while hour <= now_ms:
         kwargs = key_query(table, stage_pk(group, hour), max(since_ms, 0) * 2**24)
         async for page in query_pages(call, kwargs):

@@ -12,6 +12,7 @@ from typing import Any
 
 from ingest.core.errors import DynamoError
 from ingest.storage.dynamo import TableClient, is_condition_failure
+from ingest.storage.items import LateMarkItem, RegistryItem
 from ingest.storage.layout import (
     late_mark_key,
     late_partition_keys,
@@ -32,7 +33,7 @@ __all__ = [
 
 async def registry_items(
     client: TableClient, names: tuple[str, ...], *, consistent: bool = False
-) -> AsyncIterator[dict[str, Any]]:
+) -> AsyncIterator[RegistryItem]:
     """Every registry item with a sensor id, projected to ``names`` (``sid`` always).
 
     A paged Query on each registry partition, never a Scan; errors are the client's
@@ -49,8 +50,9 @@ async def _partition_items(
     pks: list[str],
     fields: tuple[str, ...],
     consistent: bool,
-) -> AsyncIterator[dict[str, Any]]:
-    """Every item of the partitions ``pks``, projected to ``fields`` (paged Queries)."""
+) -> AsyncIterator[Any]:
+    """Every item of the partitions ``pks``, projected to ``fields`` (paged Queries), of
+    their kind (registry items, late marks): the caller types them."""
     placeholders = {f"#a{i}": name for i, name in enumerate(fields)}
     for pk in pks:
         kwargs: dict[str, Any] = {
@@ -119,6 +121,7 @@ async def late_marks(client: TableClient) -> list[LateMark]:
         DynamoError: a Query failed (the client's error).
     """
     out = []
+    it: LateMarkItem
     async for it in _partition_items(client, late_partition_keys(), ("sid", "b", "t", "n"), True):
         if "sid" in it and "b" in it and "t" in it:
             n = int(it["n"]["N"]) if "n" in it else 0

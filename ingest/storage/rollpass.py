@@ -32,7 +32,7 @@ of the rollup log, and one log write.
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -42,8 +42,14 @@ import orjson
 from ingest.core.errors import DynamoError
 from ingest.storage.compaction import MAX_LOG_SENSORS, parse_seal_log
 from ingest.storage.dynamo import TableClient, is_condition_failure, put_all
+from ingest.storage.items import (
+    DayLogItem,
+    ItemKey,
+    RollupBinsItem,
+    RollupLogItem,
+    SealLogItem,
+)
 from ingest.storage.layout import (
-    Item,
     binary_value,
     rollup_day_log_key,
     rollup_log_pk,
@@ -115,10 +121,10 @@ def rollup_log_items(
     pass_ms: int,
     seen: Sequence[int],
     sensors: Sequence[str],
-) -> list[Item]:
+) -> list[RollupLogItem]:
     """The rollup log items of one pass over one hour (the first holds ``seen``)."""
     ttl = (hour_ms + HOUR_MS + scheme.layout.retention_ms) // 1000
-    out: list[Item] = []
+    out: list[RollupLogItem] = []
     chunks = range(0, max(len(sensors), 1), MAX_LOG_SENSORS)
     for index, first in enumerate(chunks):
         body = {
@@ -138,7 +144,7 @@ def rollup_log_items(
     return out
 
 
-def parse_rollup_log(item: Mapping[str, Any]) -> tuple[set[int], list[str]]:
+def parse_rollup_log(item: RollupLogItem) -> tuple[set[int], list[str]]:
     """(seal log sort keys folded in, sensors rolled up) of a rollup log item.
 
     Raises:
@@ -153,7 +159,9 @@ def parse_rollup_log(item: Mapping[str, Any]) -> tuple[set[int], list[str]]:
 
 async def _items(
     client: TableClient, pk: str, lo: int | None = None, hi: int | None = None
-) -> list[Item]:
+) -> list[Any]:
+    """Every item of partition ``pk`` (in ``[lo, hi]``), of its partition's kind: the
+    caller types them."""
     kwargs = key_query(client.table, pk, lo, hi, consistent=True)
     return [
         item async for page in query_pages(client.call, kwargs) for item in page.get("Items", [])
@@ -185,7 +193,10 @@ async def day_hour_bins(
     """A sensor's hour bins of one day, from its minute items of the hours in ``covered``
     (bit i: hour i)."""
     merged: dict[str, list[Bins]] = {}
-    for item in await _items(client, rollup_pk(MINUTE_MS, sensor_id), day_ms, day_ms + DAY_MS - 1):
+    minutes: list[RollupBinsItem] = await _items(
+        client, rollup_pk(MINUTE_MS, sensor_id), day_ms, day_ms + DAY_MS - 1
+    )
+    for item in minutes:
         r = parse_rollup_item(item, sensor_id, MINUTE_MS)
         if covered >> ((r.period_start_ms - day_ms) // HOUR_MS) & 1:
             for name, b in r.bins.items():
@@ -213,10 +224,10 @@ async def _write_day(
 ) -> int:
     """(Re)compute one sensor-day's hour item, conditionally on the version it replaces;
     write units are the caller's to count (returns 1 item written)."""
-    key = {"pk": {"S": rollup_pk(HOUR_MS, sensor_id)}, "sk": {"N": str(day_ms)}}
+    key: ItemKey = {"pk": {"S": rollup_pk(HOUR_MS, sensor_id)}, "sk": {"N": str(day_ms)}}
     for _ in range(_VERSION_RETRIES):
         got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
-        old = got.get("Item")
+        old: RollupBinsItem | None = got.get("Item")
         version = int(old["v"]["N"]) if old and "v" in old else 0
         bins = await day_hour_bins(client, sensor_id, day_ms, covered)
         item = rollup_item(
@@ -255,20 +266,20 @@ async def rollup_hour(
     module docstring); the sensors rolled up."""
     window_ms = scheme.window_ms
     periods = range(scheme.window_start(hour_ms), hour_ms + HOUR_MS, window_ms)
-    entries = [
-        parse_seal_log(item)
-        for start in periods
-        for item in await _items(client, seal_log_pk(start))
+    logs: list[SealLogItem] = [
+        item for start in periods for item in await _items(client, seal_log_pk(start))
     ]
+    entries = [parse_seal_log(item) for item in logs]
     seen: set[int] = set()
-    for item in await _items(client, rollup_log_pk(hour_ms)):
+    rolled: list[RollupLogItem] = await _items(client, rollup_log_pk(hour_ms))
+    for item in rolled:
         seen |= parse_rollup_log(item)[0]
     report.hours += 1
     fresh = [e for e in entries if e[0] not in seen]
     if not fresh:
         return []
     sensors = sorted({s for sk, kind, names in fresh if kind == "s" for s in names})
-    items: list[Item] = []
+    items: list[RollupBinsItem] = []
     for sensor in sensors:
         bins, n = await sensor_hour_bins(client, scheme, sensor, hour_ms, now_ms)
         if not bins:
@@ -289,7 +300,8 @@ async def _rolled_sensors(client: TableClient, day_ms: int) -> tuple[int, set[st
     """(hours of the day with a rollup log, as bits; every sensor those logs rolled up)."""
     covered, sensors = 0, set()
     for h in range(24):
-        for item in await _items(client, rollup_log_pk(day_ms + h * HOUR_MS)):
+        logs: list[RollupLogItem] = await _items(client, rollup_log_pk(day_ms + h * HOUR_MS))
+        for item in logs:
             covered |= 1 << h
             sensors.update(parse_rollup_log(item)[1])
     return covered, sensors
@@ -324,7 +336,8 @@ async def rollup_pass(
         covered, everyone = await _rolled_sensors(client, day)
         key = rollup_day_log_key(day)
         got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
-        before = int(got["Item"]["h"]["N"]) if "Item" in got else None
+        day_log: DayLogItem | None = got.get("Item")
+        before = int(day_log["h"]["N"]) if day_log is not None else None
         if before == covered and not sensors:
             continue
         todo = everyone if before != covered else sensors
@@ -332,9 +345,11 @@ async def rollup_pass(
             report.items_written += await _write_day(client, scheme, sensor, day, covered)
             report.days += 1
         ttl = (day + DAY_MS + scheme.layout.retention_ms) // 1000
-        await client.call(
-            "put_item",
-            TableName=client.table,
-            Item={**key, "h": {"N": str(covered)}, "ttl": {"N": str(ttl)}},
-        )
+        day_item: DayLogItem = {
+            "pk": key["pk"],
+            "sk": key["sk"],
+            "h": {"N": str(covered)},
+            "ttl": {"N": str(ttl)},
+        }
+        await client.call("put_item", TableName=client.table, Item=day_item)
     return report

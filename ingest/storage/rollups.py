@@ -47,7 +47,8 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ingest.storage.layout import Item, Reading, TableLayout, binary_value, rollup_pk
+from ingest.storage.items import RollupBinsItem
+from ingest.storage.layout import Reading, TableLayout, binary_value, rollup_pk
 from ingest.storage.packed import PackedDecodeError, decode_columns, encode_window
 
 __all__ = [
@@ -350,12 +351,12 @@ def rollup_item(
     *,
     hours: int = 0,
     version: int = 0,
-) -> Item:
+) -> RollupBinsItem:
     """The item of one sensor's bins over one period (an hour of minutes, a day of hours)."""
     period = HOUR_MS if step_ms == MINUTE_MS else DAY_MS
     keep_ms = max(layout.retention_ms, ROLLUP_RETENTION_DAYS * DAY_MS)
     n = sum(int(b.count.sum()) for b in bins.values())
-    item: Item = {
+    item: RollupBinsItem = {
         "pk": {"S": rollup_pk(step_ms, sensor_id)},
         "sk": {"N": str(period_start_ms)},
         "ttl": {"N": str((period_start_ms + period + keep_ms) // 1000)},
@@ -368,7 +369,7 @@ def rollup_item(
     return item
 
 
-def parse_rollup_item(item: Mapping[str, Any], sensor_id: str, step_ms: int) -> RollupItem:
+def parse_rollup_item(item: RollupBinsItem, sensor_id: str, step_ms: int) -> RollupItem:
     """A rollup item read back (``sensor_id`` and ``step_ms`` from the query that found it).
 
     Raises:

@@ -21,7 +21,8 @@ from typing import Any, BinaryIO
 
 import orjson
 
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import ReadingItem
+from ingest.storage.layout import Reading, TableLayout
 
 __all__ = [
     "ACTIVE_NAME",
@@ -92,7 +93,7 @@ class DeadLetter:
         )
 
 
-def reading_payload(item: Item) -> bytes:
+def reading_payload(item: ReadingItem) -> bytes:
     """A ``reading`` table's item as a one-reading message (what replay publishes)."""
     return reading_message(TableLayout.from_item(item))
 

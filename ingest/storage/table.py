@@ -37,6 +37,7 @@ from typing import Any, TypedDict
 
 from ingest.core.errors import DynamoError, TableError
 from ingest.storage.dynamo import DynamoClient, TableClient, is_transient
+from ingest.storage.items import ArchivePolicyItem, LayoutItem
 from ingest.storage.layout import ARCHIVE_POLICY_SK, LAYOUT_PK, ArchivePolicy, TableLayout
 
 __all__ = [
@@ -137,7 +138,7 @@ async def read_layout(client: DynamoClient) -> TableLayout | None:
                 f"it with `iot-ingest table create --table {client.table}` (or --create-table)"
             ) from exc
         raise TableError(f"cannot read the layout of table {client.table!r}: {exc}") from exc
-    item = resp.get("Item")
+    item: LayoutItem | None = resp.get("Item")
     return None if item is None else TableLayout.from_layout_item(item)
 
 
@@ -453,7 +454,7 @@ async def read_archive_policy(client: TableClient) -> ArchivePolicy | None:
     resp = await client.call(
         "get_item", TableName=client.table, Key=_POLICY_KEY, ConsistentRead=True
     )
-    item = resp.get("Item")
+    item: ArchivePolicyItem | None = resp.get("Item")
     return None if item is None else ArchivePolicy.from_item(item)
 
 

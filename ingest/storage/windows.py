@@ -52,13 +52,13 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
+from ingest.storage.items import StageItem, WindowPartItem
 from ingest.storage.journal import JournalDecodeError, decode_journal, encode_journal
 from ingest.storage.layout import (
-    Item,
     Reading,
     TableLayout,
     binary_value,
@@ -159,7 +159,7 @@ class WindowScheme:
             return []
         return list(range(self.window_start(start_ms), end_ms + 1, self.window_ms))
 
-    def part_item(self, part: Part) -> Item:
+    def part_item(self, part: Part) -> WindowPartItem:
         """The item of one part, in DynamoDB wire format."""
         end_ms = part.window_start_ms + self.window_ms
         return {
@@ -175,7 +175,7 @@ class WindowScheme:
             "b": {"B": part.blob},
         }
 
-    def stage_item(self, group: int, sk: int, flush_ms: int, blob: bytes, n: int) -> Item:
+    def stage_item(self, group: int, sk: int, flush_ms: int, blob: bytes, n: int) -> StageItem:
         """A staging item of one group holding ``blob`` (:func:`encode_stage`, ``n``
         readings; ``sk`` from :meth:`stage_sk`)."""
         return {
@@ -259,7 +259,7 @@ def _one_window(scheme: WindowScheme, rs: list[Reading]) -> int:
     return start
 
 
-def parse_part_item(item: Mapping[str, Any], sensor_id: str) -> Part:
+def parse_part_item(item: WindowPartItem, sensor_id: str) -> Part:
     """A part's item (wire format) as its :class:`Part` (the blob is decoded lazily).
 
     Raises:

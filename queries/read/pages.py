@@ -36,10 +36,11 @@ import math
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Any, Generic, TypeVar, cast
 
 from ingest.storage.archive.manifest import Manifest
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import ReadingProjection, RegistryItem
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import follow, partition_query
 from queries.read.cache import NO_TTL
 from queries.read.closed import cached, closed_buckets, keep
@@ -50,8 +51,15 @@ from queries.read.tiers import HOT, Tier, markers, min_ttl, read_bucket
 __all__ = ["MAX_PAGE_ITEMS", "Page", "PartitionStream", "read_page"]
 
 
-class PartitionStream:
+_ItemT = TypeVar("_ItemT", ReadingProjection, RegistryItem)
+
+
+class PartitionStream(Generic[_ItemT]):
     """One partition's items in a key range, fetched a DynamoDB page at a time.
+
+    Generic in the partition's item type (readings, or registry items): give it by the
+    variable's annotation (``stream: PartitionStream[RegistryItem] = PartitionStream(...)``),
+    not by subscripting the class, which would cost a call per stream.
 
     Args:
         reader: The table reader (semaphore, accounting).
@@ -65,7 +73,7 @@ class PartitionStream:
         self.reader = reader
         self.kwargs = kwargs
         self.now_s = now_s
-        self.buf: deque[Item] = deque()
+        self.buf: deque[_ItemT] = deque()
         self.done = False
         self.first_ttl = NO_TTL  # the smallest ttl of the items kept so far
 
@@ -116,7 +124,7 @@ def _page_size(remaining: int, partitions: int) -> int:
 
 
 async def _merge_bucket(
-    streams: list[PartitionStream],
+    streams: list[PartitionStream[ReadingProjection]],
     sensor_id: str,
     out: list[Reading],
     want: int,
@@ -247,7 +255,7 @@ async def read_page(
             chunk.append(buckets[pos])
             pos += 1
         size = _page_size(want - len(out), layout.shards * len(chunk))
-        waves: list[list[PartitionStream]] = []
+        waves: list[list[PartitionStream[ReadingProjection]]] = []
         for bucket in chunk:
             lo = max(start_ms, bucket)
             hi = min(end_ms, bucket + layout.bucket_ms - 1)

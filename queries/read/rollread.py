@@ -25,6 +25,7 @@ import functools
 from collections.abc import Sequence
 from typing import Protocol
 
+from ingest.storage.items import RollupBinsItem
 from ingest.storage.layout import Reading, TableLayout, rollup_pk
 from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import key_query, query_pages
@@ -76,6 +77,7 @@ async def _rollup_items(
     """The sensor's rollup items of one step whose period starts in [lo, hi]."""
     kwargs = key_query(reader.table, rollup_pk(step_ms, sensor_id), lo, hi)
     out: list[RollupItem] = []
+    item: RollupBinsItem
     async for page in query_pages(functools.partial(reader.call, stats=stats), kwargs):
         for item in page.get("Items", []):
             if TableLayout.is_expired(item, now_s):

@@ -30,7 +30,8 @@ from typing import cast
 import numpy as np
 
 from ingest.storage.archive.manifest import Manifest
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import ReadingProjection
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import partition_query, query_pages
 from queries.read.cache import CacheEntry
 from queries.read.closed import cached, closed_buckets, read_closed
@@ -75,7 +76,13 @@ class SensorSeries:
             acc = self.metrics[name] = SeriesAccumulator(grid, aggs)
         return acc
 
-    def fold(self, items: list[Item], grid: WindowGrid, aggs: tuple[Agg, ...], now_s: int) -> None:
+    def fold(
+        self,
+        items: Sequence[ReadingProjection],
+        grid: WindowGrid,
+        aggs: tuple[Agg, ...],
+        now_s: int,
+    ) -> None:
         """Fold one DynamoDB page of items into the accumulators (expired items dropped)."""
         columns: dict[str, tuple[list[int], list[float]]] = {}
         expired = TableLayout.is_expired

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ingest.storage.layout import Item, parse_number, registry_key, registry_partition_keys
+from ingest.storage.items import NumberValue, RegistryItem
+from ingest.storage.layout import parse_number, registry_key, registry_partition_keys
 from queries.read.pages import PartitionStream, read_page
 from queries.read.reader import ReadStats, TableReader, reading_json
 
@@ -40,11 +41,11 @@ MAX_SCANNED_PER_PAGE = 10_000
 large registry returns a short page and a cursor rather than reading it all)."""
 
 
-def _number(value: dict[str, Any] | None) -> float | int | None:
+def _number(value: NumberValue | None) -> float | int | None:
     return None if value is None or "N" not in value else parse_number(value["N"])
 
 
-def sensor_json(item: Item) -> dict[str, Any]:
+def sensor_json(item: RegistryItem) -> dict[str, Any]:
     """A registry item as the API's sensor object."""
     latest = {name: _number(v) for name, v in item.get("m", {}).get("M", {}).items() if "N" in v}
     return {
@@ -64,7 +65,7 @@ class SensorPage:
         next_position: ``(partition index, last sort key)`` to resume after; ``None`` at the end.
     """
 
-    items: list[Item]
+    items: list[RegistryItem]
     next_position: tuple[int, int] | None
 
 
@@ -96,7 +97,7 @@ async def list_sensors(
     first = after[0] if after is not None else 0
     want = limit + 1
     size = max(10, min(want, math.ceil(want * 1.25 / (len(partitions) - first)) + 2))
-    streams: list[tuple[int, PartitionStream]] = []
+    streams: list[tuple[int, PartitionStream[RegistryItem]]] = []
     for p in range(first, len(partitions)):
         kwargs: dict[str, Any] = {
             "TableName": reader.table,
@@ -107,11 +108,12 @@ async def list_sensors(
         }
         if after is not None and p == after[0]:
             kwargs["ExclusiveStartKey"] = {"pk": {"S": partitions[p]}, "sk": {"N": str(after[1])}}
-        streams.append((p, PartitionStream(reader, kwargs, now_s=0)))
+        stream: PartitionStream[RegistryItem] = PartitionStream(reader, kwargs, now_s=0)
+        streams.append((p, stream))
     async with asyncio.TaskGroup() as tg:
         for _, stream in streams:
             tg.create_task(stream.fill(stats), name="registry-fill")
-    out: list[tuple[int, Item]] = []
+    out: list[tuple[int, RegistryItem]] = []
     scanned = 0
     for p, stream in streams:
         while len(out) < want:
@@ -134,13 +136,15 @@ async def list_sensors(
     return SensorPage([it for _, it in out], None)
 
 
-async def get_sensor(reader: TableReader, sensor_id: str, *, stats: ReadStats) -> Item | None:
+async def get_sensor(
+    reader: TableReader, sensor_id: str, *, stats: ReadStats
+) -> RegistryItem | None:
     """The sensor's registry item (one GetItem), or ``None`` when unknown."""
     pk, sk = registry_key(sensor_id)
     resp = await reader.call(
         "get_item", stats, TableName=reader.table, Key={"pk": {"S": pk}, "sk": {"N": str(sk)}}
     )
-    item: Item | None = resp.get("Item")
+    item: RegistryItem | None = resp.get("Item")
     return item
 
 

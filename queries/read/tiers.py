@@ -56,7 +56,8 @@ from typing import TYPE_CHECKING, Any, Literal
 from ingest.storage.archive.errors import ArchiveError
 from ingest.storage.archive.manifest import Manifest
 from ingest.storage.archive.reader import archive_markers, hot_is_complete, read_cold
-from ingest.storage.layout import Item, Reading, TableLayout
+from ingest.storage.items import Item, ReadingProjection
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import (
     merge_staged,
     packed_staged,
@@ -138,7 +139,9 @@ async def _shard_readings(
     expired, parse = TableLayout.is_expired, TableLayout.from_item
     first_ttl = NO_TTL
     async for resp in query_pages(functools.partial(reader.call, stats=stats), kwargs):
-        kept = [it for it in resp.get("Items", ()) if not expired(it, now_s)]
+        kept: list[ReadingProjection] = [
+            it for it in resp.get("Items", ()) if not expired(it, now_s)
+        ]
         first_ttl = min(first_ttl, min_ttl(kept))
         readings += [parse(it, sensor_id) for it in kept]
     return readings, first_ttl
@@ -146,6 +149,7 @@ async def _shard_readings(
 
 def min_ttl(items: Sequence[Item]) -> int:
     """The smallest ``ttl`` of the items (:data:`~queries.read.cache.NO_TTL` when none has one)."""
+    # Of any partition a PartitionStream reads (readings, the registry): the general type.
     return min((int(it["ttl"]["N"]) for it in items if "ttl" in it), default=NO_TTL)
 
 

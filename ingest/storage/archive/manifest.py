@@ -34,7 +34,8 @@ import orjson
 from ingest.core.errors import DynamoError
 from ingest.storage.archive.errors import SourceError
 from ingest.storage.dynamo import DynamoClient, Queryable
-from ingest.storage.layout import Item, marker_pk, marker_sensor_id
+from ingest.storage.items import ArchiveMarkerItem
+from ingest.storage.layout import marker_pk, marker_sensor_id
 from ingest.storage.reads import query_pages
 
 __all__ = [
@@ -101,9 +102,9 @@ class Manifest:
         doc.pop("format", None)
         return cls(**doc)
 
-    def to_marker(self) -> Item:
+    def to_marker(self) -> ArchiveMarkerItem:
         """The DynamoDB marker item (see module docstring)."""
-        item: Item = {
+        item: ArchiveMarkerItem = {
             "pk": {"S": marker_pk(self.sensor_id)},
             "sk": {"N": str(self.bucket_start_ms)},
             "n": {"N": str(self.rows)},
@@ -122,7 +123,7 @@ class Manifest:
         return item
 
     @classmethod
-    def from_marker(cls, item: Item) -> Manifest:
+    def from_marker(cls, item: ArchiveMarkerItem) -> Manifest:
         """The manifest summary a marker item holds (no per-shard counts)."""
         return cls(
             sensor_id=marker_sensor_id(item["pk"]["S"]),
