@@ -3,7 +3,7 @@ attribute, a number given as an ``int``, a required attribute left out, and acce
 items the project writes and reads.
 
 One mypy run over every snippet (each its own file, so each one's errors are its own),
-cached for the module: ≈ 5 s.
+cached for the module: ≈ 2 s.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ SNIPPETS = {
         from ingest.storage.items import (
             Item, JournalItem, KeyedItem, ReadingItem, ReadingProjection, RegistryItem,
         )
+        from ingest.storage.dynamo import BatchSink
         from ingest.storage.layout import TableLayout
 
         item: ReadingItem = {_READING}
@@ -40,6 +41,17 @@ SNIPPETS = {
         TableLayout.from_item(item)
         TableLayout.from_item(projection, "dev-1")
         TableLayout.from_item(TableLayout().to_item(TableLayout.from_item(tagged)))
+
+        async def put(sink: BatchSink, items: list[ReadingItem]) -> list[Item]:
+            return await sink.batch_write(items)
+    """,
+    "rejects_typed_item_as_dict": f"""
+        from typing import Any
+
+        from ingest.storage.items import ReadingItem
+
+        item: ReadingItem = {_READING}
+        general: dict[str, Any] = item  # why Item is a Mapping
     """,
     "rejects_misspelt_attribute": """
         from ingest.storage.items import ReadingItem
@@ -94,6 +106,8 @@ EXPECTED = {
     "rejects_int_metric": '(expression has type "float", TypedDict item "N" has type "str")',
     "rejects_missing_key": 'Missing key "ttl"',
     "rejects_missing_part_attribute": 'Missing key "set"',
+    "rejects_typed_item_as_dict": '(expression has type "ReadingItem", variable has type '
+    '"dict[str, Any]")',
 }
 
 
@@ -104,7 +118,12 @@ def errors(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[str]]:
     for name, code in SNIPPETS.items():
         (root / f"{name}.py").write_text(textwrap.dedent(code))
     config = root / "mypy.ini"
-    config.write_text(f"[mypy]\nstrict = True\npython_version = 3.11\nmypy_path = {REPO}\n")
+    # The project's modules are checked by the project's own mypy run: here only the
+    # snippets' errors count (and the clients' untyped libraries are no concern).
+    config.write_text(
+        f"[mypy]\nstrict = True\npython_version = 3.11\nmypy_path = {REPO}\n"
+        "follow_imports = silent\nignore_missing_imports = True\n"
+    )
     out, err, _ = api.run(
         [
             "--config-file",
