@@ -9,13 +9,18 @@ archive and the query API), so nothing imports it but the CLI.
 
 **The table is ``packed``** (decision 0008) unless ``layout="reading"``: one item per
 sensor and window, plus the journal and staging items, instead of one per reading.
-moto's Query reads its whole table (every item, whatever the key), so what a demo
-sustains is set by the items the table holds: packed holds orders of magnitude fewer
-(docs/performance.md, "The demo on packed", has the figures). Its settings are the
-demo's, not production's: five-minute windows (the replayed history is sealed a minute after the start, live windows a minute after they end),
-staging every two seconds (a reading is on the dashboard within seconds), few
-staging groups, journal flushes every 500 ms (fewer items; the acknowledgements wait
-that long).
+The embedded moto's base-table Queries read their own partition
+(:mod:`ingest.trial.motoserver`; plain moto reads and sorts its whole table for every
+Query, which held this demo to 500 devices with a sensor list near a second): at
+2,000 devices the dashboard's whole sensor list takes about half a second
+(docs/performance.md, "The demo on the embedded moto"). What bounds a demo now is
+the one moto process every part shares (each UpdateItem a few ms of its CPU) and the
+demo process's own CPU (the fleet, the ingest and the API on one event loop). Its
+settings are the demo's, not production's: five-minute windows (the replayed history
+is sealed a minute after the start, live windows a minute after they end), staging
+every two seconds (a reading is on the dashboard within seconds), few staging
+groups, journal flushes every 500 ms (fewer items; the acknowledgements wait that
+long).
 
 The lifecycle shows within minutes: the table has five-minute buckets; first the
 fleet's last ``history_minutes`` are replayed (fast, through the broker like any
@@ -86,15 +91,15 @@ class DemoOptions:
         mqtt_protocol: MQTT version of the service and the fleet (with the embedded
             broker: this one if it speaks it, else the one it speaks).
         layout: Table layout: ``packed`` (decision 0008) or ``reading`` (one item per
-            reading: moto's whole-table Queries hold it to about a hundred devices).
+            reading: a Query per shard and bucket, each of a reading's items on moto).
         bucket_minutes: Bucket width of the demo table (short, so buckets close soon).
         shards: Write shards of a ``reading`` table (few: every shard is a Query per bucket
-            on a server whose Query reads the whole table).
+            on the embedded moto).
         window_seconds: ``packed``: window width (divides the bucket; short, so windows
             seal within the demo's first minutes).
         stage_interval_ms: ``packed``: how often staging items make readings visible.
         staging_groups: ``packed``: sensor groups of the staging items (few: each is an
-            item per staging interval, and every item is read by every Query on moto).
+            item per staging interval, and a reader reads its group's last minutes).
         flush_interval_ms: ``packed``: the journal's flush interval (an item per flush;
             the acknowledgements wait for it).
         compact_every_s: ``packed``: seconds between compaction passes (``None``: none).
@@ -451,8 +456,8 @@ async def _open_archive(
                 client,
                 store,
                 layout,
-                # One Query at a time: the in-memory server, whose Query reads the whole
-                # table, is shared with the ingest and the dashboard, which come first.
+                # One Query at a time: the in-memory server (one Python process) is
+                # shared with the ingest and the dashboard, which come first.
                 ArchiveSettings(
                     horizon_ms=round(opts.archive_horizon_s * 1000),
                     # A packed table's parts are left to their TTL (docs/archival.md).
