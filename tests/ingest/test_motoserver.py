@@ -454,7 +454,9 @@ def test_a_moto_without_the_internals_fails_at_start(monkeypatch: pytest.MonkeyP
     motoserver.uninstall()
     try:
         monkeypatch.setattr(Table, "query", query)
-        with pytest.raises(motoserver.MotoInternalsChanged, match=r"moto 5\.\d.*parameters"):
+        with pytest.raises(
+            motoserver.MotoInternalsChanged, match=r"moto .*Table.query.s parameters"
+        ):
             motoserver.install()
         assert not motoserver.installed() and Table.query is query
     finally:
