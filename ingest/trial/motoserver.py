@@ -93,8 +93,8 @@ def _moto_version() -> str:
 
 def _changed(what: str) -> MotoInternalsChanged:
     return MotoInternalsChanged(
-        f"moto {_moto_version()}: {what}; ingest.trial.motoserver's partition Query patch "
-        "was written for moto 5.2 (moto.dynamodb.models.table.Table.query and all_items). "
+        f"moto {_moto_version()}: {what}; ingest.trial.motoserver's Query patch was written "
+        "for moto 5.2 (moto.dynamodb's Table.query, Table.all_items and DynamoResult). "
         "Update the patch for this moto, or pin moto to 5.2.x (constraints.txt)."
     )
 
