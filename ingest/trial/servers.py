@@ -9,7 +9,11 @@
   (:meth:`EmbeddedBroker.protocol_for`); what amqtt does not do (redeliver after a
   crash, wait more than 5 s for a PUBACK) is in docs/operations.md.
 * :class:`EmbeddedDynamo` runs moto in server mode as a subprocess; the same endpoint
-  serves DynamoDB and S3.
+  serves DynamoDB and S3. It runs moto through :mod:`ingest.trial.motoserver`, whose
+  base-table Queries read their partition instead of the whole table (what lets the
+  demo's dashboard keep up with thousands of devices); the tests' and benchmarks'
+  :class:`MotoProcess` runs plain ``moto.server``, the implementation they are checked
+  against.
 
 The process helpers here (:class:`ServerProcess`, :class:`MosquittoProcess`,
 :class:`MotoProcess`, :func:`free_port`) are also what ``bench.servers`` builds the test
@@ -558,6 +562,8 @@ class MosquittoProcess(ServerProcess):
 class MotoProcess(ServerProcess):
     """moto in server mode (``python -m moto.server``): DynamoDB and S3 on one endpoint.
 
+    :attr:`server_module` is the module run with ``python -m``.
+
     Args:
         port: Fixed port, or ``None`` for a free one.
         host: Address to listen on.
@@ -566,6 +572,7 @@ class MotoProcess(ServerProcess):
     """
 
     name = "moto"
+    server_module = "moto.server"
 
     def __init__(
         self,
@@ -588,7 +595,7 @@ class MotoProcess(ServerProcess):
         return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     async def _command(self, port: int) -> list[str]:
-        return [self.python, "-m", "moto.server", "-H", self.host, "-p", str(port)]
+        return [self.python, "-m", self.server_module, "-H", self.host, "-p", str(port)]
 
     async def _probe(self, port: int) -> bool:
         return await probe_dynamodb(f"http://{self.host}:{port}/")
@@ -598,7 +605,14 @@ class EmbeddedDynamo(MotoProcess):
     """The trial mode's DynamoDB-API (and S3) endpoint: moto in server mode on loopback.
 
     Use as ``async with EmbeddedDynamo() as dynamo: dynamo.endpoint_url``.
+
+    moto runs with base-table Queries that read only their partition
+    (:mod:`ingest.trial.motoserver`): with plain moto every Query sorts the whole table,
+    which held the demo's dashboard to a few hundred devices. A moto whose internals the
+    patch does not know fails the start (the log's tail names it).
     """
+
+    server_module = "ingest.trial.motoserver"
 
     async def start(self) -> None:
         """Start moto and wait until it answers (see :meth:`ServerProcess.start`)."""

@@ -251,3 +251,42 @@ async def test_ctrl_c_on_the_terminal_drains_before_the_servers_stop(tmp_path: P
     assert "demo stopped" in text, text
     for trouble in ("Connection refused", "ConnectionClosedError", "Traceback", "ERROR"):
         assert trouble not in text, text
+
+
+async def test_a_service_that_does_not_return_after_its_stop_does_not_hold_the_demo(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A packed service whose drain deadline passed before sealing kept its window writer,
+    and returned only when cancelled: the demo waited for the CLI's hard stop (20 s at
+    2,000 devices). The demo cancels it its own drain deadline plus a grace after."""
+    import ingest.demo
+    from ingest.pipeline.service import IngestService
+
+    returned = asyncio.Event()
+
+    class StuckService(IngestService):
+        async def run(self, stop: asyncio.Event, ready: asyncio.Event | None = None) -> None:
+            # As with the window writer left running: the stop never reaches the end.
+            await super().run(asyncio.Event(), ready)
+            returned.set()
+
+    monkeypatch.setattr(ingest.demo, "IngestService", StuckService)
+    opts = DemoOptions(
+        devices=3,
+        port=free_port(),
+        data_dir=tmp_path,
+        history_minutes=0,
+        archive=False,
+        compact_every_s=None,
+        shutdown_timeout_s=1.5,  # the service: 1 s; then 2 s of grace
+    )
+    stop, ready = asyncio.Event(), asyncio.Event()
+    demo = asyncio.create_task(run_demo(opts, stop, ready))
+    async with asyncio.timeout(60):
+        await ready.wait()
+    stop.set()
+    started = time.monotonic()
+    assert await asyncio.wait_for(demo, 15) == 0
+    assert 2.5 < time.monotonic() - started < 10
+    assert not returned.is_set()
+    assert any("had not returned 3 s after its stop" in r.getMessage() for r in caplog.records)
