@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import time
 from collections import Counter
@@ -64,6 +65,7 @@ from aiohttp import web
 
 from bench.capacity import item_size_bytes, write_units
 from bench.histogram import MsHistogram
+from ingest.core.aio import run
 from ingest.storage.items import JournalItem
 from ingest.storage.journal import parse_journal_item
 from ingest.storage.layout import JOURNAL_PREFIX, STAGE_PREFIX, WINDOW_PART_SPACE, binary_value
@@ -512,12 +514,8 @@ def main(argv: list[str] | None = None) -> None:
         "--upstream", help="forward to this DynamoDB-API endpoint (moto, dynalite): tap mode"
     )
     args = parser.parse_args(argv)
-    try:
-        import uvloop
-
-        uvloop.run(_serve(args.port, args.host, args.upstream))
-    except KeyboardInterrupt:
-        pass
+    with contextlib.suppress(KeyboardInterrupt):
+        run(_serve(args.port, args.host, args.upstream))
 
 
 if __name__ == "__main__":

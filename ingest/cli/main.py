@@ -482,7 +482,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["packed", "reading"],
         default="packed",
         help="table layout (default packed; reading: one item per reading, as before "
-        "decision 0008, which moto's whole-table Queries hold to about 100 devices)",
+        "decision 0008: far more items for the embedded moto to hold and read)",
     )
     p.add_argument("--duration", type=float, default=None, help="stop after this many seconds")
     p.add_argument("--host", default="127.0.0.1", help="dashboard address (default 127.0.0.1)")

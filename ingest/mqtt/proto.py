@@ -12,6 +12,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest.core.errors import IngestError
+
 __all__ = [
     "AUTH",
     "CONNACK",
@@ -169,7 +171,7 @@ DISCONNECT_REASONS = {
 }
 
 
-class MqttProtocolError(Exception):
+class MqttProtocolError(IngestError):
     """The peer sent bytes that are not valid MQTT (the connection must be dropped)."""
 
 

@@ -31,6 +31,12 @@ in time stays in the journal for the worker's next start (same client id), and a
 that never starts again leaves those readings in staging items only, for a day (its
 ``iot_ingest_window_oldest_seconds`` says how far back that reaches).
 
+A seal of an hour the rollup pass may have rolled up already (a late set:
+:func:`~ingest.storage.compaction.rollups_may_lack`) marks that sensor-hour stale
+(``#stale#{sensor}``) once its parts and seal log are durable; series read a stale hour
+as readings, and the pass that rolls it up again clears the mark. One PutItem per sensor
+and hour sealed late; none in the normal course.
+
 A seal in a bucket that an archive may hold already (below the archive policy's late
 threshold, the one the registry marks late readings by) marks that bucket late again
 once its parts and seal log are durable, before the checkpoint moves. The registry's
@@ -61,7 +67,7 @@ from ingest.core.metrics import Metrics
 from ingest.core.retry import Backoff
 from ingest.pipeline.acks import Pending
 from ingest.pipeline.batcher import MAX_BATCH_ITEMS, Batch
-from ingest.storage.compaction import seal_log_items
+from ingest.storage.compaction import rollups_may_lack, seal_log_items
 from ingest.storage.dynamo import TableClient
 from ingest.storage.items import CheckpointItem, Item, JournalItem, StageItem, WindowPartItem
 from ingest.storage.journal import (
@@ -74,6 +80,7 @@ from ingest.storage.layout import ArchivePolicy, Reading, journal_pk, sensor_gro
 from ingest.storage.packed import PackedError
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.registry import write_late_mark
+from ingest.storage.rollups import stale_mark_item
 from ingest.storage.table import read_archive_policy
 from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, encode_stage, seal
 
@@ -102,6 +109,7 @@ _STAGE_SLICE = 8
 """Staging blobs (one per group, usually) encoded between two yields to the event loop."""
 _WRITES_IN_FLIGHT = 4
 """BatchWriteItem calls of one staging or sealing round at once."""
+_HOUR_MS = 3_600_000
 _POLICY_REFRESH_MS = 10_000
 """Least time between two reads of the archive policy by the sealer (as the registry's)."""
 
@@ -581,11 +589,26 @@ class WindowWriter:
                 for it in seal_log_items(self.scheme, start, self._worker, self._log_ms, sensors)
             ]
             await self._put(log_items, "seal log")
+            await self._mark_stale(keys, self._log_ms)
             await self._mark_late(keys)
         finally:
             gate.release()
             for key in keys:
                 self.windows.end_seal(key, sealed=sealed)
+
+    async def _mark_stale(self, keys: list[tuple[str, int]], sealed_ms: int) -> None:
+        """Mark stale the hours of these sealed windows that the rollups may already cover
+        (the module docstring): series read them as readings until the next rollup pass."""
+        width, scheme = self.scheme.window_ms, self.scheme
+        hours = {
+            (sensor, h)
+            for sensor, w in keys
+            for h in range(w - w % _HOUR_MS, w + width, _HOUR_MS)
+            if rollups_may_lack(scheme, h, sealed_ms)
+        }
+        marks = [stale_mark_item(scheme.layout, s, h, sealed_ms) for s, h in sorted(hours)]
+        if marks:
+            await self._put(marks, "stale mark")
 
     async def _mark_late(self, keys: list[tuple[str, int]]) -> None:
         """Mark late the buckets of these sealed windows that an archive may hold already

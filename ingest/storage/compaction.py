@@ -73,11 +73,13 @@ __all__ = [
     "compact_window",
     "needing_compaction",
     "parse_seal_log",
+    "rollups_may_lack",
     "seal_log_items",
     "settle_ms",
     "window_parts",
 ]
 
+_HOUR_MS: Final = 3_600_000
 MAX_LOG_SENSORS: Final = 20_000
 """Sensor ids in one seal log item (128 B each at most: ≤ 2.6 MB raw, compressed far below
 the item limit for real ids; more make several items)."""
@@ -164,6 +166,13 @@ def settle_ms(scheme: WindowScheme) -> int:
     and two staging rounds have passed, and a minute more, so no worker seals it in the
     normal course any more."""
     return SEAL_GRACE_MS + 2 * scheme.layout.stage_ms + 60_000
+
+
+def rollups_may_lack(scheme: WindowScheme, hour_ms: int, sealed_ms: int) -> bool:
+    """Whether a set of hour ``hour_ms`` sealed at ``sealed_ms`` may come after the rollup
+    pass rolled that hour up (passes take an hour :func:`settle_ms` after its end): the
+    sealer then marks the hour stale, and the pass looks for that mark."""
+    return sealed_ms >= hour_ms + _HOUR_MS + settle_ms(scheme)
 
 
 @dataclass(slots=True)

@@ -77,6 +77,7 @@ __all__ = [
     "RollupLogItem",
     "SealLogItem",
     "StageItem",
+    "StaleMarkItem",
     "StringMap",
     "StringValue",
     "WindowPartItem",
@@ -337,6 +338,15 @@ class RollupLogItem(TypedDict):
     sk: NumberValue
     ttl: NumberValue
     b: BinaryValue
+
+
+class StaleMarkItem(TypedDict):
+    """An hour whose rollups lack a late seal (``#stale#{sensor}`` / hour start)."""
+
+    pk: StringValue
+    sk: NumberValue
+    t: NumberValue
+    ttl: NumberValue
 
 
 class DayLogItem(TypedDict):

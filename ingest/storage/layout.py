@@ -59,6 +59,11 @@ partitions no sensor id can produce either::
     sk   N  112-bit stable hash of "{sensor_id}#{bucket start}"
     sid  S  sensor id; b N bucket start (ms); t N last marked at (epoch ms);
     n    N  late readings counted; ttl N set (and t, n removed) once cleared
+
+Stale marks (``packed``: an hour whose rollups lack a late seal; written by the worker
+that sealed it, cleared by the rollup pass that rolled it up again)::
+
+    pk   S  "#stale#{sensor_id}"  sk N hour start (ms); t N sealed at (epoch ms); ttl N
 """
 
 from __future__ import annotations
@@ -94,6 +99,7 @@ __all__ = [
     "SEAL_LOG_PREFIX",
     "SENSOR_ID_PATTERN",
     "STAGE_PREFIX",
+    "STALE_PREFIX",
     "WINDOW_PART_SPACE",
     "ArchivePolicy",
     "Item",
@@ -113,6 +119,8 @@ __all__ = [
     "rollup_day_log_key",
     "rollup_log_pk",
     "rollup_pk",
+    "rollup_stale_pk",
+    "round_ms_of",
     "round_sk",
     "seal_log_pk",
     "sensor_group",
@@ -141,6 +149,7 @@ SEAL_LOG_PREFIX = "#sealed#"
 COMPACTION_PK = "#compaction"
 ROLLUP_PREFIX = "#rollup#"
 ROLLUP_LOG_PREFIX = "#rolled#"
+STALE_PREFIX = "#stale#"
 LAYOUT_KINDS = ("reading", "packed")
 WINDOW_PART_SPACE = 2**64
 _SHARD_MULTIPLIER = 0x9E3779B1  # Knuth's multiplicative hash constant (2**32 / phi)
@@ -278,6 +287,11 @@ def round_sk(round_ms: int, worker: str, index: int = 0) -> int:
     return round_ms * 2**24 + tag * 16 + index
 
 
+def round_ms_of(sk: int) -> int:
+    """The round's millisecond of a :func:`round_sk` sort key."""
+    return sk // 2**24
+
+
 def rollup_pk(step_ms: int, sensor_id: str) -> str:
     """The partition key of a sensor's rollup items of one step (``packed``,
     ingest.storage.rollups): ``1m`` (an item per hour) or ``1h`` (an item per day)."""
@@ -286,6 +300,13 @@ def rollup_pk(step_ms: int, sensor_id: str) -> str:
     if step_ms == 3_600_000:
         return f"{ROLLUP_PREFIX}1h#{sensor_id}"
     raise ValueError(f"rollups have steps of a minute or an hour, got {step_ms} ms")
+
+
+def rollup_stale_pk(sensor_id: str) -> str:
+    """The partition key of a sensor's stale marks (``packed``; sort key: an hour's start):
+    hours whose rollups lack a late seal, which series read as readings until the next
+    rollup pass (ingest.storage.rollpass)."""
+    return f"{STALE_PREFIX}{sensor_id}"
 
 
 def rollup_log_pk(hour_start_ms: int) -> str:

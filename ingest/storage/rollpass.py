@@ -23,6 +23,19 @@ hours it covers (``h``); computed again when a minute item of a closed day chang
 a condition on the version it read, so two passes at once cannot leave a day item
 older than its minute items. A day not closed yet is read from its minute items.
 
+**Stale marks.** A worker that seals a set of an hour the rollups may already cover
+(:func:`~ingest.storage.compaction.rollups_may_lack`: at least
+:func:`~ingest.storage.compaction.settle_ms` after the hour's end) marks that
+sensor-hour stale once the set is durable, and series read a stale hour as readings
+(:mod:`queries.read.rollread`). A pass reads the marks of the sensors named by such
+late seal rounds before reading their windows, and deletes each mark it read, on the
+condition that its ``t`` is unchanged, after writing the minute item and the day's hour
+items: a set sealed meanwhile moves ``t`` and keeps its mark for the next pass. A pass
+run with a settle time shorter than ``settle_ms`` could roll an hour up before a normal
+seal and miss it unmarked (``table compact`` and the demo use ``settle_ms``). A crash
+between the items and the delete leaves a mark: that hour is read as readings (exact,
+slower) until a later set of it is rolled up.
+
 Cost, per sensor with readings in the hour: one Query of its windows (a few KB: the
 hour's readings), one write of ≈ 1–3 KB (1–3 write units); per sensor-day, a Query of
 24 minute items and one write of ≈ 1 KB; per hour, a Query per window period and one
@@ -40,7 +53,7 @@ import numpy as np
 import orjson
 
 from ingest.core.errors import DynamoError
-from ingest.storage.compaction import MAX_LOG_SENSORS, parse_seal_log
+from ingest.storage.compaction import MAX_LOG_SENSORS, parse_seal_log, rollups_may_lack
 from ingest.storage.dynamo import TableClient, is_condition_failure, put_all
 from ingest.storage.items import (
     DayLogItem,
@@ -48,12 +61,15 @@ from ingest.storage.items import (
     RollupBinsItem,
     RollupLogItem,
     SealLogItem,
+    StaleMarkItem,
 )
 from ingest.storage.layout import (
     binary_value,
     rollup_day_log_key,
     rollup_log_pk,
     rollup_pk,
+    rollup_stale_pk,
+    round_ms_of,
     round_sk,
     seal_log_pk,
 )
@@ -84,6 +100,7 @@ else:
 
 __all__ = [
     "RollupReport",
+    "clear_stale",
     "day_hour_bins",
     "parse_rollup_log",
     "rollup_hour",
@@ -105,12 +122,13 @@ class RollupReport:
     days: int = 0
     readings: int = 0
     items_written: int = 0
+    stale_cleared: int = 0
 
     def summary(self) -> str:
         return (
             f"rollups: {self.sensor_hours} sensor-hours in {self.hours} hours "
             f"({self.readings} readings), {self.days} sensor-days, "
-            f"{self.items_written} items written"
+            f"{self.items_written} items written, {self.stale_cleared} stale marks cleared"
         )
 
 
@@ -261,9 +279,12 @@ async def rollup_hour(
     worker: str,
     now_ms: int,
     report: RollupReport,
+    stale: list[tuple[str, int, str]] | None = None,
 ) -> list[str]:
     """Roll up the sensors of one hour whose seal rounds are not folded in yet (see the
-    module docstring); the sensors rolled up."""
+    module docstring); the sensors rolled up. The stale marks read (sensor, hour, ``t``)
+    are appended to ``stale``, for the caller to clear once it has written the day items
+    (:func:`clear_stale`)."""
     window_ms = scheme.window_ms
     periods = range(scheme.window_start(hour_ms), hour_ms + HOUR_MS, window_ms)
     logs: list[SealLogItem] = [
@@ -279,8 +300,18 @@ async def rollup_hour(
     if not fresh:
         return []
     sensors = sorted({s for sk, kind, names in fresh if kind == "s" for s in names})
+    late = {
+        s
+        for sk, kind, names in fresh
+        if kind == "s" and rollups_may_lack(scheme, hour_ms, round_ms_of(sk))
+        for s in names
+    }
     items: list[RollupBinsItem] = []
     for sensor in sensors:
+        if sensor in late and stale is not None:  # before its windows are read
+            mark = await _stale_mark(client, sensor, hour_ms)
+            if mark is not None:
+                stale.append((sensor, hour_ms, mark))
         bins, n = await sensor_hour_bins(client, scheme, sensor, hour_ms, now_ms)
         if not bins:
             continue
@@ -322,12 +353,13 @@ async def rollup_pass(
     otherwise. The day log (``#rolled#day`` / day) records which hours a day's items
     cover, written after them."""
     report = RollupReport()
+    stale: list[tuple[str, int, str]] = []
     last = (now_ms - settle_ms) // HOUR_MS * HOUR_MS - HOUR_MS
     first = (now_ms - lookback_ms) // HOUR_MS * HOUR_MS
     touched: dict[int, set[str]] = {}
     for hour in range(first, last + 1, HOUR_MS):
         rolled = await rollup_hour(
-            client, scheme, hour, worker=worker, now_ms=now_ms, report=report
+            client, scheme, hour, worker=worker, now_ms=now_ms, report=report, stale=stale
         )
         touched.setdefault(hour - hour % DAY_MS, set()).update(rolled)
     for day, sensors in sorted(touched.items()):
@@ -352,4 +384,34 @@ async def rollup_pass(
             "ttl": {"N": str(ttl)},
         }
         await client.call("put_item", TableName=client.table, Item=day_item)
+    report.stale_cleared = await clear_stale(client, stale)
     return report
+
+
+async def _stale_mark(client: TableClient, sensor_id: str, hour_ms: int) -> str | None:
+    """The ``t`` of a sensor-hour's stale mark, or None (a strongly consistent read)."""
+    key: ItemKey = {"pk": {"S": rollup_stale_pk(sensor_id)}, "sk": {"N": str(hour_ms)}}
+    got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
+    mark: StaleMarkItem | None = got.get("Item")
+    return None if mark is None else mark["t"]["N"]
+
+
+async def clear_stale(client: TableClient, marks: Sequence[tuple[str, int, str]]) -> int:
+    """Delete the stale marks (sensor, hour, ``t`` as read) whose ``t`` is unchanged; how
+    many were deleted (a mark moved by a seal since stays for the next pass)."""
+    cleared = 0
+    for sensor, hour_ms, t in marks:
+        try:
+            await client.call(
+                "delete_item",
+                TableName=client.table,
+                Key={"pk": {"S": rollup_stale_pk(sensor)}, "sk": {"N": str(hour_ms)}},
+                ConditionExpression="#t = :t",
+                ExpressionAttributeNames={"#t": "t"},
+                ExpressionAttributeValues={":t": {"N": t}},
+            )
+            cleared += 1
+        except DynamoError as exc:
+            if not is_condition_failure(exc):
+                raise
+    return cleared

@@ -47,8 +47,14 @@ from typing import Any, Final
 import numpy as np
 import numpy.typing as npt
 
-from ingest.storage.items import RollupBinsItem
-from ingest.storage.layout import Reading, TableLayout, binary_value, rollup_pk
+from ingest.storage.items import RollupBinsItem, StaleMarkItem
+from ingest.storage.layout import (
+    Reading,
+    TableLayout,
+    binary_value,
+    rollup_pk,
+    rollup_stale_pk,
+)
 from ingest.storage.packed import PackedDecodeError, decode_columns, encode_window
 
 __all__ = [
@@ -65,6 +71,8 @@ __all__ = [
     "parse_rollup_item",
     "rollup_item",
     "runs",
+    "select_bins",
+    "stale_mark_item",
 ]
 
 MINUTE_MS: Final = 60_000
@@ -79,6 +87,7 @@ _STATS = ("c", "n", "x", "s", "d", "f", "l")
 
 _I64 = npt.NDArray[np.int64]
 _F64 = npt.NDArray[np.float64]
+_Bool = npt.NDArray[np.bool_]
 
 
 @dataclass(frozen=True, slots=True)
@@ -367,6 +376,36 @@ def rollup_item(
         item["h"] = {"N": str(hours)}
         item["v"] = {"N": str(version)}
     return item
+
+
+def stale_mark_item(
+    layout: TableLayout, sensor_id: str, hour_ms: int, sealed_ms: int
+) -> StaleMarkItem:
+    """The mark of an hour whose rollups lack a set sealed at ``sealed_ms`` (kept as long as
+    the hour's rollups: a mark that expired first would let a stale rollup be served)."""
+    keep_ms = max(layout.retention_ms, ROLLUP_RETENTION_DAYS * DAY_MS)
+    return {
+        "pk": {"S": rollup_stale_pk(sensor_id)},
+        "sk": {"N": str(hour_ms)},
+        "t": {"N": str(sealed_ms)},
+        "ttl": {"N": str((hour_ms + DAY_MS + keep_ms) // 1000)},
+    }
+
+
+def select_bins(bins: Bins, keep: _Bool) -> Bins:
+    """The bins where ``keep`` is true."""
+    where = np.flatnonzero(keep)
+    return Bins(
+        start=bins.start[where],
+        count=bins.count[where],
+        min=bins.min[where],
+        max=bins.max[where],
+        first=bins.first[where],
+        last=bins.last[where],
+        sum_k=[bins.sum_k[i] for i in where],
+        scale=[bins.scale[i] for i in where],
+        fsum=bins.fsum[where],
+    )
 
 
 def parse_rollup_item(item: RollupBinsItem, sensor_id: str, step_ms: int) -> RollupItem:

@@ -12,11 +12,18 @@ whole number of minutes reads, for the span of its windows:
    and the archive's objects for archived buckets:
    :func:`queries.read.packedread.read_packed_tiered`), one read per run.
 
+Hours with a **stale mark** (``#stale#{sensor}``: a set sealed after the rollups of
+the hour were written, :mod:`ingest.storage.rollpass`) are read as readings whatever
+covers them, until the rollup pass has rolled them up again: one more Query per series,
+usually empty (0.5 read units). So a series is exact from the moment a late set is
+sealed, not only after the next pass.
+
 Bins are combined into the series' windows exactly (:func:`ingest.storage.rollups.combine`:
 counts and exact sums added as integers) before they are folded, so a window served
 from rollups alone has the exact sum of its readings, correctly rounded; the other
 aggregations (count, min, max, first, last) are exact whatever served them. A late
-reading is in the raw read at once and in the rollups after the next rollup pass.
+reading is in the raw read at once (from its staging item), in series from its seal on,
+and in the rollups after the next rollup pass.
 """
 
 from __future__ import annotations
@@ -25,8 +32,10 @@ import functools
 from collections.abc import Sequence
 from typing import Protocol
 
+import numpy as np
+
 from ingest.storage.items import RollupBinsItem
-from ingest.storage.layout import Reading, TableLayout, rollup_pk
+from ingest.storage.layout import Reading, TableLayout, rollup_pk, rollup_stale_pk
 from ingest.storage.packed import PackedDecodeError
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.rollups import (
@@ -36,6 +45,7 @@ from ingest.storage.rollups import (
     combine,
     parse_rollup_item,
     runs,
+    select_bins,
 )
 from queries.errors import ReadFailed
 from queries.read.packedread import read_packed_tiered
@@ -89,6 +99,18 @@ async def _rollup_items(
     return out
 
 
+async def _stale_hours(
+    reader: TableReader, sensor_id: str, lo: int, hi: int, stats: ReadStats
+) -> set[int]:
+    """The sensor's hours in [lo, hi] whose rollups lack a late seal."""
+    kwargs = key_query(reader.table, rollup_stale_pk(sensor_id), lo, hi)
+    return {
+        int(item["sk"]["N"])
+        async for page in query_pages(functools.partial(reader.call, stats=stats), kwargs)
+        for item in page.get("Items", [])
+    }
+
+
 def _runs(hours: Sequence[int]) -> list[tuple[int, int]]:
     """Consecutive hour starts as [start, end) spans."""
     out: list[tuple[int, int]] = []
@@ -106,10 +128,18 @@ def _fold(
     grid: WindowGrid,
     aggs: tuple[Agg, ...],
     fields: Sequence[str] | None,
+    stale: set[int],
 ) -> None:
-    for name, bins in item.bins.items():
+    for name, all_bins in item.bins.items():
         if fields is not None and name not in fields:
             continue
+        bins = all_bins
+        if stale:  # an hour item's bins of stale hours are read as readings instead
+            keep = np.array([int(t) - int(t) % HOUR_MS not in stale for t in bins.start])
+            if not keep.all():
+                bins = select_bins(bins, keep)
+            if not len(bins):
+                continue
         acc = series.accumulator(name, grid, aggs)
         if acc is None:
             continue
@@ -138,16 +168,17 @@ async def fold_packed_series(
     hours = list(range(lo - lo % HOUR_MS, hi, HOUR_MS))
     covered: set[int] = set()
     if grid.step_ms % MINUTE_MS == 0:
+        stale = await _stale_hours(reader, sensor_id, hours[0], hours[-1], stats)
         if grid.step_ms % HOUR_MS == 0:
             for item in await _rollup_items(
                 reader, sensor_id, HOUR_MS, lo - lo % _DAY_MS, hi - 1, stats, now_s
             ):
-                _fold(series, item, grid, aggs, fields)
+                _fold(series, item, grid, aggs, fields, stale)
                 for a, b in item.covers():
-                    covered.update(range(a, b, HOUR_MS))
-        for a, b in _runs([h for h in hours if h not in covered]):
+                    covered.update(h for h in range(a, b, HOUR_MS) if h not in stale)
+        for a, b in _runs([h for h in hours if h not in covered and h not in stale]):
             for item in await _rollup_items(reader, sensor_id, MINUTE_MS, a, b - 1, stats, now_s):
-                _fold(series, item, grid, aggs, fields)
+                _fold(series, item, grid, aggs, fields, stale)
                 covered.add(item.period_start_ms)
     served: dict[int, Tier] = {}
     for a, b in _runs([h for h in hours if h not in covered]):

@@ -147,6 +147,37 @@ async def _shard_readings(
     return readings, first_ttl
 
 
+async def _shards_readings(
+    reader: TableReader,
+    sensor_id: str,
+    bucket: int,
+    lo: int,
+    hi: int,
+    *,
+    fields: Sequence[str] | None,
+    now_s: int,
+    stats: ReadStats,
+) -> tuple[list[Reading], int]:
+    """A ``reading`` table's unexpired readings of a bucket in [lo, hi], every shard read at
+    once, merged ascending, and the smallest ``ttl`` among them."""
+    async with asyncio.TaskGroup() as tg:
+        tasks = [
+            tg.create_task(
+                _shard_readings(
+                    reader,
+                    sensor_id,
+                    partition_query(reader.table, pk, lo, hi, fields=fields, now_s=now_s),
+                    stats,
+                    now_s,
+                ),
+                name="bucket-shard",
+            )
+            for pk in reader.layout.partition_keys(sensor_id, bucket)
+        ]
+    readings = list(heapq.merge(*(t.result()[0] for t in tasks), key=lambda r: r.ts_ms))
+    return readings, min(t.result()[1] for t in tasks)
+
+
 def min_ttl(items: Sequence[Item]) -> int:
     """The smallest ``ttl`` of the items (:data:`~queries.read.cache.NO_TTL` when none has one)."""
     # Of any partition a PartitionStream reads (readings, the registry): the general type.
@@ -272,22 +303,9 @@ async def read_bucket(
             descending=descending,
         )
     pks = layout.partition_keys(sensor_id, bucket)
-    async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(
-                _shard_readings(
-                    reader,
-                    sensor_id,
-                    partition_query(reader.table, pk, lo, hi, fields=fields, now_s=now_s),
-                    stats,
-                    now_s,
-                ),
-                name="tier-hot",
-            )
-            for pk in pks
-        ]
-    hot = list(heapq.merge(*(t.result()[0] for t in tasks), key=lambda r: r.ts_ms))
-    first_ttl = min(t.result()[1] for t in tasks)
+    hot, first_ttl = await _shards_readings(
+        reader, sensor_id, bucket, lo, hi, fields=fields, now_s=now_s, stats=stats
+    )
     if lo == bucket and hi == last:
         hot_total = len(hot)
     else:
@@ -382,22 +400,9 @@ async def read_hot_bucket(
     if layout.kind == "packed":
         return await _packed_hot(reader, sensor_id, bucket, fields=fields, now_s=now_s, stats=stats)
     last = bucket + layout.bucket_ms - 1
-    async with asyncio.TaskGroup() as tg:
-        tasks = [
-            tg.create_task(
-                _shard_readings(
-                    reader,
-                    sensor_id,
-                    partition_query(reader.table, pk, bucket, last, fields=fields, now_s=now_s),
-                    stats,
-                    now_s,
-                ),
-                name="bucket-hot",
-            )
-            for pk in layout.partition_keys(sensor_id, bucket)
-        ]
-    readings = list(heapq.merge(*(t.result()[0] for t in tasks), key=lambda r: r.ts_ms))
-    return readings, min(t.result()[1] for t in tasks)
+    return await _shards_readings(
+        reader, sensor_id, bucket, bucket, last, fields=fields, now_s=now_s, stats=stats
+    )
 
 
 def tiers_json(tiers: Sequence[tuple[int, Tier]]) -> list[dict[str, object]]:

@@ -13,8 +13,12 @@ import random
 from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
+from ingest.pipeline.packing import OpenWindows, WindowWriter
 from ingest.storage.compaction import seal_log_items
-from ingest.storage.layout import Reading, TableLayout
+from ingest.storage.layout import Reading, TableLayout, rollup_stale_pk
+from ingest.storage.reads import key_query, query_pages
 from ingest.storage.rollpass import rollup_pass
 from ingest.storage.windows import WindowScheme, seal
 from queries.read.params import AGGREGATIONS
@@ -143,3 +147,68 @@ async def test_series_from_rollups_equal_the_readings_for_fewer_read_units_and_s
     metrics = seconds["metrics"]
     assert isinstance(metrics, dict)
     assert metrics["t"]["count"] == [3, 3] + [0] * 5
+
+
+async def _seal_late(table: TestTable, readings: list[Reading], now_ms: int) -> None:
+    """Seal ``readings`` as a worker's window writer does at ``now_ms`` (a late set)."""
+    windows = OpenWindows(SCHEME)
+    for r in readings:
+        windows.add(r, now_ms)
+    writer = WindowWriter(
+        client=table.client,
+        windows=windows,
+        worker="w-late",
+        journal_ttl_s=3600,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        now_ms=lambda: now_ms,
+    )
+    await writer.seal_all()
+
+
+async def _stale_hours(table: TestTable) -> list[int]:
+    kwargs = key_query(table.client.table, rollup_stale_pk("pump-1"), consistent=True)
+    return [
+        int(it["sk"]["N"])
+        async for page in query_pages(table.client.call, kwargs)
+        for it in page["Items"]
+    ]
+
+
+async def test_a_late_seal_into_rolled_up_hours_is_in_the_series_at_once_and_rolled_up_next(
+    make_table: Callable[..., Awaitable[TestTable]], serve_api: Callable[..., Awaitable[Api]]
+) -> None:
+    """A late set sealed into hours the rollups already cover marks them stale: until the
+    next rollup pass, series read those hours' readings (exact at every moment, not only
+    after the pass); the pass rolls them up again and clears the marks."""
+    table = await make_table(LAYOUT)
+    now = ms_now()
+    hour = now - now % HOUR_MS
+    start, end = hour - 30 * HOUR_MS, hour - 2 * HOUR_MS
+    readings = await _fill(table, start, end)
+    api = await serve_api(table)
+    raw_units, _ = await _series(api, start, end, "5m")  # no rollups yet: readings
+    await rollup_pass(
+        table.client, SCHEME, worker="r", now_ms=now, lookback_ms=31 * HOUR_MS, settle_ms=300_000
+    )
+    late = [  # off the 10 s grid: new timestamps, in a closed day's hour and a later one
+        Reading("pump-1", start + HOUR_MS + 5_001, {"t": 99.25, "n": 40}),
+        Reading("pump-1", end - 3 * HOUR_MS + 7_003, {"t": -42.5, "n": 41}),
+    ]
+    await _seal_late(table, late, now)
+    assert await _stale_hours(table) == sorted(r.ts_ms - r.ts_ms % HOUR_MS for r in late)
+    everything = sorted(readings + late, key=lambda r: r.ts_ms)
+    for step, step_ms in (("5m", 300_000), ("1h", HOUR_MS)):
+        _, body = await _series(api, start, end, step)
+        _check(body, everything, start, end, step_ms)
+
+    report = await rollup_pass(
+        table.client, SCHEME, worker="r", now_ms=now, lookback_ms=31 * HOUR_MS, settle_ms=300_000
+    )
+    assert report.sensor_hours == 2  # only the two hours sealed again
+    assert await _stale_hours(table) == []
+    for step, step_ms in (("5m", 300_000), ("1h", HOUR_MS)):
+        units, body = await _series(api, start, end, step)
+        _check(body, everything, start, end, step_ms)
+        _exact_sums(body, everything, step_ms, start)  # served by the rollups again
+        assert units < raw_units / 3, (units, raw_units)
