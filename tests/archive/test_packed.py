@@ -25,8 +25,6 @@ from ingest.aws.settings import AwsSettings
 from ingest.cli.main import main
 from ingest.config import Config
 from ingest.core.metrics import Metrics
-from ingest.core.retry import Backoff
-from ingest.pipeline.packing import OpenWindows, WindowWriter
 from ingest.pipeline.registry import SensorRegistry
 from ingest.storage.archive.errors import ArchiveConfigError
 from ingest.storage.archive.manifest import Manifest, get_marker
@@ -34,7 +32,7 @@ from ingest.storage.dynamo import DynamoClient
 from ingest.storage.layout import ArchivePolicy, Reading, TableLayout
 from ingest.storage.registry import late_marks
 from ingest.storage.table import read_archive_policy
-from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme
+from ingest.storage.windows import SEAL_GRACE_MS
 from tests.archive.conftest import (
     BUCKET_MS,
     DAY_MS,
@@ -65,6 +63,7 @@ from tests.archive.test_late import (
     tiered,
 )
 from tests.archive.test_sql import creds, s3_flags
+from tests.ingest.harness import seal_as_worker
 
 SETTLE_MS = 420_000  # the archiver's default settle time (a day's horizon)
 
@@ -232,24 +231,6 @@ async def test_late_reading_sealed_during_an_archive_of_its_packed_bucket_is_tak
     await assert_archived_once(env, OLD + first_late + raced, now_ms=t2 + HOUR_MS)
 
 
-async def _seal(env: ArchiveEnv, readings: list[Reading], *, received_ms: int, now_ms: int) -> None:
-    """Seal ``readings`` (received at ``received_ms``) as a worker's window writer does at
-    ``now_ms``: parts, seal log, and the late marks of its seals."""
-    windows = OpenWindows(WindowScheme(env.layout))
-    for r in readings:
-        windows.add(r, received_ms)
-    writer = WindowWriter(
-        client=env.dynamo,
-        windows=windows,
-        worker="w-seal",
-        journal_ttl_s=3600,
-        metrics=Metrics(),
-        backoff=Backoff(base_ms=1, cap_ms=1),
-        now_ms=lambda: now_ms,
-    )
-    await writer.seal_all()
-
-
 async def test_a_late_seal_delayed_past_the_settle_time_marks_its_bucket_again(
     packed_env: ArchiveEnv,
 ) -> None:
@@ -270,7 +251,7 @@ async def test_a_late_seal_delayed_past_the_settle_time_marks_its_bucket_again(
     assert await late_marks(env.dynamo) == []  # the mark is gone, the reading not archived
 
     t2 = t1 + SETTLE_MS + 120_000  # DynamoDB answers again: the window is sealed
-    await _seal(env, late, received_ms=t1, now_ms=t2)
+    await seal_as_worker(env.dynamo, env.layout, late, received_ms=t1, now_ms=t2)
     marks = await late_marks(env.dynamo)
     assert [(m.sensor_id, m.bucket_start_ms, m.marked_at_ms) for m in marks] == [(SID, B1, t2)]
 
@@ -286,7 +267,7 @@ async def test_seals_of_buckets_no_archive_can_hold_yet_write_no_mark(
     await env.put(OLD)
     await env.archiver().run_once()  # a policy is recorded (and its own marks written)
     before = await late_marks(env.dynamo)
-    await _seal(env, OLD_HOT, received_ms=NOW_MS, now_ms=NOW_MS)
+    await seal_as_worker(env.dynamo, env.layout, OLD_HOT, received_ms=NOW_MS, now_ms=NOW_MS)
     assert await env.count_items(SID, OLD_HOT[0].ts_ms - OLD_HOT[0].ts_ms % BUCKET_MS) == 2
     assert await late_marks(env.dynamo) == before
 

@@ -15,11 +15,15 @@ import aiohttp
 
 from ingest.aws.settings import AwsSettings
 from ingest.config import Config
+from ingest.core.metrics import Metrics
+from ingest.core.retry import Backoff
 from ingest.mqtt.client import MqttConnection, MqttSettings
+from ingest.pipeline.packing import OpenWindows, WindowWriter
 from ingest.pipeline.service import IngestService, mqtt_settings
-from ingest.storage.dynamo import DynamoClient
-from ingest.storage.layout import Reading
+from ingest.storage.dynamo import DynamoClient, TableClient
+from ingest.storage.layout import Reading, TableLayout
 from ingest.storage.reads import read_range
+from ingest.storage.windows import WindowScheme
 from tests.drain import assert_drained
 
 AWS = {"aws_access_key_id": "test", "aws_secret_access_key": "test"}
@@ -200,3 +204,29 @@ async def wait_until_metric(port: int, name: str, at_least: float, timeout_s: fl
     while await metric(port, name) < at_least:
         assert time.monotonic() < deadline, f"{name} < {at_least}"
         await asyncio.sleep(0.1)
+
+
+async def seal_as_worker(
+    client: TableClient,
+    layout: TableLayout,
+    readings: list[Reading],
+    *,
+    received_ms: int,
+    now_ms: int,
+) -> None:
+    """Seal ``readings`` (received at ``received_ms``) as a worker's window writer does at
+    ``now_ms``: one set of parts per window, the seal log, and the stale and late marks
+    its seals call for."""
+    windows = OpenWindows(WindowScheme(layout))
+    for r in readings:
+        windows.add(r, received_ms)
+    writer = WindowWriter(
+        client=client,
+        windows=windows,
+        worker="w-seal",
+        journal_ttl_s=3600,
+        metrics=Metrics(),
+        backoff=Backoff(base_ms=1, cap_ms=1),
+        now_ms=lambda: now_ms,
+    )
+    await writer.seal_all()

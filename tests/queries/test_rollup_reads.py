@@ -13,15 +13,13 @@ import random
 from collections.abc import Awaitable, Callable
 from fractions import Fraction
 
-from ingest.core.metrics import Metrics
-from ingest.core.retry import Backoff
-from ingest.pipeline.packing import OpenWindows, WindowWriter
 from ingest.storage.compaction import seal_log_items
 from ingest.storage.layout import Reading, TableLayout, rollup_stale_pk
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.rollpass import rollup_pass
 from ingest.storage.windows import WindowScheme, seal
 from queries.read.params import AGGREGATIONS
+from tests.ingest.harness import seal_as_worker
 from tests.queries.harness import HOUR_MS, Api, TestTable, assert_close, ms_now, reference
 
 LAYOUT = TableLayout(kind="packed", bucket_ms=HOUR_MS, window_ms=900_000, groups=4)
@@ -45,6 +43,19 @@ async def _fill(table: TestTable, start: int, end: int) -> list[Reading]:
     await table.put_items(items)
     await table.register(readings)
     return readings
+
+
+async def _filled(
+    make_table: Callable[..., Awaitable[TestTable]], serve_api: Callable[..., Awaitable[Api]]
+) -> tuple[TestTable, Api, list[Reading], tuple[int, int, int]]:
+    """A table of ``pump-1`` over 28 hours ending two hours ago, served; and (now, start,
+    end) of its readings."""
+    table = await make_table(LAYOUT)
+    now = ms_now()
+    hour = now - now % HOUR_MS
+    start, end = hour - 30 * HOUR_MS, hour - 2 * HOUR_MS
+    readings = await _fill(table, start, end)
+    return table, await serve_api(table), readings, (now, start, end)
 
 
 async def _series(api: Api, start: int, end: int, step: str) -> tuple[float, dict[str, object]]:
@@ -102,12 +113,8 @@ def _check(
 async def test_series_from_rollups_equal_the_readings_for_fewer_read_units_and_survive_their_loss(
     make_table: Callable[..., Awaitable[TestTable]], serve_api: Callable[..., Awaitable[Api]]
 ) -> None:
-    table = await make_table(LAYOUT)
-    now = ms_now()
+    table, api, readings, (now, start, _) = await _filled(make_table, serve_api)
     hour = now - now % HOUR_MS
-    start, end = hour - 30 * HOUR_MS, hour - 2 * HOUR_MS
-    readings = await _fill(table, start, end)
-    api = await serve_api(table)
     lo = start + 7 * 60_000  # not on an hour: the first window is partly outside
     raw_units, raw = await _series(api, lo, now, "5m")
     _check(raw, readings, lo, now, 300_000)
@@ -149,23 +156,6 @@ async def test_series_from_rollups_equal_the_readings_for_fewer_read_units_and_s
     assert metrics["t"]["count"] == [3, 3] + [0] * 5
 
 
-async def _seal_late(table: TestTable, readings: list[Reading], now_ms: int) -> None:
-    """Seal ``readings`` as a worker's window writer does at ``now_ms`` (a late set)."""
-    windows = OpenWindows(SCHEME)
-    for r in readings:
-        windows.add(r, now_ms)
-    writer = WindowWriter(
-        client=table.client,
-        windows=windows,
-        worker="w-late",
-        journal_ttl_s=3600,
-        metrics=Metrics(),
-        backoff=Backoff(base_ms=1, cap_ms=1),
-        now_ms=lambda: now_ms,
-    )
-    await writer.seal_all()
-
-
 async def _stale_hours(table: TestTable) -> list[int]:
     kwargs = key_query(table.client.table, rollup_stale_pk("pump-1"), consistent=True)
     return [
@@ -181,12 +171,7 @@ async def test_a_late_seal_into_rolled_up_hours_is_in_the_series_at_once_and_rol
     """A late set sealed into hours the rollups already cover marks them stale: until the
     next rollup pass, series read those hours' readings (exact at every moment, not only
     after the pass); the pass rolls them up again and clears the marks."""
-    table = await make_table(LAYOUT)
-    now = ms_now()
-    hour = now - now % HOUR_MS
-    start, end = hour - 30 * HOUR_MS, hour - 2 * HOUR_MS
-    readings = await _fill(table, start, end)
-    api = await serve_api(table)
+    table, api, readings, (now, start, end) = await _filled(make_table, serve_api)
     raw_units, _ = await _series(api, start, end, "5m")  # no rollups yet: readings
     await rollup_pass(
         table.client, SCHEME, worker="r", now_ms=now, lookback_ms=31 * HOUR_MS, settle_ms=300_000
@@ -195,7 +180,7 @@ async def test_a_late_seal_into_rolled_up_hours_is_in_the_series_at_once_and_rol
         Reading("pump-1", start + HOUR_MS + 5_001, {"t": 99.25, "n": 40}),
         Reading("pump-1", end - 3 * HOUR_MS + 7_003, {"t": -42.5, "n": 41}),
     ]
-    await _seal_late(table, late, now)
+    await seal_as_worker(table.client, LAYOUT, late, received_ms=now, now_ms=now)
     assert await _stale_hours(table) == sorted(r.ts_ms - r.ts_ms % HOUR_MS for r in late)
     everything = sorted(readings + late, key=lambda r: r.ts_ms)
     for step, step_ms in (("5m", 300_000), ("1h", HOUR_MS)):
