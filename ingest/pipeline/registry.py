@@ -53,7 +53,11 @@ threshold recomputed at every flush and after every registry write; it looks
 read once (the first moments of a start, or DynamoDB unreachable), readings
 are not classified one by one: each sensor's lowest and highest timestamps
 seen meanwhile are kept, and once the policy is known every bucket of that span
-below the threshold is marked (a superset). A mark that failed retriably is
+below the threshold is marked (a superset), unless the sensor was last seen a settle
+time before the policy was first recorded (``since_ms``): those readings were durable
+before it existed, so the archiver's first export under it, which starts later, holds
+them (a ``packed`` table's later seals mark themselves, :mod:`ingest.pipeline.packing`).
+A history replayed before the first archiver pass (the demo's) marks nothing. A mark that failed retriably is
 retried with the next flush; one refused is logged as an error.
 
 What the archiver relies on is durable before the acknowledgement. The planner
@@ -109,20 +113,25 @@ _NEVER = -(2**63)
 
 
 class _Pending:
-    """One sensor's observations since the last flush."""
+    """One sensor's observations since the last flush (``seen_ms``: the wall-clock time of
+    the last message that brought one)."""
 
-    __slots__ = ("count", "last_ts", "metrics", "min_ts")
+    __slots__ = ("count", "last_ts", "metrics", "min_ts", "seen_ms")
 
-    def __init__(self, ts_ms: int, count: int, metrics: dict[str, float | int]) -> None:
+    def __init__(
+        self, ts_ms: int, count: int, metrics: dict[str, float | int], seen_ms: int
+    ) -> None:
         self.last_ts = ts_ms
         self.min_ts = ts_ms
         self.count = count
         self.metrics = metrics
+        self.seen_ms = seen_ms
 
     def merge(self, other: _Pending) -> None:
         """Fold an older pending entry (one that failed to flush) into this one."""
         self.count += other.count
         self.min_ts = min(self.min_ts, other.min_ts)
+        self.seen_ms = max(self.seen_ms, other.seen_ms)
         if other.last_ts > self.last_ts:
             self.last_ts, self.metrics = other.last_ts, other.metrics
 
@@ -186,8 +195,9 @@ class SensorRegistry:
         self._late_before = _NEVER
         # (sensor id, bucket start) -> late readings seen since the last flush
         self._late: dict[tuple[str, int], int] = {}
-        # sensor id -> (lowest, highest) timestamp seen before the policy was first read
-        self._unclassified: dict[str, tuple[int, int]] = {}
+        # sensor id -> (lowest, highest timestamp, last seen wall ms) seen before the policy
+        # was first read
+        self._unclassified: dict[str, tuple[int, int, int]] = {}
 
     @property
     def archive_policy(self) -> ArchivePolicy | None:
@@ -207,6 +217,7 @@ class SensorRegistry:
         """
         seen = self._seen
         late_before = self._late_before
+        now_ms = int(self._wall() * 1000)
         floors = self._floors if pending is not None and self._acks is not None else None
         holds: set[tuple[str, Any]] | None = None
         for r in readings:
@@ -222,9 +233,10 @@ class SensorRegistry:
                     (holds := holds or set()).add(("fs", sid))
             entry = seen.get(sid)
             if entry is None:
-                seen[sid] = _Pending(ts, 1, r.metrics)
+                seen[sid] = _Pending(ts, 1, r.metrics, now_ms)
                 continue
             entry.count += 1
+            entry.seen_ms = now_ms
             if ts >= entry.last_ts:
                 entry.last_ts = ts
                 entry.metrics = r.metrics
@@ -297,17 +309,27 @@ class SensorRegistry:
     def _stash_unclassified(self, pending: dict[str, _Pending]) -> None:
         spans = self._unclassified
         for sid, entry in pending.items():
-            lo, hi = entry.min_ts, entry.last_ts
+            lo, hi, seen = entry.min_ts, entry.last_ts, entry.seen_ms
             old = spans.get(sid)
-            spans[sid] = (lo, hi) if old is None else (min(lo, old[0]), max(hi, old[1]))
+            spans[sid] = (
+                (lo, hi, seen)
+                if old is None
+                else (min(lo, old[0]), max(hi, old[1]), max(seen, old[2]))
+            )
 
     def _classify_unclassified(self) -> None:
+        """Mark the buckets below the threshold of what was seen unclassified, but not what
+        was durable before the policy was recorded (seen a settle time before its
+        ``since_ms``): the archiver's first export under it runs later and holds that."""
         spans, self._unclassified = self._unclassified, {}
         policy = self._policy
         if policy is None:
             return
         bw, late_before, late = policy.bucket_ms, self._late_before, self._late
-        for sid, (lo, hi) in spans.items():
+        durable_before = policy.since_ms - policy.settle_ms
+        for sid, (lo, hi, seen) in spans.items():
+            if seen < durable_before:
+                continue
             last = min(hi - hi % bw, late_before - bw)
             for bucket in range(lo - lo % bw, last + 1, bw):
                 late.setdefault((sid, bucket), 0)
@@ -501,7 +523,7 @@ class SensorRegistry:
         if lowered is None:  # refused (logged): the floor stays as it was
             return None
         if not lowered:  # only the lowering is outstanding: retry it (and nothing else)
-            again = _Pending(entry.last_ts, 0, entry.metrics)
+            again = _Pending(entry.last_ts, 0, entry.metrics, entry.seen_ms)
             again.min_ts = entry.min_ts
             return again
         self._floors[sid] = entry.min_ts

@@ -338,6 +338,32 @@ async def test_readings_observed_before_the_policy_is_read_are_marked_too(
     ]
 
 
+@pytest.mark.parametrize("settled", [True, False])
+async def test_readings_durable_before_the_policy_was_recorded_need_no_mark(
+    client: CountingClient, settled: bool
+) -> None:
+    """The archiver's first export runs after it records its policy: it sees every reading
+    durable before then (decoded a settle time before). A replayed history observed while
+    no policy existed marks nothing once the policy appears; observed closer, it does."""
+    wall = [T0 / 1000]
+    reg = SensorRegistry(client, Metrics(), wall_clock=lambda: wall[0])  # type: ignore[arg-type]
+    assert await reg.refresh_policy() is None  # read: none recorded yet
+    reg.observe([reading(LATE_BEFORE - 3 * HOUR + 5), reading(LATE_BEFORE - HOUR)])
+    gap = POLICY.settle_ms + (1_000 if settled else -1_000)
+    recorded = ArchivePolicy(
+        horizon_ms=DAY, bucket_ms=HOUR, settle_ms=POLICY.settle_ms, since_ms=T0 + gap
+    )
+    await record_policy(client, recorded)
+    wall[0] = (T0 + gap) / 1000
+    assert await reg.refresh_policy(force=True) == recorded
+    await reg.flush()
+    marked = [b for _, b, _, _ in marks_of(await late_marks(client.inner))]
+    if settled:
+        assert marked == []
+    else:
+        assert marked == [LATE_BEFORE - 3 * HOUR, LATE_BEFORE - 2 * HOUR, LATE_BEFORE - HOUR]
+
+
 async def test_no_policy_recorded_nothing_is_late(client: CountingClient) -> None:
     reg = SensorRegistry(client, Metrics(), wall_clock=lambda: T0 / 1000)  # type: ignore[arg-type]
     reg.observe([reading(T0 - 20 * DAY)])
