@@ -401,6 +401,12 @@ class OperationsConfig(_Section):
     shutdown_timeout_s: float = Field(
         15.0, gt=0, description="Deadline to drain on SIGTERM/SIGINT."
     )
+    seal_at_stop: bool = Field(
+        True,
+        description="`packed`: seal every open window when stopping (off: leave their "
+        "readings in the journal for the next start with the same client id, or `table "
+        "adopt-journal`; a stop then takes no seal writes).",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Log level."
     )

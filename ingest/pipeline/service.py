@@ -414,7 +414,15 @@ class IngestService:
                 if packing is not None and self._packed is not None:
                     packing.cancel()  # 5b. packed: seal every open window
                     await asyncio.wait([packing])
-                    await self._packed[0].seal_all()
+                    if self.config.operations.seal_at_stop:
+                        await self._packed[0].seal_all()
+                    elif len(self._packed[0].windows):
+                        log.info(
+                            "seal_at_stop is off: %d open windows left in the journal of %r, "
+                            "for its next start (or `iot-ingest table adopt-journal`)",
+                            len(self._packed[0].windows),
+                            self.config.mqtt.mqtt_client_id,
+                        )
         except TimeoutError:
             log.warning(
                 "shutdown deadline passed with %d messages not durable: they stay unacknowledged "

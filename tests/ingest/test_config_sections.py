@@ -85,6 +85,7 @@ FLAT_KEYS = [
     "metrics_host",
     "metrics_port",
     "shutdown_timeout_s",
+    "seal_at_stop",
     "log_level",
     "log_format",
     "aws_access_key_id",
@@ -182,6 +183,7 @@ SAMPLES: dict[str, tuple[str, Any]] = {
     "max_known_sensors": ("99", 99),
     "max_past_ms": ("5000", 5000),
     "require_ts": ("true", True),
+    "seal_at_stop": ("false", False),
     "sensor_id_rule": ("topic", "topic"),
     "sensor_id_separator": (".", "."),
     "data_dir": ("/var/lib/x", Path("/var/lib/x")),
@@ -209,7 +211,7 @@ def _toml(key: str, text: str, value: Any) -> str:
 
 
 def test_the_keys_are_the_flat_list_and_each_is_in_its_section() -> None:
-    assert len(FLAT_KEYS) == len(set(FLAT_KEYS)) == 64
+    assert len(FLAT_KEYS) == len(set(FLAT_KEYS)) == 65
     assert set(SAMPLES) == set(FLAT_KEYS)
     assert dict(KEYS) == SECTION_OF
 
@@ -238,7 +240,7 @@ def test_every_key_is_read_from_its_flag(key: str) -> None:
     parser = argparse.ArgumentParser()
     add_config_flags(parser)
     flag = "--" + key.replace("_", "-")
-    argv = [flag] if value is True else [flag, text]
+    argv = [flag] if value is True else ["--no-" + flag[2:]] if value is False else [flag, text]
 
     config = config_from_args(parser.parse_args(argv))
 
@@ -387,6 +389,7 @@ DEFAULTS: dict[str, Any] = {
     "metrics_host": "127.0.0.1",
     "metrics_port": 9108,
     "shutdown_timeout_s": 15.0,
+    "seal_at_stop": True,
     "log_level": "INFO",
     "log_format": "text",
     "aws_access_key_id": None,

@@ -139,6 +139,30 @@ async def test_every_reading_is_visible_then_sealed_once_and_the_broker_is_drain
             assert not needs_compaction([p for p in parts if p.window_start_ms == w])
 
 
+async def test_with_seal_at_stop_off_a_stop_seals_nothing_and_the_next_start_seals_all(
+    ingest_config: Callable[..., Config], dynamodb_endpoint: str, unique_name: str
+) -> None:
+    cfg, layout, start, msgs, expected = _setup(ingest_config, unique_name, 150)
+    n = sum(len(v) for v in expected.values())
+    end = start + 150 * 37
+    first = IngestService(cfg.replace(seal_at_stop=False))
+    async with running(first):
+        sent = await publish(cfg.mqtt.mqtt_url or "", msgs)
+        await wait_until(
+            lambda: counter(first, "iot_ingest_messages_completed_total") >= sent, 30, "durable"
+        )
+    assert counter(first, "iot_ingest_sealed_parts_total") == 0  # stopped without a seal
+    again = IngestService(cfg)  # the same client id: its journal
+    async with running(again):
+        assert counter(again, "iot_ingest_journal_recovered_readings_total") >= n
+    assert counter(again, "iot_ingest_sealed_parts_total") >= len(expected)
+    later = time.time() + _LATER_S  # staging items expired: the sealed windows alone
+    got = await read_table(
+        dynamodb_endpoint, cfg.dynamodb.table, layout, expected, start, end, now_s=later
+    )
+    _check(got, expected)  # and each `running` above drained the broker
+
+
 async def _acknowledged_then_killed(
     cfg: Config, port: int, log: Path, msgs: list[tuple[str, bytes]]
 ) -> int:
