@@ -80,7 +80,7 @@ from ingest.storage.layout import ArchivePolicy, Reading, journal_pk, sensor_gro
 from ingest.storage.packed import PackedError
 from ingest.storage.reads import key_query, query_pages
 from ingest.storage.registry import write_late_mark
-from ingest.storage.rollups import stale_mark_item
+from ingest.storage.rollups import HOUR_MS, stale_mark_item
 from ingest.storage.table import read_archive_policy
 from ingest.storage.windows import SEAL_GRACE_MS, WindowScheme, decode_stage, encode_stage, seal
 
@@ -109,7 +109,6 @@ _STAGE_SLICE = 8
 """Staging blobs (one per group, usually) encoded between two yields to the event loop."""
 _WRITES_IN_FLIGHT = 4
 """BatchWriteItem calls of one staging or sealing round at once."""
-_HOUR_MS = 3_600_000
 _POLICY_REFRESH_MS = 10_000
 """Least time between two reads of the archive policy by the sealer (as the registry's)."""
 
@@ -603,7 +602,7 @@ class WindowWriter:
         hours = {
             (sensor, h)
             for sensor, w in keys
-            for h in range(w - w % _HOUR_MS, w + width, _HOUR_MS)
+            for h in range(w - w % HOUR_MS, w + width, HOUR_MS)
             if rollups_may_lack(scheme, h, sealed_ms)
         }
         marks = [stale_mark_item(scheme.layout, s, h, sealed_ms) for s, h in sorted(hours)]
@@ -634,7 +633,8 @@ class WindowWriter:
         return self._policy
 
     async def _retrying(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        """``call()`` until it succeeds (retried with backoff, whatever it raises)."""
+        """``call()`` until it succeeds (retried with backoff, whatever it raises: nothing
+        this stage writes may be lost, the journal holds it meanwhile)."""
         attempt = 0
         while True:
             try:
@@ -664,25 +664,15 @@ class WindowWriter:
         self._checkpoint = at
 
     async def _put(self, items: Sequence[Item], what: str) -> None:
-        """Write ``items`` until every one is durable (retried with backoff)."""
+        """Write ``items`` until every one is durable: errors retried by :meth:`_retrying`,
+        what DynamoDB leaves unprocessed sent again after a backoff."""
         for chunk in _chunks(items, MAX_BATCH_ITEMS):
             attempt = 0
-            left = chunk
-            while left:
-                try:
-                    left = await self._client.batch_write(left)
-                except Exception as exc:  # retried whatever it is: nothing here may be lost
-                    if attempt == 0 or attempt % 10 == 0:
-                        log.warning(
-                            "%s write of %d items failed, retrying: %s", what, len(left), exc
-                        )
-                    self._m.window_write_retries.labels(what).inc()
-                    self.healthy = False
-                else:
-                    if not left:
-                        self.healthy = True
-                        break
-                    self._m.window_write_retries.labels("unprocessed").inc()
+            left: Sequence[Item] = chunk
+            while left := await self._retrying(
+                what, functools.partial(self._client.batch_write, left)
+            ):
+                self._m.window_write_retries.labels("unprocessed").inc()
                 await self._sleep(self._backoff.delay_s(attempt))
                 attempt += 1
 

@@ -386,12 +386,15 @@ class IngestService:
             with tuned_gc(cfg.pipeline.gc_young_threshold):
                 await stopped
             connected.cancel()
-            await self._drain(receiver, stages, write_queue, spool, registry, acks, packing)
+            await self._drain(
+                receiver, decoding, stages, write_queue, spool, registry, acks, packing
+            )
             receiving.cancel()
 
     async def _drain(
         self,
         receiver: Receiver,
+        decoding: asyncio.Task[None],
         stages: list[asyncio.Task[None]],
         write_queue: asyncio.Queue[Batch],
         spool: DeadLetterSpool,
@@ -399,8 +402,9 @@ class IngestService:
         acks: AckTracker,
         packing: asyncio.Task[None] | None,
     ) -> None:
-        """The stop protocol (the module docstring): each step waits for the one before."""
-        decoding = stages[0]
+        """The stop protocol (the module docstring): each step waits for the one before.
+        ``stages``: every task but the receiver's (the decoder and ``packing`` among them),
+        all ended before the DISCONNECT."""
         log.info("stopping: draining (deadline %.0f s)", self.config.operations.shutdown_timeout_s)
         receiver.stop_intake()  # 1. stop reading: the inbox is closed
         try:

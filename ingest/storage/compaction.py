@@ -50,6 +50,7 @@ from ingest.storage.layout import (
 )
 from ingest.storage.packed import PackedDecodeError, inflate_frame
 from ingest.storage.reads import key_query, query_pages
+from ingest.storage.rollups import HOUR_MS
 from ingest.storage.windows import (
     SEAL_GRACE_MS,
     Part,
@@ -79,7 +80,6 @@ __all__ = [
     "window_parts",
 ]
 
-_HOUR_MS: Final = 3_600_000
 MAX_LOG_SENSORS: Final = 20_000
 """Sensor ids in one seal log item (128 B each at most: ≤ 2.6 MB raw, compressed far below
 the item limit for real ids; more make several items)."""
@@ -172,7 +172,7 @@ def rollups_may_lack(scheme: WindowScheme, hour_ms: int, sealed_ms: int) -> bool
     """Whether a set of hour ``hour_ms`` sealed at ``sealed_ms`` may come after the rollup
     pass rolled that hour up (passes take an hour :func:`settle_ms` after its end): the
     sealer then marks the hour stale, and the pass looks for that mark."""
-    return sealed_ms >= hour_ms + _HOUR_MS + settle_ms(scheme)
+    return sealed_ms >= hour_ms + HOUR_MS + settle_ms(scheme)
 
 
 @dataclass(slots=True)

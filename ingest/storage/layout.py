@@ -119,6 +119,7 @@ __all__ = [
     "rollup_day_log_key",
     "rollup_log_pk",
     "rollup_pk",
+    "rollup_stale_key",
     "rollup_stale_pk",
     "round_ms_of",
     "round_sk",
@@ -300,6 +301,11 @@ def rollup_pk(step_ms: int, sensor_id: str) -> str:
     if step_ms == 3_600_000:
         return f"{ROLLUP_PREFIX}1h#{sensor_id}"
     raise ValueError(f"rollups have steps of a minute or an hour, got {step_ms} ms")
+
+
+def rollup_stale_key(sensor_id: str, hour_ms: int) -> ItemKey:
+    """The key of a sensor-hour's stale mark (see :func:`rollup_stale_pk`)."""
+    return {"pk": {"S": rollup_stale_pk(sensor_id)}, "sk": {"N": str(hour_ms)}}
 
 
 def rollup_stale_pk(sensor_id: str) -> str:

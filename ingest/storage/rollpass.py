@@ -68,7 +68,7 @@ from ingest.storage.layout import (
     rollup_day_log_key,
     rollup_log_pk,
     rollup_pk,
-    rollup_stale_pk,
+    rollup_stale_key,
     round_ms_of,
     round_sk,
     seal_log_pk,
@@ -390,7 +390,7 @@ async def rollup_pass(
 
 async def _stale_mark(client: TableClient, sensor_id: str, hour_ms: int) -> str | None:
     """The ``t`` of a sensor-hour's stale mark, or None (a strongly consistent read)."""
-    key: ItemKey = {"pk": {"S": rollup_stale_pk(sensor_id)}, "sk": {"N": str(hour_ms)}}
+    key = rollup_stale_key(sensor_id, hour_ms)
     got = await client.call("get_item", TableName=client.table, Key=key, ConsistentRead=True)
     mark: StaleMarkItem | None = got.get("Item")
     return None if mark is None else mark["t"]["N"]
@@ -405,7 +405,7 @@ async def clear_stale(client: TableClient, marks: Sequence[tuple[str, int, str]]
             await client.call(
                 "delete_item",
                 TableName=client.table,
-                Key={"pk": {"S": rollup_stale_pk(sensor)}, "sk": {"N": str(hour_ms)}},
+                Key=rollup_stale_key(sensor, hour_ms),
                 ConditionExpression="#t = :t",
                 ExpressionAttributeNames={"#t": "t"},
                 ExpressionAttributeValues={":t": {"N": t}},

@@ -53,7 +53,7 @@ from ingest.storage.layout import (
     TableLayout,
     binary_value,
     rollup_pk,
-    rollup_stale_pk,
+    rollup_stale_key,
 )
 from ingest.storage.packed import PackedDecodeError, decode_columns, encode_window
 
@@ -384,9 +384,10 @@ def stale_mark_item(
     """The mark of an hour whose rollups lack a set sealed at ``sealed_ms`` (kept as long as
     the hour's rollups: a mark that expired first would let a stale rollup be served)."""
     keep_ms = max(layout.retention_ms, ROLLUP_RETENTION_DAYS * DAY_MS)
+    key = rollup_stale_key(sensor_id, hour_ms)
     return {
-        "pk": {"S": rollup_stale_pk(sensor_id)},
-        "sk": {"N": str(hour_ms)},
+        "pk": key["pk"],
+        "sk": key["sk"],
         "t": {"N": str(sealed_ms)},
         "ttl": {"N": str((hour_ms + DAY_MS + keep_ms) // 1000)},
     }

@@ -135,7 +135,7 @@ def _fold(
             continue
         bins = all_bins
         if stale:  # an hour item's bins of stale hours are read as readings instead
-            keep = np.array([int(t) - int(t) % HOUR_MS not in stale for t in bins.start])
+            keep = ~np.isin(bins.start - bins.start % HOUR_MS, list(stale))
             if not keep.all():
                 bins = select_bins(bins, keep)
             if not len(bins):
