@@ -15,8 +15,10 @@ and value sizes, where
 A standard write consumes one write unit per started KB (1,024 bytes) of the
 item; a read one unit per started 4 KB of the items it returns (a Query: of their sum),
 half of that when eventually consistent. :class:`MeteredClient` counts both on a
-client's calls, for a figure measured on real items instead of computed by hand. On-demand tables bill write request units: ``US_EAST_1_USD_PER_MILLION_WRU``
-is the us-east-1 price (Standard table class) since the 50 % reduction of
+client's calls, for a figure measured on real items instead of computed by hand.
+
+On-demand tables bill write request units: ``US_EAST_1_USD_PER_MILLION_WRU`` is the
+us-east-1 price (Standard table class) since the 50 % reduction of
 on-demand throughput prices on 1 November 2024; see docs/performance.md for
 the source, and pass another price where it differs.
 """

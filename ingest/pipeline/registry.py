@@ -56,8 +56,9 @@ seen meanwhile are kept, and once the policy is known every bucket of that span
 below the threshold is marked (a superset), unless the sensor was last seen a settle
 time before the policy was first recorded (``since_ms``): those readings were durable
 before it existed, so the archiver's first export under it, which starts later, holds
-them (a ``packed`` table's later seals mark themselves, :mod:`ingest.pipeline.packing`).
-A history replayed before the first archiver pass (the demo's) marks nothing. A mark that failed retriably is
+them (a ``packed`` table's later seals mark themselves, :mod:`ingest.pipeline.packing`):
+a history replayed a settle time before the first archiver pass marks nothing. A mark
+that failed retriably is
 retried with the next flush; one refused is logged as an error.
 
 What the archiver relies on is durable before the acknowledgement. The planner
